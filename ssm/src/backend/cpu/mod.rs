@@ -1,0 +1,62 @@
+//! CPU kernels on plain slices, multi-threaded with rayon.
+//!
+//! Determinism: work is split into a fixed number of contiguous parts that depends only on the
+//! problem size and the thread count, and floating-point reductions across parts are summed in
+//! part order, so the same inputs and thread count give bit-identical results.
+
+pub mod conv1d;
+pub mod elementwise;
+pub mod embedding;
+pub mod loss;
+pub mod matmul;
+pub mod rmsnorm;
+pub mod scan;
+
+use std::ops::Range;
+
+/// Threads of the current rayon pool.
+pub(crate) fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// `0..n` cut into at most `parts` contiguous, near-equal, non-empty ranges.
+pub(crate) fn split(n: usize, parts: usize) -> Vec<Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    (0..parts)
+        .map(|p| (n * p / parts)..(n * (p + 1) / parts))
+        .filter(|r| !r.is_empty())
+        .collect()
+}
+
+/// How many parts to cut `rows` rows of `work_per_row` flops into: one per thread, but never so
+/// many that a part has less than ~64k flops of work.
+pub(crate) fn parts_for(rows: usize, work_per_row: usize) -> usize {
+    let total = rows.saturating_mul(work_per_row.max(1));
+    threads().min(total / 65_536 + 1).min(rows.max(1))
+}
+
+/// Mutable blocks of `cols`-wide rows of `data`, one per range of `parts` (which must be
+/// contiguous and start at 0), paired with their row range.
+pub(crate) fn row_blocks_mut<'a, T>(
+    data: &'a mut [T],
+    parts: &[Range<usize>],
+    cols: usize,
+) -> Vec<(Range<usize>, &'a mut [T])> {
+    let mut rest = data;
+    let mut out = Vec::with_capacity(parts.len());
+    for r in parts {
+        let (head, tail) = rest.split_at_mut(r.len() * cols);
+        out.push((r.clone(), head));
+        rest = tail;
+    }
+    out
+}
+
+/// Sums per-part partial results `(parts, len)` in part order into `out` (accumulating).
+pub(crate) fn reduce_parts_into<T: crate::tensor::Float>(partials: &[T], len: usize, out: &mut [T]) {
+    for part in partials.chunks_exact(len) {
+        for (o, p) in out.iter_mut().zip(part) {
+            *o += *p;
+        }
+    }
+}

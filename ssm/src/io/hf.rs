@@ -1,0 +1,244 @@
+//! Hugging Face layout for Mamba: a folder with `config.json` (field names of transformers'
+//! `MambaConfig`) and `model.safetensors` (tensor names of `MambaForCausalLM`). Folders written by
+//! state-spaces/mamba (`backbone.embedding.weight`, `d_model`/`n_layer`/`ssm_cfg` config keys)
+//! load too.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::atomic_write;
+use super::tensors::{TensorFile, write_tensors};
+use crate::error::{Error, Result};
+use crate::models::mamba::{MambaConfig, MambaLM};
+use crate::nn::Param;
+use crate::tensor::{Float, Tensor};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+const EMBEDDING: &str = "backbone.embeddings.weight";
+const EMBEDDING_STATE_SPACES: &str = "backbone.embedding.weight";
+const LM_HEAD: &str = "lm_head.weight";
+
+/// Which half of a parameter to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Value,
+    Grad,
+}
+
+fn part<T: Float>(p: &Param<T>, which: Part) -> &Tensor<T> {
+    match which {
+        Part::Value => &p.value,
+        Part::Grad => &p.grad,
+    }
+}
+
+fn concat_rows<T: Float>(a: &Tensor<T>, b: &Tensor<T>) -> Tensor<T> {
+    let mut dims = a.dims().to_vec();
+    dims[0] += b.dims()[0];
+    let mut v = a.to_vec();
+    v.extend(b.to_vec());
+    Tensor::from_vec(dims, v).expect("rows of equal width")
+}
+
+/// Every parameter (or gradient) of `model` under its transformers name, in transformers' shapes:
+/// in_proj halves concatenated, conv1d weight as (di, 1, k).
+pub fn named_tensors<T: Float>(model: &MambaLM<T>, which: Part) -> Vec<(String, Tensor<T>)> {
+    let mut out = vec![(EMBEDDING.to_string(), part(&model.embedding, which).clone())];
+    for (i, layer) in model.layers.iter().enumerate() {
+        let m = &layer.mixer;
+        let p = |s: &str| format!("backbone.layers.{i}.{s}");
+        out.push((p("norm.weight"), part(&layer.norm.weight, which).clone()));
+        out.push((p("mixer.in_proj.weight"), concat_rows(part(&m.in_proj_x, which), part(&m.in_proj_z, which))));
+        if let (Some(bx), Some(bz)) = (&m.in_bias_x, &m.in_bias_z) {
+            out.push((p("mixer.in_proj.bias"), concat_rows(part(bx, which), part(bz, which))));
+        }
+        let conv = part(&m.conv_w, which);
+        let (di, k) = (conv.dims()[0], conv.dims()[1]);
+        out.push((p("mixer.conv1d.weight"), conv.clone().reshape([di, 1, k]).expect("same size")));
+        if let Some(cb) = &m.conv_b {
+            out.push((p("mixer.conv1d.bias"), part(cb, which).clone()));
+        }
+        out.push((p("mixer.x_proj.weight"), part(&m.x_proj, which).clone()));
+        out.push((p("mixer.dt_proj.weight"), part(&m.dt_proj_w, which).clone()));
+        out.push((p("mixer.dt_proj.bias"), part(&m.dt_proj_b, which).clone()));
+        out.push((p("mixer.A_log"), part(&m.a_log, which).clone()));
+        out.push((p("mixer.D"), part(&m.d_skip, which).clone()));
+        out.push((p("mixer.out_proj.weight"), part(&m.out_proj, which).clone()));
+        if let Some(ob) = &m.out_bias {
+            out.push((p("mixer.out_proj.bias"), part(ob, which).clone()));
+        }
+    }
+    out.push(("backbone.norm_f.weight".to_string(), part(&model.norm_f.weight, which).clone()));
+    out
+}
+
+/// The transformers `config.json` of a model.
+pub fn config_json(c: &MambaConfig) -> Value {
+    json!({
+        "architectures": ["MambaForCausalLM"],
+        "model_type": "mamba",
+        "hidden_size": c.d_model,
+        "num_hidden_layers": c.n_layer,
+        "vocab_size": c.padded_vocab(),
+        "state_size": c.d_state,
+        "expand": c.expand,
+        "intermediate_size": c.d_inner(),
+        "conv_kernel": c.d_conv,
+        "time_step_rank": c.dt_rank(),
+        "use_bias": c.bias,
+        "use_conv_bias": c.conv_bias,
+        "layer_norm_epsilon": c.norm_eps,
+        "time_step_min": c.dt_min,
+        "time_step_max": c.dt_max,
+        "time_step_floor": c.dt_init_floor,
+        "hidden_act": "silu",
+        "residual_in_fp32": true,
+        "tie_word_embeddings": true,
+        "torch_dtype": "float32",
+    })
+}
+
+/// Reads a model config from transformers' or state-spaces' `config.json` fields. Missing optional
+/// fields take transformers' defaults; every present field must have the right type.
+pub fn parse_config(v: &Value, path: &Path) -> Result<MambaConfig> {
+    let err = |field: &str, why: String| Error::checkpoint(path, format!("field `{field}`: {why}"));
+    let ssm_cfg = v.get("ssm_cfg");
+    let uint = |names: &[&'static str], default: Option<usize>| -> Result<usize> {
+        let found = names.iter().find_map(|n| v.get(*n).or_else(|| ssm_cfg.and_then(|s| s.get(*n))).map(|x| (*n, x)));
+        match found {
+            Some((n, x)) => x.as_u64().map(|u| u as usize).ok_or_else(|| err(n, format!("expected a non-negative integer, got {x}"))),
+            None => default.ok_or_else(|| err(names[0], "is missing".into())),
+        }
+    };
+    let boolean = |name: &str, default: bool| -> Result<bool> {
+        match v.get(name) {
+            Some(x) => x.as_bool().ok_or_else(|| err(name, format!("expected true or false, got {x}"))),
+            None => Ok(default),
+        }
+    };
+    let float = |name: &str, default: f64| -> Result<f64> {
+        match v.get(name) {
+            Some(x) => x.as_f64().ok_or_else(|| err(name, format!("expected a number, got {x}"))),
+            None => Ok(default),
+        }
+    };
+    let d_model = uint(&["hidden_size", "d_model"], None)?;
+    let expand = match (v.get("intermediate_size"), v.get("expand")) {
+        (Some(i), _) => {
+            let i = i.as_u64().ok_or_else(|| err("intermediate_size", format!("expected an integer, got {i}")))? as usize;
+            if d_model == 0 || i % d_model != 0 {
+                return Err(err("intermediate_size", format!("{i} is not a multiple of hidden_size {d_model}")));
+            }
+            i / d_model
+        }
+        _ => uint(&["expand"], Some(2))?,
+    };
+    let dt_rank = match v.get("time_step_rank").or_else(|| ssm_cfg.and_then(|s| s.get("dt_rank"))) {
+        None => None,
+        Some(Value::String(s)) if s == "auto" => None,
+        Some(x) => Some(x.as_u64().ok_or_else(|| err("time_step_rank", format!("expected an integer or \"auto\", got {x}")))? as usize),
+    };
+    if !boolean("tie_word_embeddings", true)? || !boolean("tie_embeddings", true)? {
+        return Err(err("tie_word_embeddings", "is false, but this engine ties lm_head to the embedding".into()));
+    }
+    let defaults = MambaConfig::default();
+    let config = MambaConfig {
+        d_model,
+        n_layer: uint(&["num_hidden_layers", "n_layer"], None)?,
+        vocab_size: uint(&["vocab_size"], None)?,
+        d_state: uint(&["state_size", "d_state"], Some(16))?,
+        d_conv: uint(&["conv_kernel", "d_conv"], Some(4))?,
+        expand,
+        dt_rank,
+        conv_bias: boolean("use_conv_bias", true)?,
+        bias: boolean("use_bias", false)?,
+        norm_eps: float("layer_norm_epsilon", 1e-5)?,
+        pad_vocab_size_multiple: uint(&["pad_vocab_size_multiple"], Some(1))?,
+        dt_min: float("time_step_min", defaults.dt_min)?,
+        dt_max: float("time_step_max", defaults.dt_max)?,
+        dt_init_floor: float("time_step_floor", defaults.dt_init_floor)?,
+    };
+    config.validate().map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    Ok(config)
+}
+
+fn assign<T: Float>(dst: &mut Tensor<T>, src: Tensor<f32>, name: &str, path: &Path) -> Result<()> {
+    if src.dims() != dst.dims() {
+        return Err(Error::checkpoint(path, format!("tensor `{name}` has shape {:?}, the config needs {:?}", src.dims(), dst.dims())));
+    }
+    *dst = src.cast::<T>();
+    Ok(())
+}
+
+/// Loads a Mamba checkpoint folder (ours, transformers' or state-spaces').
+pub fn load_mamba(dir: &Path) -> Result<MambaLM<f32>> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::checkpoint(&cfg_path, format!("invalid JSON: {e}")))?;
+    let config = parse_config(&v, &cfg_path)?;
+    let file = TensorFile::open(&dir.join(WEIGHTS_FILE))?;
+    let path = file.path().to_path_buf();
+    let mut model = MambaLM::<f32>::new(config, 0)?;
+    let emb_name = if file.contains(EMBEDDING) || !file.contains(EMBEDDING_STATE_SPACES) { EMBEDDING } else { EMBEDDING_STATE_SPACES };
+    let wanted = named_tensors(&model, Part::Value);
+    let mut loaded = Vec::with_capacity(wanted.len());
+    for (name, like) in &wanted {
+        let src_name = if name == EMBEDDING { emb_name } else { name.as_str() };
+        let t = file.f32(src_name)?;
+        let mut dst = like.clone();
+        assign(&mut dst, t, src_name, &path)?;
+        loaded.push(dst);
+    }
+    if file.contains(LM_HEAD) && file.f32(LM_HEAD)?.to_vec() != loaded[0].to_vec() {
+        return Err(Error::checkpoint(&path, format!("tensor `{LM_HEAD}` differs from the embedding; this engine ties them")));
+    }
+    let mut it = loaded.into_iter();
+    let mut next = || it.next().expect("one tensor per name");
+    model.embedding.value = next();
+    for layer in &mut model.layers {
+        let m = &mut layer.mixer;
+        let di = m.dims.d_inner;
+        layer.norm.weight.value = next();
+        let (x, z) = split_rows(&next(), di);
+        (m.in_proj_x.value, m.in_proj_z.value) = (x, z);
+        if let (Some(bx), Some(bz)) = (&mut m.in_bias_x, &mut m.in_bias_z) {
+            (bx.value, bz.value) = split_rows(&next(), di);
+        }
+        m.conv_w.value = next().reshape([di, m.dims.d_conv])?;
+        if let Some(cb) = &mut m.conv_b {
+            cb.value = next();
+        }
+        m.x_proj.value = next();
+        m.dt_proj_w.value = next();
+        m.dt_proj_b.value = next();
+        m.a_log.value = next();
+        m.d_skip.value = next();
+        m.out_proj.value = next();
+        if let Some(ob) = &mut m.out_bias {
+            ob.value = next();
+        }
+    }
+    model.norm_f.weight.value = next();
+    Ok(model)
+}
+
+fn split_rows<T: Float>(t: &Tensor<T>, rows: usize) -> (Tensor<T>, Tensor<T>) {
+    let mut dims = t.dims().to_vec();
+    let width: usize = dims[1..].iter().product();
+    let v = t.to_vec();
+    dims[0] = rows;
+    let a = Tensor::from_vec(dims.clone(), v[..rows * width].to_vec()).expect("sizes");
+    let b = Tensor::from_vec(dims, v[rows * width..].to_vec()).expect("sizes");
+    (a, b)
+}
+
+/// Saves `model` as a transformers-compatible folder; each file is written atomically.
+pub fn save_mamba(model: &MambaLM<f32>, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    write_tensors(&dir.join(WEIGHTS_FILE), &named_tensors(model, Part::Value), Some([("format".to_string(), "pt".to_string())].into()))?;
+    let text = serde_json::to_string_pretty(&config_json(&model.config)).expect("JSON values serialize");
+    atomic_write(&dir.join(CONFIG_FILE), text.as_bytes())
+}

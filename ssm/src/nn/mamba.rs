@@ -1,0 +1,375 @@
+//! The Mamba mixer (mamba_simple.py of state-spaces/mamba; Gu & Dao 2023, Figure 3) and the
+//! pre-norm residual block around it.
+//!
+//! ```text
+//! x (b, l, d) ─ in_proj ─┬─ xi (b, l, di) ─ conv1d ─ silu ─ xc ─ x_proj ─ dt_low (r), B (n), C (n)
+//!                        └─ z  (b, l, di)                       dt_proj(dt_low) = delta (di)
+//! y = selective_scan(xc, delta, A = -exp(A_log), B, C, D, z, delta_bias = dt_proj.bias, softplus)
+//! out = out_proj(y) (b, l, d)
+//! ```
+//!
+//! `in_proj` is kept as its two halves (x and z) so each half is one contiguous matrix product;
+//! checkpoints store the concatenation under the usual name.
+
+use rand::rngs::StdRng;
+
+use super::init::{full, torch_default, uniform};
+use super::norm::RmsNorm;
+use super::{Module, Param};
+use crate::error::Result;
+use crate::ops::activation::{add_into, silu_bwd, silu_fwd};
+use crate::ops::conv1d::{causal_conv1d_bwd, causal_conv1d_fwd, causal_conv1d_next_state};
+use crate::ops::linear::{linear_bwd, linear_fwd};
+use crate::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
+use crate::tensor::{Float, Tensor};
+
+/// Sizes of one mixer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MixerDims {
+    pub d_model: usize,
+    pub d_inner: usize,
+    pub d_state: usize,
+    pub d_conv: usize,
+    pub dt_rank: usize,
+    /// Biases on in_proj and out_proj (`use_bias`).
+    pub bias: bool,
+    /// Bias on the convolution (`use_conv_bias`).
+    pub conv_bias: bool,
+}
+
+/// Initialisation ranges of dt (mamba_simple defaults: 1e-3, 0.1, floor 1e-4).
+#[derive(Clone, Copy, Debug)]
+pub struct DtInit {
+    pub min: f64,
+    pub max: f64,
+    pub floor: f64,
+}
+
+/// The recurrent state of one mixer for token-by-token decoding.
+#[derive(Clone, Debug)]
+pub struct MixerState<T: Float> {
+    /// The last d_conv - 1 inputs of the convolution, (b, k-1, di).
+    pub conv: Tensor<T>,
+    /// The SSM state, (b, di, n).
+    pub ssm: Tensor<T>,
+}
+
+/// Activations a forward keeps for the backward; reused from step to step.
+#[derive(Clone, Debug, Default)]
+struct Cache<T: Float> {
+    xi: Tensor<T>,
+    z: Tensor<T>,
+    conv: Tensor<T>,
+    xc: Tensor<T>,
+    xdbl: Tensor<T>,
+    dt_low: Tensor<T>,
+    bmat: Tensor<T>,
+    cmat: Tensor<T>,
+    delta: Tensor<T>,
+    a: Tensor<T>,
+    scan: ScanOutput<T>,
+    conv_state: Option<Tensor<T>>,
+}
+
+/// Gradient scratch buffers; reused from step to step.
+#[derive(Clone, Debug, Default)]
+struct Scratch<T: Float> {
+    dy: Tensor<T>,
+    scan: Option<ScanGrads<T>>,
+    ddt_low: Tensor<T>,
+    dxdbl: Tensor<T>,
+    dxc: Tensor<T>,
+    dconv: Tensor<T>,
+    dxi: Tensor<T>,
+}
+
+#[derive(Clone, Debug)]
+pub struct MambaMixer<T: Float = f32> {
+    pub dims: MixerDims,
+    pub in_proj_x: Param<T>,
+    pub in_proj_z: Param<T>,
+    pub in_bias_x: Option<Param<T>>,
+    pub in_bias_z: Option<Param<T>>,
+    pub conv_w: Param<T>,
+    pub conv_b: Option<Param<T>>,
+    pub x_proj: Param<T>,
+    pub dt_proj_w: Param<T>,
+    pub dt_proj_b: Param<T>,
+    pub a_log: Param<T>,
+    pub d_skip: Param<T>,
+    pub out_proj: Param<T>,
+    pub out_bias: Option<Param<T>>,
+    cache: Cache<T>,
+    scratch: Scratch<T>,
+}
+
+/// softplus⁻¹(y) = y + ln(1 - e^{-y}).
+fn inv_softplus(y: f64) -> f64 {
+    y + (-(-y).exp_m1()).ln()
+}
+
+impl<T: Float> MambaMixer<T> {
+    /// mamba_simple's initialisation: PyTorch defaults for the projections and the convolution,
+    /// dt_proj weight uniform in ±dt_rank^-½, dt_proj bias = softplus⁻¹(dt) with dt log-uniform in
+    /// [dt.min, dt.max] floored at dt.floor, A_log = ln(1..n) per channel (S4D-real), D = 1.
+    /// `out_scale` multiplies out_proj (1/√n_layer for the prenorm-residual rescaling).
+    pub fn new(dims: MixerDims, dt: DtInit, out_scale: f64, rng: &mut StdRng) -> Self {
+        let MixerDims { d_model: d, d_inner: di, d_state: n, d_conv: k, dt_rank: r, .. } = dims;
+        let in_proj = torch_default::<T>(rng, &[2 * di, d], d).to_vec();
+        let conv_w = torch_default(rng, &[di, k], k);
+        let conv_b = dims.conv_bias.then(|| Param::new(torch_default(rng, &[di], k), false));
+        let x_proj = torch_default(rng, &[r + 2 * n, di], di);
+        let dt_w = uniform(rng, &[di, r], (r as f64).powf(-0.5));
+        let dt_b: Vec<T> = uniform::<f64>(rng, &[di], 0.5)
+            .to_vec()
+            .into_iter()
+            .map(|u| {
+                let (lo, hi) = (dt.min.ln(), dt.max.ln());
+                let v = ((u + 0.5) * (hi - lo) + lo).exp().max(dt.floor);
+                T::from_f64(inv_softplus(v))
+            })
+            .collect();
+        let a_log: Vec<T> = (0..di * n).map(|i| T::from_f64(((i % n + 1) as f64).ln())).collect();
+        let mut out = torch_default::<T>(rng, &[d, di], di);
+        for v in out.host_mut().expect("new tensors live on the CPU") {
+            *v *= T::from_f64(out_scale);
+        }
+        let half = |h: usize| Tensor::from_vec([di, d], in_proj[h * di * d..(h + 1) * di * d].to_vec()).expect("sizes");
+        let bias = |len: usize| dims.bias.then(|| Param::new(full(&[len], 0.0), false));
+        MambaMixer {
+            dims,
+            in_proj_x: Param::new(half(0), true),
+            in_proj_z: Param::new(half(1), true),
+            in_bias_x: bias(di),
+            in_bias_z: bias(di),
+            conv_w: Param::new(conv_w, true),
+            conv_b,
+            x_proj: Param::new(x_proj, true),
+            dt_proj_w: Param::new(dt_w, true),
+            dt_proj_b: Param::new(Tensor::from_vec([di], dt_b).expect("sizes"), false),
+            a_log: Param::new(Tensor::from_vec([di, n], a_log).expect("sizes"), false),
+            d_skip: Param::new(full(&[di], 1.0), false),
+            out_proj: Param::new(out, true),
+            out_bias: bias(d),
+            cache: Cache::default(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// A zero decoding state for `b` sequences.
+    pub fn zero_state(&self, b: usize) -> MixerState<T> {
+        let MixerDims { d_inner: di, d_state: n, d_conv: k, .. } = self.dims;
+        MixerState { conv: Tensor::zeros_cpu([b, k - 1, di]), ssm: Tensor::zeros_cpu([b, di, n]) }
+    }
+
+    /// out (b, l, d) = mixer(x (b, l, d)). With `state`, the sequence continues from it and the
+    /// state is advanced to the end of x (prefill and decoding); `train` keeps what the backward
+    /// needs.
+    pub fn forward(&mut self, x: &Tensor<T>, out: &mut Tensor<T>, state: Option<&mut MixerState<T>>, train: bool) -> Result<()> {
+        let MixerDims { d_inner: di, d_state: n, dt_rank: r, .. } = self.dims;
+        let (b, l) = (x.dims()[0], x.dims()[1]);
+        let mut c = std::mem::take(&mut self.cache);
+        linear_fwd(x, &self.in_proj_x.value, self.in_bias_x.as_ref().map(|p| &p.value), &mut c.xi)?;
+        linear_fwd(x, &self.in_proj_z.value, self.in_bias_z.as_ref().map(|p| &p.value), &mut c.z)?;
+        let conv_state = state.as_ref().map(|s| &s.conv);
+        causal_conv1d_fwd(&c.xi, &self.conv_w.value, self.conv_b.as_ref().map(|p| &p.value), conv_state, &mut c.conv)?;
+        c.conv_state = conv_state.cloned();
+        silu_fwd(&c.conv, &mut c.xc)?;
+        linear_fwd(&c.xc, &self.x_proj.value, None, &mut c.xdbl)?;
+        split_xdbl(&c.xdbl, [&mut c.dt_low, &mut c.bmat, &mut c.cmat], [b, l], r, n)?;
+        linear_fwd(&c.dt_low, &self.dt_proj_w.value, None, &mut c.delta)?;
+        c.a.reset([di, n]);
+        for (a, &lg) in c.a.host_mut()?.iter_mut().zip(self.a_log.value.host()?) {
+            *a = -lg.exp();
+        }
+        let mut scan = std::mem::take(&mut c.scan);
+        let h0 = state.as_ref().map(|s| &s.ssm);
+        selective_scan_fwd(&scan_inputs(&c, &self.d_skip.value, &self.dt_proj_b.value, h0), &mut scan, train)?;
+        if let Some(s) = state {
+            causal_conv1d_next_state(&c.xi, &mut s.conv)?;
+            s.ssm.clone_from(&scan.last_state);
+        }
+        linear_fwd(&scan.y, &self.out_proj.value, self.out_bias.as_ref().map(|p| &p.value), out)?;
+        c.scan = scan;
+        self.cache = c;
+        Ok(())
+    }
+
+    /// dx += ∂L/∂x given dout, for the `x` of the last (training) forward.
+    pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
+        let MixerDims { d_state: n, dt_rank: r, .. } = self.dims;
+        let c = std::mem::take(&mut self.cache);
+        let mut s = std::mem::take(&mut self.scratch);
+        let (b, l) = (x.dims()[0], x.dims()[1]);
+        s.dy.reset(c.scan.y.shape().clone());
+        linear_bwd(&c.scan.y, &self.out_proj.value, dout, Some(&mut s.dy), &mut self.out_proj.grad, self.out_bias.as_mut().map(|p| &mut p.grad))?;
+        // The saved chunk states already start from any initial state; its gradient is not needed.
+        let inputs = scan_inputs(&c, &self.d_skip.value, &self.dt_proj_b.value, None);
+        let mut g = match s.scan.take() {
+            Some(mut g) if g.du.dims() == c.xc.dims() => {
+                g.zero_();
+                g
+            }
+            _ => ScanGrads::zeros_like(&inputs),
+        };
+        selective_scan_bwd(&inputs, &c.scan, &s.dy, None, &mut g)?;
+        // A = -exp(A_log), so ∂A/∂A_log = A.
+        for ((ga, &da), &a) in self.a_log.grad.host_mut()?.iter_mut().zip(g.da.host()?).zip(c.a.host()?) {
+            *ga += da * a;
+        }
+        add_into(g.dd_skip.as_ref().expect("D is always given"), &mut self.d_skip.grad)?;
+        add_into(g.ddelta_bias.as_ref().expect("delta_bias is always given"), &mut self.dt_proj_b.grad)?;
+        s.ddt_low.reset(c.dt_low.shape().clone());
+        linear_bwd(&c.dt_low, &self.dt_proj_w.value, &g.ddelta, Some(&mut s.ddt_low), &mut self.dt_proj_w.grad, None)?;
+        join_xdbl([&s.ddt_low, &g.db, &g.dc], &mut s.dxdbl, [b, l], r, n)?;
+        // xc feeds both x_proj and the scan (as u).
+        s.dxc.clone_from(&g.du);
+        linear_bwd(&c.xc, &self.x_proj.value, &s.dxdbl, Some(&mut s.dxc), &mut self.x_proj.grad, None)?;
+        s.dconv.reset(c.conv.shape().clone());
+        silu_bwd(&c.conv, &s.dxc, &mut s.dconv)?;
+        s.dxi.reset(c.xi.shape().clone());
+        causal_conv1d_bwd(&c.xi, &self.conv_w.value, c.conv_state.as_ref(), &s.dconv, &mut s.dxi, &mut self.conv_w.grad, self.conv_b.as_mut().map(|p| &mut p.grad))?;
+        linear_bwd(x, &self.in_proj_x.value, &s.dxi, Some(&mut *dx), &mut self.in_proj_x.grad, self.in_bias_x.as_mut().map(|p| &mut p.grad))?;
+        let dz = g.dz.as_ref().expect("z is always given");
+        linear_bwd(x, &self.in_proj_z.value, dz, Some(dx), &mut self.in_proj_z.grad, self.in_bias_z.as_mut().map(|p| &mut p.grad))?;
+        s.scan = Some(g);
+        self.scratch = s;
+        self.cache = c;
+        Ok(())
+    }
+
+    /// The same mixer in another float type, with fresh caches.
+    pub fn cast<U: Float>(&self) -> MambaMixer<U> {
+        let o = |p: &Option<Param<T>>| p.as_ref().map(Param::cast);
+        MambaMixer {
+            dims: self.dims,
+            in_proj_x: self.in_proj_x.cast(),
+            in_proj_z: self.in_proj_z.cast(),
+            in_bias_x: o(&self.in_bias_x),
+            in_bias_z: o(&self.in_bias_z),
+            conv_w: self.conv_w.cast(),
+            conv_b: o(&self.conv_b),
+            x_proj: self.x_proj.cast(),
+            dt_proj_w: self.dt_proj_w.cast(),
+            dt_proj_b: self.dt_proj_b.cast(),
+            a_log: self.a_log.cast(),
+            d_skip: self.d_skip.cast(),
+            out_proj: self.out_proj.cast(),
+            out_bias: o(&self.out_bias),
+            cache: Cache::default(),
+            scratch: Scratch::default(),
+        }
+    }
+}
+
+/// The scan's inputs: everything but D and the dt bias comes from the forward's cache.
+fn scan_inputs<'a, T: Float>(c: &'a Cache<T>, d_skip: &'a Tensor<T>, dt_bias: &'a Tensor<T>, h0: Option<&'a Tensor<T>>) -> ScanInputs<'a, T> {
+    ScanInputs {
+        u: &c.xc,
+        delta: &c.delta,
+        a: &c.a,
+        b: &c.bmat,
+        c: &c.cmat,
+        d_skip: Some(d_skip),
+        z: Some(&c.z),
+        delta_bias: Some(dt_bias),
+        delta_softplus: true,
+        h0,
+    }
+}
+
+/// Splits x_proj's output (b, l, r + 2n) into dt_low (b, l, r), B and C (b, l, 1, n).
+fn split_xdbl<T: Float>(xdbl: &Tensor<T>, out: [&mut Tensor<T>; 3], [b, l]: [usize; 2], r: usize, n: usize) -> Result<()> {
+    let [dt, bm, cm] = out;
+    dt.reset([b, l, r]);
+    bm.reset([b, l, 1, n]);
+    cm.reset([b, l, 1, n]);
+    let w = r + 2 * n;
+    let (dt, bm, cm) = (dt.host_mut()?, bm.host_mut()?, cm.host_mut()?);
+    for (i, row) in xdbl.host()?.chunks_exact(w).enumerate() {
+        dt[i * r..(i + 1) * r].copy_from_slice(&row[..r]);
+        bm[i * n..(i + 1) * n].copy_from_slice(&row[r..r + n]);
+        cm[i * n..(i + 1) * n].copy_from_slice(&row[r + n..]);
+    }
+    Ok(())
+}
+
+/// The inverse of `split_xdbl`, for the gradients.
+fn join_xdbl<T: Float>(parts: [&Tensor<T>; 3], xdbl: &mut Tensor<T>, [b, l]: [usize; 2], r: usize, n: usize) -> Result<()> {
+    let w = r + 2 * n;
+    xdbl.reset([b, l, w]);
+    let (dt, bm, cm) = (parts[0].host()?, parts[1].host()?, parts[2].host()?);
+    for (i, row) in xdbl.host_mut()?.chunks_exact_mut(w).enumerate() {
+        row[..r].copy_from_slice(&dt[i * r..(i + 1) * r]);
+        row[r..r + n].copy_from_slice(&bm[i * n..(i + 1) * n]);
+        row[r + n..].copy_from_slice(&cm[i * n..(i + 1) * n]);
+    }
+    Ok(())
+}
+
+impl<T: Float> Module<T> for MambaMixer<T> {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+        f("in_proj_x", &mut self.in_proj_x);
+        f("in_proj_z", &mut self.in_proj_z);
+        if let Some(p) = &mut self.in_bias_x {
+            f("in_bias_x", p);
+        }
+        if let Some(p) = &mut self.in_bias_z {
+            f("in_bias_z", p);
+        }
+        f("conv1d.weight", &mut self.conv_w);
+        if let Some(p) = &mut self.conv_b {
+            f("conv1d.bias", p);
+        }
+        f("x_proj.weight", &mut self.x_proj);
+        f("dt_proj.weight", &mut self.dt_proj_w);
+        f("dt_proj.bias", &mut self.dt_proj_b);
+        f("A_log", &mut self.a_log);
+        f("D", &mut self.d_skip);
+        f("out_proj.weight", &mut self.out_proj);
+        if let Some(p) = &mut self.out_bias {
+            f("out_proj.bias", p);
+        }
+    }
+}
+
+/// Pre-norm residual block: x + mixer(rmsnorm(x)).
+#[derive(Clone, Debug)]
+pub struct MambaBlock<T: Float = f32> {
+    pub norm: RmsNorm<T>,
+    pub mixer: MambaMixer<T>,
+    normed: Tensor<T>,
+    dnormed: Tensor<T>,
+}
+
+impl<T: Float> MambaBlock<T> {
+    pub fn new(norm: RmsNorm<T>, mixer: MambaMixer<T>) -> Self {
+        MambaBlock { norm, mixer, normed: Tensor::default(), dnormed: Tensor::default() }
+    }
+
+    /// out = x + mixer(norm(x)); `out` is resized.
+    pub fn forward(&mut self, x: &Tensor<T>, out: &mut Tensor<T>, state: Option<&mut MixerState<T>>, train: bool) -> Result<()> {
+        self.norm.forward(x, &mut self.normed)?;
+        self.mixer.forward(&self.normed, out, state, train)?;
+        add_into(x, out)
+    }
+
+    /// dx += ∂L/∂x given dout.
+    pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
+        add_into(dout, dx)?;
+        self.dnormed.reset(x.shape().clone());
+        self.mixer.backward(&self.normed, dout, &mut self.dnormed)?;
+        self.norm.backward(x, &self.dnormed, dx)
+    }
+
+    pub fn cast<U: Float>(&self) -> MambaBlock<U> {
+        MambaBlock::new(self.norm.cast(), self.mixer.cast())
+    }
+}
+
+impl<T: Float> Module<T> for MambaBlock<T> {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+        self.norm.visit_params(&mut |name, p| f(&format!("norm.{name}"), p));
+        self.mixer.visit_params(&mut |name, p| f(&format!("mixer.{name}"), p));
+    }
+}

@@ -1,0 +1,65 @@
+//! Linear layer: `y = x · wᵀ + bias` over the last dimension, w of shape (n, k) as in PyTorch.
+
+use super::{rows_cols, same_dims, with_last};
+use crate::backend::cpu::matmul::{matmul_nn, matmul_nt, matmul_tn_acc};
+use crate::error::{Error, Result};
+use crate::tensor::{Float, Tensor};
+
+fn check<T: Float>(op: &'static str, x: &Tensor<T>, w: &Tensor<T>) -> Result<(usize, usize, usize)> {
+    let (m, k) = rows_cols(op, "x", x)?;
+    match w.dims() {
+        [n, kw] if *kw == k => Ok((m, k, *n)),
+        _ => Err(Error::shape(op, "w", format!("[n, {k}]"), w.dims())),
+    }
+}
+
+/// y (..., n) = x (..., k) · wᵀ + bias; `y` is resized.
+pub fn linear_fwd<T: Float>(x: &Tensor<T>, w: &Tensor<T>, bias: Option<&Tensor<T>>, y: &mut Tensor<T>) -> Result<()> {
+    let (m, k, n) = check("linear_fwd", x, w)?;
+    if let Some(b) = bias {
+        b.expect_dims("linear_fwd", "bias", &[n])?;
+    }
+    y.reset(with_last(x, n));
+    let out = y.host_mut()?;
+    matmul_nt(x.host()?, w.host()?, out, m, k, n, T::zero());
+    if let Some(b) = bias {
+        let b = b.host()?;
+        for row in out.chunks_exact_mut(n) {
+            for (o, &bv) in row.iter_mut().zip(b) {
+                *o += bv;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Accumulates dx (like x, if given), dw (n, k) and dbias (n, if given) from dy (..., n).
+pub fn linear_bwd<T: Float>(
+    x: &Tensor<T>,
+    w: &Tensor<T>,
+    dy: &Tensor<T>,
+    dx: Option<&mut Tensor<T>>,
+    dw: &mut Tensor<T>,
+    dbias: Option<&mut Tensor<T>>,
+) -> Result<()> {
+    const OP: &str = "linear_bwd";
+    let (m, k, n) = check(OP, x, w)?;
+    same_dims(OP, "dy", dy, &with_last(x, n))?;
+    same_dims(OP, "dw", dw, w.dims())?;
+    let g = dy.host()?;
+    if let Some(dx) = dx {
+        same_dims(OP, "dx", dx, x.dims())?;
+        matmul_nn(g, w.host()?, dx.host_mut()?, m, n, k, T::one());
+    }
+    matmul_tn_acc(g, x.host()?, dw.host_mut()?, m, n, k);
+    if let Some(db) = dbias {
+        same_dims(OP, "dbias", db, &[n])?;
+        let db = db.host_mut()?;
+        for row in g.chunks_exact(n) {
+            for (o, &v) in db.iter_mut().zip(row) {
+                *o += v;
+            }
+        }
+    }
+    Ok(())
+}

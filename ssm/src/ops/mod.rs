@@ -1,0 +1,40 @@
+//! Ops on tensors, one file per family. Each op validates shapes (errors name the op and the
+//! argument), then dispatches to the backend of its tensors' device. Forward and backward sit next
+//! to each other; every backward *adds* into its gradient outputs, so residual branches and tied
+//! weights need no special cases, and callers zero gradient buffers once per step.
+//!
+//! Layout: activations are token-major, `(b, l, ...)`, so that a linear layer is one matrix
+//! product over all `b * l` tokens.
+
+pub mod activation;
+pub mod conv1d;
+pub mod embedding;
+pub mod linear;
+pub mod loss;
+pub mod norm;
+pub mod scan;
+
+use crate::error::{Error, Result};
+use crate::tensor::{Float, Tensor};
+
+/// The last dimension and the product of the others (rows) of a tensor of rank >= 1.
+pub(crate) fn rows_cols<T: Float>(op: &'static str, what: &str, x: &Tensor<T>) -> Result<(usize, usize)> {
+    match x.dims().split_last() {
+        Some((&c, lead)) => Ok((lead.iter().product(), c)),
+        None => Err(Error::shape(op, what, "rank >= 1", x.dims())),
+    }
+}
+
+/// The dims of `x` with the last one replaced by `last`.
+pub(crate) fn with_last<T: Float>(x: &Tensor<T>, last: usize) -> Vec<usize> {
+    let mut d = x.dims().to_vec();
+    if let Some(l) = d.last_mut() {
+        *l = last;
+    }
+    d
+}
+
+/// Checks that `x` has the dims of `like` (gradient buffers must match their inputs).
+pub(crate) fn same_dims<T: Float>(op: &'static str, what: &str, x: &Tensor<T>, like: &[usize]) -> Result<()> {
+    x.expect_dims(op, what, like)
+}

@@ -1,0 +1,108 @@
+//! AdamW (Loshchilov & Hutter, 2019) with decoupled weight decay, a cosine learning-rate schedule
+//! with linear warm-up, and gradient clipping by global norm.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::nn::{Module, Param};
+use crate::tensor::{Float, Tensor};
+
+/// AdamW hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled decay, applied only to parameters flagged `decay`.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+    }
+}
+
+/// AdamW state: first and second moments per parameter, in `visit_params` order.
+#[derive(Clone, Debug)]
+pub struct AdamW<T: Float = f32> {
+    pub config: AdamWConfig,
+    /// Steps taken so far.
+    pub step: u64,
+    pub m: Vec<Tensor<T>>,
+    pub v: Vec<Tensor<T>>,
+}
+
+impl<T: Float> AdamW<T> {
+    pub fn new(config: AdamWConfig) -> Self {
+        AdamW { config, step: 0, m: Vec::new(), v: Vec::new() }
+    }
+
+    /// One update of every parameter of `model` with learning rate `lr`:
+    /// θ ← θ − lr · (m̂ / (√v̂ + eps) + wd · θ).
+    pub fn update(&mut self, model: &mut dyn Module<T>, lr: f64) -> Result<()> {
+        self.step += 1;
+        let c = self.config;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        let (b1, b2) = (T::from_f64(c.beta1), T::from_f64(c.beta2));
+        let (step_size, eps) = (T::from_f64(lr / bc1), T::from_f64(c.eps));
+        let inv_bc2_sqrt = T::from_f64(1.0 / bc2.sqrt());
+        let (m, v) = (&mut self.m, &mut self.v);
+        let mut i = 0;
+        let mut err = None;
+        model.visit_params(&mut |name, p: &mut Param<T>| {
+            if i == m.len() {
+                m.push(Tensor::zeros_cpu(p.value.shape().clone()));
+                v.push(Tensor::zeros_cpu(p.value.shape().clone()));
+            }
+            if m[i].dims() != p.value.dims() {
+                err.get_or_insert(Error::shape("AdamW::update", name.to_string(), format!("{:?}", m[i].dims()), p.value.dims()));
+                return;
+            }
+            let decay = T::from_f64(if p.decay { lr * c.weight_decay } else { 0.0 });
+            let (Ok(w), Ok(g), Ok(mi), Ok(vi)) = (p.value.host_mut(), p.grad.host(), m[i].host_mut(), v[i].host_mut()) else {
+                err.get_or_insert(Error::Device { device: p.value.device().to_string(), reason: "AdamW runs on host tensors".into() });
+                return;
+            };
+            for j in 0..w.len() {
+                mi[j] = b1 * mi[j] + (T::one() - b1) * g[j];
+                vi[j] = b2 * vi[j] + (T::one() - b2) * g[j] * g[j];
+                w[j] -= step_size * mi[j] / (vi[j].sqrt() * inv_bc2_sqrt + eps) + decay * w[j];
+            }
+            i += 1;
+        });
+        err.map_or(Ok(()), Err)
+    }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
+/// before clipping. A non-finite norm is returned as is, with gradients left untouched.
+pub fn clip_grad_norm<T: Float>(model: &mut dyn Module<T>, max_norm: f64) -> f64 {
+    let mut sq = 0.0f64;
+    model.visit_params(&mut |_, p| sq += p.grad.to_vec().iter().map(|g| g.to_f64() * g.to_f64()).sum::<f64>());
+    let norm = sq.sqrt();
+    if norm.is_finite() && norm > max_norm {
+        let s = T::from_f64(max_norm / (norm + 1e-6));
+        model.visit_params(&mut |_, p| {
+            if let Ok(g) = p.grad.host_mut() {
+                g.iter_mut().for_each(|x| *x *= s);
+            }
+        });
+    }
+    norm
+}
+
+/// Learning rate at `step` (0-based): linear warm-up from 0 to `max_lr` over `warmup` steps, then a
+/// cosine decay to `min_lr` at `total` steps, constant after.
+pub fn cosine_lr(step: u64, warmup: u64, total: u64, max_lr: f64, min_lr: f64) -> f64 {
+    if step < warmup {
+        return max_lr * (step + 1) as f64 / warmup as f64;
+    }
+    if step >= total || total <= warmup {
+        return min_lr;
+    }
+    let progress = (step - warmup) as f64 / (total - warmup) as f64;
+    min_lr + 0.5 * (max_lr - min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the `ssm` crate: one binary, one module per subject.
+
+mod common;
+mod gradcheck_ops;
+mod hf_fixture;
+mod model;
+mod scan_parity;
