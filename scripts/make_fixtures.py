@@ -16,7 +16,7 @@ asserted below) on CPU in float32, and is cross-checked against an independent t
 Mamba-1 implementation (selective_scan_ref semantics) written here.
 
 Regenerate (from the repo root):
-    scripts/setup-venv && .venv/bin/python scripts/make_fixtures.py
+    scripts/setup-venv --fixtures && .venv/bin/python scripts/make_fixtures.py
 """
 import importlib.util
 import inspect
@@ -147,7 +147,7 @@ versions = {"torch": torch.__version__, "transformers": transformers.__version__
 generator = "scripts/make_fixtures.py; " + ", ".join(f"{k} {v}" for k, v in versions.items())
 save_file(tensors, REF + ".safetensors", metadata={"generator": generator})
 summary = {
-    "regenerate": "scripts/setup-venv && .venv/bin/python scripts/make_fixtures.py",
+    "regenerate": "scripts/setup-venv --fixtures && .venv/bin/python scripts/make_fixtures.py",
     "loss": loss.item(),
     "loss_definition": "F.cross_entropy(logits[:, :-1].reshape(-1, V), input_ids[:, 1:].reshape(-1)), mean",
     "tied_embedding_grad": "grad.backbone.embeddings.weight = embedding-lookup grad + lm_head grad",

@@ -129,7 +129,8 @@ impl Float for f64 {
 
 /// exp(x) = 2^k * exp(r) with k = round(x / ln 2) and |r| <= ln(2)/2; exp(r) by its Taylor series to
 /// degree 7 (truncation error r^8/8! < 6e-9). No branches and no table, so a loop over it
-/// vectorizes; inputs are clamped to the range where the result is a normal f32.
+/// vectorizes; inputs are clamped to the range where the result is a normal f32. Callers compile
+/// it with FMA (see `backend::cpu::scan`); without, `mul_add` is a library call and slow.
 #[inline(always)]
 fn fast_exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -137,17 +138,15 @@ fn fast_exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding 1.5 * 2^23 rounds to the nearest integer in the float unit itself.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0).min(88.0);
+    let x = x.clamp(-87.0, 88.0);
     let k = (x * LOG2E + ROUND) - ROUND;
-    let r = (x - k * LN2_HI) - k * LN2_LO;
-    let p = 1.0 / 5040.0 + r * (1.0 / 40320.0);
-    let p = 1.0 / 720.0 + r * p;
-    let p = 1.0 / 120.0 + r * p;
-    let p = 1.0 / 24.0 + r * p;
-    let p = 1.0 / 6.0 + r * p;
-    let p = 0.5 + r * p;
-    let p = 1.0 + r * p;
-    let p = 1.0 + r * p;
+    let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, x));
+    // Horner with fused multiply-adds: one rounding per degree, and one instruction where the
+    // hot loops are compiled with FMA enabled.
+    let mut p = (1.0f32 / 40320.0).mul_add(r, 1.0 / 5040.0);
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p.mul_add(r, c);
+    }
     // 2^k from the bits of the rounding sum: its low mantissa bits hold 2^22 + k, so adding the
     // exponent bias and shifting leaves (k + 127) << 23. No float-to-int conversion, which LLVM
     // would scalarize for its saturation semantics.

@@ -81,7 +81,11 @@ impl<T: Float> AdamW<T> {
 /// before clipping. A non-finite norm is returned as is, with gradients left untouched.
 pub fn clip_grad_norm<T: Float>(model: &mut dyn Module<T>, max_norm: f64) -> f64 {
     let mut sq = 0.0f64;
-    model.visit_params(&mut |_, p| sq += p.grad.to_vec().iter().map(|g| g.to_f64() * g.to_f64()).sum::<f64>());
+    model.visit_params(&mut |_, p| {
+        if let Ok(g) = p.grad.host() {
+            sq += g.iter().map(|g| g.to_f64() * g.to_f64()).sum::<f64>();
+        }
+    });
     let norm = sq.sqrt();
     if norm.is_finite() && norm > max_norm {
         let s = T::from_f64(max_norm / (norm + 1e-6));

@@ -83,16 +83,33 @@ impl fmt::Display for Shape {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 enum Storage<T> {
     Cpu(Vec<T>),
 }
 
 /// A contiguous row-major tensor.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Tensor<T: Float = f32> {
     shape: Shape,
     storage: Storage<T>,
+}
+
+impl<T: Float> Clone for Tensor<T> {
+    fn clone(&self) -> Self {
+        let storage = match &self.storage {
+            Storage::Cpu(v) => Storage::Cpu(v.clone()),
+        };
+        Tensor { shape: self.shape.clone(), storage }
+    }
+
+    /// Reuses the allocation: layers copy gradients into their scratch buffers every step.
+    fn clone_from(&mut self, src: &Self) {
+        match (&mut self.storage, &src.storage) {
+            (Storage::Cpu(dst), Storage::Cpu(s)) => dst.clone_from(s),
+        }
+        self.shape.clone_from(&src.shape);
+    }
 }
 
 fn no_backend(device: Device) -> Error {

@@ -1,5 +1,6 @@
 //! Integration tests of the `ssm` crate: one binary, one module per subject.
 
+mod attention;
 mod common;
 mod gradcheck_ops;
 mod hf_fixture;

@@ -129,7 +129,7 @@ pub fn parse_config(v: &Value, path: &Path) -> Result<MambaConfig> {
     let expand = match (v.get("intermediate_size"), v.get("expand")) {
         (Some(i), _) => {
             let i = i.as_u64().ok_or_else(|| err("intermediate_size", format!("expected an integer, got {i}")))? as usize;
-            if d_model == 0 || i % d_model != 0 {
+            if d_model == 0 || !i.is_multiple_of(d_model) {
                 return Err(err("intermediate_size", format!("{i} is not a multiple of hidden_size {d_model}")));
             }
             i / d_model

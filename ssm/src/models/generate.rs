@@ -60,7 +60,7 @@ impl<T: Float> MambaLM<T> {
             return Err(Error::config("prompt", "needs at least one token"));
         }
         if let Sampling::Sample { temperature, .. } = sampling
-            && !(temperature > 0.0)
+            && (temperature.is_nan() || temperature <= 0.0)
         {
             return Err(Error::config("temperature", format!("must be positive, got {temperature}")));
         }

@@ -98,10 +98,10 @@ impl MambaConfig {
                 return Err(Error::config(field, "must be at least 1"));
             }
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return Err(Error::config("norm_eps", format!("must be positive, got {}", self.norm_eps)));
         }
-        if !(0.0 < self.dt_min && self.dt_min <= self.dt_max) {
+        if self.dt_min.is_nan() || self.dt_min <= 0.0 || self.dt_min > self.dt_max {
             return Err(Error::config("dt_min", format!("need 0 < dt_min <= dt_max, got {} and {}", self.dt_min, self.dt_max)));
         }
         Ok(())
@@ -174,7 +174,7 @@ impl<T: Float> MambaLM<T> {
     /// Logits (b, l, v) for token ids (b · l, row-major). With `state`, the sequences continue
     /// from it and it is advanced (prefill, decoding); `train` keeps what `backward` needs.
     pub fn forward(&mut self, ids: &[u32], b: usize, mut state: Option<&mut MambaState<T>>, train: bool) -> Result<&Tensor<T>> {
-        if b == 0 || ids.is_empty() || ids.len() % b != 0 {
+        if b == 0 || ids.is_empty() || !ids.len().is_multiple_of(b) {
             return Err(Error::shape("MambaLM::forward", "ids", format!("b · l ids with b = {b} and l >= 1"), &[ids.len()]));
         }
         let l = ids.len() / b;

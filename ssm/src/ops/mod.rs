@@ -7,11 +7,13 @@
 //! product over all `b * l` tokens.
 
 pub mod activation;
+pub mod attention;
 pub mod conv1d;
 pub mod embedding;
 pub mod linear;
 pub mod loss;
 pub mod norm;
+pub mod rope;
 pub mod scan;
 
 use crate::error::{Error, Result};

@@ -220,10 +220,10 @@ pub fn selective_scan_ref<T: Float>(inp: &ScanInputs<T>) -> Result<(Tensor<T>, T
                 let i = (bi * l + t) * d + ch;
                 let dt = ref_dt(&a, i, ch);
                 let mut acc = a.d_skip.map_or(T::zero(), |ds| ds[ch] * a.u[i]);
-                for s in 0..n {
+                for (s, hs) in h.iter_mut().enumerate() {
                     let bc = ((bi * l + t) * g + gi) * n + s;
-                    h[s] = (dt * a.a[ch * n + s]).exp() * h[s] + dt * a.b[bc] * a.u[i];
-                    acc += a.c[bc] * h[s];
+                    *hs = (dt * a.a[ch * n + s]).exp() * *hs + dt * a.b[bc] * a.u[i];
+                    acc += a.c[bc] * *hs;
                 }
                 y[i] = a.z.map_or(acc, |z| acc * silu(z[i]));
             }

@@ -4,12 +4,14 @@
 //! problem size and the thread count, and floating-point reductions across parts are summed in
 //! part order, so the same inputs and thread count give bit-identical results.
 
+pub mod attention;
 pub mod conv1d;
 pub mod elementwise;
 pub mod embedding;
 pub mod loss;
 pub mod matmul;
 pub mod rmsnorm;
+pub mod rope;
 pub mod scan;
 
 use std::ops::Range;
@@ -58,5 +60,31 @@ pub(crate) fn reduce_parts_into<T: crate::tensor::Float>(partials: &[T], len: us
         for (o, p) in out.iter_mut().zip(part) {
             *o += *p;
         }
+    }
+}
+
+/// A mutable buffer that parallel tasks share to write disjoint parts of it, when the parts are
+/// not contiguous blocks (a tile of channels across all time steps, a head's rows).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T> {
+    pub(crate) ptr: *mut T,
+    pub(crate) len: usize,
+}
+// SAFETY: only used to reach elements that exactly one task owns (see the call sites).
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    pub(crate) fn new(s: &mut [T]) -> Self {
+        SharedMut { ptr: s.as_mut_ptr(), len: s.len() }
+    }
+
+    /// SAFETY: no other live reference reaches `start..start + len` while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
+        assert!(start + len <= self.len, "shared buffer: {start}+{len} out of bounds {}", self.len);
+        // SAFETY: in bounds (checked above) and exclusive (the caller's promise).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
     }
 }

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::{reduce_parts_into, split, threads};
+use super::{SharedMut, reduce_parts_into, split, threads};
 use crate::tensor::Float;
 
 /// Channels processed together by one inner loop.
@@ -61,33 +61,13 @@ pub struct ScanGradsMut<'a, T> {
     pub dh0: Option<&'a mut [T]>,
 }
 
-/// A raw pointer that tasks share to write disjoint elements of one buffer.
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-// SAFETY: used only to write elements that exactly one task owns (its sequence and channels).
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
+/// (group, first channel, width) of a tile of channels.
+type TileSpan = (usize, usize, usize);
+/// A task: one sequence and a range of indices into the tile list.
+type Task = (usize, std::ops::Range<usize>);
 
-impl<T: Copy> Shared<T> {
-    fn new(s: &mut [T]) -> Self {
-        Shared(s.as_mut_ptr())
-    }
-    /// SAFETY: `i` is in bounds of the original slice and no other task touches it.
-    #[inline(always)]
-    unsafe fn add(&self, i: usize, v: T)
-    where
-        T: std::ops::AddAssign,
-    {
-        unsafe { *self.0.add(i) += v }
-    }
-    #[inline(always)]
-    unsafe fn set(&self, i: usize, v: T) {
-        unsafe { *self.0.add(i) = v }
-    }
-}
-
-/// One task: sequence `bi`, the tiles `tiles` (indices into the tile list).
-fn tasks(dims: ScanDims) -> (Vec<(usize, usize, usize)>, Vec<(usize, std::ops::Range<usize>)>) {
+/// Every tile, and the tasks that share them out.
+fn tasks(dims: ScanDims) -> (Vec<TileSpan>, Vec<Task>) {
     // (group, first channel, width) for every tile; tiles never straddle groups.
     let dg = dims.d / dims.g;
     let mut tiles = Vec::new();
@@ -144,8 +124,8 @@ fn load<T: Float>(src: &[T], start: usize, w: usize) -> [T; TILE] {
 #[inline(always)]
 fn dt_lanes<T: Float>(args: &ScanArgs<T>, tc: &TileConsts<T>, row: usize, w: usize) -> ([T; TILE], [T; TILE]) {
     let mut raw = load(args.delta, row, w);
-    for i in 0..TILE {
-        raw[i] += tc.bias[i];
+    for (r, &b) in raw.iter_mut().zip(&tc.bias) {
+        *r += b;
     }
     let mut dt = raw;
     if args.delta_softplus {
@@ -159,6 +139,14 @@ fn dt_lanes<T: Float>(args: &ScanArgs<T>, tc: &TileConsts<T>, row: usize, w: usi
 #[inline(always)]
 fn sigmoid<T: Float>(x: T) -> T {
     T::one() / (T::one() + (-x).fast_exp())
+}
+
+/// dst[i] += lanes[i] for the first dst.len() lanes.
+#[inline(always)]
+fn add_lanes<T: Float>(dst: &mut [T], lanes: &[T; TILE]) {
+    for (o, &v) in dst.iter_mut().zip(lanes) {
+        *o += v;
+    }
 }
 
 #[inline(always)]
@@ -181,9 +169,9 @@ pub fn scan_fwd<T: Float>(
     saved: Option<&mut [T]>,
 ) {
     let (tiles, work) = tasks(dims);
-    let y = Shared::new(y);
-    let last = last.map(Shared::new);
-    let saved = saved.map(Shared::new);
+    let y = SharedMut::new(y);
+    let last = last.map(SharedMut::new);
+    let saved = saved.map(SharedMut::new);
     work.par_iter().for_each(|(bi, range)| {
         let mut h = vec![T::zero(); dims.n * TILE];
         for &(gi, d0, w) in &tiles[range.clone()] {
@@ -202,20 +190,26 @@ unsafe fn fwd_tile_dispatch<T: Float>(
     d0: usize,
     w: usize,
     h: &mut [T],
-    y: Shared<T>,
-    last: Option<Shared<T>>,
-    saved: Option<Shared<T>>,
+    y: SharedMut<T>,
+    last: Option<SharedMut<T>>,
+    saved: Option<SharedMut<T>>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { fwd_tile_avx2(args, dims, bi, gi, d0, w, h, y, last, saved) };
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { fwd_tile_avx512(args, dims, bi, gi, d0, w, h, y, last, saved) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { fwd_tile_avx2(args, dims, bi, gi, d0, w, h, y, last, saved) };
+        }
     }
     unsafe { fwd_tile(args, dims, bi, gi, d0, w, h, y, last, saved) }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn fwd_tile_avx2<T: Float>(
     args: &ScanArgs<T>,
@@ -225,9 +219,27 @@ unsafe fn fwd_tile_avx2<T: Float>(
     d0: usize,
     w: usize,
     h: &mut [T],
-    y: Shared<T>,
-    last: Option<Shared<T>>,
-    saved: Option<Shared<T>>,
+    y: SharedMut<T>,
+    last: Option<SharedMut<T>>,
+    saved: Option<SharedMut<T>>,
+) {
+    unsafe { fwd_tile(args, dims, bi, gi, d0, w, h, y, last, saved) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fwd_tile_avx512<T: Float>(
+    args: &ScanArgs<T>,
+    dims: ScanDims,
+    bi: usize,
+    gi: usize,
+    d0: usize,
+    w: usize,
+    h: &mut [T],
+    y: SharedMut<T>,
+    last: Option<SharedMut<T>>,
+    saved: Option<SharedMut<T>>,
 ) {
     unsafe { fwd_tile(args, dims, bi, gi, d0, w, h, y, last, saved) }
 }
@@ -242,9 +254,9 @@ unsafe fn fwd_tile<T: Float>(
     d0: usize,
     w: usize,
     h: &mut [T],
-    y: Shared<T>,
-    last: Option<Shared<T>>,
-    saved: Option<Shared<T>>,
+    y: SharedMut<T>,
+    last: Option<SharedMut<T>>,
+    saved: Option<SharedMut<T>>,
 ) {
     let ScanDims { l, d, n, g, .. } = dims;
     let tc = tile_consts(args, n, d0, w);
@@ -263,10 +275,8 @@ unsafe fn fwd_tile<T: Float>(
         {
             let base = (bi * dims.chunks() + t / CHUNK) * n * d;
             for s in 0..n {
-                for i in 0..w {
-                    // SAFETY: sequence bi, channel d0+i belongs to this task.
-                    unsafe { sv.set(base + s * d + d0 + i, h[s * TILE + i]) };
-                }
+                // SAFETY: sequence bi, channels d0..d0+w belong to this task.
+                unsafe { sv.slice(base + s * d + d0, w) }.copy_from_slice(&h[s * TILE..s * TILE + w]);
             }
         }
         let row = (bi * l + t) * d + d0;
@@ -293,16 +303,15 @@ unsafe fn fwd_tile<T: Float>(
                 acc[i] *= z[i] * sigmoid(z[i]);
             }
         }
-        for (i, &v) in acc[..w].iter().enumerate() {
-            // SAFETY: as above.
-            unsafe { y.set(row + i, v) };
-        }
+        // SAFETY: as above.
+        unsafe { y.slice(row, w) }.copy_from_slice(&acc[..w]);
     }
     if let Some(ls) = last {
-        for s in 0..n {
-            for i in 0..w {
-                // SAFETY: as above.
-                unsafe { ls.set((bi * d + d0 + i) * n + s, h[s * TILE + i]) };
+        for i in 0..w {
+            // SAFETY: as above.
+            let row = unsafe { ls.slice((bi * d + d0 + i) * n, n) };
+            for (s, v) in row.iter_mut().enumerate() {
+                *v = h[s * TILE + i];
             }
         }
     }
@@ -341,13 +350,13 @@ pub fn scan_bwd<T: Float>(
         dbias: vec![T::zero(); b * d],
     };
     let out = BwdOut {
-        du: Shared::new(grads.du),
-        ddelta: Shared::new(grads.ddelta),
-        dz: grads.dz.map(Shared::new),
-        dh0: grads.dh0.map(Shared::new),
-        da: Shared::new(&mut p.da),
-        dd: Shared::new(&mut p.dd),
-        dbias: Shared::new(&mut p.dbias),
+        du: SharedMut::new(grads.du),
+        ddelta: SharedMut::new(grads.ddelta),
+        dz: grads.dz.map(SharedMut::new),
+        dh0: grads.dh0.map(SharedMut::new),
+        da: SharedMut::new(&mut p.da),
+        dd: SharedMut::new(&mut p.dd),
+        dbias: SharedMut::new(&mut p.dbias),
     };
     p.db.par_chunks_exact_mut(bc_len)
         .zip(p.dc.par_chunks_exact_mut(bc_len))
@@ -378,13 +387,13 @@ pub fn scan_bwd<T: Float>(
 
 #[derive(Clone, Copy)]
 struct BwdOut<T> {
-    du: Shared<T>,
-    ddelta: Shared<T>,
-    dz: Option<Shared<T>>,
-    dh0: Option<Shared<T>>,
-    da: Shared<T>,
-    dd: Shared<T>,
-    dbias: Shared<T>,
+    du: SharedMut<T>,
+    ddelta: SharedMut<T>,
+    dz: Option<SharedMut<T>>,
+    dh0: Option<SharedMut<T>>,
+    da: SharedMut<T>,
+    dd: SharedMut<T>,
+    dbias: SharedMut<T>,
 }
 
 #[derive(Clone, Copy)]
@@ -437,17 +446,41 @@ unsafe fn bwd_tile_dispatch<T: Float>(
     out: BwdOut<T>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { bwd_tile_avx2(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out) };
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F, checked just above.
+            return unsafe { bwd_tile_avx512(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { bwd_tile_avx2(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out) };
+        }
     }
     unsafe { bwd_tile(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out) }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn bwd_tile_avx2<T: Float>(
+    args: &ScanArgs<T>,
+    dims: ScanDims,
+    tile: Tile,
+    saved: &[T],
+    dy: &[T],
+    dlast: Option<&[T]>,
+    buf: &mut BwdBuf<T>,
+    pdb: &mut [T],
+    pdc: &mut [T],
+    out: BwdOut<T>,
+) {
+    unsafe { bwd_tile(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn bwd_tile_avx512<T: Float>(
     args: &ScanArgs<T>,
     dims: ScanDims,
     tile: Tile,
@@ -557,15 +590,16 @@ unsafe fn bwd_tile<T: Float>(
                     dyp[i] *= z[i] * sg;
                 }
                 if let Some(out_dz) = out.dz {
-                    for (i, &v) in dz[..w].iter().enumerate() {
-                        // SAFETY: sequence bi, channel d0+i belongs to this task.
-                        unsafe { out_dz.add(row + i, v) };
-                    }
+                    // SAFETY: sequence bi, channels d0..d0+w belong to this task.
+                    add_lanes(unsafe { out_dz.slice(row, w) }, &dz);
                 }
             }
+            // Σ_s ∂L/∂h_t[s] · B_t[s] per channel: both ∂L/∂u (times dt) and ∂L/∂dt (times u) need it.
+            let mut gb = [T::zero(); TILE];
+            let mut dtu = [T::zero(); TILE];
             for i in 0..TILE {
                 dd_acc[i] += dyp[i] * u[i];
-                du[i] = dyp[i] * tc.d_skip[i];
+                dtu[i] = dt[i] * u[i];
                 ddt[i] = T::zero();
             }
             for s in 0..n {
@@ -585,15 +619,20 @@ unsafe fn bwd_tile<T: Float>(
                     // ∂L/∂h_t: from the output at t and from h_{t+1} (already scaled by its decay).
                     let gv = gh[i] + cn * dyp[i];
                     lane_c[i] = dyp[i] * hk[i];
-                    let decayed_prev = dec[i] * prev[i];
-                    ddt[i] += gv * (an[i] * decayed_prev + bn * u[i]);
-                    ga[i] += gv * dt[i] * decayed_prev;
-                    lane_b[i] = gv * dt[i] * u[i];
-                    du[i] += gv * dt[i] * bn;
+                    // h_t = decay · h_{t-1} + dt · B · u with decay = exp(dt · A).
+                    let g_prev = gv * dec[i] * prev[i];
+                    ddt[i] += g_prev * an[i];
+                    ga[i] += g_prev * dt[i];
+                    gb[i] += gv * bn;
+                    lane_b[i] = gv * dtu[i];
                     gh[i] = gv * dec[i];
                 }
                 pdc[bc - (bi * l * g * n) + s] += hsum(&lane_c);
                 pdb[bc - (bi * l * g * n) + s] += hsum(&lane_b);
+            }
+            for i in 0..TILE {
+                ddt[i] += gb[i] * u[i];
+                du[i] = dyp[i] * tc.d_skip[i] + gb[i] * dt[i];
             }
             let raw = &buf.raws[k];
             let mut dx = ddt;
@@ -607,25 +646,25 @@ unsafe fn bwd_tile<T: Float>(
             for i in 0..TILE {
                 dbias_acc[i] += dx[i];
             }
-            for i in 0..w {
-                // SAFETY: as above.
-                unsafe {
-                    out.ddelta.add(row + i, dx[i]);
-                    out.du.add(row + i, du[i]);
-                }
+            // SAFETY: as above.
+            unsafe {
+                add_lanes(out.ddelta.slice(row, w), &dx);
+                add_lanes(out.du.slice(row, w), &du);
             }
         }
     }
-    for i in 0..w {
-        let ch = d0 + i;
-        // SAFETY: per-sequence partials and dh0 for this task's channels.
-        unsafe {
-            out.dd.add(bi * d + ch, dd_acc[i]);
-            out.dbias.add(bi * d + ch, dbias_acc[i]);
-            for s in 0..n {
-                out.da.add((bi * d + ch) * n + s, buf.da[s * TILE + i]);
-                if let Some(dh0) = out.dh0 {
-                    dh0.add((bi * d + ch) * n + s, buf.dh[s * TILE + i]);
+    // SAFETY: per-sequence partials and dh0 rows of this task's channels.
+    unsafe {
+        add_lanes(out.dd.slice(bi * d + d0, w), &dd_acc);
+        add_lanes(out.dbias.slice(bi * d + d0, w), &dbias_acc);
+        for i in 0..w {
+            let at = (bi * d + d0 + i) * n;
+            for (s, v) in out.da.slice(at, n).iter_mut().enumerate() {
+                *v += buf.da[s * TILE + i];
+            }
+            if let Some(dh0) = out.dh0 {
+                for (s, v) in dh0.slice(at, n).iter_mut().enumerate() {
+                    *v += buf.dh[s * TILE + i];
                 }
             }
         }
