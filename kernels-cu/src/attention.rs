@@ -1,0 +1,132 @@
+//! Launches of cu/attention.cu: causal attention with grouped-query heads, tiled with an online
+//! softmax, in the layouts of `ssm::ops::attention`: q, o (b, lq, h, hd); k, v (b, lk, hkv, hd)
+//! with lk >= lq, query i at position i + lk - lq; lse (b, h, lq).
+
+use crate::launch::{DevicePtr, KernelArgs, Launch, LaunchConfig, to_i32};
+use crate::{Error, Result};
+
+/// The largest head dimension the kernels take.
+pub const MAX_HEAD_DIM: usize = 128;
+const THREADS: u32 = 128;
+/// Query (or key) rows per block.
+const ROWS: usize = 16;
+
+/// Sizes of one call: batch, query and key lengths, query and kv heads, head dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    pub b: usize,
+    pub lq: usize,
+    pub lk: usize,
+    pub h: usize,
+    pub hkv: usize,
+    pub hd: usize,
+}
+
+impl AttnDims {
+    /// Floats of workspace the backward needs: D = rowsum(dO ∘ O), (b, h, lq).
+    pub fn bwd_workspace_len(&self) -> usize {
+        self.b * self.h * self.lq
+    }
+
+    fn check(&self, kernel: &'static str) -> Result<()> {
+        let AttnDims { b, lq, lk, h, hkv, hd } = *self;
+        if b == 0 || lq == 0 || lk < lq || h == 0 || hkv == 0 || h % hkv != 0 || hd == 0 || hd > MAX_HEAD_DIM {
+            return Err(Error::Unsupported {
+                kernel,
+                reason: format!("needs lk >= lq >= 1, hkv dividing h and 1 <= hd <= {MAX_HEAD_DIM}, got {self:?}"),
+            });
+        }
+        if b > 65535 || h > 65535 {
+            return Err(Error::Unsupported {
+                kernel,
+                reason: format!("b and h must fit the grid's 65535, got {self:?}"),
+            });
+        }
+        to_i32(kernel, "b * lk * h * hd", b * lk * h * hd).map(|_| ())
+    }
+
+    fn push(&self, args: KernelArgs, scale: f32) -> KernelArgs {
+        args.i32(self.lq as i32)
+            .i32(self.lk as i32)
+            .i32(self.h as i32)
+            .i32(self.hkv as i32)
+            .i32(self.hd as i32)
+            .f32(scale)
+    }
+}
+
+fn rows_grid(rows: usize, heads: usize, b: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(ROWS) as u32, heads as u32, b as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// o and lse from q, k, v; `scale` is usually 1/sqrt(hd).
+pub fn attention_fwd(
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+    o: DevicePtr,
+    lse: DevicePtr,
+    dims: AttnDims,
+    scale: f32,
+) -> Result<Launch> {
+    const K: &str = "attention_fwd_f32";
+    dims.check(K)?;
+    let args = KernelArgs::new().ptr(q).ptr(k).ptr(v).ptr(o).ptr(lse);
+    Ok(Launch { kernel: K, config: rows_grid(dims.lq, dims.h, dims.b), args: dims.push(args, scale) })
+}
+
+/// Accumulates dq, dk, dv from dout, given the forward's o and lse; `workspace` holds
+/// `dims.bwd_workspace_len()` floats. Three launches: D, then dk/dv per key block, then dq per
+/// query block.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd(
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+    o: DevicePtr,
+    lse: DevicePtr,
+    dout: DevicePtr,
+    dq: DevicePtr,
+    dk: DevicePtr,
+    dv: DevicePtr,
+    workspace: DevicePtr,
+    dims: AttnDims,
+    scale: f32,
+) -> Result<Vec<Launch>> {
+    const PREP: &str = "attention_bwd_prep_f32";
+    dims.check(PREP)?;
+    let AttnDims { b, lq, lk, h, hkv, hd } = dims;
+    let warps = b * lq * h;
+    let prep = Launch {
+        kernel: PREP,
+        config: LaunchConfig {
+            grid_dim: (warps.div_ceil(8).clamp(1, 132 * 16) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        },
+        args: KernelArgs::new()
+            .ptr(o)
+            .ptr(dout)
+            .ptr(workspace)
+            .i32(b as i32)
+            .i32(lq as i32)
+            .i32(h as i32)
+            .i32(hd as i32),
+    };
+    let common = || KernelArgs::new().ptr(q).ptr(k).ptr(v).ptr(dout).ptr(lse).ptr(workspace);
+    let dkdv = Launch {
+        kernel: "attention_bwd_dkdv_f32",
+        config: rows_grid(lk, hkv, b),
+        args: dims.push(common().ptr(dk).ptr(dv), scale),
+    };
+    let dq = Launch {
+        kernel: "attention_bwd_dq_f32",
+        config: rows_grid(lq, h, b),
+        args: dims.push(common().ptr(dq), scale),
+    };
+    Ok(vec![prep, dkdv, dq])
+}
