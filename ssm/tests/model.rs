@@ -82,6 +82,13 @@ fn same_seed_gives_bit_identical_losses_and_training_learns() {
     let b = train_losses(11, 12);
     assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
     let c = train_losses(12, 1);
+    // backward must follow forward_loss: a decoding step in between invalidates the caches.
+    let mut model = MambaLM::<f32>::new(small(), 1).unwrap();
+    assert!(model.backward().is_err());
+    model.forward_loss(&[1, 2, 3], &[2, 3, -100], 1).unwrap();
+    let mut st = model.zero_state(1);
+    model.step(&[4], &mut st).unwrap();
+    assert!(model.backward().unwrap_err().to_string().contains("forward_loss"));
     assert_ne!(a[0].to_bits(), c[0].to_bits(), "another seed, another model");
     // The token pattern is deterministic: 12 steps of AdamW must bring the loss down.
     println!("losses {a:?}");

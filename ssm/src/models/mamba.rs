@@ -139,6 +139,8 @@ struct Acts<T: Float> {
     dlogits: Tensor<T>,
     dhidden: Tensor<T>,
     dresid: [Tensor<T>; 2],
+    /// Set by `forward_loss`, cleared by any other forward, whose caches `backward` cannot use.
+    loss_ready: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -184,6 +186,7 @@ impl<T: Float> MambaLM<T> {
             return Err(Error::shape("MambaLM::forward", "state", format!("{} layers", self.layers.len()), &[s.layers.len()]));
         }
         let a = &mut self.acts;
+        a.loss_ready = false;
         a.ids.clear();
         a.ids.extend_from_slice(ids);
         a.resid.resize_with(self.layers.len() + 1, Tensor::default);
@@ -206,12 +209,16 @@ impl<T: Float> MambaLM<T> {
         let (loss, _) = cross_entropy_fwd(&a.logits, targets, &mut a.lse)?;
         a.targets.clear();
         a.targets.extend_from_slice(targets);
+        a.loss_ready = true;
         Ok(loss)
     }
 
     /// Adds ∂loss/∂θ of the last `forward_loss` into every parameter's gradient.
     pub fn backward(&mut self) -> Result<()> {
         let a = &mut self.acts;
+        if !a.loss_ready {
+            return Err(Error::config("MambaLM::backward", "needs a forward_loss first (and no other forward since)"));
+        }
         a.dlogits.reset(a.logits.shape().clone());
         cross_entropy_bwd(&a.logits, &a.targets, &a.lse, 1.0, &mut a.dlogits)?;
         a.dhidden.reset(a.hidden.shape().clone());
