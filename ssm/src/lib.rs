@@ -15,6 +15,10 @@
 //! | `k` | convolution width (d_conv) |
 //! | `v` | vocabulary size |
 //! | `m` | rows of a matrix product, b · l tokens |
+//! | `h` | attention (query) heads |
+//! | `hkv` | key/value heads (grouped-query attention; h when equal) |
+//! | `hd` | head dimension |
+//! | `lq`, `lk` | query and key lengths of attention (lk >= lq; lq = 1 when decoding) |
 
 pub mod backend;
 pub mod error;

@@ -2,7 +2,9 @@
 
 mod attention;
 mod common;
+mod gradcheck_models;
 mod gradcheck_ops;
 mod hf_fixture;
 mod model;
 mod scan_parity;
+mod transformer;

@@ -3,9 +3,9 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::mamba::MambaLM;
+use super::mamba::{MambaLM, MambaState};
 use crate::error::{Error, Result};
-use crate::tensor::Float;
+use crate::tensor::{Float, Tensor};
 
 /// How the next token is chosen from the logits.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -52,36 +52,71 @@ pub fn pick<T: Float>(logits: &[T], sampling: Sampling, rng: &mut StdRng) -> u32
     }
 }
 
+/// What token-by-token generation needs of a model: a decoding state (recurrent state, KV cache
+/// or both), a forward that continues it, and a one-token step.
+pub trait Decoder<T: Float> {
+    type State;
+    /// Columns of the logits.
+    fn vocab(&self) -> usize;
+    /// A fresh decoding state for `b` sequences.
+    fn zero_state(&self, b: usize) -> Self::State;
+    /// Logits (b, l, v) of `ids` (b · l) continuing `state`, which is advanced past them.
+    fn forward_state(&mut self, ids: &[u32], b: usize, state: &mut Self::State) -> Result<&Tensor<T>>;
+    /// Logits (b, v) for one new token per sequence, advancing `state`.
+    fn step(&mut self, tokens: &[u32], state: &mut Self::State) -> Result<Tensor<T>>;
+}
+
+/// Continues `prompt` by `n_new` tokens: the prompt is consumed in one parallel forward that
+/// leaves the decoding state at its end, then each new token costs one `step`.
+pub fn generate<T: Float, M: Decoder<T> + ?Sized>(model: &mut M, prompt: &[u32], n_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Err(Error::config("prompt", "needs at least one token"));
+    }
+    if let Sampling::Sample { temperature, .. } = sampling
+        && (temperature.is_nan() || temperature <= 0.0)
+    {
+        return Err(Error::config("temperature", format!("must be positive, got {temperature}")));
+    }
+    let seed = match sampling {
+        Sampling::Sample { seed, .. } => seed,
+        Sampling::Greedy => 0,
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut state = model.zero_state(1);
+    let v = model.vocab();
+    let logits = model.forward_state(prompt, 1, &mut state)?;
+    let last = logits.host()?[(prompt.len() - 1) * v..].to_vec();
+    let mut out = Vec::with_capacity(n_new);
+    let mut next = pick(&last, sampling, &mut rng);
+    for i in 0..n_new {
+        out.push(next);
+        if i + 1 < n_new {
+            let logits = model.step(&[next], &mut state)?;
+            next = pick(logits.host()?, sampling, &mut rng);
+        }
+    }
+    Ok(out)
+}
+
+impl<T: Float> Decoder<T> for MambaLM<T> {
+    type State = MambaState<T>;
+    fn vocab(&self) -> usize {
+        MambaLM::vocab(self)
+    }
+    fn zero_state(&self, b: usize) -> MambaState<T> {
+        MambaLM::zero_state(self, b)
+    }
+    fn forward_state(&mut self, ids: &[u32], b: usize, state: &mut MambaState<T>) -> Result<&Tensor<T>> {
+        self.forward(ids, b, Some(state), false)
+    }
+    fn step(&mut self, tokens: &[u32], state: &mut MambaState<T>) -> Result<Tensor<T>> {
+        MambaLM::step(self, tokens, state)
+    }
+}
+
 impl<T: Float> MambaLM<T> {
-    /// Continues `prompt` by `n_new` tokens: the prompt is consumed in one parallel forward that
-    /// leaves the recurrent state at its end, then each new token costs one `step`.
+    /// Continues `prompt` by `n_new` tokens (see [`generate`]).
     pub fn generate(&mut self, prompt: &[u32], n_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
-        if prompt.is_empty() {
-            return Err(Error::config("prompt", "needs at least one token"));
-        }
-        if let Sampling::Sample { temperature, .. } = sampling
-            && (temperature.is_nan() || temperature <= 0.0)
-        {
-            return Err(Error::config("temperature", format!("must be positive, got {temperature}")));
-        }
-        let seed = match sampling {
-            Sampling::Sample { seed, .. } => seed,
-            Sampling::Greedy => 0,
-        };
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut state = self.zero_state(1);
-        let v = self.vocab();
-        let logits = self.forward(prompt, 1, Some(&mut state), false)?;
-        let last = logits.host()?[(prompt.len() - 1) * v..].to_vec();
-        let mut out = Vec::with_capacity(n_new);
-        let mut next = pick(&last, sampling, &mut rng);
-        for i in 0..n_new {
-            out.push(next);
-            if i + 1 < n_new {
-                let logits = self.step(&[next], &mut state)?;
-                next = pick(logits.host()?, sampling, &mut rng);
-            }
-        }
-        Ok(out)
+        generate(self, prompt, n_new, sampling)
     }
 }

@@ -3,8 +3,10 @@
 //! `backward`, so the caller owns the activations that several layers share (the residual
 //! stream). `backward` adds into parameter gradients and into the input gradient.
 
+pub mod attention;
 pub mod init;
 pub mod mamba;
+pub mod mlp;
 pub mod norm;
 
 use crate::tensor::{Float, Tensor};

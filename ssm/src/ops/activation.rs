@@ -1,4 +1,5 @@
-//! Elementwise activations: SiLU, softplus and the gating product `x * silu(z)`.
+//! Elementwise activations: SiLU, softplus, GELU (tanh approximation) and the gating product
+//! `x * silu(z)`.
 
 use super::same_dims;
 use crate::backend::cpu::elementwise;
@@ -32,6 +33,22 @@ pub fn softplus_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>)
     same_dims("softplus_bwd", "dy", dy, x.dims())?;
     same_dims("softplus_bwd", "dx", dx, x.dims())?;
     elementwise::softplus_bwd(x.host()?, dy.host()?, dx.host_mut()?);
+    Ok(())
+}
+
+/// y = gelu(x) in the tanh approximation (GPT-2; PyTorch's `approximate="tanh"`):
+/// 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))); `y` is resized.
+pub fn gelu_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
+    y.reset(x.shape().clone());
+    elementwise::gelu_fwd(x.host()?, y.host_mut()?);
+    Ok(())
+}
+
+/// dx += dy · gelu'(x), the derivative of the tanh approximation.
+pub fn gelu_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
+    same_dims("gelu_bwd", "dy", dy, x.dims())?;
+    same_dims("gelu_bwd", "dx", dx, x.dims())?;
+    elementwise::gelu_bwd(x.host()?, dy.host()?, dx.host_mut()?);
     Ok(())
 }
 
