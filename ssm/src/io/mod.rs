@@ -2,6 +2,7 @@
 
 pub mod hf;
 pub mod tensors;
+pub mod train_state;
 
 use std::io::Write;
 use std::path::Path;

@@ -1,0 +1,148 @@
+//! Result files: CSV tables written row by row (a killed run keeps every row it finished) and read
+//! back for plots and summaries, and the peak resident memory of the process.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+pub const METRICS_FILE: &str = "metrics.csv";
+pub const EVAL_FILE: &str = "eval.csv";
+pub const METRICS_HEADER: [&str; 8] = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "peak_mem_mb"];
+pub const EVAL_HEADER: [&str; 6] = ["step", "split", "length", "loss", "accuracy", "bits_per_byte"];
+/// Columns of metrics.csv that depend on the machine's speed, not on the computation.
+pub const TIMING_COLUMNS: [&str; 3] = ["tokens_per_s", "elapsed_s", "peak_mem_mb"];
+
+/// A CSV file opened for appending rows.
+pub struct CsvWriter {
+    path: PathBuf,
+    file: File,
+    columns: usize,
+}
+
+impl CsvWriter {
+    /// Creates `path` with `header`, or reopens it for appending after checking its header.
+    pub fn open(path: &Path, header: &[&str]) -> Result<Self> {
+        let exists = path.exists();
+        if exists {
+            let table = Table::read(path)?;
+            if table.header != header {
+                bail!("{}: columns {:?}, expected {:?}", path.display(), table.header, header);
+            }
+        }
+        let mut file = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        if !exists {
+            writeln!(file, "{}", header.join(",")).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(CsvWriter { path: path.to_path_buf(), file, columns: header.len() })
+    }
+
+    pub fn row(&mut self, cells: &[String]) -> Result<()> {
+        assert_eq!(cells.len(), self.columns, "one cell per column");
+        writeln!(self.file, "{}", cells.join(",")).with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.file.flush().with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+/// A CSV file read into memory (no quoting: our files hold numbers and plain words).
+#[derive(Clone, Debug)]
+pub struct Table {
+    pub path: PathBuf,
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn read(path: &Path) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut lines = BufReader::new(file).lines();
+        let header: Vec<String> = match lines.next() {
+            Some(h) => h.with_context(|| format!("cannot read {}", path.display()))?.split(',').map(str::to_string).collect(),
+            None => bail!("{}: empty file, expected a CSV header", path.display()),
+        };
+        let mut rows = Vec::new();
+        for (i, line) in lines.enumerate() {
+            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+            if line.is_empty() {
+                continue;
+            }
+            let row: Vec<String> = line.split(',').map(str::to_string).collect();
+            if row.len() != header.len() {
+                bail!("{}: line {} has {} cells, the header {}", path.display(), i + 2, row.len(), header.len());
+            }
+            rows.push(row);
+        }
+        Ok(Table { path: path.to_path_buf(), header, rows })
+    }
+
+    pub fn index(&self, column: &str) -> Result<usize> {
+        self.header.iter().position(|h| h == column).with_context(|| format!("{}: no column `{column}`", self.path.display()))
+    }
+
+    /// The column as numbers; empty cells become NaN.
+    pub fn f64s(&self, column: &str) -> Result<Vec<f64>> {
+        let i = self.index(column)?;
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(r, row)| {
+                if row[i].is_empty() {
+                    return Ok(f64::NAN);
+                }
+                row[i].parse().with_context(|| format!("{}: row {}, column `{column}`: {:?} is not a number", self.path.display(), r + 2, row[i]))
+            })
+            .collect()
+    }
+
+    pub fn strings(&self, column: &str) -> Result<Vec<String>> {
+        let i = self.index(column)?;
+        Ok(self.rows.iter().map(|r| r[i].clone()).collect())
+    }
+
+    /// Writes the table atomically.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut text = self.header.join(",") + "\n";
+        for r in &self.rows {
+            text += &(r.join(",") + "\n");
+        }
+        ssm::io::atomic_write(path, text.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// Drops the rows of a result file whose step is past `step`: the work a killed run did after its
+/// last checkpoint, which the resumed run redoes.
+pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut table = Table::read(path)?;
+    let steps = table.f64s("step")?;
+    let before = table.rows.len();
+    let mut s = steps.into_iter();
+    table.rows.retain(|_| s.next().is_some_and(|x| x <= step as f64));
+    if table.rows.len() != before {
+        table.write(path)?;
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process in MiB (VmHWM), where /proc exists.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Resets the peak to the current resident memory (`echo 5 > /proc/self/clear_refs`), so that the
+/// next reading covers only what follows; a no-op where the kernel does not allow it.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// A number for a CSV cell: the shortest text that reads back as the same f64, empty for NaN.
+pub fn cell(x: f64) -> String {
+    if x.is_nan() { String::new() } else { format!("{x}") }
+}

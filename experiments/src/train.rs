@@ -1,0 +1,259 @@
+//! The training loop: batches → forward_loss → backward (gradient accumulation) → clip → AdamW →
+//! a metrics row, with periodic evaluation and atomic checkpoints. A resumed run continues exactly
+//! as if it had never stopped: the data of step s depends only on (seed, s), and the checkpoint
+//! holds the parameters, the AdamW moments and the step.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use ssm::optim::{AdamW, clip_grad_norm, cosine_lr};
+use tracing::{info, warn};
+
+use crate::checkpoint::{self, CHECKPOINT_DIR, CONFIG_FILE, Interval, Progress};
+use crate::config::{self, RunConfig};
+use crate::eval::{EvalResult, evaluate};
+use crate::metrics::{CsvWriter, EVAL_FILE, EVAL_HEADER, METRICS_FILE, METRICS_HEADER, cell, peak_rss_mb, reset_peak_rss, truncate_after};
+use crate::model::{FLOPS_CONVENTION, Model};
+use crate::tasks::Task;
+
+/// Facts about a run that plots and summaries need, written once when the run starts.
+pub const RUN_INFO_FILE: &str = "run.json";
+
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    /// Stop right after this step, as a kill would (no final checkpoint): for testing resume.
+    pub stop_after: Option<u64>,
+}
+
+/// What a training session ended with.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub run_dir: PathBuf,
+    /// Steps done.
+    pub step: u64,
+    /// Whether the run reached `train.steps`.
+    pub finished: bool,
+    /// Mean training loss of the last metrics row.
+    pub last_loss: f64,
+    /// The last evaluation of this session.
+    pub evals: Vec<EvalResult>,
+    /// Wall time of the whole run.
+    pub elapsed_s: f64,
+}
+
+/// Starts a new run in `config.run_dir()`; everything that can fail on bad input fails before the
+/// folder exists, and the folder appears complete (config.toml, run.json) or not at all.
+pub fn start(config: &RunConfig, options: &TrainOptions) -> Result<Outcome> {
+    let run_dir = config.run_dir();
+    if run_dir.exists() {
+        bail!("{}: already exists; continue it with `ssm-lab train --resume {}` or choose another `name`", run_dir.display(), run_dir.display());
+    }
+    let task = Task::new(config)?;
+    let mut model = Model::new(config)?;
+    let staging = config.out_dir.join(format!(".{}.creating", config.name));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+    }
+    std::fs::create_dir_all(staging.join(CHECKPOINT_DIR)).with_context(|| format!("cannot create {}", staging.display()))?;
+    ssm::io::atomic_write(&staging.join(CONFIG_FILE), config.to_toml().as_bytes())?;
+    let info = json!({
+        "arch": model.arch(),
+        "task": config.task.kind.name(),
+        "num_params": model.num_params(),
+        "flops_per_token": model.flops_per_token(),
+        "flops_convention": FLOPS_CONVENTION,
+        "seq_len": config.task.seq_len,
+        "input_len": task.input_len(config.task.seq_len),
+        "tokens_per_step": tokens_per_step(config, &task),
+        "chance_loss": task.chance_loss(),
+        "threads": rayon::current_num_threads(),
+    });
+    ssm::io::atomic_write(&staging.join(RUN_INFO_FILE), serde_json::to_string_pretty(&info)?.as_bytes())?;
+    std::fs::rename(&staging, &run_dir).with_context(|| format!("cannot rename {} to {}", staging.display(), run_dir.display()))?;
+    let opt = AdamW::new(config.train.adamw);
+    let progress = Progress { step: 0, elapsed_s: 0.0, threads: rayon::current_num_threads(), config: config.to_toml(), interval: Interval::default() };
+    run(config, &run_dir, &task, &mut model, opt, progress, options)
+}
+
+/// Continues the run in `run_dir` from its latest checkpoint (from the start if it has none).
+pub fn resume(run_dir: &Path, options: &TrainOptions) -> Result<Outcome> {
+    let config_path = run_dir.join(CONFIG_FILE);
+    if !config_path.exists() {
+        bail!("{}: not a run folder (no {CONFIG_FILE})", run_dir.display());
+    }
+    let config = config::load(&config_path, &[])?;
+    let task = Task::new(&config)?;
+    let mut model = Model::new(&config)?;
+    let mut opt = AdamW::new(config.train.adamw);
+    let threads = rayon::current_num_threads();
+    let progress = if checkpoint::latest_path(run_dir).exists() {
+        let p = checkpoint::restore(run_dir, &mut model, &mut opt)?;
+        if p.config != config.to_toml() {
+            bail!("{}: the checkpoint was written with another config than {}", checkpoint::latest_path(run_dir).display(), config_path.display());
+        }
+        if p.threads != threads {
+            warn!("the run used {} threads and now has {threads}: results continue, but not bit-identically", p.threads);
+        }
+        p
+    } else {
+        info!("{}: no checkpoint yet, starting from step 0", run_dir.display());
+        Progress { step: 0, elapsed_s: 0.0, threads, config: config.to_toml(), interval: Interval::default() }
+    };
+    for file in [METRICS_FILE, EVAL_FILE] {
+        truncate_after(&run_dir.join(file), progress.step)?;
+    }
+    run(&config, run_dir, &task, &mut model, opt, progress, options)
+}
+
+fn tokens_per_step(c: &RunConfig, task: &Task) -> usize {
+    c.train.batch_size * c.train.grad_accum * task.input_len(c.task.seq_len)
+}
+
+fn progress_bar(total: u64, done: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total).with_position(done);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]").expect("valid template"));
+    bar
+}
+
+/// Locates the first parameter (or gradient, with `grads`) holding a NaN or an infinity.
+fn first_non_finite(model: &mut Model, grads: bool) -> Option<String> {
+    let mut found = None;
+    model.module().visit_params(&mut |name, p| {
+        let t = if grads { &p.grad } else { &p.value };
+        if found.is_none() && t.to_vec().iter().any(|x| !x.is_finite()) {
+            found = Some(name.to_string());
+        }
+    });
+    found
+}
+
+/// Why a forward pass produced a non-finite loss: the first non-finite parameter, or else the
+/// parameter of largest magnitude (a diverging run overflows the activations first).
+fn diagnose_forward(model: &mut Model) -> String {
+    if let Some(name) = first_non_finite(model, false) {
+        return format!("parameter `{name}` is not finite");
+    }
+    let mut largest = (String::new(), 0.0f32);
+    model.module().visit_params(&mut |name, p| {
+        let m = p.value.to_vec().iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        if m > largest.1 {
+            largest = (name.to_string(), m);
+        }
+    });
+    format!("every parameter is finite; the largest is `{}` with |value| up to {:e}, so the forward pass overflowed", largest.0, largest.1)
+}
+
+fn run(config: &RunConfig, run_dir: &Path, task: &Task, model: &mut Model, mut opt: AdamW<f32>, mut progress: Progress, options: &TrainOptions) -> Result<Outcome> {
+    let t = &config.train;
+    let mut metrics = CsvWriter::open(&run_dir.join(METRICS_FILE), &METRICS_HEADER)?;
+    let mut evals_csv = CsvWriter::open(&run_dir.join(EVAL_FILE), &EVAL_HEADER)?;
+    let per_step = tokens_per_step(config, task);
+    let seq = config.task.seq_len;
+    info!(
+        "{}: {} with {} parameters on {} (input length {}), {} tokens/step, steps {}..{}",
+        run_dir.display(),
+        model.arch(),
+        model.num_params(),
+        config.task.kind.name(),
+        task.input_len(seq),
+        per_step,
+        progress.step + 1,
+        t.steps
+    );
+    let bar = progress_bar(t.steps, progress.step);
+    let session = Instant::now();
+    let elapsed_before = progress.elapsed_s;
+    // Training time of the steps since the last row, for tokens/s (evaluation and checkpoints excluded).
+    let mut interval_s = 0.0;
+    let (mut last_loss, mut last_evals) = (f64::NAN, Vec::new());
+    reset_peak_rss();
+    while progress.step < t.steps {
+        let step = progress.step + 1;
+        let started = Instant::now();
+        let lr = cosine_lr(step - 1, t.warmup_steps, t.steps, t.lr, t.min_lr);
+        model.module().zero_grad();
+        let mut loss = 0.0;
+        for micro in 0..t.grad_accum {
+            let batch = task.train_batch(config.seed, step, micro as u64, t.batch_size, seq);
+            let l = model.forward_loss(&batch.ids, &batch.targets, batch.b)?;
+            if !l.is_finite() {
+                bail!("step {step}: the loss is {l} ({}); stopping, {}", diagnose_forward(model), last_checkpoint(config, step - 1));
+            }
+            model.backward()?;
+            loss += l / t.grad_accum as f64;
+        }
+        if t.grad_accum > 1 {
+            let scale = 1.0 / t.grad_accum as f32;
+            model.module().visit_params(&mut |_, p| p.grad.host_mut().expect("CPU gradients").iter_mut().for_each(|g| *g *= scale));
+        }
+        let max_norm = if t.clip_grad_norm > 0.0 { t.clip_grad_norm } else { f64::INFINITY };
+        let grad_norm = clip_grad_norm(model.module(), max_norm);
+        if !grad_norm.is_finite() {
+            let name = first_non_finite(model, true).unwrap_or_else(|| "?".into());
+            bail!("step {step}: the gradient norm is {grad_norm}; first non-finite gradient: `{name}`; stopping, {}", last_checkpoint(config, step - 1));
+        }
+        opt.update(model.module(), lr)?;
+        progress.step = step;
+        interval_s += started.elapsed().as_secs_f64();
+        progress.interval.add(loss, grad_norm);
+        bar.set_position(step);
+        bar.set_message(format!("loss {loss:.4}"));
+        if step.is_multiple_of(t.log_every) || step == t.steps {
+            let (mean_loss, mean_norm) = progress.interval.means();
+            last_loss = mean_loss;
+            let elapsed = elapsed_before + session.elapsed().as_secs_f64();
+            metrics.row(&[
+                step.to_string(),
+                (step as usize * per_step).to_string(),
+                cell(last_loss),
+                cell(lr),
+                cell(mean_norm),
+                format!("{:.1}", (progress.interval.steps as usize * per_step) as f64 / interval_s),
+                format!("{elapsed:.3}"),
+                peak_rss_mb().map_or(String::new(), |m| format!("{m:.1}")),
+            ])?;
+            (progress.interval, interval_s) = (Interval::default(), 0.0);
+            reset_peak_rss();
+        }
+        if (t.eval_every > 0 && step.is_multiple_of(t.eval_every)) || step == t.steps {
+            last_evals = evaluate(model, task, config)?;
+            for e in &last_evals {
+                evals_csv.row(&[step.to_string(), e.split.into(), e.length.to_string(), cell(e.loss), cell(e.accuracy), e.bits_per_byte.map_or(String::new(), cell)])?;
+                let bpb = e.bits_per_byte.map_or(String::new(), |b| format!(", {b:.4} bits/byte"));
+                bar.suspend(|| info!("step {step}: {} length {}: loss {:.4}, accuracy {:.4}{bpb}", e.split, e.length, e.loss, e.accuracy));
+            }
+            reset_peak_rss();
+        }
+        if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || step == t.steps {
+            progress.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
+            checkpoint::save(run_dir, model, &opt, &progress)?;
+            if step == t.steps {
+                checkpoint::export_final(run_dir, model)?;
+            }
+        }
+        if options.stop_after == Some(step) && step < t.steps {
+            bar.abandon();
+            info!("stopped after step {step} (--stop-after); continue with `ssm-lab train --resume {}`", run_dir.display());
+            return Ok(Outcome { run_dir: run_dir.to_path_buf(), step, finished: false, last_loss, evals: last_evals, elapsed_s: elapsed_before + session.elapsed().as_secs_f64() });
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
+    info!("{}: done, {} steps in {elapsed_s:.1} s", run_dir.display(), progress.step);
+    Ok(Outcome { run_dir: run_dir.to_path_buf(), step: progress.step, finished: true, last_loss, evals: last_evals, elapsed_s })
+}
+
+/// Where a stopped run can continue from: the newest checkpoint at or before `step`.
+fn last_checkpoint(config: &RunConfig, step: u64) -> String {
+    match config.train.checkpoint_every {
+        every if every > 0 && step >= every => format!("the last checkpoint is at step {}", step / every * every),
+        _ => "no checkpoint was written yet".into(),
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests of `ssm-lab`: one binary, one module per subject. Most run the real binary
+//! (env!("CARGO_BIN_EXE_ssm-lab")) in a fresh temporary folder.
+
+mod bad_input;
+mod configs;
+mod common;
+mod end_to_end;
+mod generators;
+mod logits;
+mod plot;
+mod resume;
