@@ -25,8 +25,15 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SSM_EMU_TSAN");
     let tsan = env::var("SSM_EMU_TSAN").is_ok_and(|v| v == "1");
 
-    let mut files: Vec<CuFile> = list(&root.join("cu"), "cu").into_iter().map(|p| parse(p, false)).collect();
-    files.extend(list(&root.join("cu/tests"), "cu").into_iter().map(|p| parse(p, true)));
+    let mut files: Vec<CuFile> = list(&root.join("cu"), "cu")
+        .into_iter()
+        .map(|p| parse(p, false))
+        .collect();
+    files.extend(
+        list(&root.join("cu/tests"), "cu")
+            .into_iter()
+            .map(|p| parse(p, true)),
+    );
     let headers = list(&root.join("cu"), "cuh");
 
     let objects = compile_all(&root, &out, &files, tsan);
@@ -41,7 +48,9 @@ fn main() {
 
 /// Files with extension `ext` directly in `dir`, sorted.
 fn list(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut v: Vec<PathBuf> = entries
         .map(|e| e.expect("read cu/").path())
         .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == ext))
@@ -55,15 +64,21 @@ fn list(dir: &Path, ext: &str) -> Vec<PathBuf> {
 fn parse(path: PathBuf, test_only: bool) -> CuFile {
     let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut kernels = Vec::new();
-    for (_, rest) in text.match_indices("extern \"C\" __global__ void").map(|(i, m)| text.split_at(i + m.len())) {
+    for (_, rest) in text
+        .match_indices("extern \"C\" __global__ void")
+        .map(|(i, m)| text.split_at(i + m.len()))
+    {
         let mut rest = rest.trim_start();
         if let Some(after) = rest.strip_prefix("__launch_bounds__(") {
             rest = after.split_once(')').map_or("", |(_, r)| r).trim_start();
         }
         kernels.push(identifier(rest));
     }
-    let exports: Vec<String> =
-        text.lines().filter_map(|line| line.trim().strip_prefix("EMU_EXPORT(")).map(identifier).collect();
+    let exports: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("EMU_EXPORT("))
+        .map(identifier)
+        .collect();
     let (mut k, mut x) = (kernels.clone(), exports.clone());
     k.sort();
     x.sort();
@@ -73,11 +88,18 @@ fn parse(path: PathBuf, test_only: bool) -> CuFile {
         path.display()
     );
     let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
-    CuFile { path, stem, entry_points: kernels, test_only }
+    CuFile {
+        path,
+        stem,
+        entry_points: kernels,
+        test_only,
+    }
 }
 
 fn identifier(s: &str) -> String {
-    s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+    s.chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
 }
 
 /// Compiles the runtime and every `.cu` file, several at a time; returns the object files.
@@ -105,33 +127,61 @@ fn compile_all(root: &Path, out: &Path, files: &[CuFile], tsan: bool) -> Vec<Pat
     runtime.file(root.join("emu/runtime.cpp"));
     jobs.push(runtime);
     for f in files {
-        let mut b = base(&format!("{}{}", if f.test_only { "tests_" } else { "" }, f.stem));
+        let mut b = base(&format!(
+            "{}{}",
+            if f.test_only { "tests_" } else { "" },
+            f.stem
+        ));
         b.flag("-x")
             .flag("c++")
             .flag("-include")
             .flag(header.to_str().expect("utf-8 path"))
             .define("CUDA_CPU_EMULATION", None)
-            .define("EMU_SHARED_SECTION", Some(format!("emu_shared_{}", section_name(f)).as_str()))
+            .define(
+                "EMU_SHARED_SECTION",
+                Some(format!("emu_shared_{}", section_name(f)).as_str()),
+            )
             .file(&f.path);
         jobs.push(b);
     }
-    let workers = thread::available_parallelism().map_or(2, |n| n.get()).max(1);
-    let chunks: Vec<Vec<cc::Build>> =
-        (0..workers).map(|w| jobs.iter().skip(w).step_by(workers).cloned().collect()).collect();
+    let workers = thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(1);
+    let chunks: Vec<Vec<cc::Build>> = (0..workers)
+        .map(|w| jobs.iter().skip(w).step_by(workers).cloned().collect())
+        .collect();
     thread::scope(|s| {
         let handles: Vec<_> = chunks
             .iter()
-            .map(|chunk| s.spawn(move || chunk.iter().flat_map(|b| b.compile_intermediates()).collect::<Vec<_>>()))
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .flat_map(|b| b.compile_intermediates())
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("compile thread")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("compile thread"))
+            .collect()
     })
 }
 
 /// The linker section that holds a file's `__shared__` variables: a C identifier, so that the
 /// linker defines `__start_`/`__stop_` symbols for it.
 fn section_name(f: &CuFile) -> String {
-    let stem: String = f.stem.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    if f.test_only { format!("test_{stem}") } else { stem }
+    let stem: String = f
+        .stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if f.test_only {
+        format!("test_{stem}")
+    } else {
+        stem
+    }
 }
 
 fn sources_rs(files: &[CuFile], headers: &[PathBuf]) -> String {
@@ -140,7 +190,12 @@ fn sources_rs(files: &[CuFile], headers: &[PathBuf]) -> String {
     s.push_str("pub const HEADERS: &[(&str, &str)] = &[\n");
     for h in headers {
         let name = h.file_name().unwrap().to_string_lossy();
-        writeln!(s, "    ({name:?}, include_str!({:?})),", h.display().to_string()).unwrap();
+        writeln!(
+            s,
+            "    ({name:?}, include_str!({:?})),",
+            h.display().to_string()
+        )
+        .unwrap();
     }
     s.push_str("];\n\n");
     for (konst, test_only, doc) in [
@@ -171,9 +226,15 @@ fn emulated_rs(files: &[CuFile]) -> String {
     let mut s = String::from("// Generated by build.rs from cu/.\n\nunsafe extern \"C\" {\n");
     for k in files.iter().flat_map(|f| &f.entry_points) {
         writeln!(s, "    fn emu_launch_{k}(cfg: *const RawConfig, args: *const *mut c_void, err: *mut c_char, errlen: usize) -> c_int;").unwrap();
-        writeln!(s, "    fn emu_signature_{k}(sizes: *mut usize, cap: c_int) -> c_int;").unwrap();
+        writeln!(
+            s,
+            "    fn emu_signature_{k}(sizes: *mut usize, cap: c_int) -> c_int;"
+        )
+        .unwrap();
     }
-    s.push_str("}\n\n/// The emulated launcher and the parameter sizes of every kernel, by name.\n");
+    s.push_str(
+        "}\n\n/// The emulated launcher and the parameter sizes of every kernel, by name.\n",
+    );
     s.push_str("static EMULATED: &[EmulatedKernel] = &[\n");
     for k in files.iter().flat_map(|f| &f.entry_points) {
         writeln!(s, "    EmulatedKernel {{ name: {k:?}, launch: emu_launch_{k}, signature: emu_signature_{k} }},")

@@ -51,7 +51,10 @@ impl Interval {
     /// Mean loss and gradient norm over the interval.
     pub fn means(&self) -> (f64, f64) {
         let n = self.steps as f64;
-        (f64::from_bits(self.loss_sum_bits) / n, f64::from_bits(self.grad_norm_sum_bits) / n)
+        (
+            f64::from_bits(self.loss_sum_bits) / n,
+            f64::from_bits(self.grad_norm_sum_bits) / n,
+        )
     }
 }
 
@@ -59,7 +62,12 @@ pub fn latest_path(run_dir: &Path) -> PathBuf {
     run_dir.join(CHECKPOINT_DIR).join(LATEST)
 }
 
-pub fn save(run_dir: &Path, model: &mut Model, opt: &AdamW<f32>, progress: &Progress) -> Result<()> {
+pub fn save(
+    run_dir: &Path,
+    model: &mut Model,
+    opt: &AdamW<f32>,
+    progress: &Progress,
+) -> Result<()> {
     let state = serde_json::to_value(progress).expect("progress serializes");
     save_train_state(&latest_path(run_dir), model.module(), opt, &state)?;
     Ok(())
@@ -69,11 +77,12 @@ pub fn save(run_dir: &Path, model: &mut Model, opt: &AdamW<f32>, progress: &Prog
 pub fn restore(run_dir: &Path, model: &mut Model, opt: &mut AdamW<f32>) -> Result<Progress> {
     let path = latest_path(run_dir);
     let state = load_train_state(&path, model.module(), opt)?;
-    serde_json::from_value(state).with_context(|| format!("{}: metadata `state` has the wrong fields", path.display()))
+    serde_json::from_value(state)
+        .with_context(|| format!("{}: metadata `state` has the wrong fields", path.display()))
 }
 
 /// Writes the final weights for other tools.
-pub fn export_final(run_dir: &Path, model: &Model) -> Result<()> {
+pub fn export_final(run_dir: &Path, model: &mut Model) -> Result<()> {
     model.export(&run_dir.join(CHECKPOINT_DIR).join(FINAL))
 }
 
@@ -82,7 +91,7 @@ pub fn export_final(run_dir: &Path, model: &Model) -> Result<()> {
 /// checkpoint file.
 pub fn load_for_inference(path: &Path) -> Result<(Model, Option<RunConfig>)> {
     if path.is_dir() && path.join(ssm::io::hf::CONFIG_FILE).exists() {
-        return Ok((Model::load_hf(path)?, None));
+        return Ok((Model::load_folder(path)?, None));
     }
     let file = if path.is_file() {
         path.to_path_buf()
@@ -91,12 +100,20 @@ pub fn load_for_inference(path: &Path) -> Result<(Model, Option<RunConfig>)> {
     } else if path.join(LATEST).exists() {
         path.join(LATEST)
     } else if path.exists() {
-        bail!("{}: not a checkpoint: expected a Hugging Face folder (config.json), a run folder (checkpoints/{LATEST}) or a training checkpoint file", path.display());
+        bail!(
+            "{}: not a checkpoint: expected a Hugging Face folder (config.json), a run folder (checkpoints/{LATEST}) or a training checkpoint file",
+            path.display()
+        );
     } else {
         bail!("{}: no such file or folder", path.display());
     };
-    let progress: Progress = serde_json::from_value(read_state(&file)?).with_context(|| format!("{}: metadata `state` has the wrong fields", file.display()))?;
-    let config = config::parse(&progress.config, &format!("{} (embedded config)", file.display()), &[])?;
+    let progress: Progress = serde_json::from_value(read_state(&file)?)
+        .with_context(|| format!("{}: metadata `state` has the wrong fields", file.display()))?;
+    let config = config::parse(
+        &progress.config,
+        &format!("{} (embedded config)", file.display()),
+        &[],
+    )?;
     let mut model = Model::new(&config)?;
     load_params(&file, model.module())?;
     Ok((model, Some(config)))

@@ -18,7 +18,11 @@ use crate::tasks::Task;
 pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
     let tokens = text
         .split(',')
-        .map(|t| t.trim().parse::<u32>().with_context(|| format!("--tokens: {t:?} is not a token id (expected a list like 3,1,4)")))
+        .map(|t| {
+            t.trim().parse::<u32>().with_context(|| {
+                format!("--tokens: {t:?} is not a token id (expected a list like 3,1,4)")
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     if tokens.is_empty() {
         bail!("--tokens: needs at least one token");
@@ -28,7 +32,10 @@ pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
 
 fn check_vocab(model: &Model, tokens: &[u32]) -> Result<()> {
     if let Some(&t) = tokens.iter().find(|&&t| t as usize >= model.vocab()) {
-        bail!("--tokens: token {t} is outside the model's vocabulary of {}", model.vocab());
+        bail!(
+            "--tokens: token {t} is outside the model's vocabulary of {}",
+            model.vocab()
+        );
     }
     Ok(())
 }
@@ -48,28 +55,64 @@ pub fn logits(checkpoint: &Path, tokens: &str, out: &Path) -> Result<()> {
 
 /// Evaluates a run checkpoint on its task; `overrides` may change `eval.*` keys and the corpus
 /// path (`task.bytes.path`). Prints a table and, with `out`, writes it as CSV.
-pub fn eval(checkpoint: &Path, overrides: &[String], out: Option<&Path>) -> Result<Vec<EvalResult>> {
-    if let Some(o) = overrides.iter().find(|o| !(o.starts_with("eval.") || o.starts_with("task.bytes.path="))) {
+pub fn eval(
+    checkpoint: &Path,
+    overrides: &[String],
+    out: Option<&Path>,
+) -> Result<Vec<EvalResult>> {
+    if let Some(o) = overrides
+        .iter()
+        .find(|o| !(o.starts_with("eval.") || o.starts_with("task.bytes.path=")))
+    {
         bail!("--set {o}: eval may only change `eval.*` keys and `task.bytes.path`");
     }
     let (mut model, config) = load_for_inference(checkpoint)?;
     let Some(config) = config else {
-        bail!("{}: a Hugging Face folder has no task to evaluate on; give a run folder", checkpoint.display());
+        bail!(
+            "{}: a Hugging Face folder has no task to evaluate on; give a run folder",
+            checkpoint.display()
+        );
     };
-    let config = config::resolve(&config.to_toml(), &checkpoint.display().to_string(), overrides)?;
+    let config = config::resolve(
+        &config.to_toml(),
+        &checkpoint.display().to_string(),
+        overrides,
+    )?;
     let task = Task::new(&config)?;
     let results = evaluate(&mut model, &task, &config)?;
-    println!("{:<6} {:>8} {:>10} {:>9}", "split", "length", "loss", "accuracy");
+    println!(
+        "{:<6} {:>8} {:>10} {:>9}",
+        "split", "length", "loss", "accuracy"
+    );
     for r in &results {
-        let bpb = r.bits_per_byte.map_or(String::new(), |b| format!("  {b:.4} bits/byte"));
-        println!("{:<6} {:>8} {:>10.4} {:>9.4}{bpb}", r.split, r.length, r.loss, r.accuracy);
+        let bpb = r
+            .bits_per_byte
+            .map_or(String::new(), |b| format!("  {b:.4} bits/byte"));
+        println!(
+            "{:<6} {:>8} {:>10.4} {:>9.4}{bpb}",
+            r.split, r.length, r.loss, r.accuracy
+        );
     }
     if let Some(out) = out {
         let rows = results
             .iter()
-            .map(|r| vec![String::new(), r.split.into(), r.length.to_string(), cell(r.loss), cell(r.accuracy), r.bits_per_byte.map_or(String::new(), cell)])
+            .map(|r| {
+                vec![
+                    String::new(),
+                    r.split.into(),
+                    r.length.to_string(),
+                    cell(r.loss),
+                    cell(r.accuracy),
+                    r.bits_per_byte.map_or(String::new(), cell),
+                ]
+            })
             .collect();
-        Table { path: out.to_path_buf(), header: EVAL_HEADER.iter().map(|s| s.to_string()).collect(), rows }.write(out)?;
+        Table {
+            path: out.to_path_buf(),
+            header: EVAL_HEADER.iter().map(|s| s.to_string()).collect(),
+            rows,
+        }
+        .write(out)?;
     }
     Ok(results)
 }
@@ -82,11 +125,22 @@ pub enum Prompt {
 }
 
 /// Samples `n_new` tokens after the prompt: greedy when `temperature` is 0.
-pub fn generate(checkpoint: &Path, prompt: Prompt, n_new: usize, temperature: f64, top_k: usize, seed: u64) -> Result<String> {
+pub fn generate(
+    checkpoint: &Path,
+    prompt: Prompt,
+    n_new: usize,
+    temperature: f64,
+    top_k: usize,
+    seed: u64,
+) -> Result<String> {
     let (mut model, config) = load_for_inference(checkpoint)?;
-    let bytes_model = config.as_ref().is_some_and(|c| c.task.kind == TaskKind::Bytes);
+    let bytes_model = config
+        .as_ref()
+        .is_some_and(|c| c.task.kind == TaskKind::Bytes);
     let ids = match &prompt {
-        Prompt::Text(_) if !bytes_model => bail!("--prompt: text prompts need a byte-level model (task.kind = \"bytes\"); give --tokens"),
+        Prompt::Text(_) if !bytes_model => bail!(
+            "--prompt: text prompts need a byte-level model (task.kind = \"bytes\"); give --tokens"
+        ),
         Prompt::Text(t) => t.bytes().map(u32::from).collect(),
         Prompt::Tokens(t) => parse_tokens(t)?,
     };
@@ -97,7 +151,15 @@ pub fn generate(checkpoint: &Path, prompt: Prompt, n_new: usize, temperature: f6
     if temperature.is_nan() || temperature < 0.0 {
         bail!("--temperature: must be >= 0 (0 is greedy), got {temperature}");
     }
-    let sampling = if temperature == 0.0 { Sampling::Greedy } else { Sampling::Sample { temperature, top_k, seed } };
+    let sampling = if temperature == 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::Sample {
+            temperature,
+            top_k,
+            seed,
+        }
+    };
     let new = model.generate(&ids, n_new, sampling)?;
     Ok(match prompt {
         Prompt::Text(t) => {

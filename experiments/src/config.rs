@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use ssm::models::MambaConfig;
+use ssm::models::hybrid::HybridConfig;
+use ssm::models::transformer::TransformerConfig;
+use ssm::models::{MambaConfig, ModelConfig as AnyConfig};
 use ssm::optim::AdamWConfig;
 
 /// One training run: `out_dir/name/` receives the resolved config, metrics, checkpoints, plots.
@@ -86,7 +88,14 @@ pub struct TaskConfig {
 
 impl Default for TaskConfig {
     fn default() -> Self {
-        TaskConfig { kind: TaskKind::Mqar, seq_len: 64, vocab_size: None, selective_copying: None, mqar: None, bytes: None }
+        TaskConfig {
+            kind: TaskKind::Mqar,
+            seq_len: 64,
+            vocab_size: None,
+            selective_copying: None,
+            mqar: None,
+            bytes: None,
+        }
     }
 }
 
@@ -116,7 +125,10 @@ pub struct MqarConfig {
 
 impl Default for MqarConfig {
     fn default() -> Self {
-        MqarConfig { num_pairs: 8, power_a: 0.01 }
+        MqarConfig {
+            num_pairs: 8,
+            power_a: 0.01,
+        }
     }
 }
 
@@ -132,7 +144,10 @@ pub struct BytesConfig {
 
 impl Default for BytesConfig {
     fn default() -> Self {
-        BytesConfig { path: "data/shakespeare.txt".into(), val_fraction: 0.1 }
+        BytesConfig {
+            path: "data/shakespeare.txt".into(),
+            val_fraction: 0.1,
+        }
     }
 }
 
@@ -141,24 +156,48 @@ impl Default for BytesConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
     Mamba,
+    Transformer,
+    Hybrid,
 }
 
-/// `[model]`: the architecture and one section per architecture (`[model.mamba]`), so that a
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Mamba => "mamba",
+            Arch::Transformer => "transformer",
+            Arch::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// `[model]`: the architecture and one section per architecture (`[model.mamba]`,
+/// `[model.transformer]`, `[model.hybrid]`: ssm's configs with their defaults), so that a
 /// config can hold several and a sweep can switch `model.arch`; only the chosen one is used.
 /// `vocab_size` comes from the task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// mamba (default).
+    /// mamba (default), transformer or hybrid.
     pub arch: Arch,
     /// `[model.mamba]`: ssm's MambaConfig, whose defaults are mamba_simple's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mamba: Option<MambaConfig>,
+    /// `[model.transformer]`: ssm's TransformerConfig (RoPE, SwiGLU, tied embeddings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transformer: Option<TransformerConfig>,
+    /// `[model.hybrid]`: ssm's HybridConfig (a layer pattern such as "MMAMMA").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hybrid: Option<HybridConfig>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { arch: Arch::Mamba, mamba: None }
+        ModelConfig {
+            arch: Arch::Mamba,
+            mamba: None,
+            transformer: None,
+            hybrid: None,
+        }
     }
 }
 
@@ -222,7 +261,11 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { lengths: Vec::new(), batches: 4, batch_size: 0 }
+        EvalConfig {
+            lengths: Vec::new(),
+            batches: 4,
+            batch_size: 0,
+        }
     }
 }
 
@@ -234,25 +277,49 @@ impl RunConfig {
 
     /// The evaluation lengths, the training length when none are given.
     pub fn eval_lengths(&self) -> Vec<usize> {
-        if self.eval.lengths.is_empty() { vec![self.task.seq_len] } else { self.eval.lengths.clone() }
+        if self.eval.lengths.is_empty() {
+            vec![self.task.seq_len]
+        } else {
+            self.eval.lengths.clone()
+        }
     }
 
     pub fn eval_batch_size(&self) -> usize {
-        if self.eval.batch_size == 0 { self.train.batch_size } else { self.eval.batch_size }
+        if self.eval.batch_size == 0 {
+            self.train.batch_size
+        } else {
+            self.eval.batch_size
+        }
     }
 
     /// The vocabulary of the task (see `TaskConfig::vocab_size`).
     pub fn task_vocab(&self) -> usize {
         match self.task.kind {
             TaskKind::Bytes => 256,
-            TaskKind::SelectiveCopying | TaskKind::InductionHeads => self.task.vocab_size.unwrap_or(16),
+            TaskKind::SelectiveCopying | TaskKind::InductionHeads => {
+                self.task.vocab_size.unwrap_or(16)
+            }
             TaskKind::Mqar => self.task.vocab_size.unwrap_or(8192),
         }
     }
 
-    /// The Mamba section with its vocabulary set from the task.
-    pub fn mamba(&self) -> MambaConfig {
-        MambaConfig { vocab_size: self.task_vocab(), ..self.model.mamba.clone().unwrap_or_default() }
+    /// The library config of the chosen architecture, with its vocabulary set from the task.
+    pub fn model_config(&self) -> AnyConfig {
+        let vocab_size = self.task_vocab();
+        match self.model.arch {
+            Arch::Mamba => AnyConfig::Mamba(MambaConfig {
+                vocab_size,
+                ..self.model.mamba.clone().unwrap_or_default()
+            }),
+            Arch::Transformer => AnyConfig::Transformer(TransformerConfig {
+                vocab_size,
+                ..self.model.transformer.clone().unwrap_or_default()
+            }),
+            Arch::Hybrid => AnyConfig::Hybrid(HybridConfig {
+                vocab_size,
+                ..self.model.hybrid.clone().unwrap_or_default()
+            }),
+        }
     }
 
     /// The resolved config as TOML, every default written out.
@@ -272,14 +339,24 @@ pub fn resolve(text: &str, origin: &str, overrides: &[String]) -> Result<RunConf
 
 /// `resolve` without `validate`: for configs of finished runs, whose data files may have moved.
 pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<RunConfig> {
-    let mut table: toml::Table = toml::from_str(text).with_context(|| format!("{origin}: invalid TOML"))?;
+    let mut table: toml::Table =
+        toml::from_str(text).with_context(|| format!("{origin}: invalid TOML"))?;
     if table.remove("sweep").is_some() {
         tracing::info!("{origin}: ignoring the [sweep] table, which `ssm-lab sweep` reads");
     }
     for o in overrides {
         apply_override(&mut table, o)?;
     }
-    let explicit_vocab = table.get("model").and_then(|m| m.get("mamba")).and_then(|m| m.get("vocab_size")).and_then(toml::Value::as_integer);
+    let arch = table
+        .get("model")
+        .and_then(|m| m.get("arch"))
+        .and_then(toml::Value::as_str)
+        .unwrap_or("mamba");
+    let explicit_vocab = table
+        .get("model")
+        .and_then(|m| m.get(arch))
+        .and_then(|m| m.get("vocab_size"))
+        .and_then(toml::Value::as_integer);
     let mut config: RunConfig = from_table(table, origin)?;
     fill_sections(&mut config, explicit_vocab.map(|v| v as usize))?;
     Ok(config)
@@ -287,7 +364,8 @@ pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<RunConfig
 
 /// Reads and resolves a config file.
 pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
     resolve(&text, &path.display().to_string(), overrides)
 }
 
@@ -308,7 +386,9 @@ pub fn from_table<T: DeserializeOwned>(table: toml::Table, origin: &str) -> Resu
 /// Sets one dotted key of `table`. The value is read as TOML (`64`, `1e-3`, `true`, `[64, 128]`,
 /// `"text"`); anything that does not parse is taken as a string (`task.kind=mqar`).
 pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
-    let (key, raw) = assignment.split_once('=').ok_or_else(|| anyhow!("--set {assignment}: expected key=value"))?;
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--set {assignment}: expected key=value"))?;
     let key = key.trim();
     let value = parse_value(raw.trim());
     let parts: Vec<&str> = key.split('.').collect();
@@ -317,8 +397,15 @@ pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     }
     let mut t = table;
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
-        let entry = t.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = entry.as_table_mut().ok_or_else(|| anyhow!("--set {assignment}: config key `{}` is not a table", parts[..=i].join(".")))?;
+        let entry = t
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().ok_or_else(|| {
+            anyhow!(
+                "--set {assignment}: config key `{}` is not a table",
+                parts[..=i].join(".")
+            )
+        })?;
     }
     t.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
@@ -335,17 +422,29 @@ pub fn parse_value(raw: &str) -> toml::Value {
 fn fill_sections(c: &mut RunConfig, explicit_vocab: Option<usize>) -> Result<()> {
     let kind = c.task.kind;
     let sections = [
-        ("selective_copying", c.task.selective_copying.is_some(), TaskKind::SelectiveCopying),
+        (
+            "selective_copying",
+            c.task.selective_copying.is_some(),
+            TaskKind::SelectiveCopying,
+        ),
         ("mqar", c.task.mqar.is_some(), TaskKind::Mqar),
         ("bytes", c.task.bytes.is_some(), TaskKind::Bytes),
     ];
     for (name, present, owner) in sections {
         if present && owner != kind {
-            bail!("config key `task.{name}`: this section belongs to task.kind = \"{name}\", but task.kind = \"{}\"", kind.name());
+            bail!(
+                "config key `task.{name}`: this section belongs to task.kind = \"{name}\", but task.kind = \"{}\"",
+                kind.name()
+            );
         }
     }
     match kind {
-        TaskKind::SelectiveCopying => _ = c.task.selective_copying.get_or_insert_with(Default::default),
+        TaskKind::SelectiveCopying => {
+            _ = c
+                .task
+                .selective_copying
+                .get_or_insert_with(Default::default)
+        }
         TaskKind::Mqar => _ = c.task.mqar.get_or_insert_with(Default::default),
         TaskKind::Bytes => _ = c.task.bytes.get_or_insert_with(Default::default),
         TaskKind::InductionHeads => {}
@@ -355,20 +454,46 @@ fn fill_sections(c: &mut RunConfig, explicit_vocab: Option<usize>) -> Result<()>
     }
     let vocab = c.task_vocab();
     c.task.vocab_size = Some(vocab);
-    match c.model.arch {
+    let section = format!("model.{}.vocab_size", c.model.arch.name());
+    let given = match c.model.arch {
         Arch::Mamba => {
-            let m = c.model.mamba.get_or_insert_with(Default::default);
-            if explicit_vocab.is_some_and(|v| v != vocab) {
-                bail!("config key `model.mamba.vocab_size`: {} differs from the task's vocabulary {vocab}; leave it out", m.vocab_size);
-            }
-            m.vocab_size = vocab;
+            &mut c
+                .model
+                .mamba
+                .get_or_insert_with(Default::default)
+                .vocab_size
         }
+        Arch::Transformer => {
+            &mut c
+                .model
+                .transformer
+                .get_or_insert_with(Default::default)
+                .vocab_size
+        }
+        Arch::Hybrid => {
+            &mut c
+                .model
+                .hybrid
+                .get_or_insert_with(Default::default)
+                .vocab_size
+        }
+    };
+    if explicit_vocab.is_some_and(|v| v != vocab) {
+        bail!(
+            "config key `{section}`: {} differs from the task's vocabulary {vocab}; leave it out",
+            *given
+        );
     }
+    *given = vocab;
     Ok(())
 }
 
 fn positive(key: &str, v: usize) -> Result<()> {
-    if v == 0 { Err(anyhow!("config key `{key}`: must be at least 1")) } else { Ok(()) }
+    if v == 0 {
+        Err(anyhow!("config key `{key}`: must be at least 1"))
+    } else {
+        Ok(())
+    }
 }
 
 /// Every check that can fail before any file is written.
@@ -377,30 +502,52 @@ pub fn validate(c: &RunConfig) -> Result<()> {
         bail!("config key `name`: {:?} is not a plain folder name", c.name);
     }
     validate_task(c)?;
-    match c.model.arch {
-        Arch::Mamba => c.mamba().validate().map_err(|e| anyhow!("config key `model.mamba`: {e}"))?,
-    }
+    c.model_config()
+        .validate()
+        .map_err(|e| anyhow!("config key `model.{}`: {e}", c.model.arch.name()))?;
     let t = &c.train;
-    for (key, v) in [("train.steps", t.steps as usize), ("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every as usize)] {
+    for (key, v) in [
+        ("train.steps", t.steps as usize),
+        ("train.batch_size", t.batch_size),
+        ("train.grad_accum", t.grad_accum),
+        ("train.log_every", t.log_every as usize),
+    ] {
         positive(key, v)?;
     }
     if !(t.lr > 0.0 && t.lr.is_finite()) {
-        bail!("config key `train.lr`: must be a positive number, got {}", t.lr);
+        bail!(
+            "config key `train.lr`: must be a positive number, got {}",
+            t.lr
+        );
     }
     if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
-        bail!("config key `train.min_lr`: must lie in [0, train.lr = {}], got {}", t.lr, t.min_lr);
+        bail!(
+            "config key `train.min_lr`: must lie in [0, train.lr = {}], got {}",
+            t.lr,
+            t.min_lr
+        );
     }
     if !(t.clip_grad_norm >= 0.0 && t.clip_grad_norm.is_finite()) {
-        bail!("config key `train.clip_grad_norm`: must be >= 0 (0 disables clipping), got {}", t.clip_grad_norm);
+        bail!(
+            "config key `train.clip_grad_norm`: must be >= 0 (0 disables clipping), got {}",
+            t.clip_grad_norm
+        );
     }
     let a = &t.adamw;
-    for (key, beta) in [("train.adamw.beta1", a.beta1), ("train.adamw.beta2", a.beta2)] {
+    for (key, beta) in [
+        ("train.adamw.beta1", a.beta1),
+        ("train.adamw.beta2", a.beta2),
+    ] {
         if !(0.0..1.0).contains(&beta) {
             bail!("config key `{key}`: must lie in [0, 1), got {beta}");
         }
     }
     if !(a.eps > 0.0 && a.eps.is_finite() && a.weight_decay >= 0.0 && a.weight_decay.is_finite()) {
-        bail!("config key `train.adamw`: eps must be positive and weight_decay >= 0, got {} and {}", a.eps, a.weight_decay);
+        bail!(
+            "config key `train.adamw`: eps must be positive and weight_decay >= 0, got {} and {}",
+            a.eps,
+            a.weight_decay
+        );
     }
     positive("eval.batches", c.eval.batches)
 }
@@ -416,17 +563,26 @@ fn validate_task(c: &RunConfig) -> Result<()> {
     match task.kind {
         TaskKind::SelectiveCopying => {
             if vocab < 3 {
-                bail!("config key `task.vocab_size`: selective copying needs A >= 3 (noise 0, data 1..A-2, marker A-1), got {vocab}");
+                bail!(
+                    "config key `task.vocab_size`: selective copying needs A >= 3 (noise 0, data 1..A-2, marker A-1), got {vocab}"
+                );
             }
-            positive("task.selective_copying.num_tokens", task.selective_copying.as_ref().map_or(0, |s| s.num_tokens))?;
+            positive(
+                "task.selective_copying.num_tokens",
+                task.selective_copying.as_ref().map_or(0, |s| s.num_tokens),
+            )?;
         }
         TaskKind::InductionHeads => {
             if vocab < 3 {
-                bail!("config key `task.vocab_size`: induction heads needs V >= 3 (trigger V-1 and two ordinary tokens), got {vocab}");
+                bail!(
+                    "config key `task.vocab_size`: induction heads needs V >= 3 (trigger V-1 and two ordinary tokens), got {vocab}"
+                );
             }
             for &(key, l) in &lengths {
                 if l < 3 {
-                    bail!("config key `{key}`: induction heads needs length >= 3 (trigger, answer, final trigger), got {l}");
+                    bail!(
+                        "config key `{key}`: induction heads needs length >= 3 (trigger, answer, final trigger), got {l}"
+                    );
                 }
             }
         }
@@ -434,27 +590,46 @@ fn validate_task(c: &RunConfig) -> Result<()> {
             let m = task.mqar.as_ref().expect("filled");
             positive("task.mqar.num_pairs", m.num_pairs)?;
             if !(m.power_a > 0.0 && m.power_a <= 1.0) {
-                bail!("config key `task.mqar.power_a`: must lie in (0, 1], got {}", m.power_a);
+                bail!(
+                    "config key `task.mqar.power_a`: must lie in (0, 1], got {}",
+                    m.power_a
+                );
             }
             if m.num_pairs >= vocab / 2 || m.num_pairs > vocab - vocab / 2 {
-                bail!("config key `task.mqar.num_pairs`: {} distinct keys do not fit in [1, V/2) with V = {vocab}", m.num_pairs);
+                bail!(
+                    "config key `task.mqar.num_pairs`: {} distinct keys do not fit in [1, V/2) with V = {vocab}",
+                    m.num_pairs
+                );
             }
             for &(key, l) in &lengths {
                 if 4 * m.num_pairs > l || l % 2 != 0 {
-                    bail!("config key `{key}`: MQAR needs an even length L with 4K <= L (K = task.mqar.num_pairs = {}), got L = {l}", m.num_pairs);
+                    bail!(
+                        "config key `{key}`: MQAR needs an even length L with 4K <= L (K = task.mqar.num_pairs = {}), got L = {l}",
+                        m.num_pairs
+                    );
                 }
                 if vocab <= l {
-                    bail!("config key `task.vocab_size`: MQAR needs V > L, got V = {vocab} and L = {l} (`{key}`)");
+                    bail!(
+                        "config key `task.vocab_size`: MQAR needs V > L, got V = {vocab} and L = {l} (`{key}`)"
+                    );
                 }
             }
         }
         TaskKind::Bytes => {
             let b = task.bytes.as_ref().expect("filled");
             if !(b.val_fraction > 0.0 && b.val_fraction < 1.0) {
-                bail!("config key `task.bytes.val_fraction`: must lie in (0, 1), got {}", b.val_fraction);
+                bail!(
+                    "config key `task.bytes.val_fraction`: must lie in (0, 1), got {}",
+                    b.val_fraction
+                );
             }
             let size = std::fs::metadata(&b.path)
-                .with_context(|| format!("config key `task.bytes.path`: cannot read {}", b.path.display()))?
+                .with_context(|| {
+                    format!(
+                        "config key `task.bytes.path`: cannot read {}",
+                        b.path.display()
+                    )
+                })?
                 .len() as usize;
             let (train, val) = crate::tasks::bytes::split_sizes(size, b.val_fraction);
             for &(key, l) in &lengths {
@@ -477,7 +652,16 @@ mod tests {
 
     #[test]
     fn overrides_reach_nested_keys_and_parse_types() {
-        let c = resolve("[task]\nkind = \"mqar\"\n", "t", &["train.lr=3e-3".into(), "model.mamba.d_model=32".into(), "task.kind=mqar".into()]).unwrap();
+        let c = resolve(
+            "[task]\nkind = \"mqar\"\n",
+            "t",
+            &[
+                "train.lr=3e-3".into(),
+                "model.mamba.d_model=32".into(),
+                "task.kind=mqar".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.train.lr, 3e-3);
         assert_eq!(c.model.mamba.as_ref().unwrap().d_model, 32);
         assert_eq!(c.model.mamba.as_ref().unwrap().vocab_size, 8192);
@@ -485,13 +669,25 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = resolve("[train]\nlrr = 1\n", "t", &[]).unwrap_err().to_string();
+        let e = resolve("[train]\nlrr = 1\n", "t", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lrr"), "{e}");
-        let e = resolve("[train]\nlr = \"fast\"\n", "t", &[]).unwrap_err().to_string();
+        let e = resolve("[train]\nlr = \"fast\"\n", "t", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("train.lr"), "{e}");
-        let e = resolve("", "t", &["model.arch=transformer".into()]).unwrap_err().to_string();
+        let e = resolve("", "t", &["model.arch=rnn".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("model.arch"), "{e}");
-        let e = resolve("", "t", &["task.kind=bytes".into(), "task.mqar.num_pairs=3".into()]).unwrap_err().to_string();
+        let e = resolve(
+            "",
+            "t",
+            &["task.kind=bytes".into(), "task.mqar.num_pairs=3".into()],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("task.mqar"), "{e}");
     }
 

@@ -1,6 +1,7 @@
-//! `ssm-lab demo`: trains a small model on a synthetic task to high accuracy in a few minutes on
-//! two cores, evaluates it at longer lengths, writes `runs/demo/` (one run folder per
-//! architecture, summary.csv, plots) and prints a short results table.
+//! `ssm-lab compare` trains several architectures on the same task, data and seed (one run folder
+//! each, summary.csv, plots side by side, a results table); `ssm-lab demo` is a compare of Mamba
+//! and the Transformer baseline with a built-in config that reaches high accuracy in a few
+//! minutes on two cores.
 
 use std::path::{Path, PathBuf};
 
@@ -14,56 +15,105 @@ use crate::train::{self, Outcome, TrainOptions};
 /// The demo's config, built into the binary so that the demo runs from any folder.
 pub const DEMO_CONFIG: &str = include_str!("../configs/demo.toml");
 
-/// Architectures trained side by side on the same data (same seed, same batches). When the
-/// Transformer baseline lands, add "transformer" here and a `[model.transformer]` section to
-/// configs/demo.toml: the runs, summary.csv, plots and table pick it up.
-pub const ARCHS: &[&str] = &["mamba"];
+/// The architectures the demo compares: same task, data, seed, optimizer and schedule.
+pub const DEMO_ARCHS: &[&str] = &["mamba", "transformer"];
 
-/// Written into the demo folder; a folder with it may be replaced by the next demo.
-const MARKER: &str = "demo.toml";
+/// Written into a compare folder with the config it ran; such a folder may be replaced by the
+/// next compare of the same name.
+const MARKER: &str = "compare.toml";
 
+/// The demo: `compare` of `DEMO_ARCHS` with the built-in config, into `out_dir/demo`.
 pub fn demo(out_dir: &Path, overrides: &[String]) -> Result<PathBuf> {
-    let dir = out_dir.join("demo");
-    let configs = ARCHS
+    compare(
+        DEMO_CONFIG,
+        "configs/demo.toml (built in)",
+        &out_dir.join("demo"),
+        DEMO_ARCHS,
+        overrides,
+    )
+}
+
+/// Trains the config once per architecture in `archs` (as `model.arch`), each into `dir/<arch>`,
+/// then writes `dir/summary.csv`, plots them together under `dir/plots` and prints a table. Every
+/// config is resolved and validated before anything is written.
+pub fn compare(
+    config_text: &str,
+    origin: &str,
+    dir: &Path,
+    archs: &[&str],
+    overrides: &[String],
+) -> Result<PathBuf> {
+    if archs.is_empty() {
+        bail!("--archs: name at least one architecture");
+    }
+    let configs = archs
         .iter()
         .map(|arch| {
             let mut o = overrides.to_vec();
             o.push(format!("model.arch={arch}"));
-            o.push(format!("out_dir={}", toml::Value::String(dir.display().to_string())));
+            o.push(format!(
+                "out_dir={}",
+                toml::Value::String(dir.display().to_string())
+            ));
             o.push(format!("name={arch}"));
-            config::resolve(DEMO_CONFIG, "configs/demo.toml (built in)", &o)
+            let c = config::resolve(config_text, origin, &o)?;
+            config::validate(&c)?;
+            Ok(c)
         })
         .collect::<Result<Vec<RunConfig>>>()?;
     if dir.exists() {
         if !dir.join(MARKER).exists() {
-            bail!("{}: exists and is not a demo folder (no {MARKER}); move it away or pass another --out", dir.display());
+            bail!(
+                "{}: exists and was not written by compare or demo (no {MARKER}); move it away or choose another folder",
+                dir.display()
+            );
         }
-        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove the previous demo {}", dir.display()))?;
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("cannot remove the previous {}", dir.display()))?;
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    ssm::io::atomic_write(&dir.join(MARKER), DEMO_CONFIG.as_bytes())?;
-    let outcomes = configs.iter().map(|c| train::start(c, &TrainOptions::default())).collect::<Result<Vec<Outcome>>>()?;
-    let rows: Vec<(String, Vec<String>)> = ARCHS.iter().map(|a| (a.to_string(), vec![a.to_string()])).collect();
-    write_summary(&dir, &["model.arch".to_string()], &rows)?;
-    let files = plot(std::slice::from_ref(&dir), &dir.join("plots"))?;
-    print_table(&configs[0], &outcomes);
-    println!("\nresults in {}: {SUMMARY_FILE}, */metrics.csv, */eval.csv, plots/ ({} files)", dir.display(), files.len());
-    Ok(dir)
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    ssm::io::atomic_write(&dir.join(MARKER), config_text.as_bytes())?;
+    let outcomes = configs
+        .iter()
+        .map(|c| train::start(c, &TrainOptions::default()))
+        .collect::<Result<Vec<Outcome>>>()?;
+    let rows: Vec<(String, Vec<String>)> = archs
+        .iter()
+        .map(|a| (a.to_string(), vec![a.to_string()]))
+        .collect();
+    write_summary(dir, &["model.arch".to_string()], &rows)?;
+    let files = plot(&[dir.to_path_buf()], &dir.join("plots"))?;
+    print_table(&configs[0], archs, &outcomes);
+    println!(
+        "\nresults in {}: {SUMMARY_FILE}, */metrics.csv, */eval.csv, plots/ ({} files)",
+        dir.display(),
+        files.len()
+    );
+    Ok(dir.to_path_buf())
 }
 
-fn print_table(config: &RunConfig, outcomes: &[Outcome]) {
+fn print_table(config: &RunConfig, archs: &[&str], outcomes: &[Outcome]) {
     let t = &config.task;
-    println!("\ndemo: task {}, trained at length {} for {} steps", t.kind.name(), t.seq_len, config.train.steps);
+    println!(
+        "\ndemo: task {}, trained at length {} for {} steps",
+        t.kind.name(),
+        t.seq_len,
+        config.train.steps
+    );
     let lengths = config.eval_lengths();
     let mut header = format!("{:<12} {:>10} {:>10}", "arch", "time (s)", "loss");
     for l in &lengths {
         header += &format!(" {:>9}", format!("acc@{l}"));
     }
     println!("{header}");
-    for (arch, o) in ARCHS.iter().zip(outcomes) {
+    for (arch, o) in archs.iter().zip(outcomes) {
         let mut line = format!("{arch:<12} {:>10.1} {:>10.4}", o.elapsed_s, o.last_loss);
         for l in &lengths {
-            let acc = o.evals.iter().find(|e| e.length == *l).map_or(f64::NAN, |e| e.accuracy);
+            let acc = o
+                .evals
+                .iter()
+                .find(|e| e.length == *l)
+                .map_or(f64::NAN, |e| e.accuracy);
             line += &format!(" {acc:>9.3}");
         }
         println!("{line}");

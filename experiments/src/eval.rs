@@ -22,10 +22,19 @@ pub struct EvalResult {
 
 /// Evaluates `model` at every length of `config.eval_lengths()`.
 pub fn evaluate(model: &mut Model, task: &Task, config: &RunConfig) -> Result<Vec<EvalResult>> {
-    config.eval_lengths().into_iter().map(|length| evaluate_length(model, task, config, length)).collect()
+    config
+        .eval_lengths()
+        .into_iter()
+        .map(|length| evaluate_length(model, task, config, length))
+        .collect()
 }
 
-pub fn evaluate_length(model: &mut Model, task: &Task, config: &RunConfig, length: usize) -> Result<EvalResult> {
+pub fn evaluate_length(
+    model: &mut Model,
+    task: &Task,
+    config: &RunConfig,
+    length: usize,
+) -> Result<EvalResult> {
     let (batches, b) = (config.eval.batches, config.eval_batch_size());
     let v = model.vocab();
     let (mut loss, mut correct, mut count) = (0.0f64, 0usize, 0usize);
@@ -44,7 +53,13 @@ pub fn evaluate_length(model: &mut Model, task: &Task, config: &RunConfig, lengt
     }
     let loss = loss / count.max(1) as f64;
     let bits_per_byte = matches!(task, Task::Bytes(_)).then(|| loss / std::f64::consts::LN_2);
-    Ok(EvalResult { split: task.eval_split(), length, loss, accuracy: correct as f64 / count.max(1) as f64, bits_per_byte })
+    Ok(EvalResult {
+        split: task.eval_split(),
+        length,
+        loss,
+        accuracy: correct as f64 / count.max(1) as f64,
+        bits_per_byte,
+    })
 }
 
 /// −log softmax(row)[target] in f64, and the index of the largest logit (the first on ties).
@@ -56,7 +71,12 @@ fn nll_and_argmax(row: &[f32], target: usize) -> (f64, usize) {
         }
     }
     let max = row[argmax] as f64;
-    let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     (lse - row[target] as f64, argmax)
 }
 

@@ -14,7 +14,11 @@ use experiments::train::{self, TrainOptions};
 use experiments::{demo, plot};
 
 #[derive(Parser)]
-#[command(name = "ssm-lab", version, about = "Experiments with selective state-space models: train, evaluate, sweep, plot")]
+#[command(
+    name = "ssm-lab",
+    version,
+    about = "Experiments with selective state-space models: train, evaluate, sweep, plot"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -110,8 +114,27 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Train a small Mamba on induction heads in about two minutes, test it at up to 64x the
-    /// training length, write runs/demo/ (CSVs, plots) and print a results table.
+    /// Train the config once per architecture on the same data and seed, side by side: one run
+    /// folder each under OUT/NAME, summary.csv, plots and a results table.
+    Compare {
+        #[arg(long)]
+        config: PathBuf,
+        /// Architectures, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "mamba,transformer")]
+        archs: Vec<String>,
+        /// Override config keys.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Parent folder of the comparison.
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        /// Folder name (default: the config file's stem, then "-compare").
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Train a small Mamba and a Transformer of the same size on induction heads in a few
+    /// minutes, test them at up to 64x the training length, write runs/demo/ (CSVs, plots) and
+    /// print a results table.
     Demo {
         /// Parent folder of demo/.
         #[arg(long, default_value = "runs")]
@@ -125,45 +148,108 @@ enum Cmd {
 /// Uses `threads` CPU threads for the rest of the process (0: one per core).
 fn init_threads(threads: usize) -> Result<()> {
     if threads > 0 {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("cannot set up the thread pool")?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("cannot set up the thread pool")?;
     }
     Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Cmd::Train { config, set, resume, stop_after } => {
+        Cmd::Train {
+            config,
+            set,
+            resume,
+            stop_after,
+        } => {
             let options = TrainOptions { stop_after };
             if let Some(dir) = resume {
-                let c = config::load(&dir.join(CONFIG_FILE), &[]).with_context(|| format!("cannot resume {}", dir.display()))?;
+                let c = config::load(&dir.join(CONFIG_FILE), &[])
+                    .with_context(|| format!("cannot resume {}", dir.display()))?;
                 init_threads(c.threads)?;
                 train::resume(&dir, &options)?;
             } else {
-                let c: RunConfig = config::load(&config.expect("clap requires --config or --resume"), &set)?;
+                let c: RunConfig =
+                    config::load(&config.expect("clap requires --config or --resume"), &set)?;
                 init_threads(c.threads)?;
                 train::start(&c, &options)?;
             }
         }
-        Cmd::Eval { checkpoint, set, out } => {
+        Cmd::Eval {
+            checkpoint,
+            set,
+            out,
+        } => {
             commands::eval(&checkpoint, &set, out.as_deref())?;
         }
-        Cmd::Generate { checkpoint, prompt, tokens, max_new, temperature, top_k, seed } => {
+        Cmd::Generate {
+            checkpoint,
+            prompt,
+            tokens,
+            max_new,
+            temperature,
+            top_k,
+            seed,
+        } => {
             let prompt = match (prompt, tokens) {
                 (Some(p), _) => Prompt::Text(p),
                 (None, Some(t)) => Prompt::Tokens(t),
                 (None, None) => unreachable!("clap requires --prompt or --tokens"),
             };
-            println!("{}", commands::generate(&checkpoint, prompt, max_new, temperature, top_k, seed)?);
+            println!(
+                "{}",
+                commands::generate(&checkpoint, prompt, max_new, temperature, top_k, seed)?
+            );
         }
-        Cmd::Logits { checkpoint, tokens, out } => commands::logits(&checkpoint, &tokens, &out)?,
-        Cmd::Sweep { config, grid, set, name, jobs } => {
-            sweep(&SweepOptions { config, grid, set, name, jobs })?;
+        Cmd::Logits {
+            checkpoint,
+            tokens,
+            out,
+        } => commands::logits(&checkpoint, &tokens, &out)?,
+        Cmd::Sweep {
+            config,
+            grid,
+            set,
+            name,
+            jobs,
+        } => {
+            sweep(&SweepOptions {
+                config,
+                grid,
+                set,
+                name,
+                jobs,
+            })?;
         }
         Cmd::Plot { runs, out } => {
-            let out = out.unwrap_or_else(|| if runs.len() == 1 { runs[0].join("plots") } else { PathBuf::from("runs/plots") });
+            let out = out.unwrap_or_else(|| {
+                if runs.len() == 1 {
+                    runs[0].join("plots")
+                } else {
+                    PathBuf::from("runs/plots")
+                }
+            });
             for f in plot::plot(&runs, &out)? {
                 println!("{}", f.display());
             }
+        }
+        Cmd::Compare {
+            config,
+            archs,
+            set,
+            out,
+            name,
+        } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("{}: cannot read", config.display()))?;
+            let stem = config
+                .file_stem()
+                .map_or("run".into(), |s| s.to_string_lossy().into_owned());
+            let dir = out.join(name.unwrap_or(format!("{stem}-compare")));
+            let archs: Vec<&str> = archs.iter().map(String::as_str).collect();
+            demo::compare(&text, &config.display().to_string(), &dir, &archs, &set)?;
         }
         Cmd::Demo { out, set } => {
             demo::demo(&out, &set)?;
@@ -177,7 +263,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,8 +9,24 @@ use anyhow::{Context, Result, bail};
 
 pub const METRICS_FILE: &str = "metrics.csv";
 pub const EVAL_FILE: &str = "eval.csv";
-pub const METRICS_HEADER: [&str; 8] = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "peak_mem_mb"];
-pub const EVAL_HEADER: [&str; 6] = ["step", "split", "length", "loss", "accuracy", "bits_per_byte"];
+pub const METRICS_HEADER: [&str; 8] = [
+    "step",
+    "tokens",
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "elapsed_s",
+    "peak_mem_mb",
+];
+pub const EVAL_HEADER: [&str; 6] = [
+    "step",
+    "split",
+    "length",
+    "loss",
+    "accuracy",
+    "bits_per_byte",
+];
 /// Columns of metrics.csv that depend on the machine's speed, not on the computation.
 pub const TIMING_COLUMNS: [&str; 3] = ["tokens_per_s", "elapsed_s", "peak_mem_mb"];
 
@@ -28,20 +44,37 @@ impl CsvWriter {
         if exists {
             let table = Table::read(path)?;
             if table.header != header {
-                bail!("{}: columns {:?}, expected {:?}", path.display(), table.header, header);
+                bail!(
+                    "{}: columns {:?}, expected {:?}",
+                    path.display(),
+                    table.header,
+                    header
+                );
             }
         }
-        let mut file = OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         if !exists {
-            writeln!(file, "{}", header.join(",")).with_context(|| format!("cannot write {}", path.display()))?;
+            writeln!(file, "{}", header.join(","))
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        Ok(CsvWriter { path: path.to_path_buf(), file, columns: header.len() })
+        Ok(CsvWriter {
+            path: path.to_path_buf(),
+            file,
+            columns: header.len(),
+        })
     }
 
     pub fn row(&mut self, cells: &[String]) -> Result<()> {
         assert_eq!(cells.len(), self.columns, "one cell per column");
-        writeln!(self.file, "{}", cells.join(",")).with_context(|| format!("cannot write {}", self.path.display()))?;
-        self.file.flush().with_context(|| format!("cannot write {}", self.path.display()))
+        writeln!(self.file, "{}", cells.join(","))
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.file
+            .flush()
+            .with_context(|| format!("cannot write {}", self.path.display()))
     }
 }
 
@@ -58,7 +91,11 @@ impl Table {
         let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut lines = BufReader::new(file).lines();
         let header: Vec<String> = match lines.next() {
-            Some(h) => h.with_context(|| format!("cannot read {}", path.display()))?.split(',').map(str::to_string).collect(),
+            Some(h) => h
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .split(',')
+                .map(str::to_string)
+                .collect(),
             None => bail!("{}: empty file, expected a CSV header", path.display()),
         };
         let mut rows = Vec::new();
@@ -69,15 +106,28 @@ impl Table {
             }
             let row: Vec<String> = line.split(',').map(str::to_string).collect();
             if row.len() != header.len() {
-                bail!("{}: line {} has {} cells, the header {}", path.display(), i + 2, row.len(), header.len());
+                bail!(
+                    "{}: line {} has {} cells, the header {}",
+                    path.display(),
+                    i + 2,
+                    row.len(),
+                    header.len()
+                );
             }
             rows.push(row);
         }
-        Ok(Table { path: path.to_path_buf(), header, rows })
+        Ok(Table {
+            path: path.to_path_buf(),
+            header,
+            rows,
+        })
     }
 
     pub fn index(&self, column: &str) -> Result<usize> {
-        self.header.iter().position(|h| h == column).with_context(|| format!("{}: no column `{column}`", self.path.display()))
+        self.header
+            .iter()
+            .position(|h| h == column)
+            .with_context(|| format!("{}: no column `{column}`", self.path.display()))
     }
 
     /// The column as numbers; empty cells become NaN.
@@ -90,7 +140,14 @@ impl Table {
                 if row[i].is_empty() {
                     return Ok(f64::NAN);
                 }
-                row[i].parse().with_context(|| format!("{}: row {}, column `{column}`: {:?} is not a number", self.path.display(), r + 2, row[i]))
+                row[i].parse().with_context(|| {
+                    format!(
+                        "{}: row {}, column `{column}`: {:?} is not a number",
+                        self.path.display(),
+                        r + 2,
+                        row[i]
+                    )
+                })
             })
             .collect()
     }
@@ -121,7 +178,9 @@ pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
     let steps = table.f64s("step")?;
     let before = table.rows.len();
     let mut s = steps.into_iter();
-    table.rows.retain(|_| s.next().is_some_and(|x| x <= step as f64));
+    table
+        .rows
+        .retain(|_| s.next().is_some_and(|x| x <= step as f64));
     if table.rows.len() != before {
         table.write(path)?;
     }
@@ -144,5 +203,9 @@ pub fn reset_peak_rss() {
 
 /// A number for a CSV cell: the shortest text that reads back as the same f64, empty for NaN.
 pub fn cell(x: f64) -> String {
-    if x.is_nan() { String::new() } else { format!("{x}") }
+    if x.is_nan() {
+        String::new()
+    } else {
+        format!("{x}")
+    }
 }

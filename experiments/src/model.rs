@@ -1,106 +1,138 @@
-//! The models the runner trains, behind one enum so that the training loop, evaluation and the
-//! commands never name an architecture. Adding one (a Transformer, a hybrid) means a variant here,
-//! an `Arch` value and its `[model.<arch>]` section in config.rs; nothing else changes.
+//! The model a run trains: ssm's `AnyLM` (Mamba, Transformer or hybrid, chosen by `model.arch`),
+//! plus the runner's file formats for it, so that the training loop, evaluation and the commands
+//! never name an architecture.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use ssm::io::hf;
-use ssm::models::MambaLM;
+use ssm::io::tensors::{TensorFile, write_tensors};
 use ssm::models::generate::Sampling;
+use ssm::models::{AnyLM, ModelConfig};
 use ssm::nn::Module;
 
-use crate::config::{Arch, RunConfig};
+use crate::config::RunConfig;
 
-pub enum Model {
-    Mamba(MambaLM<f32>),
-}
+pub struct Model(AnyLM<f32>);
 
 impl Model {
     /// A freshly initialised model of the run's architecture.
     pub fn new(c: &RunConfig) -> Result<Model> {
-        Ok(match c.model.arch {
-            Arch::Mamba => Model::Mamba(MambaLM::new(c.mamba(), c.seed).context("config key `model.mamba`")?),
-        })
+        let key = format!("config key `model.{}`", c.model.arch.name());
+        Ok(Model(AnyLM::new(c.model_config(), c.seed).context(key)?))
     }
 
-    /// Loads a Hugging Face folder (config.json + model.safetensors of MambaForCausalLM).
-    pub fn load_hf(dir: &Path) -> Result<Model> {
-        Ok(Model::Mamba(hf::load_mamba(dir)?))
+    /// Loads an exported folder: a Hugging Face Mamba folder (config.json with transformers'
+    /// fields + model.safetensors), or one that `export` wrote for another architecture (its
+    /// config.json holds ssm's `ModelConfig`, tagged by `arch`).
+    pub fn load_folder(dir: &Path) -> Result<Model> {
+        let cfg_path = dir.join(hf::CONFIG_FILE);
+        let text = std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("{}: cannot read", cfg_path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
+        if value.get("arch").is_none() {
+            return Ok(Model(AnyLM::Mamba(hf::load_mamba(dir)?)));
+        }
+        let config: ModelConfig = serde_json::from_value(value)
+            .with_context(|| format!("{}: not an ssm model config", cfg_path.display()))?;
+        let mut model = AnyLM::new(config, 0).with_context(|| format!("{}", cfg_path.display()))?;
+        let file = TensorFile::open(&dir.join(hf::WEIGHTS_FILE))?;
+        let mut err = None;
+        model.visit_params(&mut |name, p| {
+            if err.is_some() {
+                return;
+            }
+            match file.f32(name) {
+                Ok(t) if t.dims() == p.value.dims() => p.value = t,
+                Ok(t) => {
+                    err = Some(anyhow::anyhow!(
+                        "{}: tensor `{name}` has shape {:?}, the config needs {:?}",
+                        file.path().display(),
+                        t.dims(),
+                        p.value.dims()
+                    ))
+                }
+                Err(e) => err = Some(e.into()),
+            }
+        });
+        match err {
+            Some(e) => Err(e),
+            None => Ok(Model(model)),
+        }
     }
 
     pub fn arch(&self) -> &'static str {
-        match self {
-            Model::Mamba(_) => "mamba",
-        }
+        self.0.arch()
     }
 
     pub fn module(&mut self) -> &mut dyn Module<f32> {
-        match self {
-            Model::Mamba(m) => m,
-        }
+        &mut self.0
     }
 
     /// Columns of the logits (the padded vocabulary).
     pub fn vocab(&self) -> usize {
-        match self {
-            Model::Mamba(m) => m.vocab(),
-        }
+        self.0.vocab()
     }
 
     /// Mean cross-entropy over the scored targets of `b` sequences, keeping what `backward` needs.
     pub fn forward_loss(&mut self, ids: &[u32], targets: &[i64], b: usize) -> Result<f64> {
-        Ok(match self {
-            Model::Mamba(m) => m.forward_loss(ids, targets, b)?,
-        })
+        Ok(self.0.forward_loss(ids, targets, b)?)
     }
 
     /// Adds the gradient of the last `forward_loss` into every parameter.
     pub fn backward(&mut self) -> Result<()> {
-        match self {
-            Model::Mamba(m) => m.backward()?,
-        }
-        Ok(())
+        Ok(self.0.backward()?)
     }
 
     /// Logits (b, l, v), row-major, of an inference forward.
     pub fn logits(&mut self, ids: &[u32], b: usize) -> Result<Vec<f32>> {
-        Ok(match self {
-            Model::Mamba(m) => m.forward(ids, b, None, false)?.to_vec(),
-        })
+        Ok(self.0.forward(ids, b, None, false)?.to_vec())
     }
 
     /// Continues `prompt` by `n_new` tokens.
-    pub fn generate(&mut self, prompt: &[u32], n_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
-        Ok(match self {
-            Model::Mamba(m) => m.generate(prompt, n_new, sampling)?,
-        })
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        n_new: usize,
+        sampling: Sampling,
+    ) -> Result<Vec<u32>> {
+        Ok(self.0.generate(prompt, n_new, sampling)?)
     }
 
     pub fn num_params(&mut self) -> usize {
-        self.module().num_params()
+        self.0.num_params()
     }
 
-    /// Training FLOPs per token, with the convention of `FLOPS_CONVENTION`. (Attention's count,
-    /// 6N + 6·n_layer·L·d, will need the context length L from the caller.)
-    pub fn flops_per_token(&mut self) -> f64 {
-        let n = self.num_params() as f64;
-        match self {
-            Model::Mamba(m) => {
-                let c = &m.config;
-                6.0 * n + 27.0 * (c.n_layer * c.d_inner() * c.d_state) as f64
-            }
-        }
+    /// Training FLOPs per token at context length `seq_len`, with the convention of
+    /// `flops_convention`.
+    pub fn flops_per_token(&self, seq_len: usize) -> f64 {
+        self.0.flops_per_token(seq_len)
     }
 
-    /// Saves the weights alone where other tools read them: a Hugging Face folder for Mamba.
-    pub fn export(&self, dir: &Path) -> Result<()> {
-        match self {
-            Model::Mamba(m) => hf::save_mamba(m, dir)?,
+    pub fn flops_convention(&self) -> &'static str {
+        self.0.flops_convention()
+    }
+
+    /// Saves the weights alone where other tools read them: a Hugging Face folder for Mamba; for
+    /// the others ssm's config (config.json) and the parameters under their ssm names.
+    pub fn export(&mut self, dir: &Path) -> Result<()> {
+        if let AnyLM::Mamba(m) = &self.0 {
+            return Ok(hf::save_mamba(m, dir)?);
         }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut tensors = Vec::new();
+        self.0
+            .visit_params(&mut |name, p| tensors.push((name.to_string(), p.value.clone())));
+        if tensors.is_empty() {
+            bail!("model has no parameters to export");
+        }
+        write_tensors(&dir.join(hf::WEIGHTS_FILE), &tensors, None)?;
+        let config = serde_json::to_string_pretty(&self.0.config())?;
+        ssm::io::atomic_write(&dir.join(hf::CONFIG_FILE), config.as_bytes())?;
         Ok(())
     }
 }
 
-/// How `flops_per_token` counts, printed on the plots (DESIGN.md section 8).
-pub const FLOPS_CONVENTION: &str = "training FLOPs/token: Mamba 6N + 27·n_layer·d_inner·d_state (N = all parameters, tied embedding once)";
+/// How the plots count training FLOPs per token (DESIGN.md section 8).
+pub const FLOPS_CONVENTION: &str = "training FLOPs/token: Mamba 6N + 27·n_layer·d_inner·d_state; Transformer 6N + 6·n_layer·L·d (N = all parameters, tied embedding once)";

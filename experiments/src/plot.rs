@@ -37,7 +37,8 @@ fn color(i: usize) -> RGBColor {
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).unwrap_or_else(|_| panic!("the embedded DejaVu Sans font is valid"));
+        plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular())
+            .unwrap_or_else(|_| panic!("the embedded DejaVu Sans font is valid"));
     });
 }
 
@@ -58,13 +59,18 @@ impl Run {
         if m.rows.is_empty() {
             bail!("{}: no rows yet", m.path.display());
         }
-        let info: Option<serde_json::Value> = std::fs::read_to_string(dir.join(RUN_INFO_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let info: Option<serde_json::Value> = std::fs::read_to_string(dir.join(RUN_INFO_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
         let mut accuracy = Vec::new();
         if dir.join(EVAL_FILE).exists() {
             let e = Table::read(&dir.join(EVAL_FILE))?;
             let (steps, lengths, acc) = (e.f64s("step")?, e.f64s("length")?, e.f64s("accuracy")?);
             if let Some(&last) = steps.last() {
-                accuracy = (0..steps.len()).filter(|&i| steps[i] == last).map(|i| (lengths[i], acc[i])).collect();
+                accuracy = (0..steps.len())
+                    .filter(|&i| steps[i] == last)
+                    .map(|i| (lengths[i], acc[i]))
+                    .collect();
             }
         }
         Ok(Run {
@@ -86,35 +92,59 @@ struct Series {
 
 /// A chart that draws itself on any plotters backend.
 trait Chart {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>;
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>;
 }
 
 fn save(chart: &impl Chart, out: &Path, stem: &str) -> Result<Vec<PathBuf>> {
-    let (png, svg) = (out.join(format!("{stem}.png")), out.join(format!("{stem}.svg")));
+    let (png, svg) = (
+        out.join(format!("{stem}.png")),
+        out.join(format!("{stem}.svg")),
+    );
     {
         let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-        root.fill(&WHITE).and_then(|_| chart.draw(&root)).and_then(|_| root.present()).map_err(|e| anyhow!("{}: {e}", png.display()))?;
+        root.fill(&WHITE)
+            .and_then(|_| chart.draw(&root))
+            .and_then(|_| root.present())
+            .map_err(|e| anyhow!("{}: {e}", png.display()))?;
     }
     {
         let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).and_then(|_| chart.draw(&root)).and_then(|_| root.present()).map_err(|e| anyhow!("{}: {e}", svg.display()))?;
+        root.fill(&WHITE)
+            .and_then(|_| chart.draw(&root))
+            .and_then(|_| root.present())
+            .map_err(|e| anyhow!("{}: {e}", svg.display()))?;
     }
     Ok(vec![png, svg])
 }
 
 /// Range of positive finite values, widened by `pad` (a factor) on both sides.
 fn log_range(values: impl Iterator<Item = f64>, pad: f64) -> Option<std::ops::Range<f64>> {
-    let (lo, hi) = values.filter(|v| v.is_finite() && *v > 0.0).fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = values
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
     if lo > hi {
         return None;
     }
-    let (lo, hi) = if lo == hi { (lo / 2.0, hi * 2.0) } else { (lo, hi) };
+    let (lo, hi) = if lo == hi {
+        (lo / 2.0, hi * 2.0)
+    } else {
+        (lo, hi)
+    };
     Some(lo / pad..hi * pad)
 }
 
 fn fmt_num(v: &f64) -> String {
     let a = v.abs();
-    if a != 0.0 && !(1e-2..1e5).contains(&a) { format!("{v:.0e}") } else { format!("{}", (v * 1000.0).round() / 1000.0) }
+    if a != 0.0 && !(1e-2..1e5).contains(&a) {
+        format!("{v:.0e}")
+    } else {
+        format!("{}", (v * 1000.0).round() / 1000.0)
+    }
 }
 
 /// The axis scales a chart uses.
@@ -143,25 +173,60 @@ struct Lines {
 
 macro_rules! draw_on {
     ($self:ident, $chart:ident) => {{
-        $chart.configure_mesh().x_desc($self.x_desc.as_str()).y_desc($self.y_desc.as_str()).x_label_formatter(&fmt_num).y_label_formatter(&fmt_num).label_style((FONT, 14)).draw()?;
+        $chart
+            .configure_mesh()
+            .x_desc($self.x_desc.as_str())
+            .y_desc($self.y_desc.as_str())
+            .x_label_formatter(&fmt_num)
+            .y_label_formatter(&fmt_num)
+            .label_style((FONT, 14))
+            .draw()?;
         for (i, s) in $self.series.iter().enumerate() {
             let c = color(i);
-            let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
-            $chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?.label(s.label.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+            let pts: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
+            $chart
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+                .label(s.label.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
             if pts.len() <= 32 {
                 $chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
             }
         }
         if let Some(fit) = &$self.fit {
-            let dashes = fit.points.windows(2).step_by(2).map(|w| PathElement::new(vec![w[0], w[1]], BLACK.stroke_width(2)));
-            $chart.draw_series(dashes)?.label(fit.label.as_str()).legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+            let dashes = fit
+                .points
+                .windows(2)
+                .step_by(2)
+                .map(|w| PathElement::new(vec![w[0], w[1]], BLACK.stroke_width(2)));
+            $chart
+                .draw_series(dashes)?
+                .label(fit.label.as_str())
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2))
+                });
         }
-        $chart.configure_series_labels().label_font((FONT, 14)).background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw()?;
+        $chart
+            .configure_series_labels()
+            .label_font((FONT, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
     }};
 }
 
 impl Chart for Lines {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         let area = match &self.note {
             Some(note) => {
                 let (top, bottom) = root.split_vertically(SIZE.1 - 28);
@@ -170,19 +235,35 @@ impl Chart for Lines {
             }
             None => root.clone(),
         };
-        let all = || self.series.iter().chain(&self.fit).flat_map(|s| s.points.iter().copied());
+        let all = || {
+            self.series
+                .iter()
+                .chain(&self.fit)
+                .flat_map(|s| s.points.iter().copied())
+        };
         let xs = log_range(all().map(|p| p.0), 1.1).unwrap_or(1.0..10.0);
         let ys = log_range(all().map(|p| p.1), 1.3).unwrap_or(0.1..10.0);
-        let y_top = self.y_max.unwrap_or_else(|| all().map(|p| p.1).filter(|y| y.is_finite()).fold(0.0, f64::max) * 1.1);
+        let y_top = self.y_max.unwrap_or_else(|| {
+            all()
+                .map(|p| p.1)
+                .filter(|y| y.is_finite())
+                .fold(0.0, f64::max)
+                * 1.1
+        });
         let mut builder = ChartBuilder::on(&area);
-        builder.caption(&self.title, (FONT, 22)).margin(12).x_label_area_size(44).y_label_area_size(70);
+        builder
+            .caption(&self.title, (FONT, 22))
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(70);
         match self.axes {
             Axes::LinearLog => {
                 let mut chart = builder.build_cartesian_2d(0.0..xs.end, ys.log_scale())?;
                 draw_on!(self, chart);
             }
             Axes::Log2Linear => {
-                let mut chart = builder.build_cartesian_2d(xs.log_scale().base(2.0), 0.0..y_top.max(1e-9))?;
+                let mut chart =
+                    builder.build_cartesian_2d(xs.log_scale().base(2.0), 0.0..y_top.max(1e-9))?;
                 draw_on!(self, chart);
             }
             Axes::LogLog => {
@@ -198,7 +279,10 @@ impl Chart for Lines {
 struct Pair(Lines, Lines);
 
 impl Chart for Pair {
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         let (left, right) = root.split_horizontally(SIZE.0 / 2);
         self.0.draw(&left)?;
         self.1.draw(&right)
@@ -207,12 +291,19 @@ impl Chart for Pair {
 
 /// Least-squares fit of log y = log a + b · log x; returns (a, b).
 pub fn fit_power_law(points: &[(f64, f64)]) -> Option<(f64, f64)> {
-    let logs: Vec<(f64, f64)> = points.iter().filter(|(x, y)| *x > 0.0 && *y > 0.0 && x.is_finite() && y.is_finite()).map(|(x, y)| (x.ln(), y.ln())).collect();
+    let logs: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|(x, y)| *x > 0.0 && *y > 0.0 && x.is_finite() && y.is_finite())
+        .map(|(x, y)| (x.ln(), y.ln()))
+        .collect();
     let n = logs.len() as f64;
     if logs.len() < 2 {
         return None;
     }
-    let (mx, my) = (logs.iter().map(|p| p.0).sum::<f64>() / n, logs.iter().map(|p| p.1).sum::<f64>() / n);
+    let (mx, my) = (
+        logs.iter().map(|p| p.0).sum::<f64>() / n,
+        logs.iter().map(|p| p.1).sum::<f64>() / n,
+    );
     let sxx: f64 = logs.iter().map(|p| (p.0 - mx).powi(2)).sum();
     if sxx == 0.0 {
         return None;
@@ -231,16 +322,23 @@ fn collect(inputs: &[PathBuf]) -> Result<Inputs> {
         if dir.join(SUMMARY_FILE).exists() {
             summaries.push(Table::read(&dir.join(SUMMARY_FILE))?);
             for r in sweep_runs(dir)? {
-                let label = r.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+                let label = r
+                    .file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into_owned());
                 runs.push((r, label));
             }
         } else if is_run(dir) {
-            let label = dir.file_name().map_or(dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+            let label = dir.file_name().map_or(dir.display().to_string(), |n| {
+                n.to_string_lossy().into_owned()
+            });
             runs.push((dir.clone(), label));
         } else if !dir.exists() {
             bail!("{}: no such folder", dir.display());
         } else {
-            bail!("{}: no {METRICS_FILE} (not a run folder) and no {SUMMARY_FILE} (not a sweep folder): nothing to plot", dir.display());
+            bail!(
+                "{}: no {METRICS_FILE} (not a run folder) and no {SUMMARY_FILE} (not a sweep folder): nothing to plot",
+                dir.display()
+            );
         }
     }
     let names: Vec<&String> = runs.iter().map(|r| &r.1).collect();
@@ -277,7 +375,11 @@ pub fn plot(inputs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     }
     for (i, s) in summaries.iter().enumerate() {
         if let Some(pair) = scaling_charts(s)? {
-            let stem = if summaries.len() == 1 { "throughput_memory".to_string() } else { format!("throughput_memory_{i}") };
+            let stem = if summaries.len() == 1 {
+                "throughput_memory".to_string()
+            } else {
+                format!("throughput_memory_{i}")
+            };
             files.extend(save(&pair, out, &stem)?);
         }
     }
@@ -289,7 +391,18 @@ fn loss_chart(runs: &[Run]) -> Lines {
         title: "training loss".into(),
         x_desc: "step".into(),
         y_desc: "loss (nats)".into(),
-        series: runs.iter().map(|r| Series { label: r.label.clone(), points: r.steps.iter().copied().zip(r.loss.iter().copied()).collect() }).collect(),
+        series: runs
+            .iter()
+            .map(|r| Series {
+                label: r.label.clone(),
+                points: r
+                    .steps
+                    .iter()
+                    .copied()
+                    .zip(r.loss.iter().copied())
+                    .collect(),
+            })
+            .collect(),
         axes: Axes::LinearLog,
         y_max: None,
         fit: None,
@@ -302,7 +415,14 @@ fn accuracy_chart(runs: &[Run]) -> Lines {
         title: "accuracy vs test length (last evaluation)".into(),
         x_desc: "test length".into(),
         y_desc: "accuracy".into(),
-        series: runs.iter().filter(|r| !r.accuracy.is_empty()).map(|r| Series { label: r.label.clone(), points: r.accuracy.clone() }).collect(),
+        series: runs
+            .iter()
+            .filter(|r| !r.accuracy.is_empty())
+            .map(|r| Series {
+                label: r.label.clone(),
+                points: r.accuracy.clone(),
+            })
+            .collect(),
         axes: Axes::Log2Linear,
         y_max: Some(1.05),
         fit: None,
@@ -318,18 +438,44 @@ fn flops_chart(runs: &[Run]) -> Lines {
         .iter()
         .filter_map(|r| {
             let f = r.flops_per_token?;
-            Some(Series { label: r.label.clone(), points: r.tokens.iter().zip(&r.loss).map(|(t, l)| (t * f, *l)).collect() })
+            Some(Series {
+                label: r.label.clone(),
+                points: r
+                    .tokens
+                    .iter()
+                    .zip(&r.loss)
+                    .map(|(t, l)| (t * f, *l))
+                    .collect(),
+            })
         })
         .collect();
     let (fit_points, fitted_to): (Vec<(f64, f64)>, &str) = if curves.len() >= 3 {
-        (curves.iter().filter_map(|c| c.points.last().copied()).collect(), "final losses")
+        (
+            curves
+                .iter()
+                .filter_map(|c| c.points.last().copied())
+                .collect(),
+            "final losses",
+        )
     } else {
-        (curves.iter().flat_map(|c| c.points[c.points.len() / 2..].iter().copied()).collect(), "second half of each curve")
+        (
+            curves
+                .iter()
+                .flat_map(|c| c.points[c.points.len() / 2..].iter().copied())
+                .collect(),
+            "second half of each curve",
+        )
     };
     let fit = fit_power_law(&fit_points).map(|(a, b)| {
         let xs = log_range(fit_points.iter().map(|p| p.0), 1.0).unwrap_or(1.0..10.0);
-        let points = (0..=40).map(|i| xs.start * (xs.end / xs.start).powf(i as f64 / 40.0)).map(|x| (x, a * x.powf(b))).collect();
-        Series { label: format!("fit to {fitted_to}: L = {a:.3e} · C^{b:.3}"), points }
+        let points = (0..=40)
+            .map(|i| xs.start * (xs.end / xs.start).powf(i as f64 / 40.0))
+            .map(|x| (x, a * x.powf(b)))
+            .collect();
+        Series {
+            label: format!("fit to {fitted_to}: L = {a:.3e} · C^{b:.3}"),
+            points,
+        }
     });
     Lines {
         title: "loss vs training compute".into(),
@@ -345,14 +491,27 @@ fn flops_chart(runs: &[Run]) -> Lines {
 
 /// Throughput and peak memory vs sequence length, one line per setting of the other grid keys.
 fn scaling_charts(summary: &Table) -> Result<Option<Pair>> {
-    let len_col = if summary.header.iter().any(|h| h == "input_len") { "input_len" } else { return Ok(None) };
+    let len_col = if summary.header.iter().any(|h| h == "input_len") {
+        "input_len"
+    } else {
+        return Ok(None);
+    };
     let lengths = summary.f64s(len_col)?;
-    if lengths.iter().filter(|l| l.is_finite()).map(|l| l.to_bits()).collect::<BTreeSet<_>>().len() < 2 {
+    if lengths
+        .iter()
+        .filter(|l| l.is_finite())
+        .map(|l| l.to_bits())
+        .collect::<BTreeSet<_>>()
+        .len()
+        < 2
+    {
         return Ok(None);
     }
     let status = summary.strings("status")?;
     let status_at = summary.index("status")?;
-    let keys: Vec<usize> = (1..status_at).filter(|&i| !summary.header[i].ends_with("seq_len")).collect();
+    let keys: Vec<usize> = (1..status_at)
+        .filter(|&i| !summary.header[i].ends_with("seq_len"))
+        .collect();
     let (speed, mem) = (summary.f64s("tokens_per_s")?, summary.f64s("peak_mem_mb")?);
     // Per series label: (length, tokens/s) and (length, MiB) points.
     type Points = Vec<(f64, f64)>;
@@ -361,8 +520,24 @@ fn scaling_charts(summary: &Table) -> Result<Option<Pair>> {
         if status[i] != "ok" {
             continue;
         }
-        let label = keys.iter().map(|&k| format!("{}={}", summary.header[k].rsplit('.').next().unwrap_or(""), row[k])).collect::<Vec<_>>().join(" ");
-        let g = groups.entry(if label.is_empty() { "runs".into() } else { label }).or_default();
+        let label = keys
+            .iter()
+            .map(|&k| {
+                format!(
+                    "{}={}",
+                    summary.header[k].rsplit('.').next().unwrap_or(""),
+                    row[k]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let g = groups
+            .entry(if label.is_empty() {
+                "runs".into()
+            } else {
+                label
+            })
+            .or_default();
         g.0.push((lengths[i], speed[i]));
         g.1.push((lengths[i], mem[i]));
     }
@@ -372,12 +547,27 @@ fn scaling_charts(summary: &Table) -> Result<Option<Pair>> {
             .map(|(label, g)| {
                 let mut points = pick(g).clone();
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                Series { label: label.clone(), points }
+                Series {
+                    label: label.clone(),
+                    points,
+                }
             })
             .collect::<Vec<_>>()
     };
-    let chart = |title: &str, y: &str, series| Lines { title: title.into(), x_desc: "sequence length (tokens)".into(), y_desc: y.into(), series, axes: Axes::Log2Linear, y_max: None, fit: None, note: None };
-    Ok(Some(Pair(chart("training throughput", "tokens/s", series(|g| &g.0)), chart("peak resident memory", "MiB", series(|g| &g.1)))))
+    let chart = |title: &str, y: &str, series| Lines {
+        title: title.into(),
+        x_desc: "sequence length (tokens)".into(),
+        y_desc: y.into(),
+        series,
+        axes: Axes::Log2Linear,
+        y_max: None,
+        fit: None,
+        note: None,
+    };
+    Ok(Some(Pair(
+        chart("training throughput", "tokens/s", series(|g| &g.0)),
+        chart("peak resident memory", "MiB", series(|g| &g.1)),
+    )))
 }
 
 #[cfg(test)]
@@ -386,8 +576,13 @@ mod tests {
 
     #[test]
     fn power_law_fit_recovers_exponent() {
-        let pts: Vec<(f64, f64)> = (1..10).map(|i| (10f64.powi(i), 3.0 * 10f64.powi(i).powf(-0.25))).collect();
+        let pts: Vec<(f64, f64)> = (1..10)
+            .map(|i| (10f64.powi(i), 3.0 * 10f64.powi(i).powf(-0.25)))
+            .collect();
         let (a, b) = fit_power_law(&pts).unwrap();
-        assert!((a - 3.0).abs() < 1e-9 && (b + 0.25).abs() < 1e-12, "{a} {b}");
+        assert!(
+            (a - 3.0).abs() < 1e-9 && (b + 0.25).abs() < 1e-12,
+            "{a} {b}"
+        );
     }
 }

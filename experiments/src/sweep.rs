@@ -26,7 +26,9 @@ pub struct Axis {
 
 /// Parses `--grid key=v1,v2,...` (a TOML array `key=[v1, v2]` works too).
 pub fn parse_axis(text: &str) -> Result<Axis> {
-    let (key, raw) = text.split_once('=').ok_or_else(|| anyhow!("--grid {text}: expected key=v1,v2,..."))?;
+    let (key, raw) = text
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--grid {text}: expected key=v1,v2,..."))?;
     let raw = raw.trim();
     let values = match parse_value(raw) {
         toml::Value::Array(a) => a,
@@ -35,7 +37,10 @@ pub fn parse_axis(text: &str) -> Result<Axis> {
     if values.is_empty() {
         bail!("--grid {text}: no values");
     }
-    Ok(Axis { key: key.trim().to_string(), values })
+    Ok(Axis {
+        key: key.trim().to_string(),
+        values,
+    })
 }
 
 /// A value as it appears in a folder name and in summary.csv.
@@ -48,20 +53,52 @@ fn plain(v: &toml::Value) -> String {
 
 /// A point's folder name: `key=value` pairs of the last key segments, joined by `_`.
 fn point_name(axes: &[Axis], values: &[&toml::Value]) -> String {
-    let short: Vec<&str> = axes.iter().map(|a| a.key.rsplit('.').next().unwrap_or(&a.key)).collect();
+    let short: Vec<&str> = axes
+        .iter()
+        .map(|a| a.key.rsplit('.').next().unwrap_or(&a.key))
+        .collect();
     let unique = short.iter().collect::<BTreeSet<_>>().len() == short.len();
     let parts: Vec<String> = axes
         .iter()
         .zip(values)
         .zip(&short)
-        .map(|((a, v), s)| format!("{}={}", if unique { s.to_string() } else { a.key.replace('.', "-") }, plain(v)))
+        .map(|((a, v), s)| {
+            format!(
+                "{}={}",
+                if unique {
+                    s.to_string()
+                } else {
+                    a.key.replace('.', "-")
+                },
+                plain(v)
+            )
+        })
         .collect();
-    parts.join("_").chars().map(|c| if c.is_ascii_alphanumeric() || "._=-".contains(c) { c } else { '-' }).collect()
+    parts
+        .join("_")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._=-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// The cartesian product of the axes' values.
 fn grid(axes: &[Axis]) -> Vec<Vec<&toml::Value>> {
-    axes.iter().fold(vec![Vec::new()], |points, axis| points.iter().flat_map(|p| axis.values.iter().map(move |v| [p.clone(), vec![v]].concat())).collect())
+    axes.iter().fold(vec![Vec::new()], |points, axis| {
+        points
+            .iter()
+            .flat_map(|p| {
+                axis.values
+                    .iter()
+                    .map(move |v| [p.clone(), vec![v]].concat())
+            })
+            .collect()
+    })
 }
 
 pub struct SweepOptions {
@@ -80,8 +117,10 @@ struct Point {
 }
 
 pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
-    let text = std::fs::read_to_string(&o.config).with_context(|| format!("cannot read config file {}", o.config.display()))?;
-    let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("{}: invalid TOML", o.config.display()))?;
+    let text = std::fs::read_to_string(&o.config)
+        .with_context(|| format!("cannot read config file {}", o.config.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: invalid TOML", o.config.display()))?;
     let mut axes = file_axes(&mut table, &o.config)?;
     for g in &o.grid {
         let axis = parse_axis(g)?;
@@ -89,7 +128,10 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
         axes.push(axis);
     }
     if axes.is_empty() {
-        bail!("sweep: no grid; give --grid KEY=V1,V2,... or a [sweep.grid] table in {}", o.config.display());
+        bail!(
+            "sweep: no grid; give --grid KEY=V1,V2,... or a [sweep.grid] table in {}",
+            o.config.display()
+        );
     }
     if o.jobs == 0 {
         bail!("--jobs: must be at least 1");
@@ -100,9 +142,13 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
     let name = o.name.clone().unwrap_or_else(|| base.name.clone());
     let sweep_dir = base.out_dir.join(&name);
     if sweep_dir.exists() {
-        bail!("{}: already exists; choose another --name", sweep_dir.display());
+        bail!(
+            "{}: already exists; choose another --name",
+            sweep_dir.display()
+        );
     }
-    let threads_given = table.contains_key("threads") || o.set.iter().any(|s| s.starts_with("threads="));
+    let threads_given =
+        table.contains_key("threads") || o.set.iter().any(|s| s.starts_with("threads="));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut points = Vec::new();
     for values in grid(&axes) {
@@ -111,25 +157,49 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
         for (a, v) in axes.iter().zip(&values) {
             overrides.push(format!("{}={}", a.key, v));
         }
-        overrides.push(format!("out_dir={}", toml::Value::String(sweep_dir.display().to_string())));
+        overrides.push(format!(
+            "out_dir={}",
+            toml::Value::String(sweep_dir.display().to_string())
+        ));
         overrides.push(format!("name={}", toml::Value::String(point.clone())));
         if !threads_given {
             overrides.push(format!("threads={}", (cores / o.jobs).max(1)));
         }
-        let config = config::resolve(&base_text, &origin, &overrides).with_context(|| format!("sweep point {point}"))?;
+        let config = config::resolve(&base_text, &origin, &overrides)
+            .with_context(|| format!("sweep point {point}"))?;
         if points.iter().any(|p: &Point| p.name == point) {
-            bail!("sweep: two grid points share the folder name {point}; use values that differ in letters or digits");
+            bail!(
+                "sweep: two grid points share the folder name {point}; use values that differ in letters or digits"
+            );
         }
-        points.push(Point { name: point, values: values.iter().map(|v| plain(v)).collect(), config });
+        points.push(Point {
+            name: point,
+            values: values.iter().map(|v| plain(v)).collect(),
+            config,
+        });
     }
     create_sweep_dir(&sweep_dir, &axes, &points)?;
     let failed = run_points(&sweep_dir, &points, o.jobs)?;
     let keys: Vec<String> = axes.iter().map(|a| a.key.clone()).collect();
-    let rows: Vec<(String, Vec<String>)> = points.iter().map(|p| (p.name.clone(), p.values.clone())).collect();
+    let rows: Vec<(String, Vec<String>)> = points
+        .iter()
+        .map(|p| (p.name.clone(), p.values.clone()))
+        .collect();
     write_summary(&sweep_dir, &keys, &rows)?;
-    info!("{}: {} points, summary in {}", sweep_dir.display(), points.len(), sweep_dir.join(SUMMARY_FILE).display());
+    info!(
+        "{}: {} points, summary in {}",
+        sweep_dir.display(),
+        points.len(),
+        sweep_dir.join(SUMMARY_FILE).display()
+    );
     if !failed.is_empty() {
-        bail!("sweep: {} of {} points failed ({}); see {}", failed.len(), points.len(), failed.join(", "), sweep_dir.join("logs").display());
+        bail!(
+            "sweep: {} of {} points failed ({}); see {}",
+            failed.len(),
+            points.len(),
+            failed.join(", "),
+            sweep_dir.join("logs").display()
+        );
     }
     Ok(sweep_dir)
 }
@@ -142,32 +212,54 @@ fn file_axes(table: &mut toml::Table, path: &Path) -> Result<Vec<Axis>> {
     let toml::Value::Table(mut sweep) = sweep else {
         bail!("{}: config key `sweep`: expected a table", path.display());
     };
-    let grid = sweep.remove("grid").unwrap_or(toml::Value::Table(toml::Table::new()));
+    let grid = sweep
+        .remove("grid")
+        .unwrap_or(toml::Value::Table(toml::Table::new()));
     if let Some(k) = sweep.keys().next() {
-        bail!("{}: config key `sweep.{k}`: unknown field, expected `grid`", path.display());
+        bail!(
+            "{}: config key `sweep.{k}`: unknown field, expected `grid`",
+            path.display()
+        );
     }
     let toml::Value::Table(grid) = grid else {
-        bail!("{}: config key `sweep.grid`: expected a table of key = [values]", path.display());
+        bail!(
+            "{}: config key `sweep.grid`: expected a table of key = [values]",
+            path.display()
+        );
     };
     grid.into_iter()
         .map(|(key, v)| match v {
             toml::Value::Array(values) if !values.is_empty() => Ok(Axis { key, values }),
-            _ => bail!("{}: config key `sweep.grid.\"{key}\"`: expected a non-empty array of values", path.display()),
+            _ => bail!(
+                "{}: config key `sweep.grid.\"{key}\"`: expected a non-empty array of values",
+                path.display()
+            ),
         })
         .collect()
 }
 
 fn create_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let staging = parent.join(format!(".{}.creating", dir.file_name().expect("named").to_string_lossy()));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staging = parent.join(format!(
+        ".{}.creating",
+        dir.file_name().expect("named").to_string_lossy()
+    ));
     if staging.exists() {
-        std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot remove {}", staging.display()))?;
     }
     for sub in ["configs", "logs"] {
-        std::fs::create_dir_all(staging.join(sub)).with_context(|| format!("cannot create {}", staging.display()))?;
+        std::fs::create_dir_all(staging.join(sub))
+            .with_context(|| format!("cannot create {}", staging.display()))?;
     }
     for p in points {
-        ssm::io::atomic_write(&staging.join("configs").join(format!("{}.toml", p.name)), p.config.to_toml().as_bytes())?;
+        ssm::io::atomic_write(
+            &staging.join("configs").join(format!("{}.toml", p.name)),
+            p.config.to_toml().as_bytes(),
+        )?;
     }
     let mut grid = toml::Table::new();
     for a in axes {
@@ -175,8 +267,16 @@ fn create_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
     }
     let mut sweep = toml::Table::new();
     sweep.insert("grid".into(), toml::Value::Table(grid));
-    ssm::io::atomic_write(&staging.join("sweep.toml"), toml::to_string_pretty(&toml::Table::from_iter([("sweep".to_string(), toml::Value::Table(sweep))]))?.as_bytes())?;
-    std::fs::rename(&staging, dir).with_context(|| format!("cannot rename {} to {}", staging.display(), dir.display()))
+    ssm::io::atomic_write(
+        &staging.join("sweep.toml"),
+        toml::to_string_pretty(&toml::Table::from_iter([(
+            "sweep".to_string(),
+            toml::Value::Table(sweep),
+        )]))?
+        .as_bytes(),
+    )?;
+    std::fs::rename(&staging, dir)
+        .with_context(|| format!("cannot rename {} to {}", staging.display(), dir.display()))
 }
 
 /// Runs every point as `ssm-lab train --config configs/<point>.toml`, `jobs` at a time; returns
@@ -191,7 +291,8 @@ fn run_points(dir: &Path, points: &[Point], jobs: usize) -> Result<Vec<String>> 
             && let Some(p) = queue.next()
         {
             let log_path = dir.join("logs").join(format!("{}.log", p.name));
-            let log = std::fs::File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("cannot create {}", log_path.display()))?;
             let child = Command::new(&exe)
                 .args(["train", "--config"])
                 .arg(dir.join("configs").join(format!("{}.toml", p.name)))
@@ -214,7 +315,11 @@ fn run_points(dir: &Path, points: &[Point], jobs: usize) -> Result<Vec<String>> 
                 if status.success() {
                     info!("point {} done", p.name);
                 } else {
-                    warn!("point {} failed ({status}); see {}", p.name, dir.join("logs").join(format!("{}.log", p.name)).display());
+                    warn!(
+                        "point {} failed ({status}); see {}",
+                        p.name,
+                        dir.join("logs").join(format!("{}.log", p.name)).display()
+                    );
                     failed.push(p.name.clone());
                 }
             } else {
@@ -255,7 +360,11 @@ pub fn write_summary(dir: &Path, keys: &[String], runs: &[(String, Vec<String>)]
         lengths.extend(evals.iter().map(|e| e.0));
         rows.push((row, evals));
     }
-    let mut header: Vec<String> = ["point"].iter().map(|s| s.to_string()).chain(keys.iter().cloned()).collect();
+    let mut header: Vec<String> = ["point"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(keys.iter().cloned())
+        .collect();
     header.push("status".into());
     header.extend(RUN_COLUMNS.iter().map(|s| s.to_string()));
     for l in &lengths {
@@ -272,10 +381,26 @@ pub fn write_summary(dir: &Path, keys: &[String], runs: &[(String, Vec<String>)]
             row
         })
         .collect();
-    Table { path: dir.join(SUMMARY_FILE), header, rows }.write(&dir.join(SUMMARY_FILE))
+    Table {
+        path: dir.join(SUMMARY_FILE),
+        header,
+        rows,
+    }
+    .write(&dir.join(SUMMARY_FILE))
 }
 
-const RUN_COLUMNS: [&str; 10] = ["arch", "seq_len", "input_len", "num_params", "flops_per_token", "steps", "final_loss", "tokens_per_s", "peak_mem_mb", "elapsed_s"];
+const RUN_COLUMNS: [&str; 10] = [
+    "arch",
+    "seq_len",
+    "input_len",
+    "num_params",
+    "flops_per_token",
+    "steps",
+    "final_loss",
+    "tokens_per_s",
+    "peak_mem_mb",
+    "elapsed_s",
+];
 
 /// (length, loss, accuracy) of one evaluation.
 type EvalPoint = (usize, f64, f64);
@@ -283,22 +408,46 @@ type EvalPoint = (usize, f64, f64);
 /// The summary cells of one run and its last evaluation.
 fn summarize_run(run: &Path) -> Result<(Vec<String>, Vec<EvalPoint>)> {
     let info_path = run.join(RUN_INFO_FILE);
-    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&info_path).with_context(|| format!("cannot read {}", info_path.display()))?)?;
+    let info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&info_path)
+            .with_context(|| format!("cannot read {}", info_path.display()))?,
+    )?;
     let metrics = Table::read(&run.join(METRICS_FILE))?;
     if metrics.rows.is_empty() {
         bail!("{}: no rows", metrics.path.display());
     }
     let last = |col: &str| metrics.f64s(col).map(|v| *v.last().expect("rows"));
     let speed = metrics.f64s("tokens_per_s")?;
-    let speed = if speed.len() > 1 { speed[1..].to_vec() } else { speed };
+    let speed = if speed.len() > 1 {
+        speed[1..].to_vec()
+    } else {
+        speed
+    };
     // Training memory: the rows up to the first evaluation, whose long test sequences would
     // otherwise dominate.
     let eval_path = run.join(EVAL_FILE);
-    let eval = if eval_path.exists() { Some(Table::read(&eval_path)?) } else { None };
-    let first_eval = eval.as_ref().and_then(|t| t.f64s("step").ok()).and_then(|s| s.first().copied()).unwrap_or(f64::INFINITY);
+    let eval = if eval_path.exists() {
+        Some(Table::read(&eval_path)?)
+    } else {
+        None
+    };
+    let first_eval = eval
+        .as_ref()
+        .and_then(|t| t.f64s("step").ok())
+        .and_then(|s| s.first().copied())
+        .unwrap_or(f64::INFINITY);
     let steps = metrics.f64s("step")?;
-    let peak = metrics.f64s("peak_mem_mb")?.into_iter().zip(&steps).filter(|(m, s)| m.is_finite() && **s <= first_eval).fold(f64::NAN, |a, (m, _)| a.max(m));
-    let text = |k: &str| info.get(k).map_or(String::new(), |v| v.as_str().map_or(v.to_string(), str::to_string));
+    let peak = metrics
+        .f64s("peak_mem_mb")?
+        .into_iter()
+        .zip(&steps)
+        .filter(|(m, s)| m.is_finite() && **s <= first_eval)
+        .fold(f64::NAN, |a, (m, _)| a.max(m));
+    let text = |k: &str| {
+        info.get(k).map_or(String::new(), |v| {
+            v.as_str().map_or(v.to_string(), str::to_string)
+        })
+    };
     let cells = vec![
         text("arch"),
         text("seq_len"),
@@ -313,7 +462,12 @@ fn summarize_run(run: &Path) -> Result<(Vec<String>, Vec<EvalPoint>)> {
     ];
     let mut evals = Vec::new();
     if let Some(t) = eval {
-        let (steps, lengths, losses, accs) = (t.f64s("step")?, t.f64s("length")?, t.f64s("loss")?, t.f64s("accuracy")?);
+        let (steps, lengths, losses, accs) = (
+            t.f64s("step")?,
+            t.f64s("length")?,
+            t.f64s("loss")?,
+            t.f64s("accuracy")?,
+        );
         if let Some(&final_step) = steps.last() {
             for i in (0..steps.len()).filter(|&i| steps[i] == final_step) {
                 evals.push((lengths[i] as usize, losses[i], accs[i]));
@@ -327,7 +481,12 @@ fn summarize_run(run: &Path) -> Result<(Vec<String>, Vec<EvalPoint>)> {
 pub fn sweep_runs(dir: &Path) -> Result<Vec<PathBuf>> {
     let t = Table::read(&dir.join(SUMMARY_FILE))?;
     let (points, status) = (t.strings("point")?, t.strings("status")?);
-    Ok(points.into_iter().zip(status).filter(|(_, s)| s == "ok").map(|(p, _)| dir.join(p)).collect())
+    Ok(points
+        .into_iter()
+        .zip(status)
+        .filter(|(_, s)| s == "ok")
+        .map(|(p, _)| dir.join(p))
+        .collect())
 }
 
 /// Whether `dir` holds a finished-or-running run (its config and metrics).

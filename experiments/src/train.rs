@@ -16,8 +16,11 @@ use tracing::{info, warn};
 use crate::checkpoint::{self, CHECKPOINT_DIR, CONFIG_FILE, Interval, Progress};
 use crate::config::{self, RunConfig};
 use crate::eval::{EvalResult, evaluate};
-use crate::metrics::{CsvWriter, EVAL_FILE, EVAL_HEADER, METRICS_FILE, METRICS_HEADER, cell, peak_rss_mb, reset_peak_rss, truncate_after};
-use crate::model::{FLOPS_CONVENTION, Model};
+use crate::metrics::{
+    CsvWriter, EVAL_FILE, EVAL_HEADER, METRICS_FILE, METRICS_HEADER, cell, peak_rss_mb,
+    reset_peak_rss, truncate_after,
+};
+use crate::model::Model;
 use crate::tasks::Task;
 
 /// Facts about a run that plots and summaries need, written once when the run starts.
@@ -50,32 +53,53 @@ pub struct Outcome {
 pub fn start(config: &RunConfig, options: &TrainOptions) -> Result<Outcome> {
     let run_dir = config.run_dir();
     if run_dir.exists() {
-        bail!("{}: already exists; continue it with `ssm-lab train --resume {}` or choose another `name`", run_dir.display(), run_dir.display());
+        bail!(
+            "{}: already exists; continue it with `ssm-lab train --resume {}` or choose another `name`",
+            run_dir.display(),
+            run_dir.display()
+        );
     }
     let task = Task::new(config)?;
     let mut model = Model::new(config)?;
     let staging = config.out_dir.join(format!(".{}.creating", config.name));
     if staging.exists() {
-        std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("cannot remove {}", staging.display()))?;
     }
-    std::fs::create_dir_all(staging.join(CHECKPOINT_DIR)).with_context(|| format!("cannot create {}", staging.display()))?;
+    std::fs::create_dir_all(staging.join(CHECKPOINT_DIR))
+        .with_context(|| format!("cannot create {}", staging.display()))?;
     ssm::io::atomic_write(&staging.join(CONFIG_FILE), config.to_toml().as_bytes())?;
     let info = json!({
         "arch": model.arch(),
         "task": config.task.kind.name(),
         "num_params": model.num_params(),
-        "flops_per_token": model.flops_per_token(),
-        "flops_convention": FLOPS_CONVENTION,
+        "flops_per_token": model.flops_per_token(task.input_len(config.task.seq_len)),
+        "flops_convention": model.flops_convention(),
         "seq_len": config.task.seq_len,
         "input_len": task.input_len(config.task.seq_len),
         "tokens_per_step": tokens_per_step(config, &task),
         "chance_loss": task.chance_loss(),
         "threads": rayon::current_num_threads(),
     });
-    ssm::io::atomic_write(&staging.join(RUN_INFO_FILE), serde_json::to_string_pretty(&info)?.as_bytes())?;
-    std::fs::rename(&staging, &run_dir).with_context(|| format!("cannot rename {} to {}", staging.display(), run_dir.display()))?;
+    ssm::io::atomic_write(
+        &staging.join(RUN_INFO_FILE),
+        serde_json::to_string_pretty(&info)?.as_bytes(),
+    )?;
+    std::fs::rename(&staging, &run_dir).with_context(|| {
+        format!(
+            "cannot rename {} to {}",
+            staging.display(),
+            run_dir.display()
+        )
+    })?;
     let opt = AdamW::new(config.train.adamw);
-    let progress = Progress { step: 0, elapsed_s: 0.0, threads: rayon::current_num_threads(), config: config.to_toml(), interval: Interval::default() };
+    let progress = Progress {
+        step: 0,
+        elapsed_s: 0.0,
+        threads: rayon::current_num_threads(),
+        config: config.to_toml(),
+        interval: Interval::default(),
+    };
     run(config, &run_dir, &task, &mut model, opt, progress, options)
 }
 
@@ -93,15 +117,31 @@ pub fn resume(run_dir: &Path, options: &TrainOptions) -> Result<Outcome> {
     let progress = if checkpoint::latest_path(run_dir).exists() {
         let p = checkpoint::restore(run_dir, &mut model, &mut opt)?;
         if p.config != config.to_toml() {
-            bail!("{}: the checkpoint was written with another config than {}", checkpoint::latest_path(run_dir).display(), config_path.display());
+            bail!(
+                "{}: the checkpoint was written with another config than {}",
+                checkpoint::latest_path(run_dir).display(),
+                config_path.display()
+            );
         }
         if p.threads != threads {
-            warn!("the run used {} threads and now has {threads}: results continue, but not bit-identically", p.threads);
+            warn!(
+                "the run used {} threads and now has {threads}: results continue, but not bit-identically",
+                p.threads
+            );
         }
         p
     } else {
-        info!("{}: no checkpoint yet, starting from step 0", run_dir.display());
-        Progress { step: 0, elapsed_s: 0.0, threads, config: config.to_toml(), interval: Interval::default() }
+        info!(
+            "{}: no checkpoint yet, starting from step 0",
+            run_dir.display()
+        );
+        Progress {
+            step: 0,
+            elapsed_s: 0.0,
+            threads,
+            config: config.to_toml(),
+            interval: Interval::default(),
+        }
     };
     for file in [METRICS_FILE, EVAL_FILE] {
         truncate_after(&run_dir.join(file), progress.step)?;
@@ -118,7 +158,12 @@ fn progress_bar(total: u64, done: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total).with_position(done);
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
     bar
 }
 
@@ -147,10 +192,21 @@ fn diagnose_forward(model: &mut Model) -> String {
             largest = (name.to_string(), m);
         }
     });
-    format!("every parameter is finite; the largest is `{}` with |value| up to {:e}, so the forward pass overflowed", largest.0, largest.1)
+    format!(
+        "every parameter is finite; the largest is `{}` with |value| up to {:e}, so the forward pass overflowed",
+        largest.0, largest.1
+    )
 }
 
-fn run(config: &RunConfig, run_dir: &Path, task: &Task, model: &mut Model, mut opt: AdamW<f32>, mut progress: Progress, options: &TrainOptions) -> Result<Outcome> {
+fn run(
+    config: &RunConfig,
+    run_dir: &Path,
+    task: &Task,
+    model: &mut Model,
+    mut opt: AdamW<f32>,
+    mut progress: Progress,
+    options: &TrainOptions,
+) -> Result<Outcome> {
     let t = &config.train;
     let mut metrics = CsvWriter::open(&run_dir.join(METRICS_FILE), &METRICS_HEADER)?;
     let mut evals_csv = CsvWriter::open(&run_dir.join(EVAL_FILE), &EVAL_HEADER)?;
@@ -184,20 +240,37 @@ fn run(config: &RunConfig, run_dir: &Path, task: &Task, model: &mut Model, mut o
             let batch = task.train_batch(config.seed, step, micro as u64, t.batch_size, seq);
             let l = model.forward_loss(&batch.ids, &batch.targets, batch.b)?;
             if !l.is_finite() {
-                bail!("step {step}: the loss is {l} ({}); stopping, {}", diagnose_forward(model), last_checkpoint(config, step - 1));
+                bail!(
+                    "step {step}: the loss is {l} ({}); stopping, {}",
+                    diagnose_forward(model),
+                    last_checkpoint(config, step - 1)
+                );
             }
             model.backward()?;
             loss += l / t.grad_accum as f64;
         }
         if t.grad_accum > 1 {
             let scale = 1.0 / t.grad_accum as f32;
-            model.module().visit_params(&mut |_, p| p.grad.host_mut().expect("CPU gradients").iter_mut().for_each(|g| *g *= scale));
+            model.module().visit_params(&mut |_, p| {
+                p.grad
+                    .host_mut()
+                    .expect("CPU gradients")
+                    .iter_mut()
+                    .for_each(|g| *g *= scale)
+            });
         }
-        let max_norm = if t.clip_grad_norm > 0.0 { t.clip_grad_norm } else { f64::INFINITY };
+        let max_norm = if t.clip_grad_norm > 0.0 {
+            t.clip_grad_norm
+        } else {
+            f64::INFINITY
+        };
         let grad_norm = clip_grad_norm(model.module(), max_norm);
         if !grad_norm.is_finite() {
             let name = first_non_finite(model, true).unwrap_or_else(|| "?".into());
-            bail!("step {step}: the gradient norm is {grad_norm}; first non-finite gradient: `{name}`; stopping, {}", last_checkpoint(config, step - 1));
+            bail!(
+                "step {step}: the gradient norm is {grad_norm}; first non-finite gradient: `{name}`; stopping, {}",
+                last_checkpoint(config, step - 1)
+            );
         }
         opt.update(model.module(), lr)?;
         progress.step = step;
@@ -215,7 +288,10 @@ fn run(config: &RunConfig, run_dir: &Path, task: &Task, model: &mut Model, mut o
                 cell(last_loss),
                 cell(lr),
                 cell(mean_norm),
-                format!("{:.1}", (progress.interval.steps as usize * per_step) as f64 / interval_s),
+                format!(
+                    "{:.1}",
+                    (progress.interval.steps as usize * per_step) as f64 / interval_s
+                ),
                 format!("{elapsed:.3}"),
                 peak_rss_mb().map_or(String::new(), |m| format!("{m:.1}")),
             ])?;
@@ -225,9 +301,23 @@ fn run(config: &RunConfig, run_dir: &Path, task: &Task, model: &mut Model, mut o
         if (t.eval_every > 0 && step.is_multiple_of(t.eval_every)) || step == t.steps {
             last_evals = evaluate(model, task, config)?;
             for e in &last_evals {
-                evals_csv.row(&[step.to_string(), e.split.into(), e.length.to_string(), cell(e.loss), cell(e.accuracy), e.bits_per_byte.map_or(String::new(), cell)])?;
-                let bpb = e.bits_per_byte.map_or(String::new(), |b| format!(", {b:.4} bits/byte"));
-                bar.suspend(|| info!("step {step}: {} length {}: loss {:.4}, accuracy {:.4}{bpb}", e.split, e.length, e.loss, e.accuracy));
+                evals_csv.row(&[
+                    step.to_string(),
+                    e.split.into(),
+                    e.length.to_string(),
+                    cell(e.loss),
+                    cell(e.accuracy),
+                    e.bits_per_byte.map_or(String::new(), cell),
+                ])?;
+                let bpb = e
+                    .bits_per_byte
+                    .map_or(String::new(), |b| format!(", {b:.4} bits/byte"));
+                bar.suspend(|| {
+                    info!(
+                        "step {step}: {} length {}: loss {:.4}, accuracy {:.4}{bpb}",
+                        e.split, e.length, e.loss, e.accuracy
+                    )
+                });
             }
             reset_peak_rss();
         }
@@ -240,20 +330,43 @@ fn run(config: &RunConfig, run_dir: &Path, task: &Task, model: &mut Model, mut o
         }
         if options.stop_after == Some(step) && step < t.steps {
             bar.abandon();
-            info!("stopped after step {step} (--stop-after); continue with `ssm-lab train --resume {}`", run_dir.display());
-            return Ok(Outcome { run_dir: run_dir.to_path_buf(), step, finished: false, last_loss, evals: last_evals, elapsed_s: elapsed_before + session.elapsed().as_secs_f64() });
+            info!(
+                "stopped after step {step} (--stop-after); continue with `ssm-lab train --resume {}`",
+                run_dir.display()
+            );
+            return Ok(Outcome {
+                run_dir: run_dir.to_path_buf(),
+                step,
+                finished: false,
+                last_loss,
+                evals: last_evals,
+                elapsed_s: elapsed_before + session.elapsed().as_secs_f64(),
+            });
         }
     }
     bar.finish_and_clear();
     let elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
-    info!("{}: done, {} steps in {elapsed_s:.1} s", run_dir.display(), progress.step);
-    Ok(Outcome { run_dir: run_dir.to_path_buf(), step: progress.step, finished: true, last_loss, evals: last_evals, elapsed_s })
+    info!(
+        "{}: done, {} steps in {elapsed_s:.1} s",
+        run_dir.display(),
+        progress.step
+    );
+    Ok(Outcome {
+        run_dir: run_dir.to_path_buf(),
+        step: progress.step,
+        finished: true,
+        last_loss,
+        evals: last_evals,
+        elapsed_s,
+    })
 }
 
 /// Where a stopped run can continue from: the newest checkpoint at or before `step`.
 fn last_checkpoint(config: &RunConfig, step: u64) -> String {
     match config.train.checkpoint_every {
-        every if every > 0 && step >= every => format!("the last checkpoint is at step {}", step / every * every),
+        every if every > 0 && step >= every => {
+            format!("the last checkpoint is at step {}", step / every * every)
+        }
         _ => "no checkpoint was written yet".into(),
     }
 }

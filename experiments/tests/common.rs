@@ -35,7 +35,11 @@ pub fn tmp_dir(name: &str) -> TmpDir {
 
 /// Runs `ssm-lab args` in `cwd`.
 pub fn run(cwd: &Path, args: &[&str]) -> Output {
-    bin().args(args).current_dir(cwd).output().expect("the binary runs")
+    bin()
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("the binary runs")
 }
 
 /// Runs and asserts success; returns stdout.
@@ -50,9 +54,19 @@ pub fn run_ok(cwd: &Path, args: &[&str]) -> String {
 pub fn run_err(cwd: &Path, args: &[&str]) -> String {
     let out = run(cwd, args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "ssm-lab {args:?} should fail:\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "a clean error exit, not a crash:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "a panic instead of an error:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "ssm-lab {args:?} should fail:\n{stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a clean error exit, not a crash:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "a panic instead of an error:\n{stderr}"
+    );
     stderr
 }
 
@@ -91,7 +105,10 @@ pub fn write(dir: &Path, name: &str, text: &str) -> String {
 
 /// Entries of a folder, sorted (hidden ones included).
 pub fn entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).map_or(Vec::new(), |r| r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect());
+    let mut v: Vec<String> = std::fs::read_dir(dir).map_or(Vec::new(), |r| {
+        r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    });
     v.sort();
     v
 }

@@ -36,16 +36,42 @@ fn tiny_mamba_learns_selective_copying() {
     run_ok(&dir, &["train", "--config", &cfg]);
     let run = dir.join("runs/copy");
     let metrics = Table::read(&run.join("metrics.csv")).unwrap();
-    assert_eq!(metrics.header, ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "peak_mem_mb"]);
+    assert_eq!(
+        metrics.header,
+        [
+            "step",
+            "tokens",
+            "loss",
+            "lr",
+            "grad_norm",
+            "tokens_per_s",
+            "elapsed_s",
+            "peak_mem_mb"
+        ]
+    );
     assert_eq!(metrics.rows.len(), 300);
-    assert_eq!(metrics.f64s("tokens").unwrap()[299], (300 * 64 * (16 + 2 * 4)) as f64);
+    assert_eq!(
+        metrics.f64s("tokens").unwrap()[299],
+        (300 * 64 * (16 + 2 * 4)) as f64
+    );
     let eval = Table::read(&run.join("eval.csv")).unwrap();
-    let (loss, accuracy) = (eval.f64s("loss").unwrap()[0], eval.f64s("accuracy").unwrap()[0]);
+    let (loss, accuracy) = (
+        eval.f64s("loss").unwrap()[0],
+        eval.f64s("accuracy").unwrap()[0],
+    );
     let chance = 14f64.ln();
-    println!("selective copying after 300 steps: eval loss {loss:.4} (chance {chance:.4}), accuracy {accuracy:.4}");
+    println!(
+        "selective copying after 300 steps: eval loss {loss:.4} (chance {chance:.4}), accuracy {accuracy:.4}"
+    );
     assert!(loss < 0.3 * chance, "eval loss {loss} vs chance {chance}");
     assert!(accuracy > 0.75, "accuracy {accuracy}");
-    for f in ["config.toml", "run.json", "checkpoints/latest.safetensors", "checkpoints/final/config.json", "checkpoints/final/model.safetensors"] {
+    for f in [
+        "config.toml",
+        "run.json",
+        "checkpoints/latest.safetensors",
+        "checkpoints/final/config.json",
+        "checkpoints/final/model.safetensors",
+    ] {
         assert!(run.join(f).exists(), "{f}");
     }
 }

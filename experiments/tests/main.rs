@@ -2,8 +2,8 @@
 //! (env!("CARGO_BIN_EXE_ssm-lab")) in a fresh temporary folder.
 
 mod bad_input;
-mod configs;
 mod common;
+mod configs;
 mod end_to_end;
 mod generators;
 mod logits;

@@ -18,7 +18,14 @@ pub struct AdamWStep {
 }
 
 /// p, m, v (n) updated in place from g (n).
-pub fn adamw(p: DevicePtr, g: DevicePtr, m: DevicePtr, v: DevicePtr, n: usize, h: &AdamWStep) -> Result<Launch> {
+pub fn adamw(
+    p: DevicePtr,
+    g: DevicePtr,
+    m: DevicePtr,
+    v: DevicePtr,
+    n: usize,
+    h: &AdamWStep,
+) -> Result<Launch> {
     const K: &str = "adamw_f32";
     let step = i32::try_from(h.step).unwrap_or(i32::MAX);
     let bc1 = 1.0 - h.beta1.powi(step);
@@ -36,5 +43,9 @@ pub fn adamw(p: DevicePtr, g: DevicePtr, m: DevicePtr, v: DevicePtr, n: usize, h
         .f32((h.lr / bc1) as f32)
         .f32((1.0 / bc2.sqrt()) as f32)
         .f32(decay as f32);
-    Ok(Launch { kernel: K, config: grid_1d(n, 256, 132 * 16), args })
+    Ok(Launch {
+        kernel: K,
+        config: grid_1d(n, 256, 132 * 16),
+        args,
+    })
 }

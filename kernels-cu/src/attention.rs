@@ -29,11 +29,28 @@ impl AttnDims {
     }
 
     fn check(&self, kernel: &'static str) -> Result<()> {
-        let AttnDims { b, lq, lk, h, hkv, hd } = *self;
-        if b == 0 || lq == 0 || lk < lq || h == 0 || hkv == 0 || h % hkv != 0 || hd == 0 || hd > MAX_HEAD_DIM {
+        let AttnDims {
+            b,
+            lq,
+            lk,
+            h,
+            hkv,
+            hd,
+        } = *self;
+        if b == 0
+            || lq == 0
+            || lk < lq
+            || h == 0
+            || hkv == 0
+            || h % hkv != 0
+            || hd == 0
+            || hd > MAX_HEAD_DIM
+        {
             return Err(Error::Unsupported {
                 kernel,
-                reason: format!("needs lk >= lq >= 1, hkv dividing h and 1 <= hd <= {MAX_HEAD_DIM}, got {self:?}"),
+                reason: format!(
+                    "needs lk >= lq >= 1, hkv dividing h and 1 <= hd <= {MAX_HEAD_DIM}, got {self:?}"
+                ),
             });
         }
         if b > 65535 || h > 65535 {
@@ -76,7 +93,11 @@ pub fn attention_fwd(
     const K: &str = "attention_fwd_f32";
     dims.check(K)?;
     let args = KernelArgs::new().ptr(q).ptr(k).ptr(v).ptr(o).ptr(lse);
-    Ok(Launch { kernel: K, config: rows_grid(dims.lq, dims.h, dims.b), args: dims.push(args, scale) })
+    Ok(Launch {
+        kernel: K,
+        config: rows_grid(dims.lq, dims.h, dims.b),
+        args: dims.push(args, scale),
+    })
 }
 
 /// Accumulates dq, dk, dv from dout, given the forward's o and lse; `workspace` holds
@@ -99,7 +120,14 @@ pub fn attention_bwd(
 ) -> Result<Vec<Launch>> {
     const PREP: &str = "attention_bwd_prep_f32";
     dims.check(PREP)?;
-    let AttnDims { b, lq, lk, h, hkv, hd } = dims;
+    let AttnDims {
+        b,
+        lq,
+        lk,
+        h,
+        hkv,
+        hd,
+    } = dims;
     let warps = b * lq * h;
     let prep = Launch {
         kernel: PREP,
@@ -117,7 +145,15 @@ pub fn attention_bwd(
             .i32(h as i32)
             .i32(hd as i32),
     };
-    let common = || KernelArgs::new().ptr(q).ptr(k).ptr(v).ptr(dout).ptr(lse).ptr(workspace);
+    let common = || {
+        KernelArgs::new()
+            .ptr(q)
+            .ptr(k)
+            .ptr(v)
+            .ptr(dout)
+            .ptr(lse)
+            .ptr(workspace)
+    };
     let dkdv = Launch {
         kernel: "attention_bwd_dkdv_f32",
         config: rows_grid(lk, hkv, b),

@@ -57,7 +57,10 @@ impl ConvDims {
     }
 
     fn push(&self, args: KernelArgs) -> KernelArgs {
-        args.i32(self.b as i32).i32(self.l as i32).i32(self.d as i32).i32(self.k as i32)
+        args.i32(self.b as i32)
+            .i32(self.l as i32)
+            .i32(self.d as i32)
+            .i32(self.k as i32)
     }
 }
 
@@ -73,8 +76,17 @@ pub fn causal_conv1d_fwd(
 ) -> Result<Launch> {
     const K: &str = "causal_conv1d_fwd_f32";
     let config = dims.config(K)?;
-    let args = KernelArgs::new().ptr(x).ptr(w).ptr(bias.unwrap_or(0)).ptr(state.unwrap_or(0)).ptr(y);
-    Ok(Launch { kernel: K, config, args: dims.push(args).i32(silu as i32) })
+    let args = KernelArgs::new()
+        .ptr(x)
+        .ptr(w)
+        .ptr(bias.unwrap_or(0))
+        .ptr(state.unwrap_or(0))
+        .ptr(y);
+    Ok(Launch {
+        kernel: K,
+        config,
+        args: dims.push(args).i32(silu as i32),
+    })
 }
 
 /// Accumulates dx (b, l, d), dw (d, k) and dbias (d) from dy; the state gets no gradient. `bias`
@@ -100,9 +112,18 @@ pub fn causal_conv1d_bwd(
     // With the fused SiLU the workspace starts with dpre (b, l, d), the gradient before it.
     let (g, ws) = if silu {
         const G: &str = "causal_conv1d_silu_grad_f32";
-        let args =
-            KernelArgs::new().ptr(x).ptr(w).ptr(bias.unwrap_or(0)).ptr(state.unwrap_or(0)).ptr(dy).ptr(workspace);
-        launches.push(Launch { kernel: G, config: dims.config(G)?, args: dims.push(args) });
+        let args = KernelArgs::new()
+            .ptr(x)
+            .ptr(w)
+            .ptr(bias.unwrap_or(0))
+            .ptr(state.unwrap_or(0))
+            .ptr(dy)
+            .ptr(workspace);
+        launches.push(Launch {
+            kernel: G,
+            config: dims.config(G)?,
+            args: dims.push(args),
+        });
         (workspace, workspace + 4 * (dims.b * dims.l * dims.d) as u64)
     } else {
         (dy, workspace)
@@ -117,7 +138,11 @@ pub fn causal_conv1d_bwd(
         .ptr(dx)
         .ptr(dw_part)
         .ptr(dbias.map_or(0, |_| db_part));
-    launches.push(Launch { kernel: K, config, args: dims.push(args) });
+    launches.push(Launch {
+        kernel: K,
+        config,
+        args: dims.push(args),
+    });
     launches.push(sum_rows_into(dw_part, rows, d * k, dw)?);
     if let Some(db) = dbias {
         launches.push(sum_rows_into(db_part, rows, d, db)?);

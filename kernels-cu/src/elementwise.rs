@@ -9,8 +9,15 @@ const THREADS: u32 = 256;
 const MAX_BLOCKS: u32 = 132 * 16;
 
 fn launch(kernel: &'static str, n: usize, ptrs: &[DevicePtr]) -> Result<Launch> {
-    let args = ptrs.iter().fold(KernelArgs::new(), |a, &p| a.ptr(p)).i32(to_i32(kernel, "n", n)?);
-    Ok(Launch { kernel, config: grid_1d(n, THREADS, MAX_BLOCKS), args })
+    let args = ptrs
+        .iter()
+        .fold(KernelArgs::new(), |a, &p| a.ptr(p))
+        .i32(to_i32(kernel, "n", n)?);
+    Ok(Launch {
+        kernel,
+        config: grid_1d(n, THREADS, MAX_BLOCKS),
+        args,
+    })
 }
 
 /// y (n) = silu(x (n)).
@@ -39,7 +46,14 @@ pub fn gate_fwd(x: DevicePtr, z: DevicePtr, y: DevicePtr, n: usize) -> Result<La
 }
 
 /// dx (n) += dy · silu(z); dz (n) += dy · x · silu'(z).
-pub fn gate_bwd(x: DevicePtr, z: DevicePtr, dy: DevicePtr, dx: DevicePtr, dz: DevicePtr, n: usize) -> Result<Launch> {
+pub fn gate_bwd(
+    x: DevicePtr,
+    z: DevicePtr,
+    dy: DevicePtr,
+    dx: DevicePtr,
+    dz: DevicePtr,
+    n: usize,
+) -> Result<Launch> {
     launch("gate_bwd_f32", n, &[x, z, dy, dx, dz])
 }
 

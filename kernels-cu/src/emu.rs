@@ -29,7 +29,8 @@ struct RawConfig {
     seed: u64,
 }
 
-type LaunchFn = unsafe extern "C" fn(*const RawConfig, *const *mut c_void, *mut c_char, usize) -> c_int;
+type LaunchFn =
+    unsafe extern "C" fn(*const RawConfig, *const *mut c_void, *mut c_char, usize) -> c_int;
 type SignatureFn = unsafe extern "C" fn(*mut usize, c_int) -> c_int;
 
 struct EmulatedKernel {
@@ -58,7 +59,10 @@ fn find(kernel: &str) -> Result<&'static EmulatedKernel> {
     EMULATED
         .iter()
         .find(|k| k.name == kernel)
-        .ok_or_else(|| Error::Launch { kernel: kernel.to_string(), message: "no such kernel in the emulation".into() })
+        .ok_or_else(|| Error::Launch {
+            kernel: kernel.to_string(),
+            message: "no such kernel in the emulation".into(),
+        })
 }
 
 /// Runs `launch` on the CPU. Launches are serialized (shared memory is a global of the
@@ -102,5 +106,8 @@ pub unsafe fn launch(launch: &Launch, schedule: Schedule) -> Result<()> {
         return Ok(());
     }
     let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
-    Err(Error::Launch { kernel: launch.kernel.to_string(), message: String::from_utf8_lossy(&err[..end]).into_owned() })
+    Err(Error::Launch {
+        kernel: launch.kernel.to_string(),
+        message: String::from_utf8_lossy(&err[..end]).into_owned(),
+    })
 }

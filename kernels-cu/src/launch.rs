@@ -70,7 +70,10 @@ impl KernelArgs {
 
     /// One pointer per argument value, valid while `self` lives and is not modified.
     pub fn params(&mut self) -> Vec<*mut c_void> {
-        self.cells.iter_mut().map(|c| c as *mut u64 as *mut c_void).collect()
+        self.cells
+            .iter_mut()
+            .map(|c| c as *mut u64 as *mut c_void)
+            .collect()
     }
 }
 
@@ -86,7 +89,11 @@ pub struct Launch {
 /// loops.
 pub(crate) fn grid_1d(n: usize, threads: u32, max_blocks: u32) -> LaunchConfig {
     let blocks = n.div_ceil(threads as usize).clamp(1, max_blocks as usize) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// `v` as a kernel's `int`, or an error naming what overflowed.

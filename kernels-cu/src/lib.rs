@@ -38,7 +38,10 @@ include!(concat!(env!("OUT_DIR"), "/sources.rs"));
 /// The source that defines entry point `kernel` (what the CUDA backend compiles and loads to
 /// launch it), among [`SOURCES`] and [`TEST_SOURCES`].
 pub fn source_of(kernel: &str) -> Option<&'static KernelSource> {
-    SOURCES.iter().chain(TEST_SOURCES).find(|s| s.entry_points.contains(&kernel))
+    SOURCES
+        .iter()
+        .chain(TEST_SOURCES)
+        .find(|s| s.entry_points.contains(&kernel))
 }
 
 /// NVRTC options every source compiles with, besides `--gpu-architecture`.
@@ -48,7 +51,10 @@ pub const NVRTC_OPTIONS: &[&str] = &["--std=c++17"];
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{kernel}: {reason}")]
-    Unsupported { kernel: &'static str, reason: String },
+    Unsupported {
+        kernel: &'static str,
+        reason: String,
+    },
     #[error("{kernel}: launch failed: {message}")]
     Launch { kernel: String, message: String },
 }
@@ -64,7 +70,10 @@ mod tests {
         for src in SOURCES.iter().chain(TEST_SOURCES) {
             for &k in src.entry_points {
                 assert_eq!(source_of(k).map(|s| s.name), Some(src.name), "{k}");
-                assert!(emu::kernels().any(|e| e == k), "{k} has no emulated launcher");
+                assert!(
+                    emu::kernels().any(|e| e == k),
+                    "{k} has no emulated launcher"
+                );
             }
         }
         assert!(source_of("selective_scan_fwd_f32").is_some_and(|s| s.name == "scan"));

@@ -9,6 +9,10 @@ pub fn sum_rows_into(parts: DevicePtr, rows: usize, cols: usize, out: DevicePtr)
     Ok(Launch {
         kernel: K,
         config: grid_1d(cols, 256, 132 * 8),
-        args: KernelArgs::new().ptr(parts).i32(to_i32(K, "rows", rows)?).i32(to_i32(K, "cols", cols)?).ptr(out),
+        args: KernelArgs::new()
+            .ptr(parts)
+            .i32(to_i32(K, "rows", rows)?)
+            .i32(to_i32(K, "cols", cols)?)
+            .ptr(out),
     })
 }

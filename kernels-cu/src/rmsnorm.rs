@@ -12,7 +12,11 @@ fn blocks(m: usize) -> usize {
 }
 
 fn config(m: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (blocks(m) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (blocks(m) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// Floats of workspace the backward needs: one row of dw partials per block.
@@ -32,8 +36,19 @@ pub fn rmsnorm_fwd(
 ) -> Result<Launch> {
     const K: &str = "rmsnorm_fwd_f32";
     to_i32(K, "m * d", m * d)?;
-    let args = KernelArgs::new().ptr(x).ptr(w).ptr(y).ptr(rstd).i32(m as i32).i32(d as i32).f32(eps);
-    Ok(Launch { kernel: K, config: config(m), args })
+    let args = KernelArgs::new()
+        .ptr(x)
+        .ptr(w)
+        .ptr(y)
+        .ptr(rstd)
+        .i32(m as i32)
+        .i32(d as i32)
+        .f32(eps);
+    Ok(Launch {
+        kernel: K,
+        config: config(m),
+        args,
+    })
 }
 
 /// Accumulates dx (m, d) and dw (d,); `workspace` holds `bwd_workspace_len(m, d)` floats.
@@ -51,6 +66,21 @@ pub fn rmsnorm_bwd(
 ) -> Result<Vec<Launch>> {
     const K: &str = "rmsnorm_bwd_f32";
     to_i32(K, "m * d", m * d)?;
-    let args = KernelArgs::new().ptr(dy).ptr(x).ptr(w).ptr(rstd).ptr(dx).ptr(workspace).i32(m as i32).i32(d as i32);
-    Ok(vec![Launch { kernel: K, config: config(m), args }, sum_rows_into(workspace, blocks(m), d, dw)?])
+    let args = KernelArgs::new()
+        .ptr(dy)
+        .ptr(x)
+        .ptr(w)
+        .ptr(rstd)
+        .ptr(dx)
+        .ptr(workspace)
+        .i32(m as i32)
+        .i32(d as i32);
+    Ok(vec![
+        Launch {
+            kernel: K,
+            config: config(m),
+            args,
+        },
+        sum_rows_into(workspace, blocks(m), d, dw)?,
+    ])
 }

@@ -43,17 +43,24 @@ impl ScanDims {
     /// one group of B and C.
     fn channels_per_block(&self) -> usize {
         let per_group = self.d / self.g;
-        [MAX_CHANNELS_PER_BLOCK, 2, 1].into_iter().find(|&dc| per_group.is_multiple_of(dc)).unwrap_or(1)
+        [MAX_CHANNELS_PER_BLOCK, 2, 1]
+            .into_iter()
+            .find(|&dc| per_group.is_multiple_of(dc))
+            .unwrap_or(1)
     }
 
     fn check(&self, kernel: &'static str) -> Result<LaunchConfig> {
         let ScanDims { b, l, d, n, g } = *self;
         let bad = |reason: String| Err(Error::Unsupported { kernel, reason });
         if b == 0 || l == 0 || d == 0 || n == 0 || g == 0 || d % g != 0 {
-            return bad(format!("needs b, l, d, n, g >= 1 with g dividing d, got {self:?}"));
+            return bad(format!(
+                "needs b, l, d, n, g >= 1 with g dividing d, got {self:?}"
+            ));
         }
         if n > MAX_STATE {
-            return bad(format!("state size n = {n} exceeds the kernel's maximum of {MAX_STATE}"));
+            return bad(format!(
+                "state size n = {n} exceeds the kernel's maximum of {MAX_STATE}"
+            ));
         }
         if b > 65535 {
             return bad(format!("batch {b} exceeds the grid's y limit of 65535"));
@@ -61,10 +68,19 @@ impl ScanDims {
         to_i32(kernel, "b * l * d", b * l * d)?;
         to_i32(kernel, "b * l * g * n", b * l * g * n)?;
         let dc = self.channels_per_block();
-        Ok(LaunchConfig { grid_dim: ((d / dc) as u32, b as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 })
+        Ok(LaunchConfig {
+            grid_dim: ((d / dc) as u32, b as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        })
     }
 
-    fn tail(&self, args: KernelArgs, kernel: &'static str, delta_softplus: bool) -> Result<KernelArgs> {
+    fn tail(
+        &self,
+        args: KernelArgs,
+        kernel: &'static str,
+        delta_softplus: bool,
+    ) -> Result<KernelArgs> {
         Ok(args
             .i32(to_i32(kernel, "l", self.l)?)
             .i32(to_i32(kernel, "d", self.d)?)
@@ -123,15 +139,32 @@ pub fn selective_scan_fwd(inp: &ScanInputs, out: &ScanOutputs, dims: ScanDims) -
 
 /// The forward with a barrier removed (cu/tests/scan_broken.cu), for the test that proves the
 /// emulation catches races.
-pub fn selective_scan_fwd_broken(inp: &ScanInputs, out: &ScanOutputs, dims: ScanDims) -> Result<Launch> {
+pub fn selective_scan_fwd_broken(
+    inp: &ScanInputs,
+    out: &ScanOutputs,
+    dims: ScanDims,
+) -> Result<Launch> {
     fwd_launch("selective_scan_fwd_broken_f32", inp, out, dims)
 }
 
-fn fwd_launch(kernel: &'static str, inp: &ScanInputs, out: &ScanOutputs, dims: ScanDims) -> Result<Launch> {
+fn fwd_launch(
+    kernel: &'static str,
+    inp: &ScanInputs,
+    out: &ScanOutputs,
+    dims: ScanDims,
+) -> Result<Launch> {
     let config = dims.check(kernel)?;
-    let args =
-        inp.push(KernelArgs::new()).ptr(opt(inp.h0)).ptr(out.y).ptr(opt(out.last_state)).ptr(opt(out.chunk_states));
-    Ok(Launch { kernel, config, args: dims.tail(args, kernel, inp.delta_softplus)? })
+    let args = inp
+        .push(KernelArgs::new())
+        .ptr(opt(inp.h0))
+        .ptr(out.y)
+        .ptr(opt(out.last_state))
+        .ptr(opt(out.chunk_states));
+    Ok(Launch {
+        kernel,
+        config,
+        args: dims.tail(args, kernel, inp.delta_softplus)?,
+    })
 }
 
 /// Gradient buffers of the backward, added into; options follow the inputs.
@@ -162,9 +195,18 @@ pub fn selective_scan_bwd(
     const K: &str = "selective_scan_bwd_f32";
     let config = dims.check(K)?;
     let mismatch = [
-        ("dz without z, or z without dz", inp.z.is_some() != grads.dz.is_some()),
-        ("dD without D", grads.dd_skip.is_some() && inp.d_skip.is_none()),
-        ("d_delta_bias without delta_bias", grads.ddelta_bias.is_some() && inp.delta_bias.is_none()),
+        (
+            "dz without z, or z without dz",
+            inp.z.is_some() != grads.dz.is_some(),
+        ),
+        (
+            "dD without D",
+            grads.dd_skip.is_some() && inp.d_skip.is_none(),
+        ),
+        (
+            "d_delta_bias without delta_bias",
+            grads.ddelta_bias.is_some() && inp.delta_bias.is_none(),
+        ),
     ];
     if let Some((what, _)) = mismatch.iter().find(|(_, bad)| *bad) {
         return Err(Error::Unsupported {
@@ -173,7 +215,11 @@ pub fn selective_scan_bwd(
         });
     }
     let (bd, bdn) = (dims.b * dims.d, dims.b * dims.d * dims.n);
-    let (ws_da, ws_dd, ws_ddb) = (workspace, workspace + 4 * bdn as u64, workspace + 4 * (bdn + bd) as u64);
+    let (ws_da, ws_dd, ws_ddb) = (
+        workspace,
+        workspace + 4 * bdn as u64,
+        workspace + 4 * (bdn + bd) as u64,
+    );
     let args = inp
         .push(KernelArgs::new())
         .ptr(chunk_states)
@@ -188,7 +234,11 @@ pub fn selective_scan_bwd(
         .ptr(ws_da)
         .ptr(grads.dd_skip.map_or(0, |_| ws_dd))
         .ptr(grads.ddelta_bias.map_or(0, |_| ws_ddb));
-    let mut launches = vec![Launch { kernel: K, config, args: dims.tail(args, K, inp.delta_softplus)? }];
+    let mut launches = vec![Launch {
+        kernel: K,
+        config,
+        args: dims.tail(args, K, inp.delta_softplus)?,
+    }];
     launches.push(sum_rows_into(ws_da, dims.b, dims.d * dims.n, grads.da)?);
     if let Some(dd) = grads.dd_skip {
         launches.push(sum_rows_into(ws_dd, dims.b, dims.d, dd)?);

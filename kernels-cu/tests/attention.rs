@@ -29,7 +29,14 @@ fn forward_and_backward_match_the_reference() {
         (1, 17, 17, 2, 1, 128),
     ];
     for (si, &(b, lq, lk, h, hkv, hd)) in shapes.iter().enumerate() {
-        let dims = AttnDims { b, lq, lk, h, hkv, hd };
+        let dims = AttnDims {
+            b,
+            lq,
+            lk,
+            h,
+            hkv,
+            hd,
+        };
         let mut r = rng(si as u64);
         let (nq, nk) = (b * lq * h * hd, b * lk * hkv * hd);
         let (q, kk, v, dout) = (
@@ -38,20 +45,51 @@ fn forward_and_backward_match_the_reference() {
             uniform(&mut r, nk, -1.0, 1.0),
             uniform(&mut r, nq, -1.0, 1.0),
         );
-        let (dq0, dk0, dv0) =
-            (uniform(&mut r, nq, -1.0, 1.0), uniform(&mut r, nk, -1.0, 1.0), uniform(&mut r, nk, -1.0, 1.0));
+        let (dq0, dk0, dv0) = (
+            uniform(&mut r, nq, -1.0, 1.0),
+            uniform(&mut r, nk, -1.0, 1.0),
+            uniform(&mut r, nk, -1.0, 1.0),
+        );
         let scale = cpu::default_scale(hd);
-        let (qt, kt, vt) =
-            (f64_tensor(&[b, lq, h, hd], &q), f64_tensor(&[b, lk, hkv, hd], &kk), f64_tensor(&[b, lk, hkv, hd], &v));
+        let (qt, kt, vt) = (
+            f64_tensor(&[b, lq, h, hd], &q),
+            f64_tensor(&[b, lk, hkv, hd], &kk),
+            f64_tensor(&[b, lk, hkv, hd], &v),
+        );
         let want = cpu::attention_ref(&qt, &kt, &vt, Some(scale)).unwrap();
-        let wg = cpu::attention_ref_bwd(&qt, &kt, &vt, Some(scale), &f64_tensor(&[b, lq, h, hd], &dout)).unwrap();
-        let plus = |init: &[f32], g: &Tensor<f64>| init.iter().zip(f32s(g)).map(|(a, b)| a + b).collect::<Vec<f32>>();
-        let (want_dq, want_dk, want_dv) = (plus(&dq0, &wg.dq), plus(&dk0, &wg.dk), plus(&dv0, &wg.dv));
+        let wg = cpu::attention_ref_bwd(
+            &qt,
+            &kt,
+            &vt,
+            Some(scale),
+            &f64_tensor(&[b, lq, h, hd], &dout),
+        )
+        .unwrap();
+        let plus = |init: &[f32], g: &Tensor<f64>| {
+            init.iter()
+                .zip(f32s(g))
+                .map(|(a, b)| a + b)
+                .collect::<Vec<f32>>()
+        };
+        let (want_dq, want_dk, want_dv) =
+            (plus(&dq0, &wg.dq), plus(&dk0, &wg.dk), plus(&dv0, &wg.dv));
         for schedule in schedules() {
-            let (mut o, mut lse, mut ws) =
-                (vec![0.0f32; nq], vec![0.0f32; b * h * lq], vec![f32::NAN; dims.bwd_workspace_len()]);
+            let (mut o, mut lse, mut ws) = (
+                vec![0.0f32; nq],
+                vec![0.0f32; b * h * lq],
+                vec![f32::NAN; dims.bwd_workspace_len()],
+            );
             let (mut dq, mut dk, mut dv) = (dq0.clone(), dk0.clone(), dv0.clone());
-            let fwd = k::attention_fwd(p(&q), p(&kk), p(&v), pm(&mut o), pm(&mut lse), dims, scale as f32).unwrap();
+            let fwd = k::attention_fwd(
+                p(&q),
+                p(&kk),
+                p(&v),
+                pm(&mut o),
+                pm(&mut lse),
+                dims,
+                scale as f32,
+            )
+            .unwrap();
             // SAFETY: every buffer has the length of its layout for `dims`.
             unsafe { run(&[fwd], schedule) };
             let bwd = k::attention_bwd(
@@ -83,8 +121,22 @@ fn forward_and_backward_match_the_reference() {
 
 #[test]
 fn unsupported_shapes_are_errors() {
-    let too_wide = AttnDims { b: 1, lq: 4, lk: 4, h: 2, hkv: 1, hd: k::MAX_HEAD_DIM + 1 };
+    let too_wide = AttnDims {
+        b: 1,
+        lq: 4,
+        lk: 4,
+        h: 2,
+        hkv: 1,
+        hd: k::MAX_HEAD_DIM + 1,
+    };
     assert!(k::attention_fwd(0, 0, 0, 0, 0, too_wide, 1.0).is_err());
-    let fewer_keys = AttnDims { b: 1, lq: 5, lk: 4, h: 2, hkv: 1, hd: 8 };
+    let fewer_keys = AttnDims {
+        b: 1,
+        lq: 5,
+        lk: 4,
+        h: 2,
+        hkv: 1,
+        hd: 8,
+    };
     assert!(k::attention_fwd(0, 0, 0, 0, 0, fewer_keys, 1.0).is_err());
 }

@@ -47,10 +47,18 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         let e = (g - w).abs() - (atol + rtol * w.abs());
         (i, if e.is_nan() { f32::INFINITY } else { e })
     };
-    let (i, worst) =
-        got.iter().zip(want).enumerate().map(excess).fold((0, f32::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+    let (i, worst) = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .map(excess)
+        .fold((0, f32::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
     if worst > 0.0 {
-        let maxdiff = got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+        let maxdiff = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0f32, f32::max);
         panic!(
             "{what}: mismatch at {i}: got {} want {} (maxdiff {maxdiff:e}, atol {atol:e}, rtol {rtol:e})",
             got[i], want[i]

@@ -16,7 +16,13 @@ fn t(dims: &[usize], v: &[f32]) -> Tensor<f32> {
 
 #[test]
 fn forward_and_backward_match_the_cpu_ops() {
-    let shapes = [(2, 1, 5, 4), (1, 37, 40, 4), (3, 130, 33, 3), (1, 70, 8, 1), (2, 9, 64, 2)];
+    let shapes = [
+        (2, 1, 5, 4),
+        (1, 37, 40, 4),
+        (3, 130, 33, 3),
+        (1, 70, 8, 1),
+        (2, 9, 64, 2),
+    ];
     for (si, &(b, l, d, kw)) in shapes.iter().enumerate() {
         let dims = ConvDims { b, l, d, k: kw };
         for variant in 0..4 {
@@ -44,7 +50,8 @@ fn forward_and_backward_match_the_cpu_ops() {
                 g = Tensor::zeros_cpu([b, l, d]);
                 activation::silu_bwd(&pre, &t(&[b, l, d], &dy), &mut g).unwrap();
             }
-            let (mut want_dx, mut want_dw, mut want_db) = (t(&[b, l, d], &dx0), t(&[d, kw], &dw0), t(&[d], &db0));
+            let (mut want_dx, mut want_dw, mut want_db) =
+                (t(&[b, l, d], &dx0), t(&[d, kw], &dw0), t(&[d], &db0));
             cpu::causal_conv1d_bwd(
                 &xt,
                 &wt,
@@ -57,10 +64,17 @@ fn forward_and_backward_match_the_cpu_ops() {
             .unwrap();
 
             for schedule in schedules() {
-                let (mut y, mut dx, mut dw, mut db) = (vec![0.0f32; b * l * d], dx0.clone(), dw0.clone(), db0.clone());
+                let (mut y, mut dx, mut dw, mut db) = (
+                    vec![0.0f32; b * l * d],
+                    dx0.clone(),
+                    dw0.clone(),
+                    db0.clone(),
+                );
                 let mut ws = vec![f32::NAN; dims.bwd_workspace_len(silu)];
                 let (bp, sp) = (with_bias.then(|| p(&bias)), with_state.then(|| p(&state)));
-                let mut launches = vec![k::causal_conv1d_fwd(p(&x), p(&w), bp, sp, pm(&mut y), dims, silu).unwrap()];
+                let mut launches = vec![
+                    k::causal_conv1d_fwd(p(&x), p(&w), bp, sp, pm(&mut y), dims, silu).unwrap(),
+                ];
                 let dbp = with_bias.then(|| pm(&mut db));
                 launches.extend(
                     k::causal_conv1d_bwd(
@@ -80,7 +94,9 @@ fn forward_and_backward_match_the_cpu_ops() {
                 );
                 // SAFETY: every buffer has the length of its layout for `dims`.
                 unsafe { run(&launches, schedule) };
-                let ctx = format!("{dims:?} bias {with_bias} state {with_state} silu {silu} {schedule:?}");
+                let ctx = format!(
+                    "{dims:?} bias {with_bias} state {with_state} silu {silu} {schedule:?}"
+                );
                 assert_close_rel(&format!("y, {ctx}"), &y, &want_y.to_vec(), REL);
                 assert_close_rel(&format!("dx, {ctx}"), &dx, &want_dx.to_vec(), REL);
                 assert_close_rel(&format!("dw, {ctx}"), &dw, &want_dw.to_vec(), REL);

@@ -14,8 +14,15 @@ fn forward_and_backward_match_the_cpu_op() {
     for (i, &(m, v)) in [(1usize, 5usize), (13, 300), (40, 1001)].iter().enumerate() {
         let mut r = rng(i as u64);
         let logits = uniform(&mut r, m * v, -30.0, 30.0);
-        let targets: Vec<i64> =
-            (0..m).map(|j| if j % 4 == 3 { loss::IGNORE_INDEX } else { r.random_range(0..v as i64) }).collect();
+        let targets: Vec<i64> = (0..m)
+            .map(|j| {
+                if j % 4 == 3 {
+                    loss::IGNORE_INDEX
+                } else {
+                    r.random_range(0..v as i64)
+                }
+            })
+            .collect();
         let dlogits0 = uniform(&mut r, m * v, -1.0, 1.0);
         let lt = Tensor::from_vec([m, v], logits.clone()).unwrap();
         let mut want_lse = Tensor::default();
@@ -23,19 +30,37 @@ fn forward_and_backward_match_the_cpu_op() {
         let mut want_dl = Tensor::from_vec([m, v], dlogits0.clone()).unwrap();
         loss::cross_entropy_bwd(&lt, &targets, &want_lse, 0.7, &mut want_dl).unwrap();
         for schedule in schedules() {
-            let (mut lse, mut rows, mut dl) = (vec![0.0f32; m], vec![f32::NAN; m], dlogits0.clone());
+            let (mut lse, mut rows, mut dl) =
+                (vec![0.0f32; m], vec![f32::NAN; m], dlogits0.clone());
             let launches = [
-                k::cross_entropy_fwd(p(&logits), p(&targets), pm(&mut lse), pm(&mut rows), m, v).unwrap(),
-                k::cross_entropy_bwd(p(&logits), p(&targets), p(&lse), pm(&mut dl), m, v, 0.7, scored).unwrap(),
+                k::cross_entropy_fwd(p(&logits), p(&targets), pm(&mut lse), pm(&mut rows), m, v)
+                    .unwrap(),
+                k::cross_entropy_bwd(
+                    p(&logits),
+                    p(&targets),
+                    p(&lse),
+                    pm(&mut dl),
+                    m,
+                    v,
+                    0.7,
+                    scored,
+                )
+                .unwrap(),
             ];
             // SAFETY: logits and dl (m, v), targets, lse and rows (m); targets are in range or -100.
             unsafe { run(&launches, schedule) };
             let ctx = format!("m {m} v {v} {schedule:?}");
             assert_close_rel(&format!("lse, {ctx}"), &lse, &want_lse.to_vec(), 1e-6);
             let mean = rows.iter().map(|&x| x as f64).sum::<f64>() / scored as f64;
-            assert!((mean - want_mean).abs() <= 1e-5 * want_mean.abs(), "mean loss {mean} vs {want_mean}, {ctx}");
             assert!(
-                targets.iter().zip(&rows).all(|(&t, &l)| t != loss::IGNORE_INDEX || l == 0.0),
+                (mean - want_mean).abs() <= 1e-5 * want_mean.abs(),
+                "mean loss {mean} vs {want_mean}, {ctx}"
+            );
+            assert!(
+                targets
+                    .iter()
+                    .zip(&rows)
+                    .all(|(&t, &l)| t != loss::IGNORE_INDEX || l == 0.0),
                 "ignored rows, {ctx}"
             );
             assert_close_rel(&format!("dlogits, {ctx}"), &dl, &want_dl.to_vec(), 1e-6);

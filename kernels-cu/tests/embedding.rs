@@ -10,15 +10,32 @@ use rand::RngExt;
 
 #[test]
 fn forward_and_backward_match_the_cpu_op() {
-    for (i, &(m, v, d)) in [(1usize, 3usize, 5usize), (77, 10, 130), (300, 200, 64)].iter().enumerate() {
+    for (i, &(m, v, d)) in [(1usize, 3usize, 5usize), (77, 10, 130), (300, 200, 64)]
+        .iter()
+        .enumerate()
+    {
         let mut r = rng(i as u64);
         let ids: Vec<u32> = (0..m).map(|_| r.random_range(0..v as u32)).collect();
-        let (table, dout, dtable0) =
-            (uniform(&mut r, v * d, -1.0, 1.0), uniform(&mut r, m * d, -1.0, 1.0), uniform(&mut r, v * d, -1.0, 1.0));
+        let (table, dout, dtable0) = (
+            uniform(&mut r, v * d, -1.0, 1.0),
+            uniform(&mut r, m * d, -1.0, 1.0),
+            uniform(&mut r, v * d, -1.0, 1.0),
+        );
         let mut want_out = Tensor::default();
-        cpu::embedding_fwd(&ids, &[m], &Tensor::from_vec([v, d], table.clone()).unwrap(), &mut want_out).unwrap();
+        cpu::embedding_fwd(
+            &ids,
+            &[m],
+            &Tensor::from_vec([v, d], table.clone()).unwrap(),
+            &mut want_out,
+        )
+        .unwrap();
         let mut want_dt = Tensor::from_vec([v, d], dtable0.clone()).unwrap();
-        cpu::embedding_bwd(&ids, &Tensor::from_vec([m, d], dout.clone()).unwrap(), &mut want_dt).unwrap();
+        cpu::embedding_bwd(
+            &ids,
+            &Tensor::from_vec([m, d], dout.clone()).unwrap(),
+            &mut want_dt,
+        )
+        .unwrap();
         for schedule in schedules() {
             let (mut out, mut dtable) = (vec![0.0f32; m * d], dtable0.clone());
             let launches = [

@@ -8,7 +8,11 @@ use ssm_kernels::{KernelArgs, Launch, LaunchConfig, host_ptr, host_ptr_mut};
 use crate::common::{SEEDS, run, schedules};
 
 fn cfg(grid: u32, block: u32, shared: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: shared }
+    LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: shared,
+    }
 }
 
 /// What a shuffle reads from a lane that does not exist or has exited.
@@ -22,13 +26,32 @@ fn expected_warp_ops(input: &[i32], t: usize, width: usize, arg: usize) -> [i32;
     let own = input[t];
     let at = |src: usize| warp.get(src).copied().unwrap_or(POISON);
     let shfl = at(base + (arg & (width - 1)));
-    let up = if lane >= base + arg { at(lane - arg) } else { own };
-    let down = if lane + arg < base + width { at(lane + arg) } else { own };
-    let xor = if (lane ^ arg) < base + width { at(lane ^ arg) } else { own };
-    let ballot = warp.iter().enumerate().fold(0u32, |m, (j, v)| m | (((v & 1) as u32) << j));
+    let up = if lane >= base + arg {
+        at(lane - arg)
+    } else {
+        own
+    };
+    let down = if lane + arg < base + width {
+        at(lane + arg)
+    } else {
+        own
+    };
+    let xor = if (lane ^ arg) < base + width {
+        at(lane ^ arg)
+    } else {
+        own
+    };
+    let ballot = warp
+        .iter()
+        .enumerate()
+        .fold(0u32, |m, (j, v)| m | (((v & 1) as u32) << j));
     let any = warp.contains(&7) as i32;
     let all = warp.iter().all(|&v| v >= 0) as i32;
-    let xor1 = if (lane ^ 1) < base + width { at(lane ^ 1) } else { own };
+    let xor1 = if (lane ^ 1) < base + width {
+        at(lane ^ 1)
+    } else {
+        own
+    };
     [shfl, up, down, xor, ballot as i32, any, all, xor1]
 }
 
@@ -66,20 +89,34 @@ fn shuffles_and_votes_follow_cuda_semantics_for_every_width() {
 fn exited_threads_leave_barriers_and_ballots() {
     let input: Vec<f32> = (0..128).map(|i| i as f32).collect();
     for live in [1usize, 40, 100, 128] {
-        for schedule in schedules().into_iter().chain([Schedule::InOrder, Schedule::Threads]) {
+        for schedule in schedules()
+            .into_iter()
+            .chain([Schedule::InOrder, Schedule::Threads])
+        {
             let mut out = vec![0.0f32; 129];
             let launch = Launch {
                 kernel: "emu_test_early_exit",
                 config: cfg(1, 128, 0),
-                args: KernelArgs::new().ptr(host_ptr(&input)).ptr(host_ptr_mut(&mut out)).i32(live as i32),
+                args: KernelArgs::new()
+                    .ptr(host_ptr(&input))
+                    .ptr(host_ptr_mut(&mut out))
+                    .i32(live as i32),
             };
             // SAFETY: input has 128 floats, out 129.
             unsafe { run(&[launch], schedule) };
             for t in 0..live {
                 let lanes = (live - t / 32 * 32).min(32) as f32;
-                assert_eq!(out[t], input[(t + 1) % live] + 1000.0 * lanes, "live {live}, thread {t}, {schedule:?}");
+                assert_eq!(
+                    out[t],
+                    input[(t + 1) % live] + 1000.0 * lanes,
+                    "live {live}, thread {t}, {schedule:?}"
+                );
             }
-            assert_eq!(out[live], input[..live].iter().sum::<f32>(), "live {live}: sum");
+            assert_eq!(
+                out[live],
+                input[..live].iter().sum::<f32>(),
+                "live {live}: sum"
+            );
         }
     }
 }
@@ -98,7 +135,11 @@ fn atomics_count_every_thread_of_every_block() {
         };
         // SAFETY: each pointer is to one live element.
         unsafe { run(&[launch], schedule) };
-        assert_eq!((fsum[0], count[0], imax[0]), (480.0, 480, 479), "{schedule:?}");
+        assert_eq!(
+            (fsum[0], count[0], imax[0]),
+            (480.0, 480, 479),
+            "{schedule:?}"
+        );
     }
 }
 
@@ -109,7 +150,10 @@ fn reverse(barrier: bool, schedule: Schedule) -> bool {
     let launch = Launch {
         kernel: "emu_test_reverse",
         config: cfg(blocks as u32, n as u32, 0),
-        args: KernelArgs::new().ptr(host_ptr(&input)).ptr(host_ptr_mut(&mut out)).i32(barrier as i32),
+        args: KernelArgs::new()
+            .ptr(host_ptr(&input))
+            .ptr(host_ptr_mut(&mut out))
+            .i32(barrier as i32),
     };
     // SAFETY: both buffers hold blocks * n floats.
     unsafe { run(&[launch], schedule) };
@@ -118,7 +162,10 @@ fn reverse(barrier: bool, schedule: Schedule) -> bool {
 
 #[test]
 fn barriers_order_shared_memory_and_their_absence_is_caught() {
-    for schedule in schedules().into_iter().chain([Schedule::InOrder, Schedule::Threads]) {
+    for schedule in schedules()
+        .into_iter()
+        .chain([Schedule::InOrder, Schedule::Threads])
+    {
         assert!(reverse(true, schedule), "with the barrier, {schedule:?}");
     }
     for seed in SEEDS {
@@ -165,7 +212,11 @@ fn built_in_indices_cover_3d_grids_and_blocks() {
     let mut out = vec![0u32; 4 * threads * blocks];
     let launch = Launch {
         kernel: "emu_test_indices",
-        config: LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: 0 },
+        config: LaunchConfig {
+            grid_dim: grid,
+            block_dim: block,
+            shared_mem_bytes: 0,
+        },
         args: KernelArgs::new().ptr(host_ptr_mut(&mut out)),
     };
     // SAFETY: out holds 4 words per thread of the grid.
@@ -177,14 +228,26 @@ fn built_in_indices_cover_3d_grids_and_blocks() {
         for (ti, o) in bo.chunks_exact(4).enumerate() {
             let t = ti as u32;
             let tidx = pack(t % block.0, t / block.0 % block.1, t / (block.0 * block.1));
-            assert_eq!(o, [tidx, bidx, pack(block.0, block.1, block.2), pack(grid.0, grid.1, grid.2)]);
+            assert_eq!(
+                o,
+                [
+                    tidx,
+                    bidx,
+                    pack(block.0, block.1, block.2),
+                    pack(grid.0, grid.1, grid.2)
+                ]
+            );
         }
     }
 }
 
 #[test]
 fn misuse_is_reported_not_hung() {
-    let cases = [(0, "deadlock"), (1, "divergent warp operations"), (2, "partial-mask")];
+    let cases = [
+        (0, "deadlock"),
+        (1, "divergent warp operations"),
+        (2, "partial-mask"),
+    ];
     for (which, needle) in cases {
         let mut out = vec![0i32; 32];
         let launch = Launch {
@@ -193,7 +256,8 @@ fn misuse_is_reported_not_hung() {
             args: KernelArgs::new().ptr(host_ptr_mut(&mut out)).i32(which),
         };
         // SAFETY: out holds one int per thread.
-        let err = unsafe { emu::launch(&launch, Schedule::Random(1)) }.expect_err("misuse must fail");
+        let err =
+            unsafe { emu::launch(&launch, Schedule::Random(1)) }.expect_err("misuse must fail");
         assert!(err.to_string().contains(needle), "case {which}: {err}");
     }
 }
@@ -201,7 +265,11 @@ fn misuse_is_reported_not_hung() {
 #[test]
 fn argument_lists_are_checked_against_the_kernel() {
     assert_eq!(emu::signature("emu_test_reverse").unwrap(), [8, 8, 4]);
-    let launch = Launch { kernel: "emu_test_reverse", config: cfg(1, 32, 0), args: KernelArgs::new().ptr(0).ptr(0) };
+    let launch = Launch {
+        kernel: "emu_test_reverse",
+        config: cfg(1, 32, 0),
+        args: KernelArgs::new().ptr(0).ptr(0),
+    };
     // SAFETY: rejected before running: the argument list is one short.
     let err = unsafe { emu::launch(&launch, Schedule::InOrder) }.expect_err("short argument list");
     assert!(err.to_string().contains("do not match"), "{err}");

@@ -31,41 +31,60 @@ impl Nvrtc {
         let flags = RTLD_NOW | RTLD_GLOBAL;
         // SAFETY: loading NVRTC runs only its initializers, which have no preconditions.
         if let Ok(lib) = unsafe { Library::open(Some("libnvrtc.so.13"), flags) } {
-            return Ok(Nvrtc { _builtins: None, lib });
+            return Ok(Nvrtc {
+                _builtins: None,
+                lib,
+            });
         }
-        let dir = venv_lib_dir().ok_or("libnvrtc.so.13 is neither on the loader path nor in the workspace's .venv")?;
+        let dir = venv_lib_dir()
+            .ok_or("libnvrtc.so.13 is neither on the loader path nor in the workspace's .venv")?;
         // SAFETY: as above.
-        let builtins =
-            unsafe { Library::open(Some(dir.join("libnvrtc-builtins.so.13.0")), flags) }.map_err(|e| e.to_string())?;
+        let builtins = unsafe { Library::open(Some(dir.join("libnvrtc-builtins.so.13.0")), flags) }
+            .map_err(|e| e.to_string())?;
         // SAFETY: as above.
-        let lib = unsafe { Library::open(Some(dir.join("libnvrtc.so.13")), flags) }.map_err(|e| e.to_string())?;
-        Ok(Nvrtc { _builtins: Some(builtins), lib })
+        let lib = unsafe { Library::open(Some(dir.join("libnvrtc.so.13")), flags) }
+            .map_err(|e| e.to_string())?;
+        Ok(Nvrtc {
+            _builtins: Some(builtins),
+            lib,
+        })
     }
 
     fn sym<T>(&self, name: &[u8]) -> Symbol<T> {
         // SAFETY: every symbol is used with the signature of nvrtc.h (CUDA 13.0).
-        unsafe { self.lib.get(name) }.unwrap_or_else(|e| panic!("NVRTC lacks {}: {e}", String::from_utf8_lossy(name)))
+        unsafe { self.lib.get(name) }
+            .unwrap_or_else(|e| panic!("NVRTC lacks {}: {e}", String::from_utf8_lossy(name)))
     }
 
     fn check(&self, what: &str, rc: c_int) -> Result<(), String> {
         if rc == 0 {
             return Ok(());
         }
-        let err: Symbol<unsafe extern "C" fn(c_int) -> *const c_char> = self.sym(b"nvrtcGetErrorString\0");
+        let err: Symbol<unsafe extern "C" fn(c_int) -> *const c_char> =
+            self.sym(b"nvrtcGetErrorString\0");
         // SAFETY: NVRTC returns a static string for every result code.
-        Err(format!("{what}: {}", unsafe { CStr::from_ptr(err(rc)) }.to_string_lossy()))
+        Err(format!(
+            "{what}: {}",
+            unsafe { CStr::from_ptr(err(rc)) }.to_string_lossy()
+        ))
     }
 
     fn version(&self) -> (i32, i32) {
-        let f: Symbol<unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int> = self.sym(b"nvrtcVersion\0");
+        let f: Symbol<unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int> =
+            self.sym(b"nvrtcVersion\0");
         let (mut major, mut minor) = (0, 0);
         // SAFETY: both out-pointers are valid.
-        self.check("nvrtcVersion", unsafe { f(&mut major, &mut minor) }).unwrap();
+        self.check("nvrtcVersion", unsafe { f(&mut major, &mut minor) })
+            .unwrap();
         (major, minor)
     }
 
     /// Compiles one source to a cubin; returns (success, program log, cubin size).
-    fn compile(&self, src: &KernelSource, options: &[String]) -> Result<(bool, String, usize), String> {
+    fn compile(
+        &self,
+        src: &KernelSource,
+        options: &[String],
+    ) -> Result<(bool, String, usize), String> {
         let create: Symbol<
             unsafe extern "C" fn(
                 *mut Program,
@@ -80,9 +99,12 @@ impl Nvrtc {
             self.sym(b"nvrtcCompileProgram\0");
         let log_size: Symbol<unsafe extern "C" fn(Program, *mut usize) -> c_int> =
             self.sym(b"nvrtcGetProgramLogSize\0");
-        let get_log: Symbol<unsafe extern "C" fn(Program, *mut c_char) -> c_int> = self.sym(b"nvrtcGetProgramLog\0");
-        let cubin_size: Symbol<unsafe extern "C" fn(Program, *mut usize) -> c_int> = self.sym(b"nvrtcGetCUBINSize\0");
-        let destroy: Symbol<unsafe extern "C" fn(*mut Program) -> c_int> = self.sym(b"nvrtcDestroyProgram\0");
+        let get_log: Symbol<unsafe extern "C" fn(Program, *mut c_char) -> c_int> =
+            self.sym(b"nvrtcGetProgramLog\0");
+        let cubin_size: Symbol<unsafe extern "C" fn(Program, *mut usize) -> c_int> =
+            self.sym(b"nvrtcGetCUBINSize\0");
+        let destroy: Symbol<unsafe extern "C" fn(*mut Program) -> c_int> =
+            self.sym(b"nvrtcDestroyProgram\0");
 
         let cstr = |s: &str| CString::new(s).expect("no NUL in sources");
         let source = cstr(src.source);
@@ -97,7 +119,14 @@ impl Nvrtc {
         let mut prog: Program = ptr::null_mut();
         // SAFETY: every string is NUL-terminated and outlives the program; counts match arrays.
         self.check("nvrtcCreateProgram", unsafe {
-            create(&mut prog, source.as_ptr(), name.as_ptr(), texts.len() as c_int, texts.as_ptr(), names.as_ptr())
+            create(
+                &mut prog,
+                source.as_ptr(),
+                name.as_ptr(),
+                texts.len() as c_int,
+                texts.as_ptr(),
+                names.as_ptr(),
+            )
         })?;
         // SAFETY: `prog` was created above; options as above.
         let ok = unsafe { compile(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) } == 0;
@@ -105,7 +134,9 @@ impl Nvrtc {
         // SAFETY: `prog` is valid; the log buffer has the size NVRTC reported.
         self.check("nvrtcGetProgramLogSize", unsafe { log_size(prog, &mut n) })?;
         let mut log = vec![0u8; n.max(1)];
-        self.check("nvrtcGetProgramLog", unsafe { get_log(prog, log.as_mut_ptr().cast()) })?;
+        self.check("nvrtcGetProgramLog", unsafe {
+            get_log(prog, log.as_mut_ptr().cast())
+        })?;
         let mut bytes = 0usize;
         if ok {
             // SAFETY: `prog` compiled successfully.
@@ -113,7 +144,9 @@ impl Nvrtc {
         }
         // SAFETY: `prog` is destroyed once.
         self.check("nvrtcDestroyProgram", unsafe { destroy(&mut prog) })?;
-        let log = String::from_utf8_lossy(&log).trim_end_matches('\0').to_string();
+        let log = String::from_utf8_lossy(&log)
+            .trim_end_matches('\0')
+            .to_string();
         Ok((ok, log, bytes))
     }
 }
@@ -145,7 +178,10 @@ fn parse_ptxas(log: &str) -> Vec<KernelStats> {
     let number_before = |line: &str, unit: &str| -> u32 {
         line.split(',')
             .find_map(|part| {
-                part.trim().strip_suffix(unit).and_then(|s| s.trim().rsplit(' ').next()).and_then(|n| n.parse().ok())
+                part.trim()
+                    .strip_suffix(unit)
+                    .and_then(|s| s.trim().rsplit(' ').next())
+                    .and_then(|n| n.parse().ok())
             })
             .unwrap_or(0)
     };
@@ -156,7 +192,10 @@ fn parse_ptxas(log: &str) -> Vec<KernelStats> {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             let name = rest.split('\'').next().unwrap_or("").to_string();
             current = Some(out.iter().position(|k| k.name == name).unwrap_or_else(|| {
-                out.push(KernelStats { name, ..Default::default() });
+                out.push(KernelStats {
+                    name,
+                    ..Default::default()
+                });
                 out.len() - 1
             }));
         } else if let Some(rest) = line.split("Function properties for ").nth(1) {
@@ -164,16 +203,26 @@ fn parse_ptxas(log: &str) -> Vec<KernelStats> {
         } else if line.contains("bytes stack frame") {
             if let Some(name) = props_for.take() {
                 let i = out.iter().position(|k| k.name == name).unwrap_or_else(|| {
-                    out.push(KernelStats { name, ..Default::default() });
+                    out.push(KernelStats {
+                        name,
+                        ..Default::default()
+                    });
                     out.len() - 1
                 });
                 out[i].stack = number_before(line, "bytes stack frame");
                 out[i].spill_stores = number_before(line, "bytes spill stores");
                 out[i].spill_loads = number_before(line, "bytes spill loads");
             }
-        } else if let (Some(i), true) = (current, line.contains("Used ") && line.contains("registers")) {
-            out[i].registers =
-                line.split("Used ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+        } else if let (Some(i), true) = (
+            current,
+            line.contains("Used ") && line.contains("registers"),
+        ) {
+            out[i].registers = line
+                .split("Used ")
+                .nth(1)
+                .and_then(|s| s.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             out[i].smem = number_before(line, "bytes smem");
         }
     }
@@ -189,13 +238,25 @@ fn every_source_compiles_for_sm90_without_spills_in_the_scan() {
              workspace, where this test finds it)"
         )
     });
-    assert_eq!(nvrtc.version(), (13, 0), "NVRTC 13.0 is what the GPU machine's CUDA 13.0 driver accepts");
-    let options: Vec<String> =
-        NVRTC_OPTIONS.iter().map(|s| s.to_string()).chain([ARCH.into(), "--ptxas-options=-v".into()]).collect();
+    assert_eq!(
+        nvrtc.version(),
+        (13, 0),
+        "NVRTC 13.0 is what the GPU machine's CUDA 13.0 driver accepts"
+    );
+    let options: Vec<String> = NVRTC_OPTIONS
+        .iter()
+        .map(|s| s.to_string())
+        .chain([ARCH.into(), "--ptxas-options=-v".into()])
+        .collect();
     let mut failures = Vec::new();
-    println!("{:<22} {:<36} {:>5} {:>7} {:>6} {:>7}", "source", "kernel", "regs", "smem", "stack", "spills");
+    println!(
+        "{:<22} {:<36} {:>5} {:>7} {:>6} {:>7}",
+        "source", "kernel", "regs", "smem", "stack", "spills"
+    );
     for src in SOURCES.iter().chain(TEST_SOURCES) {
-        let (ok, log, cubin) = nvrtc.compile(src, &options).unwrap_or_else(|e| panic!("{}: {e}", src.name));
+        let (ok, log, cubin) = nvrtc
+            .compile(src, &options)
+            .unwrap_or_else(|e| panic!("{}: {e}", src.name));
         if !ok {
             failures.push(format!("{}.cu does not compile:\n{log}", src.name));
             continue;
@@ -203,16 +264,26 @@ fn every_source_compiles_for_sm90_without_spills_in_the_scan() {
         assert!(cubin > 0, "{}: empty cubin", src.name);
         let warnings: Vec<&str> = log.lines().filter(|l| l.contains("warning")).collect();
         if !warnings.is_empty() {
-            failures.push(format!("{}.cu compiles with warnings:\n{}", src.name, warnings.join("\n")));
+            failures.push(format!(
+                "{}.cu compiles with warnings:\n{}",
+                src.name,
+                warnings.join("\n")
+            ));
         }
         let stats = parse_ptxas(&log);
         for entry in src.entry_points {
             let Some(k) = stats.iter().find(|k| k.name == *entry) else {
-                failures.push(format!("{}.cu: ptxas reported nothing for entry point {entry}:\n{log}", src.name));
+                failures.push(format!(
+                    "{}.cu: ptxas reported nothing for entry point {entry}:\n{log}",
+                    src.name
+                ));
                 continue;
             };
             let spills = k.spill_stores + k.spill_loads;
-            println!("{:<22} {:<36} {:>5} {:>7} {:>6} {:>7}", src.name, k.name, k.registers, k.smem, k.stack, spills);
+            println!(
+                "{:<22} {:<36} {:>5} {:>7} {:>6} {:>7}",
+                src.name, k.name, k.registers, k.smem, k.stack, spills
+            );
             if spills > 0 && NO_SPILL.contains(&src.name) {
                 failures.push(format!(
                     "{}: {} bytes of spill stores and {} of spill loads",
@@ -233,7 +304,14 @@ fn ptxas_statistics_are_parsed() {
                ptxas info    : Used 72 registers, used 1 barriers, 30720 bytes smem, 400 bytes cmem[0]\n";
     let k = &parse_ptxas(log)[0];
     assert_eq!(
-        (k.name.as_str(), k.registers, k.smem, k.stack, k.spill_stores, k.spill_loads),
+        (
+            k.name.as_str(),
+            k.registers,
+            k.smem,
+            k.stack,
+            k.spill_stores,
+            k.spill_loads
+        ),
         ("scan_fwd", 72, 30720, 16, 8, 4)
     );
 }

@@ -10,24 +10,58 @@ use crate::common::{assert_close_rel, rng, run, schedules, uniform};
 
 #[test]
 fn forward_and_backward_match_the_cpu_op() {
-    for (i, &(m, d)) in [(1usize, 7usize), (5, 256), (600, 33), (3, 1000)].iter().enumerate() {
+    for (i, &(m, d)) in [(1usize, 7usize), (5, 256), (600, 33), (3, 1000)]
+        .iter()
+        .enumerate()
+    {
         let mut r = rng(i as u64);
-        let (x, w, dy) =
-            (uniform(&mut r, m * d, -2.0, 2.0), uniform(&mut r, d, 0.5, 1.5), uniform(&mut r, m * d, -1.0, 1.0));
-        let (dx0, dw0) = (uniform(&mut r, m * d, -1.0, 1.0), uniform(&mut r, d, -1.0, 1.0));
+        let (x, w, dy) = (
+            uniform(&mut r, m * d, -2.0, 2.0),
+            uniform(&mut r, d, 0.5, 1.5),
+            uniform(&mut r, m * d, -1.0, 1.0),
+        );
+        let (dx0, dw0) = (
+            uniform(&mut r, m * d, -1.0, 1.0),
+            uniform(&mut r, d, -1.0, 1.0),
+        );
         let eps = 1e-5;
         let t = |dims: &[usize], v: &[f32]| Tensor::from_vec(dims.to_vec(), v.to_vec()).unwrap();
         let (mut want_y, mut want_r) = (Tensor::default(), Tensor::default());
         norm::rmsnorm_fwd(&t(&[m, d], &x), &t(&[d], &w), eps, &mut want_y, &mut want_r).unwrap();
         let (mut want_dx, mut want_dw) = (t(&[m, d], &dx0), t(&[d], &dw0));
-        norm::rmsnorm_bwd(&t(&[m, d], &dy), &t(&[m, d], &x), &t(&[d], &w), &want_r, &mut want_dx, &mut want_dw)
-            .unwrap();
+        norm::rmsnorm_bwd(
+            &t(&[m, d], &dy),
+            &t(&[m, d], &x),
+            &t(&[d], &w),
+            &want_r,
+            &mut want_dx,
+            &mut want_dw,
+        )
+        .unwrap();
         for schedule in schedules() {
-            let (mut y, mut rstd, mut dx, mut dw) = (vec![0.0f32; m * d], vec![0.0f32; m], dx0.clone(), dw0.clone());
+            let (mut y, mut rstd, mut dx, mut dw) = (
+                vec![0.0f32; m * d],
+                vec![0.0f32; m],
+                dx0.clone(),
+                dw0.clone(),
+            );
             let mut ws = vec![f32::NAN; k::bwd_workspace_len(m, d)];
-            let mut launches = vec![k::rmsnorm_fwd(p(&x), p(&w), pm(&mut y), pm(&mut rstd), m, d, eps as f32).unwrap()];
+            let mut launches = vec![
+                k::rmsnorm_fwd(p(&x), p(&w), pm(&mut y), pm(&mut rstd), m, d, eps as f32).unwrap(),
+            ];
             launches.extend(
-                k::rmsnorm_bwd(p(&dy), p(&x), p(&w), p(&rstd), pm(&mut dx), pm(&mut dw), pm(&mut ws), m, d).unwrap(),
+                k::rmsnorm_bwd(
+                    p(&dy),
+                    p(&x),
+                    p(&w),
+                    p(&rstd),
+                    pm(&mut dx),
+                    pm(&mut dw),
+                    pm(&mut ws),
+                    m,
+                    d,
+                )
+                .unwrap(),
             );
             // SAFETY: every buffer has the length of its layout for (m, d).
             unsafe { run(&launches, schedule) };

@@ -16,8 +16,13 @@ use crate::common::{SEEDS, assert_close_rel, rng, run, schedules, uniform};
 const REL: f32 = 1e-5;
 
 /// (b, l, d, n, g): channels per block 4, 1, 4, 4, 2 (d / g = 8, 3, 4, 4, 6).
-const SHAPES: [(usize, usize, usize, usize, usize); 5] =
-    [(2, 1, 8, 4, 1), (1, 37, 6, 16, 2), (2, 300, 8, 5, 2), (1, 600, 4, 16, 1), (1, 513, 12, 9, 2)];
+const SHAPES: [(usize, usize, usize, usize, usize); 5] = [
+    (2, 1, 8, 4, 1),
+    (1, 37, 6, 16, 2),
+    (2, 300, 8, 5, 2),
+    (1, 600, 4, 16, 1),
+    (1, 513, 12, 9, 2),
+];
 
 #[derive(Clone, Copy, Debug)]
 struct Opts {
@@ -31,10 +36,38 @@ struct Opts {
 
 /// Every option off, every option on, and two halves, so that each is on and off for each shape.
 const OPTION_SETS: [Opts; 4] = [
-    Opts { d_skip: false, z: false, delta_bias: false, softplus: false, h0: false, dlast: false },
-    Opts { d_skip: true, z: true, delta_bias: true, softplus: true, h0: true, dlast: true },
-    Opts { d_skip: true, z: false, delta_bias: false, softplus: true, h0: true, dlast: false },
-    Opts { d_skip: false, z: true, delta_bias: true, softplus: false, h0: false, dlast: true },
+    Opts {
+        d_skip: false,
+        z: false,
+        delta_bias: false,
+        softplus: false,
+        h0: false,
+        dlast: false,
+    },
+    Opts {
+        d_skip: true,
+        z: true,
+        delta_bias: true,
+        softplus: true,
+        h0: true,
+        dlast: true,
+    },
+    Opts {
+        d_skip: true,
+        z: false,
+        delta_bias: false,
+        softplus: true,
+        h0: true,
+        dlast: false,
+    },
+    Opts {
+        d_skip: false,
+        z: true,
+        delta_bias: true,
+        softplus: false,
+        h0: false,
+        dlast: true,
+    },
 ];
 
 /// Inputs and upstream gradients of one case, f32, in the ssm layouts.
@@ -59,8 +92,13 @@ fn make(dims: ScanDims, opts: Opts, seed: u64) -> Data {
     let mut r = rng(seed);
     let bld = b * l * d;
     // dt must stay positive without softplus, or the state grows without bound.
-    let ((lo, hi), (blo, bhi)) = if opts.softplus { ((-4.0, 1.0), (-1.0, 0.5)) } else { ((0.0, 0.5), (0.0, 0.3)) };
-    let mut on = |yes: bool, len: usize, lo: f32, hi: f32| yes.then(|| uniform(&mut r, len, lo, hi));
+    let ((lo, hi), (blo, bhi)) = if opts.softplus {
+        ((-4.0, 1.0), (-1.0, 0.5))
+    } else {
+        ((0.0, 0.5), (0.0, 0.3))
+    };
+    let mut on =
+        |yes: bool, len: usize, lo: f32, hi: f32| yes.then(|| uniform(&mut r, len, lo, hi));
     Data {
         dims,
         opts,
@@ -110,17 +148,31 @@ fn grad_init(data: &Data) -> Vec<(&'static str, Vec<f32>)> {
         ("ddelta_bias", o.delta_bias, d),
         ("dh0", o.h0, b * d * n),
     ];
-    sizes.into_iter().filter(|s| s.1).map(|(name, _, len)| (name, uniform(&mut r, len, -0.5, 0.5))).collect()
+    sizes
+        .into_iter()
+        .filter(|s| s.1)
+        .map(|(name, _, len)| (name, uniform(&mut r, len, -0.5, 0.5)))
+        .collect()
 }
 
 fn reference(data: &Data) -> Results {
     let ScanDims { b, l, d, n, g } = data.dims;
     let t = |dims: &[usize], v: &Option<Vec<f32>>| v.as_ref().map(|v| f64_tensor(dims, v));
-    let (u, delta, a) =
-        (f64_tensor(&[b, l, d], &data.u), f64_tensor(&[b, l, d], &data.delta), f64_tensor(&[d, n], &data.a));
-    let (bm, cm) = (f64_tensor(&[b, l, g, n], &data.b), f64_tensor(&[b, l, g, n], &data.c));
-    let (d_skip, z, delta_bias, h0) =
-        (t(&[d], &data.d_skip), t(&[b, l, d], &data.z), t(&[d], &data.delta_bias), t(&[b, d, n], &data.h0));
+    let (u, delta, a) = (
+        f64_tensor(&[b, l, d], &data.u),
+        f64_tensor(&[b, l, d], &data.delta),
+        f64_tensor(&[d, n], &data.a),
+    );
+    let (bm, cm) = (
+        f64_tensor(&[b, l, g, n], &data.b),
+        f64_tensor(&[b, l, g, n], &data.c),
+    );
+    let (d_skip, z, delta_bias, h0) = (
+        t(&[d], &data.d_skip),
+        t(&[b, l, d], &data.z),
+        t(&[d], &data.delta_bias),
+        t(&[b, d, n], &data.h0),
+    );
     let inp = cpu::ScanInputs {
         u: &u,
         delta: &delta,
@@ -135,7 +187,8 @@ fn reference(data: &Data) -> Results {
     };
     let (y, last) = cpu::selective_scan_ref(&inp).unwrap();
     let dlast = t(&[b, d, n], &data.dlast);
-    let gr = cpu::selective_scan_ref_bwd(&inp, &f64_tensor(&[b, l, d], &data.dy), dlast.as_ref()).unwrap();
+    let gr = cpu::selective_scan_ref_bwd(&inp, &f64_tensor(&[b, l, d], &data.dy), dlast.as_ref())
+        .unwrap();
     let refs: Vec<(&str, Option<&Tensor<f64>>)> = vec![
         ("du", Some(&gr.du)),
         ("ddelta", Some(&gr.ddelta)),
@@ -150,11 +203,22 @@ fn reference(data: &Data) -> Results {
     let grads = grad_init(data)
         .into_iter()
         .map(|(name, init)| {
-            let r = refs.iter().find(|(n2, _)| *n2 == name).and_then(|(_, t)| *t).expect("reference gradient");
-            (name, init.iter().zip(to_f32(r)).map(|(i, g)| i + g).collect())
+            let r = refs
+                .iter()
+                .find(|(n2, _)| *n2 == name)
+                .and_then(|(_, t)| *t)
+                .expect("reference gradient");
+            (
+                name,
+                init.iter().zip(to_f32(r)).map(|(i, g)| i + g).collect(),
+            )
         })
         .collect();
-    Results { y: to_f32(&y), last: to_f32(&last), grads }
+    Results {
+        y: to_f32(&y),
+        last: to_f32(&last),
+        grads,
+    }
 }
 
 fn inputs(data: &Data) -> k::ScanInputs {
@@ -178,8 +242,16 @@ fn forward(data: &Data, schedule: Schedule, broken: bool) -> (Vec<f32>, Vec<f32>
     let mut y = vec![0.0f32; dims.b * dims.l * dims.d];
     let mut last = vec![0.0f32; dims.b * dims.d * dims.n];
     let mut states = vec![0.0f32; dims.chunk_states_len()];
-    let out = k::ScanOutputs { y: pm(&mut y), last_state: Some(pm(&mut last)), chunk_states: Some(pm(&mut states)) };
-    let fwd = if broken { k::selective_scan_fwd_broken } else { k::selective_scan_fwd };
+    let out = k::ScanOutputs {
+        y: pm(&mut y),
+        last_state: Some(pm(&mut last)),
+        chunk_states: Some(pm(&mut states)),
+    };
+    let fwd = if broken {
+        k::selective_scan_fwd_broken
+    } else {
+        k::selective_scan_fwd
+    };
     let launch = fwd(&inputs(data), &out, dims).unwrap();
     // SAFETY: every buffer has the length of its layout for `dims`.
     unsafe { run(&[launch], schedule) };
@@ -190,7 +262,12 @@ fn kernels(data: &Data, schedule: Schedule) -> (Results, Vec<f32>) {
     let (y, last, states) = forward(data, schedule, false);
     let mut grads = grad_init(data);
     let mut ws = vec![f32::NAN; data.dims.bwd_workspace_len()];
-    let mut ptr = |name: &str| grads.iter_mut().find(|(n, _)| *n == name).map(|(_, v)| pm(v));
+    let mut ptr = |name: &str| {
+        grads
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| pm(v))
+    };
     let g = k::ScanGrads {
         du: ptr("du").unwrap(),
         ddelta: ptr("ddelta").unwrap(),
@@ -203,8 +280,16 @@ fn kernels(data: &Data, schedule: Schedule) -> (Results, Vec<f32>) {
         dh0: ptr("dh0"),
     };
     let dlast = data.dlast.as_deref().map(p);
-    let launches =
-        k::selective_scan_bwd(&inputs(data), p(&states), p(&data.dy), dlast, &g, pm(&mut ws), data.dims).unwrap();
+    let launches = k::selective_scan_bwd(
+        &inputs(data),
+        p(&states),
+        p(&data.dy),
+        dlast,
+        &g,
+        pm(&mut ws),
+        data.dims,
+    )
+    .unwrap();
     // SAFETY: as in `forward`; the workspace has bwd_workspace_len() floats.
     unsafe { run(&launches, schedule) };
     (Results { y, last, grads }, states)
@@ -214,7 +299,9 @@ fn kernels(data: &Data, schedule: Schedule) -> (Results, Vec<f32>) {
 fn state_at(data: &Data, t: usize) -> Vec<f32> {
     let ScanDims { b, l, d, n, g } = data.dims;
     let cut = |v: &[f32], row: usize| -> Vec<f32> {
-        (0..b).flat_map(|bi| v[bi * l * row..(bi * l + t) * row].to_vec()).collect()
+        (0..b)
+            .flat_map(|bi| v[bi * l * row..(bi * l + t) * row].to_vec())
+            .collect()
     };
     let mut short = make(ScanDims { l: t, ..data.dims }, data.opts, 0);
     short.u = cut(&data.u, d);
@@ -222,8 +309,12 @@ fn state_at(data: &Data, t: usize) -> Vec<f32> {
     short.b = cut(&data.b, g * n);
     short.c = cut(&data.c, g * n);
     short.z = data.z.as_ref().map(|z| cut(z, d));
-    (short.a, short.d_skip, short.delta_bias, short.h0) =
-        (data.a.clone(), data.d_skip.clone(), data.delta_bias.clone(), data.h0.clone());
+    (short.a, short.d_skip, short.delta_bias, short.h0) = (
+        data.a.clone(),
+        data.d_skip.clone(),
+        data.delta_bias.clone(),
+        data.h0.clone(),
+    );
     short.dy = cut(&data.dy, d);
     reference(&short).last
 }
@@ -245,7 +336,9 @@ fn forward_and_backward_match_the_reference() {
                 }
                 for chunk in 1..dims.chunks() {
                     let saved: Vec<f32> = (0..b)
-                        .flat_map(|bi| states[(bi * dims.chunks() + chunk) * d * n..][..d * n].to_vec())
+                        .flat_map(|bi| {
+                            states[(bi * dims.chunks() + chunk) * d * n..][..d * n].to_vec()
+                        })
                         .collect();
                     assert_close_rel(
                         &format!("state before chunk {chunk}, {ctx}"),
@@ -261,14 +354,37 @@ fn forward_and_backward_match_the_reference() {
 
 #[test]
 fn the_harness_catches_a_missing_barrier() {
-    let data = make(ScanDims { b: 2, l: 300, d: 8, n: 16, g: 1 }, OPTION_SETS[1], 7);
+    let data = make(
+        ScanDims {
+            b: 2,
+            l: 300,
+            d: 8,
+            n: 16,
+            g: 1,
+        },
+        OPTION_SETS[1],
+        7,
+    );
     let want = reference(&data);
     let scale = want.y.iter().fold(0.0f32, |a, w| a.max(w.abs()));
-    let agrees = |y: &[f32]| y.iter().zip(&want.y).all(|(g, w)| (g - w).abs() <= REL * scale);
-    assert!(agrees(&forward(&data, Schedule::InOrder, false).0), "the intact kernel agrees in order");
-    assert!(agrees(&forward(&data, Schedule::InOrder, true).0), "in order, warp 0 runs ahead and hides the race");
+    let agrees = |y: &[f32]| {
+        y.iter()
+            .zip(&want.y)
+            .all(|(g, w)| (g - w).abs() <= REL * scale)
+    };
+    assert!(
+        agrees(&forward(&data, Schedule::InOrder, false).0),
+        "the intact kernel agrees in order"
+    );
+    assert!(
+        agrees(&forward(&data, Schedule::InOrder, true).0),
+        "in order, warp 0 runs ahead and hides the race"
+    );
     for seed in SEEDS {
-        assert!(agrees(&forward(&data, Schedule::Random(seed), false).0), "the intact kernel agrees under seed {seed}");
+        assert!(
+            agrees(&forward(&data, Schedule::Random(seed), false).0),
+            "the intact kernel agrees under seed {seed}"
+        );
         assert!(
             !agrees(&forward(&data, Schedule::Random(seed), true).0),
             "seed {seed} must expose the missing barrier"
@@ -280,11 +396,42 @@ fn the_harness_catches_a_missing_barrier() {
 fn unsupported_shapes_are_errors() {
     let inp = k::ScanInputs::default();
     let out = k::ScanOutputs::default();
-    let too_big = ScanDims { b: 1, l: 8, d: 4, n: k::MAX_STATE + 1, g: 1 };
-    assert!(k::selective_scan_fwd(&inp, &out, too_big).unwrap_err().to_string().contains("state size"));
-    let bad_groups = ScanDims { b: 1, l: 8, d: 6, n: 4, g: 4 };
+    let too_big = ScanDims {
+        b: 1,
+        l: 8,
+        d: 4,
+        n: k::MAX_STATE + 1,
+        g: 1,
+    };
+    assert!(
+        k::selective_scan_fwd(&inp, &out, too_big)
+            .unwrap_err()
+            .to_string()
+            .contains("state size")
+    );
+    let bad_groups = ScanDims {
+        b: 1,
+        l: 8,
+        d: 6,
+        n: 4,
+        g: 4,
+    };
     assert!(k::selective_scan_fwd(&inp, &out, bad_groups).is_err());
-    let grads = k::ScanGrads { dz: Some(1), ..Default::default() };
-    let dims = ScanDims { b: 1, l: 8, d: 4, n: 4, g: 1 };
-    assert!(k::selective_scan_bwd(&inp, 0, 0, None, &grads, 0, dims).unwrap_err().to_string().contains("dz"));
+    let grads = k::ScanGrads {
+        dz: Some(1),
+        ..Default::default()
+    };
+    let dims = ScanDims {
+        b: 1,
+        l: 8,
+        d: 4,
+        n: 4,
+        g: 1,
+    };
+    assert!(
+        k::selective_scan_bwd(&inp, 0, 0, None, &grads, 0, dims)
+            .unwrap_err()
+            .to_string()
+            .contains("dz")
+    );
 }

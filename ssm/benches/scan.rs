@@ -8,7 +8,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use ssm::Tensor;
-use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd, selective_scan_ref, selective_scan_ref_bwd};
+use ssm::ops::scan::{
+    ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd, selective_scan_ref,
+    selective_scan_ref_bwd,
+};
 
 fn rand_tensor(rng: &mut StdRng, dims: &[usize], lo: f32, hi: f32) -> Tensor {
     let n = dims.iter().product();
@@ -27,7 +30,18 @@ fn scan(c: &mut Criterion) {
     let z = rand_tensor(&mut rng, &[b, l, d], -2.0, 2.0);
     let bias = rand_tensor(&mut rng, &[d], -3.0, -1.0);
     let dy = rand_tensor(&mut rng, &[b, l, d], -1.0, 1.0);
-    let inp = ScanInputs { u: &u, delta: &delta, a: &a, b: &bm, c: &cm, d_skip: Some(&d_skip), z: Some(&z), delta_bias: Some(&bias), delta_softplus: true, h0: None };
+    let inp = ScanInputs {
+        u: &u,
+        delta: &delta,
+        a: &a,
+        b: &bm,
+        c: &cm,
+        d_skip: Some(&d_skip),
+        z: Some(&z),
+        delta_bias: Some(&bias),
+        delta_softplus: true,
+        h0: None,
+    };
     let mut group = c.benchmark_group("selective_scan_b8_l1024_d512_n16");
     group.sample_size(10);
     group.throughput(Throughput::Elements((b * l) as u64));

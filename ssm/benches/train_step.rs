@@ -10,15 +10,31 @@ use ssm::nn::Module;
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm};
 
 fn train_step(c: &mut Criterion) {
-    let config = MambaConfig { d_model: 256, n_layer: 4, d_state: 16, vocab_size: 256, ..MambaConfig::default() };
+    let config = MambaConfig {
+        d_model: 256,
+        n_layer: 4,
+        d_state: 16,
+        vocab_size: 256,
+        ..MambaConfig::default()
+    };
     let b = 8;
     let mut group = c.benchmark_group("train_step");
     group.sample_size(10);
     for l in [1024usize, 4096] {
         let mut model = MambaLM::<f32>::new(config.clone(), 0).unwrap();
         let mut opt = AdamW::new(AdamWConfig::default());
-        let ids: Vec<u32> = (0..b * l).map(|i| ((i * 2654435761usize) >> 7 & 255) as u32).collect();
-        let targets: Vec<i64> = (0..b * l).map(|i| if i % l == l - 1 { -100 } else { ids[i + 1] as i64 }).collect();
+        let ids: Vec<u32> = (0..b * l)
+            .map(|i| ((i * 2654435761usize) >> 7 & 255) as u32)
+            .collect();
+        let targets: Vec<i64> = (0..b * l)
+            .map(|i| {
+                if i % l == l - 1 {
+                    -100
+                } else {
+                    ids[i + 1] as i64
+                }
+            })
+            .collect();
         group.throughput(Throughput::Elements((b * l) as u64));
         group.bench_function(format!("mamba_d256_x4_b8_l{l}"), |bench| {
             bench.iter(|| {

@@ -20,15 +20,34 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("arguments are integers: L B STEPS")).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("arguments are integers: L B STEPS"))
+        .collect();
     let l = args.first().copied().unwrap_or(1024);
     let b = args.get(1).copied().unwrap_or(8);
     let steps = args.get(2).copied().unwrap_or(6);
-    let config = MambaConfig { d_model: 256, n_layer: 4, d_state: 16, vocab_size: 256, ..MambaConfig::default() };
+    let config = MambaConfig {
+        d_model: 256,
+        n_layer: 4,
+        d_state: 16,
+        vocab_size: 256,
+        ..MambaConfig::default()
+    };
     let mut model = MambaLM::<f32>::new(config, 0).expect("valid config");
     let mut opt = AdamW::new(AdamWConfig::default());
-    let ids: Vec<u32> = (0..b * l).map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) & 255) as u32).collect();
-    let targets: Vec<i64> = (0..b * l).map(|i| if i % l == l - 1 { -100 } else { ids[i + 1] as i64 }).collect();
+    let ids: Vec<u32> = (0..b * l)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) & 255) as u32)
+        .collect();
+    let targets: Vec<i64> = (0..b * l)
+        .map(|i| {
+            if i % l == l - 1 {
+                -100
+            } else {
+                ids[i + 1] as i64
+            }
+        })
+        .collect();
     let mut rates = Vec::new();
     for step in 0..steps + 2 {
         let t = std::time::Instant::now();

@@ -29,10 +29,14 @@ pub trait Float:
     /// `exp` as the hot loops compute it: for `f32` a branch-free polynomial that vectorizes
     /// (relative error below 2e-7); for `f64` the exact library function.
     fn fast_exp(self) -> Self;
+    /// `fast_exp` with fused multiply-adds, for loops compiled with FMA enabled (the scan
+    /// kernels); elsewhere each `mul_add` becomes a library call.
+    fn fast_exp_fused(self) -> Self;
     /// ln(1 + x), accurate for small x.
     fn ln_1p(self) -> Self;
     /// softplus(x) = ln(1 + eˣ) (x itself above 20) as the hot loops compute it: for `f32`
     /// branch-free and vectorizable (absolute error below 1e-9 plus rounding), for `f64` exact.
+    /// Uses `fast_exp_fused`: for loops compiled with FMA enabled.
     fn fast_softplus(self) -> Self;
     fn from_usize(n: usize) -> Self {
         Self::from_f64(n as f64)
@@ -71,7 +75,11 @@ impl Float for f32 {
     }
     #[inline(always)]
     fn fast_exp(self) -> Self {
-        fast_exp_f32(self)
+        fast_exp_f32::<false>(self)
+    }
+    #[inline(always)]
+    fn fast_exp_fused(self) -> Self {
+        fast_exp_f32::<true>(self)
     }
     #[inline(always)]
     fn ln_1p(self) -> Self {
@@ -118,21 +126,31 @@ impl Float for f64 {
         f64::exp(self)
     }
     #[inline(always)]
+    fn fast_exp_fused(self) -> Self {
+        f64::exp(self)
+    }
+    #[inline(always)]
     fn ln_1p(self) -> Self {
         f64::ln_1p(self)
     }
     #[inline(always)]
     fn fast_softplus(self) -> Self {
-        if self > 20.0 { self } else { self.exp().ln_1p() }
+        if self > 20.0 {
+            self
+        } else {
+            self.exp().ln_1p()
+        }
     }
 }
 
 /// exp(x) = 2^k * exp(r) with k = round(x / ln 2) and |r| <= ln(2)/2; exp(r) by its Taylor series to
 /// degree 7 (truncation error r^8/8! < 6e-9). No branches and no table, so a loop over it
-/// vectorizes; inputs are clamped to the range where the result is a normal f32. Callers compile
-/// it with FMA (see `backend::cpu::scan`); without, `mul_add` is a library call and slow.
+/// vectorizes; inputs are clamped to the range where the result is a normal f32. With `FUSED`
+/// the polynomial uses `mul_add`, one instruction in code compiled with FMA (the scan kernels)
+/// but a library call anywhere else.
 #[inline(always)]
-fn fast_exp_f32(x: f32) -> f32 {
+fn fast_exp_f32<const FUSED: bool>(x: f32) -> f32 {
+    let fma = |a: f32, b: f32, c: f32| if FUSED { a.mul_add(b, c) } else { a * b + c };
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -140,12 +158,18 @@ fn fast_exp_f32(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
     let k = (x * LOG2E + ROUND) - ROUND;
-    let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, x));
-    // Horner with fused multiply-adds: one rounding per degree, and one instruction where the
-    // hot loops are compiled with FMA enabled.
-    let mut p = (1.0f32 / 40320.0).mul_add(r, 1.0 / 5040.0);
-    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = p.mul_add(r, c);
+    let r = fma(-k, LN2_LO, fma(-k, LN2_HI, x));
+    let mut p = fma(1.0 / 40320.0, r, 1.0 / 5040.0);
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = fma(p, r, c);
     }
     // 2^k from the bits of the rounding sum: its low mantissa bits hold 2^22 + k, so adding the
     // exponent bias and shifting leaves (k + 127) << 23. No float-to-int conversion, which LLVM
@@ -159,7 +183,7 @@ fn fast_exp_f32(x: f32) -> f32 {
 /// s¹⁷ (s <= 1/3, so the truncation is below 1e-9); x itself above 20, as the reference.
 #[inline(always)]
 fn fast_softplus_f32(x: f32) -> f32 {
-    let y = fast_exp_f32(-x.abs());
+    let y = fast_exp_f32::<true>(-x.abs());
     let s = y / (2.0 + y);
     let s2 = s * s;
     let mut p = 1.0 / 17.0;
@@ -179,8 +203,9 @@ mod tests {
         let mut worst = 0.0f64;
         let mut x = -87.0f32;
         while x < 88.0 {
-            let rel = ((fast_exp_f32(x) as f64) - (x as f64).exp()).abs() / (x as f64).exp();
-            worst = worst.max(rel);
+            for got in [fast_exp_f32::<false>(x), fast_exp_f32::<true>(x)] {
+                worst = worst.max(((got as f64) - (x as f64).exp()).abs() / (x as f64).exp());
+            }
             x += 0.0137;
         }
         assert!(worst < 2e-7, "worst relative error {worst:e}");
@@ -191,7 +216,11 @@ mod tests {
         let mut worst = 0.0f64;
         let mut x = -60.0f32;
         while x < 30.0 {
-            let want = if x > 20.0 { x as f64 } else { (x as f64).exp().ln_1p() };
+            let want = if x > 20.0 {
+                x as f64
+            } else {
+                (x as f64).exp().ln_1p()
+            };
             let rel = ((fast_softplus_f32(x) as f64) - want).abs() / want;
             worst = worst.max(rel);
             x += 0.0071;

@@ -20,7 +20,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }
     }
 }
 
@@ -36,7 +41,12 @@ pub struct AdamW<T: Float = f32> {
 
 impl<T: Float> AdamW<T> {
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config, step: 0, m: Vec::new(), v: Vec::new() }
+        AdamW {
+            config,
+            step: 0,
+            m: Vec::new(),
+            v: Vec::new(),
+        }
     }
 
     /// One update of every parameter of `model` with learning rate `lr`:
@@ -58,12 +68,25 @@ impl<T: Float> AdamW<T> {
                 v.push(Tensor::zeros_cpu(p.value.shape().clone()));
             }
             if m[i].dims() != p.value.dims() {
-                err.get_or_insert(Error::shape("AdamW::update", name.to_string(), format!("{:?}", m[i].dims()), p.value.dims()));
+                err.get_or_insert(Error::shape(
+                    "AdamW::update",
+                    name.to_string(),
+                    format!("{:?}", m[i].dims()),
+                    p.value.dims(),
+                ));
                 return;
             }
             let decay = T::from_f64(if p.decay { lr * c.weight_decay } else { 0.0 });
-            let (Ok(w), Ok(g), Ok(mi), Ok(vi)) = (p.value.host_mut(), p.grad.host(), m[i].host_mut(), v[i].host_mut()) else {
-                err.get_or_insert(Error::Device { device: p.value.device().to_string(), reason: "AdamW runs on host tensors".into() });
+            let (Ok(w), Ok(g), Ok(mi), Ok(vi)) = (
+                p.value.host_mut(),
+                p.grad.host(),
+                m[i].host_mut(),
+                v[i].host_mut(),
+            ) else {
+                err.get_or_insert(Error::Device {
+                    device: p.value.device().to_string(),
+                    reason: "AdamW runs on host tensors".into(),
+                });
                 return;
             };
             for j in 0..w.len() {

@@ -27,7 +27,12 @@ impl fmt::Display for Device {
 impl std::str::FromStr for Device {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::config("device", format!("expected `cpu`, `cuda` or `cuda:N`, got `{s}`"));
+        let bad = || {
+            Error::config(
+                "device",
+                format!("expected `cpu`, `cuda` or `cuda:N`, got `{s}`"),
+            )
+        };
         match s {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
@@ -100,7 +105,10 @@ impl<T: Float> Clone for Tensor<T> {
         let storage = match &self.storage {
             Storage::Cpu(v) => Storage::Cpu(v.clone()),
         };
-        Tensor { shape: self.shape.clone(), storage }
+        Tensor {
+            shape: self.shape.clone(),
+            storage,
+        }
     }
 
     /// Reuses the allocation: layers copy gradients into their scratch buffers every step.
@@ -274,6 +282,12 @@ mod tests {
     #[test]
     fn device_parses() {
         assert_eq!("cuda:1".parse::<Device>().unwrap(), Device::Cuda(1));
-        assert!("gpu".parse::<Device>().unwrap_err().to_string().contains("device"));
+        assert!(
+            "gpu"
+                .parse::<Device>()
+                .unwrap_err()
+                .to_string()
+                .contains("device")
+        );
     }
 }

@@ -34,7 +34,15 @@ fn gelu() {
     let mut y = Tensor::default();
     let x: Vec<f64> = vec![-3.0, -1.0, 0.0, 0.5, 2.0, -30.0, 30.0];
     gelu_fwd(&Tensor::from_vec([7], x).unwrap(), &mut y).unwrap();
-    let want = [-0.0036373920817729943, -0.15880800939172324, 0.0, 0.34571400982514394, 1.954597694087775, 0.0, 30.0];
+    let want = [
+        -0.0036373920817729943,
+        -0.15880800939172324,
+        0.0,
+        0.34571400982514394,
+        1.954597694087775,
+        0.0,
+        30.0,
+    ];
     for (g, w) in y.to_vec().iter().zip(want) {
         assert!((g - w).abs() < 1e-14, "gelu {g} vs {w}");
     }
@@ -57,12 +65,22 @@ fn check_model(config: ModelConfig, seed: u64) {
     perturb(&mut model, seed + 1, 0.3);
     let (b, l) = (2, 5);
     let ids: Vec<u32> = (0..b * l).map(|i| ((i * 7 + 3) % 13) as u32).collect();
-    let targets: Vec<i64> = (0..b * l).map(|i| if i % 4 == 1 { IGNORE_INDEX } else { ((i * 5 + 1) % 13) as i64 }).collect();
+    let targets: Vec<i64> = (0..b * l)
+        .map(|i| {
+            if i % 4 == 1 {
+                IGNORE_INDEX
+            } else {
+                ((i * 5 + 1) % 13) as i64
+            }
+        })
+        .collect();
     model.zero_grad();
     model.forward_loss(&ids, &targets, b).unwrap();
     model.backward().unwrap();
     let mut params = Vec::new();
-    model.visit_params(&mut |name, p| params.push((name.to_string(), p.grad.clone(), p.value.clone())));
+    model.visit_params(&mut |name, p| {
+        params.push((name.to_string(), p.grad.clone(), p.value.clone()))
+    });
     let set = |model: &mut AnyLM<f64>, idx: usize, t: &Tensor<f64>| {
         let mut i = 0;
         model.visit_params(&mut |_, p| {
@@ -86,23 +104,47 @@ fn check_model(config: ModelConfig, seed: u64) {
 }
 
 fn tiny_transformer() -> TransformerConfig {
-    TransformerConfig { d_model: 8, n_layer: 2, n_heads: 2, n_kv_heads: Some(1), mlp_hidden: Some(12), vocab_size: 13, ..TransformerConfig::default() }
+    TransformerConfig {
+        d_model: 8,
+        n_layer: 2,
+        n_heads: 2,
+        n_kv_heads: Some(1),
+        mlp_hidden: Some(12),
+        vocab_size: 13,
+        ..TransformerConfig::default()
+    }
 }
 
 #[test]
 fn transformer_rope_swiglu_gqa_biases() {
-    check_model(TransformerConfig { attn_bias: true, ..tiny_transformer() }.into(), 31);
+    check_model(
+        TransformerConfig {
+            attn_bias: true,
+            ..tiny_transformer()
+        }
+        .into(),
+        31,
+    );
 }
 
 #[test]
 fn transformer_learned_positions_gelu_gqa() {
-    let c = TransformerConfig { pos_encoding: PosEncoding::Learned, max_seq_len: 7, mlp: MlpKind::Gelu, ..tiny_transformer() };
+    let c = TransformerConfig {
+        pos_encoding: PosEncoding::Learned,
+        max_seq_len: 7,
+        mlp: MlpKind::Gelu,
+        ..tiny_transformer()
+    };
     check_model(c.into(), 32);
 }
 
 #[test]
 fn transformer_no_positions() {
-    let c = TransformerConfig { pos_encoding: PosEncoding::None, n_layer: 1, ..tiny_transformer() };
+    let c = TransformerConfig {
+        pos_encoding: PosEncoding::None,
+        n_layer: 1,
+        ..tiny_transformer()
+    };
     check_model(c.into(), 33);
 }
 

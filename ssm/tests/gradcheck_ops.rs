@@ -35,7 +35,11 @@ fn linear() {
         linear_fwd(x, w, Some(b), &mut y).unwrap();
         dot(&y, &wy)
     };
-    let (mut dx, mut dw, mut db) = (Tensor::zeros_cpu([2, 3, 5]), Tensor::zeros_cpu([4, 5]), Tensor::zeros_cpu([4]));
+    let (mut dx, mut dw, mut db) = (
+        Tensor::zeros_cpu([2, 3, 5]),
+        Tensor::zeros_cpu([4, 5]),
+        Tensor::zeros_cpu([4]),
+    );
     linear_bwd(&x, &w, &wy, Some(&mut dx), &mut dw, Some(&mut db)).unwrap();
     check("linear dx", &x, &dx, |t| f(t, &w, &b));
     check("linear dw", &w, &dw, |t| f(&x, t, &b));
@@ -75,7 +79,9 @@ fn embedding() {
     let mut dt = Tensor::zeros_cpu([6, 4]);
     embedding_bwd(&ids, &wy, &mut dt).unwrap();
     check("embedding dtable", &table, &dt, f);
-    let err = embedding_fwd(&[9], &[1], &table, &mut Tensor::default()).unwrap_err().to_string();
+    let err = embedding_fwd(&[9], &[1], &table, &mut Tensor::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("token id 9"), "{err}");
 }
 
@@ -94,7 +100,11 @@ fn causal_conv1d() {
             causal_conv1d_fwd(x, w, Some(b), st, &mut y).unwrap();
             dot(&y, &wy)
         };
-        let (mut dx, mut dw, mut db) = (Tensor::zeros_cpu([2, 6, 3]), Tensor::zeros_cpu([3, 4]), Tensor::zeros_cpu([3]));
+        let (mut dx, mut dw, mut db) = (
+            Tensor::zeros_cpu([2, 6, 3]),
+            Tensor::zeros_cpu([3, 4]),
+            Tensor::zeros_cpu([3]),
+        );
         causal_conv1d_bwd(&x, &w, st, &wy, &mut dx, &mut dw, Some(&mut db)).unwrap();
         check("conv1d dx", &x, &dx, |t| f(t, &w, &b));
         check("conv1d dw", &w, &dw, |t| f(&x, t, &b));
@@ -112,7 +122,10 @@ fn activations_and_gate() {
     let wy = uniform::<f64>(&mut r, &[40], -1.0, 1.0);
     type Fwd = fn(&Tensor<f64>, &mut Tensor<f64>) -> ssm::Result<()>;
     type Bwd = fn(&Tensor<f64>, &Tensor<f64>, &mut Tensor<f64>) -> ssm::Result<()>;
-    let unary: [(&str, Fwd, Bwd); 2] = [("silu", silu_fwd, silu_bwd), ("softplus", softplus_fwd, softplus_bwd)];
+    let unary: [(&str, Fwd, Bwd); 2] = [
+        ("silu", silu_fwd, silu_bwd),
+        ("softplus", softplus_fwd, softplus_bwd),
+    ];
     for (name, fwd, bwd) in unary {
         let mut dx = Tensor::zeros_cpu([40]);
         bwd(&x, &wy, &mut dx).unwrap();
@@ -138,7 +151,11 @@ fn cross_entropy_with_ignored_targets() {
     let mut r = rng(6);
     let logits = uniform::<f64>(&mut r, &[5, 7], -3.0, 3.0);
     let targets = [3i64, IGNORE_INDEX, 0, 6, IGNORE_INDEX];
-    let f = |t: &Tensor<f64>| cross_entropy_fwd(t, &targets, &mut Tensor::default()).unwrap().0;
+    let f = |t: &Tensor<f64>| {
+        cross_entropy_fwd(t, &targets, &mut Tensor::default())
+            .unwrap()
+            .0
+    };
     let mut lse = Tensor::default();
     let (loss, count) = cross_entropy_fwd(&logits, &targets, &mut lse).unwrap();
     assert_eq!(count, 3);
@@ -156,14 +173,29 @@ fn cross_entropy_with_ignored_targets() {
     let mut d = Tensor::zeros_cpu([5, 7]);
     cross_entropy_bwd(&logits, &targets, &lse, 1.0, &mut d).unwrap();
     check("cross_entropy dlogits", &logits, &d, f);
-    assert!(d.to_vec()[7..14].iter().all(|&g| g == 0.0), "ignored row got a gradient");
+    assert!(
+        d.to_vec()[7..14].iter().all(|&g| g == 0.0),
+        "ignored row got a gradient"
+    );
 }
 
 /// A tiny 2-layer model with every optional part on (biases, conv bias). dt starts larger than
 /// Mamba's default so that the gradients of A_log and dt_proj stand well above the round-off of
 /// finite differences.
 pub fn tiny_config() -> MambaConfig {
-    MambaConfig { d_model: 8, n_layer: 2, vocab_size: 13, d_state: 4, d_conv: 3, expand: 2, dt_rank: Some(2), bias: true, dt_min: 0.1, dt_max: 1.0, ..MambaConfig::default() }
+    MambaConfig {
+        d_model: 8,
+        n_layer: 2,
+        vocab_size: 13,
+        d_state: 4,
+        d_conv: 3,
+        expand: 2,
+        dt_rank: Some(2),
+        bias: true,
+        dt_min: 0.1,
+        dt_max: 1.0,
+        ..MambaConfig::default()
+    }
 }
 
 /// Sets every parameter element in turn and compares ∂loss/∂θ with central differences.
@@ -180,12 +212,22 @@ fn mamba_lm_end_to_end() {
     });
     let (b, l) = (2, 5);
     let ids: Vec<u32> = (0..b * l).map(|i| ((i * 7 + 3) % 13) as u32).collect();
-    let targets: Vec<i64> = (0..b * l).map(|i| if i % 4 == 1 { IGNORE_INDEX } else { ((i * 5 + 1) % 13) as i64 }).collect();
+    let targets: Vec<i64> = (0..b * l)
+        .map(|i| {
+            if i % 4 == 1 {
+                IGNORE_INDEX
+            } else {
+                ((i * 5 + 1) % 13) as i64
+            }
+        })
+        .collect();
     model.zero_grad();
     model.forward_loss(&ids, &targets, b).unwrap();
     model.backward().unwrap();
     let mut grads = Vec::new();
-    model.visit_params(&mut |name, p| grads.push((name.to_string(), p.grad.clone(), p.value.clone())));
+    model.visit_params(&mut |name, p| {
+        grads.push((name.to_string(), p.grad.clone(), p.value.clone()))
+    });
     for (idx, (name, analytic, value)) in grads.iter().enumerate() {
         let mut value = value.clone();
         let num = numeric_grad(&mut value, H, |t| {

@@ -29,7 +29,15 @@ fn logits_and_gradients_match_transformers() {
     assert_close("logits", &logits, &want, 1e-4);
 
     // Next-token targets; the last position of each row predicts nothing.
-    let targets: Vec<i64> = (0..b * l).map(|i| if i % l == l - 1 { -100 } else { ids[i + 1] as i64 }).collect();
+    let targets: Vec<i64> = (0..b * l)
+        .map(|i| {
+            if i % l == l - 1 {
+                -100
+            } else {
+                ids[i + 1] as i64
+            }
+        })
+        .collect();
     model.zero_grad();
     let loss = model.forward_loss(&ids, &targets, b).unwrap();
     let want_loss = reference.f32("loss").unwrap().to_vec()[0] as f64;
@@ -42,7 +50,10 @@ fn logits_and_gradients_match_transformers() {
         let w = reference.f32(&format!("grad.{name}")).unwrap();
         let w = w.reshape(g.shape().clone()).unwrap();
         let e = rel_err(&g.cast::<f64>().to_vec(), &w.cast::<f64>().to_vec());
-        println!("{name:<44} rel err = {e:.2e}  maxdiff = {:.2e}", max_abs_diff(&g, &w));
+        println!(
+            "{name:<44} rel err = {e:.2e}  maxdiff = {:.2e}",
+            max_abs_diff(&g, &w)
+        );
         assert!(e < 1e-3, "{name}: relative error {e:e}");
     }
 }
@@ -60,7 +71,11 @@ fn edited_fixture(name: &str, edit: impl FnOnce(&mut Vec<(String, Tensor<f32>)>)
     let dir = tmp_dir(name);
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
     let file = TensorFile::open(&src.join("model.safetensors")).unwrap();
-    let mut tensors: Vec<(String, Tensor<f32>)> = file.names().into_iter().map(|n| (n.clone(), file.f32(&n).unwrap())).collect();
+    let mut tensors: Vec<(String, Tensor<f32>)> = file
+        .names()
+        .into_iter()
+        .map(|n| (n.clone(), file.f32(&n).unwrap()))
+        .collect();
     edit(&mut tensors);
     write_tensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
     dir
@@ -73,7 +88,10 @@ fn save_load_round_trip_is_exact_and_state_spaces_names_load() {
     save_mamba(&model, &dir).unwrap();
     let again = load_mamba(&dir).unwrap();
     assert_eq!(again.config, model.config);
-    for ((n1, a), (n2, b)) in named_tensors(&model, Part::Value).into_iter().zip(named_tensors(&again, Part::Value)) {
+    for ((n1, a), (n2, b)) in named_tensors(&model, Part::Value)
+        .into_iter()
+        .zip(named_tensors(&again, Part::Value))
+    {
         assert_eq!(n1, n2);
         assert_eq!(a.to_vec(), b.to_vec(), "{n1} changed in the round trip");
     }
@@ -85,7 +103,10 @@ fn save_load_round_trip_is_exact_and_state_spaces_names_load() {
         }
     });
     let renamed = load_mamba(&ss).unwrap();
-    assert_eq!(renamed.embedding.value.to_vec(), model.embedding.value.to_vec());
+    assert_eq!(
+        renamed.embedding.value.to_vec(),
+        model.embedding.value.to_vec()
+    );
 }
 
 fn load_err(dir: &Path) -> String {
@@ -97,9 +118,14 @@ fn load_err(dir: &Path) -> String {
 
 #[test]
 fn loader_rejects_bad_checkpoints_with_named_errors() {
-    let missing = edited_fixture("missing", |t| t.retain(|(n, _)| n != "backbone.layers.1.mixer.A_log"));
+    let missing = edited_fixture("missing", |t| {
+        t.retain(|(n, _)| n != "backbone.layers.1.mixer.A_log")
+    });
     let e = load_err(&missing);
-    assert!(e.contains("backbone.layers.1.mixer.A_log") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("backbone.layers.1.mixer.A_log") && e.contains("missing"),
+        "{e}"
+    );
 
     let shape = edited_fixture("shape", |t| {
         for (n, v) in t.iter_mut() {
@@ -109,11 +135,18 @@ fn loader_rejects_bad_checkpoints_with_named_errors() {
         }
     });
     let e = load_err(&shape);
-    assert!(e.contains("backbone.layers.0.mixer.D") && e.contains("[63]"), "{e}");
+    assert!(
+        e.contains("backbone.layers.0.mixer.D") && e.contains("[63]"),
+        "{e}"
+    );
 
     // An I64 tensor where weights belong: build the file by hand.
     let dtype = tmp_dir("dtype");
-    std::fs::copy(fixtures().join("hf_tiny_mamba/config.json"), dtype.join("config.json")).unwrap();
+    std::fs::copy(
+        fixtures().join("hf_tiny_mamba/config.json"),
+        dtype.join("config.json"),
+    )
+    .unwrap();
     let file = TensorFile::open(&fixtures().join("hf_tiny_mamba/model.safetensors")).unwrap();
     let bytes: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = file
         .names()
@@ -121,31 +154,66 @@ fn loader_rejects_bad_checkpoints_with_named_errors() {
         .map(|n| {
             let t = file.f32(&n).unwrap();
             if n == "backbone.norm_f.weight" {
-                let raw = t.to_vec().iter().flat_map(|v| (*v as i64).to_le_bytes()).collect();
+                let raw = t
+                    .to_vec()
+                    .iter()
+                    .flat_map(|v| (*v as i64).to_le_bytes())
+                    .collect();
                 (n, raw, t.dims().to_vec(), safetensors::Dtype::I64)
             } else {
-                (n, t.to_vec().iter().flat_map(|v| v.to_le_bytes()).collect(), t.dims().to_vec(), safetensors::Dtype::F32)
+                (
+                    n,
+                    t.to_vec().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    t.dims().to_vec(),
+                    safetensors::Dtype::F32,
+                )
             }
         })
         .collect();
-    let views: Vec<_> = bytes.iter().map(|(n, b, s, d)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<_> = bytes
+        .iter()
+        .map(|(n, b, s, d)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
     safetensors::serialize_to_file(views, None, &dtype.join("model.safetensors")).unwrap();
     let e = load_err(&dtype);
-    assert!(e.contains("backbone.norm_f.weight") && e.contains("I64"), "{e}");
+    assert!(
+        e.contains("backbone.norm_f.weight") && e.contains("I64"),
+        "{e}"
+    );
 
     let truncated = tmp_dir("truncated");
-    std::fs::copy(fixtures().join("hf_tiny_mamba/config.json"), truncated.join("config.json")).unwrap();
+    std::fs::copy(
+        fixtures().join("hf_tiny_mamba/config.json"),
+        truncated.join("config.json"),
+    )
+    .unwrap();
     let full = std::fs::read(fixtures().join("hf_tiny_mamba/model.safetensors")).unwrap();
-    std::fs::write(truncated.join("model.safetensors"), &full[..full.len() - 100]).unwrap();
+    std::fs::write(
+        truncated.join("model.safetensors"),
+        &full[..full.len() - 100],
+    )
+    .unwrap();
     let e = load_err(&truncated);
-    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
 
     let no_config = tmp_dir("noconfig");
     let e = load_err(&no_config);
     assert!(e.contains("config.json"), "{e}");
 
     let bad_field = tmp_dir("badfield");
-    std::fs::write(bad_field.join("config.json"), r#"{"hidden_size": "wide", "num_hidden_layers": 2, "vocab_size": 64}"#).unwrap();
+    std::fs::write(
+        bad_field.join("config.json"),
+        r#"{"hidden_size": "wide", "num_hidden_layers": 2, "vocab_size": 64}"#,
+    )
+    .unwrap();
     let e = load_err(&bad_field);
     assert!(e.contains("hidden_size"), "{e}");
 }

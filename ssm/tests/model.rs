@@ -9,7 +9,13 @@ use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm, cosine_lr};
 use crate::common::*;
 
 fn small() -> MambaConfig {
-    MambaConfig { d_model: 32, n_layer: 2, vocab_size: 50, d_state: 8, ..MambaConfig::default() }
+    MambaConfig {
+        d_model: 32,
+        n_layer: 2,
+        vocab_size: 50,
+        d_state: 8,
+        ..MambaConfig::default()
+    }
 }
 
 /// A model whose parameters are moved off their initial values, so that D, the norms and the
@@ -50,11 +56,22 @@ fn step_matches_parallel_forward_at_every_position() {
     // A prefill of part of the sequence then steps: the same logits again.
     let mut state = model.zero_state(1);
     let prefix = &ids[..100];
-    let pre = model.forward(prefix, 1, Some(&mut state), false).unwrap().to_vec();
-    let d = pre.iter().zip(&parallel[..100 * v]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let pre = model
+        .forward(prefix, 1, Some(&mut state), false)
+        .unwrap()
+        .to_vec();
+    let d = pre
+        .iter()
+        .zip(&parallel[..100 * v])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(d < 1e-5, "prefill {d}");
     let next = model.step(&[ids[100]], &mut state).unwrap().to_vec();
-    let d = next.iter().zip(&parallel[100 * v..101 * v]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let d = next
+        .iter()
+        .zip(&parallel[100 * v..101 * v])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(d < 1e-5, "step after prefill {d}");
 }
 
@@ -65,7 +82,15 @@ fn train_losses(seed: u64, steps: usize) -> Vec<f64> {
     (0..steps)
         .map(|s| {
             let ids: Vec<u32> = (0..b * l).map(|i| ((i * 13 + s * 7) % 50) as u32).collect();
-            let targets: Vec<i64> = (0..b * l).map(|i| if i % l == l - 1 { -100 } else { ids[i + 1] as i64 }).collect();
+            let targets: Vec<i64> = (0..b * l)
+                .map(|i| {
+                    if i % l == l - 1 {
+                        -100
+                    } else {
+                        ids[i + 1] as i64
+                    }
+                })
+                .collect();
             model.zero_grad();
             let loss = model.forward_loss(&ids, &targets, b).unwrap();
             model.backward().unwrap();
@@ -80,7 +105,10 @@ fn train_losses(seed: u64, steps: usize) -> Vec<f64> {
 fn same_seed_gives_bit_identical_losses_and_training_learns() {
     let a = train_losses(11, 12);
     let b = train_losses(11, 12);
-    assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    assert_eq!(
+        a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    );
     let c = train_losses(12, 1);
     // backward must follow forward_loss: a decoding step in between invalidates the caches.
     let mut model = MambaLM::<f32>::new(small(), 1).unwrap();
@@ -88,8 +116,18 @@ fn same_seed_gives_bit_identical_losses_and_training_learns() {
     model.forward_loss(&[1, 2, 3], &[2, 3, -100], 1).unwrap();
     let mut st = model.zero_state(1);
     model.step(&[4], &mut st).unwrap();
-    assert!(model.backward().unwrap_err().to_string().contains("forward_loss"));
-    assert_ne!(a[0].to_bits(), c[0].to_bits(), "another seed, another model");
+    assert!(
+        model
+            .backward()
+            .unwrap_err()
+            .to_string()
+            .contains("forward_loss")
+    );
+    assert_ne!(
+        a[0].to_bits(),
+        c[0].to_bits(),
+        "another seed, another model"
+    );
     // The token pattern is deterministic: 12 steps of AdamW must bring the loss down.
     println!("losses {a:?}");
     assert!(a[11] < a[0] - 0.5, "loss went from {} to {}", a[0], a[11]);
@@ -107,26 +145,75 @@ fn generation_is_greedy_or_seeded() {
     for _ in 0..10 {
         let logits = model.forward(&seq, 1, None, false).unwrap().to_vec();
         let last = &logits[(seq.len() - 1) * v..];
-        let best = (0..v).max_by(|&a, &b| last[a].partial_cmp(&last[b]).unwrap().then(b.cmp(&a))).unwrap();
+        let best = (0..v)
+            .max_by(|&a, &b| last[a].partial_cmp(&last[b]).unwrap().then(b.cmp(&a)))
+            .unwrap();
         seq.push(best as u32);
     }
     assert_eq!(g1, seq[4..]);
-    let s = Sampling::Sample { temperature: 1.5, top_k: 5, seed: 9 };
+    let s = Sampling::Sample {
+        temperature: 1.5,
+        top_k: 5,
+        seed: 9,
+    };
     let a = model.generate(&prompt, 20, s).unwrap();
-    assert_eq!(a, model.generate(&prompt, 20, s).unwrap(), "same seed, same sample");
-    let other = model.generate(&prompt, 20, Sampling::Sample { temperature: 1.5, top_k: 5, seed: 10 }).unwrap();
+    assert_eq!(
+        a,
+        model.generate(&prompt, 20, s).unwrap(),
+        "same seed, same sample"
+    );
+    let other = model
+        .generate(
+            &prompt,
+            20,
+            Sampling::Sample {
+                temperature: 1.5,
+                top_k: 5,
+                seed: 10,
+            },
+        )
+        .unwrap();
     assert_ne!(a, other, "another seed draws differently");
-    assert!(model.generate(&prompt, 3, Sampling::Sample { temperature: 0.0, top_k: 0, seed: 1 }).is_err());
+    assert!(
+        model
+            .generate(
+                &prompt,
+                3,
+                Sampling::Sample {
+                    temperature: 0.0,
+                    top_k: 0,
+                    seed: 1
+                }
+            )
+            .is_err()
+    );
 }
 
 #[test]
 fn adamw_matches_its_formula_and_skips_decay_where_flagged() {
-    let mut model = MambaLM::<f64>::new(MambaConfig { d_model: 8, n_layer: 1, vocab_size: 8, d_state: 2, ..MambaConfig::default() }, 1).unwrap();
+    let mut model = MambaLM::<f64>::new(
+        MambaConfig {
+            d_model: 8,
+            n_layer: 1,
+            vocab_size: 8,
+            d_state: 2,
+            ..MambaConfig::default()
+        },
+        1,
+    )
+    .unwrap();
     let mut r = rng(2);
     model.visit_params(&mut |_, p| p.grad = uniform(&mut r, p.grad.dims(), -1.0, 1.0));
     let mut before = Vec::new();
-    model.visit_params(&mut |n, p| before.push((n.to_string(), p.value.to_vec(), p.grad.to_vec(), p.decay)));
-    let cfg = AdamWConfig { beta1: 0.8, beta2: 0.9, eps: 1e-8, weight_decay: 0.5 };
+    model.visit_params(&mut |n, p| {
+        before.push((n.to_string(), p.value.to_vec(), p.grad.to_vec(), p.decay))
+    });
+    let cfg = AdamWConfig {
+        beta1: 0.8,
+        beta2: 0.9,
+        eps: 1e-8,
+        weight_decay: 0.5,
+    };
     let mut opt = AdamW::new(cfg);
     let lr = 0.01;
     opt.update(&mut model, lr).unwrap();
@@ -138,7 +225,10 @@ fn adamw_matches_its_formula_and_skips_decay_where_flagged() {
             let want = w - lr * (g / (g.abs() + 1e-8) + if *decay { 0.5 * w } else { 0.0 });
             assert!((w1 - want).abs() < 1e-12, "{name}: {w1} vs {want}");
         }
-        let expect_decay = !(name.contains("A_log") || name.ends_with(".D") || name.contains("norm") || name.contains("bias"));
+        let expect_decay = !(name.contains("A_log")
+            || name.ends_with(".D")
+            || name.contains("norm")
+            || name.contains("bias"));
         assert_eq!(p.decay, expect_decay, "{name}");
         i += 1;
     });
@@ -150,7 +240,17 @@ fn schedule_and_clipping() {
     assert!((cosine_lr(9, 10, 110, 1.0, 0.1) - 1.0).abs() < 1e-12);
     assert!((cosine_lr(60, 10, 110, 1.0, 0.1) - 0.55).abs() < 1e-12);
     assert!((cosine_lr(110, 10, 110, 1.0, 0.1) - 0.1).abs() < 1e-12);
-    let mut model = MambaLM::<f32>::new(MambaConfig { d_model: 8, n_layer: 1, vocab_size: 8, d_state: 2, ..MambaConfig::default() }, 1).unwrap();
+    let mut model = MambaLM::<f32>::new(
+        MambaConfig {
+            d_model: 8,
+            n_layer: 1,
+            vocab_size: 8,
+            d_state: 2,
+            ..MambaConfig::default()
+        },
+        1,
+    )
+    .unwrap();
     model.visit_params(&mut |_, p| p.grad.host_mut().unwrap().fill(1.0));
     let n = model.num_params() as f64;
     let norm = clip_grad_norm(&mut model, 1.0);

@@ -2,7 +2,10 @@
 //! over lengths, groups and every option; and both against finite differences in f64.
 
 use ssm::Tensor;
-use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd, selective_scan_ref, selective_scan_ref_bwd};
+use ssm::ops::scan::{
+    ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd, selective_scan_ref,
+    selective_scan_ref_bwd,
+};
 
 use crate::common::*;
 
@@ -29,14 +32,28 @@ pub struct Opts {
     pub softplus: bool,
 }
 
-pub const ALL: Opts = Opts { d_skip: true, z: true, delta_bias: true, h0: true, softplus: true };
+pub const ALL: Opts = Opts {
+    d_skip: true,
+    z: true,
+    delta_bias: true,
+    h0: true,
+    softplus: true,
+};
 
 impl<T: ssm::Float> Case<T> {
-    pub fn random(seed: u64, (b, l, d, n, g): (usize, usize, usize, usize, usize), o: Opts) -> Self {
+    pub fn random(
+        seed: u64,
+        (b, l, d, n, g): (usize, usize, usize, usize, usize),
+        o: Opts,
+    ) -> Self {
         let mut r = rng(seed);
         // delta around the values Mamba sees: softplus(delta + bias) in roughly [1e-3, 0.5].
         // Without softplus dt = delta + bias must stay positive or the recurrence grows.
-        let ((dlo, dhi), (blo, bhi)) = if o.softplus { ((-4.0, 0.0), (-1.0, 0.5)) } else { ((0.001, 0.3), (0.0, 0.2)) };
+        let ((dlo, dhi), (blo, bhi)) = if o.softplus {
+            ((-4.0, 0.0), (-1.0, 0.5))
+        } else {
+            ((0.001, 0.3), (0.0, 0.2))
+        };
         Case {
             u: uniform(&mut r, &[b, l, d], -1.0, 1.0),
             delta: uniform(&mut r, &[b, l, d], dlo, dhi),
@@ -113,7 +130,13 @@ fn check_fast_vs_ref(seed: u64, dims: (usize, usize, usize, usize, usize), o: Op
 
 #[test]
 fn fast_scan_matches_reference_across_lengths_and_groups() {
-    let none = Opts { d_skip: false, z: false, delta_bias: false, h0: false, softplus: false };
+    let none = Opts {
+        d_skip: false,
+        z: false,
+        delta_bias: false,
+        h0: false,
+        softplus: false,
+    };
     // Lengths: 1, odd, one step either side of the chunk size (64), several chunks, 1000+.
     for (i, l) in [1usize, 7, 63, 64, 65, 129, 1031].into_iter().enumerate() {
         for g in [1, 2] {
@@ -123,11 +146,20 @@ fn fast_scan_matches_reference_across_lengths_and_groups() {
     // Each option alone and none at all, with channel counts that leave a partial tile.
     let singles = [
         none,
-        Opts { d_skip: true, ..none },
+        Opts {
+            d_skip: true,
+            ..none
+        },
         Opts { z: true, ..none },
-        Opts { delta_bias: true, ..none },
+        Opts {
+            delta_bias: true,
+            ..none
+        },
         Opts { h0: true, ..none },
-        Opts { softplus: true, ..none },
+        Opts {
+            softplus: true,
+            ..none
+        },
     ];
     for (i, o) in singles.into_iter().enumerate() {
         check_fast_vs_ref(40 + i as u64, (3, 130, 37, 4, 1), o);
@@ -181,8 +213,18 @@ fn scan_gradients_match_finite_differences() {
                     case.$field = saved;
                     v
                 });
-                assert_grad(concat!("ref ", $name), reference.$grad.as_ref().unwrap(), &num, 1e-6);
-                assert_grad(concat!("fast ", $name), fast.$grad.as_ref().unwrap(), &num, 1e-6);
+                assert_grad(
+                    concat!("ref ", $name),
+                    reference.$grad.as_ref().unwrap(),
+                    &num,
+                    1e-6,
+                );
+                assert_grad(
+                    concat!("fast ", $name),
+                    fast.$grad.as_ref().unwrap(),
+                    &num,
+                    1e-6,
+                );
             }};
         }
         fd_opt!(d_skip, "dD", dd_skip);

@@ -2,7 +2,9 @@
 //! generation, training, parameter and FLOP counts by hand, and config errors that name the field.
 
 use ssm::models::generate::Sampling;
-use ssm::models::{AnyLM, HybridConfig, MambaConfig, ModelConfig, TransformerConfig, TransformerLM};
+use ssm::models::{
+    AnyLM, HybridConfig, MambaConfig, ModelConfig, TransformerConfig, TransformerLM,
+};
 use ssm::nn::Module;
 use ssm::nn::attention::PosEncoding;
 use ssm::nn::mlp::MlpKind;
@@ -11,12 +13,30 @@ use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::common::*;
 
 fn small_transformer(pos_encoding: PosEncoding, mlp: MlpKind) -> ModelConfig {
-    let c = TransformerConfig { d_model: 32, n_layer: 2, n_heads: 4, n_kv_heads: Some(2), mlp, pos_encoding, max_seq_len: 160, vocab_size: 50, ..TransformerConfig::default() };
+    let c = TransformerConfig {
+        d_model: 32,
+        n_layer: 2,
+        n_heads: 4,
+        n_kv_heads: Some(2),
+        mlp,
+        pos_encoding,
+        max_seq_len: 160,
+        vocab_size: 50,
+        ..TransformerConfig::default()
+    };
     c.into()
 }
 
 fn small_hybrid(pattern: &str) -> ModelConfig {
-    let c = HybridConfig { pattern: pattern.into(), d_model: 32, d_state: 8, n_heads: 4, n_kv_heads: Some(2), vocab_size: 50, ..HybridConfig::default() };
+    let c = HybridConfig {
+        pattern: pattern.into(),
+        d_model: 32,
+        d_state: 8,
+        n_heads: 4,
+        n_kv_heads: Some(2),
+        vocab_size: 50,
+        ..HybridConfig::default()
+    };
     c.into()
 }
 
@@ -34,7 +54,10 @@ fn perturbed(config: ModelConfig, seed: u64) -> AnyLM {
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Token-by-token decoding with the state (KV caches, Mamba states) against one parallel forward,
@@ -48,15 +71,27 @@ fn check_step_matches_parallel(config: ModelConfig) {
     let mut state = model.zero_state(b);
     let mut worst = 0.0f32;
     for t in 0..l {
-        let logits = model.step(&[ids[t], ids[l + t]], &mut state).unwrap().to_vec();
+        let logits = model
+            .step(&[ids[t], ids[l + t]], &mut state)
+            .unwrap()
+            .to_vec();
         for bi in 0..b {
-            worst = worst.max(max_diff(&logits[bi * v..(bi + 1) * v], &parallel[(bi * l + t) * v..(bi * l + t + 1) * v]));
+            worst = worst.max(max_diff(
+                &logits[bi * v..(bi + 1) * v],
+                &parallel[(bi * l + t) * v..(bi * l + t + 1) * v],
+            ));
         }
     }
-    println!("{}: step vs parallel max abs diff {worst:.2e} over {l} positions", model.arch());
+    println!(
+        "{}: step vs parallel max abs diff {worst:.2e} over {l} positions",
+        model.arch()
+    );
     assert!(worst < 1e-5, "{worst}");
     let mut state = model.zero_state(1);
-    let pre = model.forward(&ids[..100], 1, Some(&mut state), false).unwrap().to_vec();
+    let pre = model
+        .forward(&ids[..100], 1, Some(&mut state), false)
+        .unwrap()
+        .to_vec();
     let d = max_diff(&pre, &parallel[..100 * v]);
     assert!(d < 1e-5, "prefill {d}");
     let next = model.step(&[ids[100]], &mut state).unwrap().to_vec();
@@ -79,7 +114,10 @@ fn hybrid_step_matches_parallel_forward() {
 
 #[test]
 fn generation_is_greedy_or_seeded() {
-    for config in [small_transformer(PosEncoding::Rope, MlpKind::SwiGlu), small_hybrid("MAM")] {
+    for config in [
+        small_transformer(PosEncoding::Rope, MlpKind::SwiGlu),
+        small_hybrid("MAM"),
+    ] {
         let mut model = perturbed(config, 5);
         let prompt = [1u32, 2, 3, 4];
         let g1 = model.generate(&prompt, 10, Sampling::Greedy).unwrap();
@@ -88,12 +126,26 @@ fn generation_is_greedy_or_seeded() {
         for _ in 0..10 {
             let logits = model.forward(&seq, 1, None, false).unwrap().to_vec();
             let last = &logits[(seq.len() - 1) * v..];
-            let best = (0..v).max_by(|&a, &b| last[a].partial_cmp(&last[b]).unwrap().then(b.cmp(&a))).unwrap();
+            let best = (0..v)
+                .max_by(|&a, &b| last[a].partial_cmp(&last[b]).unwrap().then(b.cmp(&a)))
+                .unwrap();
             seq.push(best as u32);
         }
-        assert_eq!(g1, seq[4..], "{}: greedy decoding by KV cache and by the parallel forward", model.arch());
-        let s = Sampling::Sample { temperature: 1.5, top_k: 5, seed: 9 };
-        assert_eq!(model.generate(&prompt, 20, s).unwrap(), model.generate(&prompt, 20, s).unwrap());
+        assert_eq!(
+            g1,
+            seq[4..],
+            "{}: greedy decoding by KV cache and by the parallel forward",
+            model.arch()
+        );
+        let s = Sampling::Sample {
+            temperature: 1.5,
+            top_k: 5,
+            seed: 9,
+        };
+        assert_eq!(
+            model.generate(&prompt, 20, s).unwrap(),
+            model.generate(&prompt, 20, s).unwrap()
+        );
     }
 }
 
@@ -104,7 +156,15 @@ fn train_losses(config: ModelConfig, seed: u64, steps: usize) -> Vec<f64> {
     (0..steps)
         .map(|s| {
             let ids: Vec<u32> = (0..b * l).map(|i| ((i * 13 + s * 7) % 50) as u32).collect();
-            let targets: Vec<i64> = (0..b * l).map(|i| if i % l == l - 1 { -100 } else { ids[i + 1] as i64 }).collect();
+            let targets: Vec<i64> = (0..b * l)
+                .map(|i| {
+                    if i % l == l - 1 {
+                        -100
+                    } else {
+                        ids[i + 1] as i64
+                    }
+                })
+                .collect();
             model.zero_grad();
             let loss = model.forward_loss(&ids, &targets, b).unwrap();
             model.backward().unwrap();
@@ -117,12 +177,24 @@ fn train_losses(config: ModelConfig, seed: u64, steps: usize) -> Vec<f64> {
 
 #[test]
 fn training_is_deterministic_and_learns() {
-    for config in [small_transformer(PosEncoding::Rope, MlpKind::SwiGlu), small_hybrid("AM")] {
+    for config in [
+        small_transformer(PosEncoding::Rope, MlpKind::SwiGlu),
+        small_hybrid("AM"),
+    ] {
         let a = train_losses(config.clone(), 11, 12);
         let b = train_losses(config.clone(), 11, 12);
-        assert_eq!(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
         println!("{}: losses {a:?}", config.arch());
-        assert!(a[11] < a[0] - 0.5, "{}: loss went from {} to {}", config.arch(), a[0], a[11]);
+        assert!(
+            a[11] < a[0] - 0.5,
+            "{}: loss went from {} to {}",
+            config.arch(),
+            a[0],
+            a[11]
+        );
     }
 }
 
@@ -131,16 +203,38 @@ fn training_is_deterministic_and_learns() {
 #[test]
 fn param_and_flop_counts_by_hand() {
     // Per block: norms 2·8; q and o 8·8 each; k and v 8·4 each (1 kv head of 4); SwiGLU 3·8·16.
-    let t = TransformerConfig { d_model: 8, n_layer: 2, n_heads: 2, n_kv_heads: Some(1), mlp_hidden: Some(16), vocab_size: 10, ..TransformerConfig::default() };
+    let t = TransformerConfig {
+        d_model: 8,
+        n_layer: 2,
+        n_heads: 2,
+        n_kv_heads: Some(1),
+        mlp_hidden: Some(16),
+        vocab_size: 10,
+        ..TransformerConfig::default()
+    };
     let block = 16 + 64 + 64 + 32 + 32 + 384;
     assert_eq!(block, 592);
     let n_t = 128 + 2 * block + 8;
     // Learned table 20·8, biases q 8 + k 4 + v 4 + o 8, GELU 2·8·16.
-    let tl = TransformerConfig { pos_encoding: PosEncoding::Learned, max_seq_len: 20, attn_bias: true, mlp: MlpKind::Gelu, ..t.clone() };
+    let tl = TransformerConfig {
+        pos_encoding: PosEncoding::Learned,
+        max_seq_len: 20,
+        attn_bias: true,
+        mlp: MlpKind::Gelu,
+        ..t.clone()
+    };
     let n_tl = 128 + 160 + 2 * (16 + 192 + 24 + 256) + 8;
     // Mamba block, d_inner 16: norm 8, in_proj 2·16·8, conv 16·3 + 16, x_proj (2 + 2·4)·16,
     // dt_proj 16·2 + 16, A_log 16·4, D 16, out_proj 8·16.
-    let m = MambaConfig { d_model: 8, n_layer: 2, vocab_size: 10, d_state: 4, d_conv: 3, dt_rank: Some(2), ..MambaConfig::default() };
+    let m = MambaConfig {
+        d_model: 8,
+        n_layer: 2,
+        vocab_size: 10,
+        d_state: 4,
+        d_conv: 3,
+        dt_rank: Some(2),
+        ..MambaConfig::default()
+    };
     let mblock = 8 + 256 + 64 + 160 + 48 + 64 + 16 + 128;
     let n_m = 128 + 2 * mblock + 8;
     let h = HybridConfig {
@@ -163,11 +257,21 @@ fn param_and_flop_counts_by_hand() {
         // 6N + 27·n_layer·d_inner·d_state.
         (m.into(), n_m, (6 * n_m + 27 * 2 * 16 * 4) as f64),
         // One attention layer, two Mamba layers.
-        (h.into(), n_h, (6 * n_h + 6 * 32 * 8 + 27 * 2 * 16 * 4) as f64),
+        (
+            h.into(),
+            n_h,
+            (6 * n_h + 6 * 32 * 8 + 27 * 2 * 16 * 4) as f64,
+        ),
     ];
     for (config, params, flops) in cases {
         let mut model = AnyLM::<f32>::new(config.clone(), 0).unwrap();
-        println!("{}: {} params, {} FLOPs/token at L = 32 ({})", config.arch(), model.num_params(), model.flops_per_token(32), model.flops_convention());
+        println!(
+            "{}: {} params, {} FLOPs/token at L = 32 ({})",
+            config.arch(),
+            model.num_params(),
+            model.flops_per_token(32),
+            model.flops_convention()
+        );
         assert_eq!(config.num_params(), params, "{} formula", config.arch());
         assert_eq!(model.num_params(), params, "{} model", config.arch());
         assert_eq!(model.flops_per_token(32), flops, "{} FLOPs", config.arch());
@@ -180,7 +284,10 @@ fn default_sizes() {
     let t = TransformerConfig::default();
     // ⌊8·256/3⌋ = 682, rounded up to a multiple of 64.
     assert_eq!((t.head_dim(), t.n_kv_heads(), t.mlp_hidden()), (64, 4, 704));
-    let g = TransformerConfig { mlp: MlpKind::Gelu, ..t };
+    let g = TransformerConfig {
+        mlp: MlpKind::Gelu,
+        ..t
+    };
     assert_eq!(g.mlp_hidden(), 1024);
 }
 
@@ -197,60 +304,157 @@ fn config_errors_name_the_field() {
     let cases: [(ModelConfig, &str); 9] = [
         (TransformerConfig { d_model: 0, ..t() }.into(), "d_model"),
         (TransformerConfig { n_heads: 3, ..t() }.into(), "n_heads"),
-        (TransformerConfig { n_kv_heads: Some(3), ..t() }.into(), "n_kv_heads"),
-        (TransformerConfig { d_model: 6, n_heads: 2, ..t() }.into(), "n_heads"),
-        (TransformerConfig { rope_base: f64::NAN, ..t() }.into(), "rope_base"),
-        (HybridConfig { pattern: String::new(), ..HybridConfig::default() }.into(), "pattern"),
-        (HybridConfig { pattern: "MXA".into(), ..HybridConfig::default() }.into(), "pattern"),
-        (HybridConfig { d_state: 0, ..HybridConfig::default() }.into(), "d_state"),
-        (HybridConfig { n_kv_heads: Some(3), ..HybridConfig::default() }.into(), "n_kv_heads"),
+        (
+            TransformerConfig {
+                n_kv_heads: Some(3),
+                ..t()
+            }
+            .into(),
+            "n_kv_heads",
+        ),
+        (
+            TransformerConfig {
+                d_model: 6,
+                n_heads: 2,
+                ..t()
+            }
+            .into(),
+            "n_heads",
+        ),
+        (
+            TransformerConfig {
+                rope_base: f64::NAN,
+                ..t()
+            }
+            .into(),
+            "rope_base",
+        ),
+        (
+            HybridConfig {
+                pattern: String::new(),
+                ..HybridConfig::default()
+            }
+            .into(),
+            "pattern",
+        ),
+        (
+            HybridConfig {
+                pattern: "MXA".into(),
+                ..HybridConfig::default()
+            }
+            .into(),
+            "pattern",
+        ),
+        (
+            HybridConfig {
+                d_state: 0,
+                ..HybridConfig::default()
+            }
+            .into(),
+            "d_state",
+        ),
+        (
+            HybridConfig {
+                n_kv_heads: Some(3),
+                ..HybridConfig::default()
+            }
+            .into(),
+            "n_kv_heads",
+        ),
     ];
     for (config, field) in cases {
         let err = config_error(config);
         assert!(err.contains(&format!("config: {field}:")), "{err}");
     }
     // An odd head_dim is fine without RoPE.
-    TransformerConfig { d_model: 6, n_heads: 2, pos_encoding: PosEncoding::None, ..t() }.validate().unwrap();
+    TransformerConfig {
+        d_model: 6,
+        n_heads: 2,
+        pos_encoding: PosEncoding::None,
+        ..t()
+    }
+    .validate()
+    .unwrap();
 }
 
 #[test]
 fn architecture_switch_parses_and_rejects_unknown_keys() {
     let c: ModelConfig = serde_json::from_str(r#"{"arch": "hybrid", "pattern": "MAM", "d_model": 16, "n_heads": 2, "mlp": "gelu", "pos_encoding": "learned"}"#).unwrap();
-    let ModelConfig::Hybrid(h) = &c else { panic!("{c:?}") };
-    assert_eq!((h.pattern.as_str(), h.d_model, h.mlp, h.pos_encoding, h.d_state), ("MAM", 16, MlpKind::Gelu, PosEncoding::Learned, 16));
+    let ModelConfig::Hybrid(h) = &c else {
+        panic!("{c:?}")
+    };
+    assert_eq!(
+        (
+            h.pattern.as_str(),
+            h.d_model,
+            h.mlp,
+            h.pos_encoding,
+            h.d_state
+        ),
+        ("MAM", 16, MlpKind::Gelu, PosEncoding::Learned, 16)
+    );
     let back: ModelConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
     assert_eq!(back, c);
     let t: ModelConfig = serde_json::from_str(r#"{"arch": "transformer"}"#).unwrap();
     assert_eq!(t, ModelConfig::Transformer(TransformerConfig::default()));
     let m: ModelConfig = serde_json::from_str(r#"{"arch": "mamba", "d_state": 8}"#).unwrap();
     assert_eq!(m.arch(), "mamba");
-    let err = serde_json::from_str::<ModelConfig>(r#"{"arch": "transformer", "d_modle": 8}"#).unwrap_err().to_string();
+    let err = serde_json::from_str::<ModelConfig>(r#"{"arch": "transformer", "d_modle": 8}"#)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("d_modle"), "{err}");
-    let err = serde_json::from_str::<ModelConfig>(r#"{"arch": "rnn"}"#).unwrap_err().to_string();
+    let err = serde_json::from_str::<ModelConfig>(r#"{"arch": "rnn"}"#)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("rnn"), "{err}");
-    let err = serde_json::from_str::<ModelConfig>(r#"{"arch": "transformer", "mlp": "relu"}"#).unwrap_err().to_string();
+    let err = serde_json::from_str::<ModelConfig>(r#"{"arch": "transformer", "mlp": "relu"}"#)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("relu"), "{err}");
 }
 
 #[test]
 fn misuse_gives_errors() {
     // Learned positions end at max_seq_len, in training and in decoding.
-    let c = TransformerConfig { d_model: 16, n_layer: 1, n_heads: 2, pos_encoding: PosEncoding::Learned, max_seq_len: 4, vocab_size: 10, ..TransformerConfig::default() };
+    let c = TransformerConfig {
+        d_model: 16,
+        n_layer: 1,
+        n_heads: 2,
+        pos_encoding: PosEncoding::Learned,
+        max_seq_len: 4,
+        vocab_size: 10,
+        ..TransformerConfig::default()
+    };
     let mut model = TransformerLM::<f32>::new(c, 0).unwrap();
-    let err = model.forward(&[1, 2, 3, 4, 5], 1, None, false).unwrap_err().to_string();
+    let err = model
+        .forward(&[1, 2, 3, 4, 5], 1, None, false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("max_seq_len"), "{err}");
     let mut state = model.zero_state(1);
-    model.forward(&[1, 2, 3, 4], 1, Some(&mut state), false).unwrap();
-    assert!(model.step(&[1], &mut state).unwrap_err().to_string().contains("max_seq_len"));
+    model
+        .forward(&[1, 2, 3, 4], 1, Some(&mut state), false)
+        .unwrap();
+    assert!(
+        model
+            .step(&[1], &mut state)
+            .unwrap_err()
+            .to_string()
+            .contains("max_seq_len")
+    );
     // The backward of attention needs a training forward without a KV cache.
     let mut state = model.zero_state(1);
     model.forward(&[1, 2], 1, Some(&mut state), true).unwrap();
     assert!(model.backward().is_err());
     // A state of another architecture.
-    let mut t = AnyLM::<f32>::new(small_transformer(PosEncoding::Rope, MlpKind::SwiGlu), 0).unwrap();
+    let mut t =
+        AnyLM::<f32>::new(small_transformer(PosEncoding::Rope, MlpKind::SwiGlu), 0).unwrap();
     let h = AnyLM::<f32>::new(small_hybrid("MA"), 0).unwrap();
     let mut wrong = h.zero_state(1);
     let err = t.step(&[1], &mut wrong).unwrap_err().to_string();
-    assert!(err.contains("hybrid decoding state given to a transformer model"), "{err}");
+    assert!(
+        err.contains("hybrid decoding state given to a transformer model"),
+        "{err}"
+    );
     assert!(t.forward(&[1], 1, Some(&mut wrong), false).is_err());
 }

@@ -20,12 +20,24 @@ pub struct ByteCorpus {
 
 impl ByteCorpus {
     pub fn open(path: &Path, val_fraction: f64) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("config key `task.bytes.path`: cannot read {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| {
+            format!(
+                "config key `task.bytes.path`: cannot read {}",
+                path.display()
+            )
+        })?;
         let (train, _) = split_sizes(bytes.len(), val_fraction);
         if train < 2 || bytes.len() - train < 2 {
-            bail!("config key `task.bytes.path`: {} is too short to split ({} bytes)", path.display(), bytes.len());
+            bail!(
+                "config key `task.bytes.path`: {} is too short to split ({} bytes)",
+                path.display(),
+                bytes.len()
+            );
         }
-        Ok(ByteCorpus { val: bytes[train..].to_vec(), train: bytes[..train].to_vec() })
+        Ok(ByteCorpus {
+            val: bytes[train..].to_vec(),
+            train: bytes[..train].to_vec(),
+        })
     }
 
     /// A uniformly random training window: ids are bytes t..t+L, targets bytes t+1..t+L+1.
@@ -36,7 +48,14 @@ impl ByteCorpus {
 
     /// Validation windows `index·b .. (index+1)·b` of `count·b` windows spread evenly over the
     /// validation text (they overlap when the text is short).
-    pub fn val_windows(&self, index: usize, count: usize, ids: &mut [u32], targets: &mut [i64], l: usize) {
+    pub fn val_windows(
+        &self,
+        index: usize,
+        count: usize,
+        ids: &mut [u32],
+        targets: &mut [i64],
+        l: usize,
+    ) {
         let b = ids.len() / l;
         let total = count * b;
         let room = self.val.len() - l - 1;

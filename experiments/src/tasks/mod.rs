@@ -28,7 +28,12 @@ pub struct Batch {
 
 impl Batch {
     fn new(b: usize, l: usize) -> Self {
-        Batch { ids: vec![0; b * l], targets: vec![IGNORE; b * l], b, l }
+        Batch {
+            ids: vec![0; b * l],
+            targets: vec![IGNORE; b * l],
+            b,
+            l,
+        }
     }
 
     /// Scored positions.
@@ -73,13 +78,27 @@ impl Task {
         let v = c.task_vocab();
         Ok(match c.task.kind {
             TaskKind::SelectiveCopying => {
-                let m = c.task.selective_copying.as_ref().expect("resolved config").num_tokens;
-                Task::SelectiveCopying(selective_copying::SelectiveCopying { vocab: v, num_tokens: m })
+                let m = c
+                    .task
+                    .selective_copying
+                    .as_ref()
+                    .expect("resolved config")
+                    .num_tokens;
+                Task::SelectiveCopying(selective_copying::SelectiveCopying {
+                    vocab: v,
+                    num_tokens: m,
+                })
             }
-            TaskKind::InductionHeads => Task::InductionHeads(induction::InductionHeads { vocab: v }),
+            TaskKind::InductionHeads => {
+                Task::InductionHeads(induction::InductionHeads { vocab: v })
+            }
             TaskKind::Mqar => {
                 let m = c.task.mqar.as_ref().expect("resolved config");
-                Task::Mqar(mqar::Mqar { vocab: v, num_pairs: m.num_pairs, power_a: m.power_a })
+                Task::Mqar(mqar::Mqar {
+                    vocab: v,
+                    num_pairs: m.num_pairs,
+                    power_a: m.power_a,
+                })
             }
             TaskKind::Bytes => {
                 let b = c.task.bytes.as_ref().expect("resolved config");
@@ -140,14 +159,25 @@ impl Task {
 
     /// Evaluation batch `index` (of `count`) at `length`, the same on every call: evenly spread
     /// validation windows for the byte corpus, fresh samples for the synthetic tasks.
-    pub fn eval_batch(&self, seed: u64, index: usize, count: usize, b: usize, length: usize) -> Batch {
+    pub fn eval_batch(
+        &self,
+        seed: u64,
+        index: usize,
+        count: usize,
+        b: usize,
+        length: usize,
+    ) -> Batch {
         match self {
             Task::Bytes(c) => {
                 let mut batch = Batch::new(b, length);
                 c.val_windows(index, count, &mut batch.ids, &mut batch.targets, length);
                 batch
             }
-            _ => self.batch(&mut batch_rng(seed, Stream::Eval, length as u64, index as u64), b, length),
+            _ => self.batch(
+                &mut batch_rng(seed, Stream::Eval, length as u64, index as u64),
+                b,
+                length,
+            ),
         }
     }
 }

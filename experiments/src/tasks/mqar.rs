@@ -24,8 +24,14 @@ impl Mqar {
     pub fn example(&self, rng: &mut StdRng, ids: &mut [u32], targets: &mut [i64]) {
         let (v, k, l) = (self.vocab, self.num_pairs, ids.len());
         let half = v / 2;
-        let keys: Vec<u32> = sample(rng, half - 1, k).iter().map(|i| (i + 1) as u32).collect();
-        let values: Vec<u32> = sample(rng, v - half, k).iter().map(|i| (i + half) as u32).collect();
+        let keys: Vec<u32> = sample(rng, half - 1, k)
+            .iter()
+            .map(|i| (i + 1) as u32)
+            .collect();
+        let values: Vec<u32> = sample(rng, v - half, k)
+            .iter()
+            .map(|i| (i + half) as u32)
+            .collect();
         let context = 2 * k;
         let gaps = power_law_gaps(rng, (l - context) / 2, k, self.power_a);
         for id in ids[context..].iter_mut() {

@@ -51,13 +51,22 @@ pub fn named_tensors<T: Float>(model: &MambaLM<T>, which: Part) -> Vec<(String, 
         let m = &layer.mixer;
         let p = |s: &str| format!("backbone.layers.{i}.{s}");
         out.push((p("norm.weight"), part(&layer.norm.weight, which).clone()));
-        out.push((p("mixer.in_proj.weight"), concat_rows(part(&m.in_proj_x, which), part(&m.in_proj_z, which))));
+        out.push((
+            p("mixer.in_proj.weight"),
+            concat_rows(part(&m.in_proj_x, which), part(&m.in_proj_z, which)),
+        ));
         if let (Some(bx), Some(bz)) = (&m.in_bias_x, &m.in_bias_z) {
-            out.push((p("mixer.in_proj.bias"), concat_rows(part(bx, which), part(bz, which))));
+            out.push((
+                p("mixer.in_proj.bias"),
+                concat_rows(part(bx, which), part(bz, which)),
+            ));
         }
         let conv = part(&m.conv_w, which);
         let (di, k) = (conv.dims()[0], conv.dims()[1]);
-        out.push((p("mixer.conv1d.weight"), conv.clone().reshape([di, 1, k]).expect("same size")));
+        out.push((
+            p("mixer.conv1d.weight"),
+            conv.clone().reshape([di, 1, k]).expect("same size"),
+        ));
         if let Some(cb) = &m.conv_b {
             out.push((p("mixer.conv1d.bias"), part(cb, which).clone()));
         }
@@ -71,7 +80,10 @@ pub fn named_tensors<T: Float>(model: &MambaLM<T>, which: Part) -> Vec<(String, 
             out.push((p("mixer.out_proj.bias"), part(ob, which).clone()));
         }
     }
-    out.push(("backbone.norm_f.weight".to_string(), part(&model.norm_f.weight, which).clone()));
+    out.push((
+        "backbone.norm_f.weight".to_string(),
+        part(&model.norm_f.weight, which).clone(),
+    ));
     out
 }
 
@@ -107,42 +119,70 @@ pub fn parse_config(v: &Value, path: &Path) -> Result<MambaConfig> {
     let err = |field: &str, why: String| Error::checkpoint(path, format!("field `{field}`: {why}"));
     let ssm_cfg = v.get("ssm_cfg");
     let uint = |names: &[&'static str], default: Option<usize>| -> Result<usize> {
-        let found = names.iter().find_map(|n| v.get(*n).or_else(|| ssm_cfg.and_then(|s| s.get(*n))).map(|x| (*n, x)));
+        let found = names.iter().find_map(|n| {
+            v.get(*n)
+                .or_else(|| ssm_cfg.and_then(|s| s.get(*n)))
+                .map(|x| (*n, x))
+        });
         match found {
-            Some((n, x)) => x.as_u64().map(|u| u as usize).ok_or_else(|| err(n, format!("expected a non-negative integer, got {x}"))),
+            Some((n, x)) => x
+                .as_u64()
+                .map(|u| u as usize)
+                .ok_or_else(|| err(n, format!("expected a non-negative integer, got {x}"))),
             None => default.ok_or_else(|| err(names[0], "is missing".into())),
         }
     };
     let boolean = |name: &str, default: bool| -> Result<bool> {
         match v.get(name) {
-            Some(x) => x.as_bool().ok_or_else(|| err(name, format!("expected true or false, got {x}"))),
+            Some(x) => x
+                .as_bool()
+                .ok_or_else(|| err(name, format!("expected true or false, got {x}"))),
             None => Ok(default),
         }
     };
     let float = |name: &str, default: f64| -> Result<f64> {
         match v.get(name) {
-            Some(x) => x.as_f64().ok_or_else(|| err(name, format!("expected a number, got {x}"))),
+            Some(x) => x
+                .as_f64()
+                .ok_or_else(|| err(name, format!("expected a number, got {x}"))),
             None => Ok(default),
         }
     };
     let d_model = uint(&["hidden_size", "d_model"], None)?;
     let expand = match (v.get("intermediate_size"), v.get("expand")) {
         (Some(i), _) => {
-            let i = i.as_u64().ok_or_else(|| err("intermediate_size", format!("expected an integer, got {i}")))? as usize;
+            let i = i
+                .as_u64()
+                .ok_or_else(|| err("intermediate_size", format!("expected an integer, got {i}")))?
+                as usize;
             if d_model == 0 || !i.is_multiple_of(d_model) {
-                return Err(err("intermediate_size", format!("{i} is not a multiple of hidden_size {d_model}")));
+                return Err(err(
+                    "intermediate_size",
+                    format!("{i} is not a multiple of hidden_size {d_model}"),
+                ));
             }
             i / d_model
         }
         _ => uint(&["expand"], Some(2))?,
     };
-    let dt_rank = match v.get("time_step_rank").or_else(|| ssm_cfg.and_then(|s| s.get("dt_rank"))) {
+    let dt_rank = match v
+        .get("time_step_rank")
+        .or_else(|| ssm_cfg.and_then(|s| s.get("dt_rank")))
+    {
         None => None,
         Some(Value::String(s)) if s == "auto" => None,
-        Some(x) => Some(x.as_u64().ok_or_else(|| err("time_step_rank", format!("expected an integer or \"auto\", got {x}")))? as usize),
+        Some(x) => Some(x.as_u64().ok_or_else(|| {
+            err(
+                "time_step_rank",
+                format!("expected an integer or \"auto\", got {x}"),
+            )
+        })? as usize),
     };
     if !boolean("tie_word_embeddings", true)? || !boolean("tie_embeddings", true)? {
-        return Err(err("tie_word_embeddings", "is false, but this engine ties lm_head to the embedding".into()));
+        return Err(err(
+            "tie_word_embeddings",
+            "is false, but this engine ties lm_head to the embedding".into(),
+        ));
     }
     let defaults = MambaConfig::default();
     let config = MambaConfig {
@@ -161,13 +201,22 @@ pub fn parse_config(v: &Value, path: &Path) -> Result<MambaConfig> {
         dt_max: float("time_step_max", defaults.dt_max)?,
         dt_init_floor: float("time_step_floor", defaults.dt_init_floor)?,
     };
-    config.validate().map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    config
+        .validate()
+        .map_err(|e| Error::checkpoint(path, e.to_string()))?;
     Ok(config)
 }
 
 fn assign<T: Float>(dst: &mut Tensor<T>, src: Tensor<f32>, name: &str, path: &Path) -> Result<()> {
     if src.dims() != dst.dims() {
-        return Err(Error::checkpoint(path, format!("tensor `{name}` has shape {:?}, the config needs {:?}", src.dims(), dst.dims())));
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "tensor `{name}` has shape {:?}, the config needs {:?}",
+                src.dims(),
+                dst.dims()
+            ),
+        ));
     }
     *dst = src.cast::<T>();
     Ok(())
@@ -177,23 +226,35 @@ fn assign<T: Float>(dst: &mut Tensor<T>, src: Tensor<f32>, name: &str, path: &Pa
 pub fn load_mamba(dir: &Path) -> Result<MambaLM<f32>> {
     let cfg_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::checkpoint(&cfg_path, format!("invalid JSON: {e}")))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::checkpoint(&cfg_path, format!("invalid JSON: {e}")))?;
     let config = parse_config(&v, &cfg_path)?;
     let file = TensorFile::open(&dir.join(WEIGHTS_FILE))?;
     let path = file.path().to_path_buf();
     let mut model = MambaLM::<f32>::new(config, 0)?;
-    let emb_name = if file.contains(EMBEDDING) || !file.contains(EMBEDDING_STATE_SPACES) { EMBEDDING } else { EMBEDDING_STATE_SPACES };
+    let emb_name = if file.contains(EMBEDDING) || !file.contains(EMBEDDING_STATE_SPACES) {
+        EMBEDDING
+    } else {
+        EMBEDDING_STATE_SPACES
+    };
     let wanted = named_tensors(&model, Part::Value);
     let mut loaded = Vec::with_capacity(wanted.len());
     for (name, like) in &wanted {
-        let src_name = if name == EMBEDDING { emb_name } else { name.as_str() };
+        let src_name = if name == EMBEDDING {
+            emb_name
+        } else {
+            name.as_str()
+        };
         let t = file.f32(src_name)?;
         let mut dst = like.clone();
         assign(&mut dst, t, src_name, &path)?;
         loaded.push(dst);
     }
     if file.contains(LM_HEAD) && file.f32(LM_HEAD)?.to_vec() != loaded[0].to_vec() {
-        return Err(Error::checkpoint(&path, format!("tensor `{LM_HEAD}` differs from the embedding; this engine ties them")));
+        return Err(Error::checkpoint(
+            &path,
+            format!("tensor `{LM_HEAD}` differs from the embedding; this engine ties them"),
+        ));
     }
     let mut it = loaded.into_iter();
     let mut next = || it.next().expect("one tensor per name");
@@ -238,7 +299,12 @@ fn split_rows<T: Float>(t: &Tensor<T>, rows: usize) -> (Tensor<T>, Tensor<T>) {
 /// Saves `model` as a transformers-compatible folder; each file is written atomically.
 pub fn save_mamba(model: &MambaLM<f32>, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    write_tensors(&dir.join(WEIGHTS_FILE), &named_tensors(model, Part::Value), Some([("format".to_string(), "pt".to_string())].into()))?;
-    let text = serde_json::to_string_pretty(&config_json(&model.config)).expect("JSON values serialize");
+    write_tensors(
+        &dir.join(WEIGHTS_FILE),
+        &named_tensors(model, Part::Value),
+        Some([("format".to_string(), "pt".to_string())].into()),
+    )?;
+    let text =
+        serde_json::to_string_pretty(&config_json(&model.config)).expect("JSON values serialize");
     atomic_write(&dir.join(CONFIG_FILE), text.as_bytes())
 }

@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename. A
 /// crash leaves either the old file or the new one, never half of one.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().ok_or_else(|| Error::checkpoint(path, "not a file path"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::checkpoint(path, "not a file path"))?;
     let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;

@@ -31,10 +31,22 @@ fn params(model: &mut dyn Module<f32>) -> Vec<(String, Tensor<f32>)> {
 
 /// Writes the parameters of `model`, the moments and step of `opt` (which has either never
 /// stepped or holds one moment per parameter) and `state` to `path`, atomically.
-pub fn save_train_state(path: &Path, model: &mut dyn Module<f32>, opt: &AdamW<f32>, state: &Value) -> Result<()> {
+pub fn save_train_state(
+    path: &Path,
+    model: &mut dyn Module<f32>,
+    opt: &AdamW<f32>,
+    state: &Value,
+) -> Result<()> {
     let named = params(model);
     if !opt.m.is_empty() && (opt.m.len() != named.len() || opt.v.len() != named.len()) {
-        return Err(Error::checkpoint(path, format!("optimizer holds {} moments for {} parameters", opt.m.len(), named.len())));
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "optimizer holds {} moments for {} parameters",
+                opt.m.len(),
+                named.len()
+            ),
+        ));
     }
     let mut tensors = Vec::with_capacity(3 * named.len());
     for (i, (name, value)) in named.iter().enumerate() {
@@ -61,15 +73,26 @@ fn read_state_of(file: &TensorFile) -> Result<Value> {
     let meta = file.metadata();
     let path = file.path();
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(Error::checkpoint(path, format!("not a training checkpoint (metadata `format` is not `{FORMAT}`)")));
+        return Err(Error::checkpoint(
+            path,
+            format!("not a training checkpoint (metadata `format` is not `{FORMAT}`)"),
+        ));
     }
-    let text = meta.get("state").ok_or_else(|| Error::checkpoint(path, "metadata `state` is missing"))?;
-    serde_json::from_str(text).map_err(|e| Error::checkpoint(path, format!("metadata `state` is not valid JSON: {e}")))
+    let text = meta
+        .get("state")
+        .ok_or_else(|| Error::checkpoint(path, "metadata `state` is missing"))?;
+    serde_json::from_str(text)
+        .map_err(|e| Error::checkpoint(path, format!("metadata `state` is not valid JSON: {e}")))
 }
 
 /// Copies every tensor `{prefix}{name}` of `file` into the matching parameter of `model`; every
 /// parameter must be present with its exact shape.
-fn load_into(file: &TensorFile, model: &mut dyn Module<f32>, prefix: &str, mut put: impl FnMut(Tensor<f32>)) -> Result<()> {
+fn load_into(
+    file: &TensorFile,
+    model: &mut dyn Module<f32>,
+    prefix: &str,
+    mut put: impl FnMut(Tensor<f32>),
+) -> Result<()> {
     let mut err = None;
     model.visit_params(&mut |name, p| {
         if err.is_some() {
@@ -78,7 +101,16 @@ fn load_into(file: &TensorFile, model: &mut dyn Module<f32>, prefix: &str, mut p
         let key = format!("{prefix}{name}");
         match file.f32(&key) {
             Ok(t) if t.dims() == p.value.dims() => put(t),
-            Ok(t) => err = Some(Error::checkpoint(file.path(), format!("tensor `{key}` has shape {:?}, the model needs {:?}", t.dims(), p.value.dims()))),
+            Ok(t) => {
+                err = Some(Error::checkpoint(
+                    file.path(),
+                    format!(
+                        "tensor `{key}` has shape {:?}, the model needs {:?}",
+                        t.dims(),
+                        p.value.dims()
+                    ),
+                ))
+            }
             Err(e) => err = Some(e),
         }
     });
@@ -88,16 +120,32 @@ fn load_into(file: &TensorFile, model: &mut dyn Module<f32>, prefix: &str, mut p
 /// Restores the parameters of `model` and the state of `opt` from `path`, and returns the
 /// caller's JSON value. Tensors that belong to no parameter are an error, so a checkpoint of
 /// another model never loads silently.
-pub fn load_train_state(path: &Path, model: &mut dyn Module<f32>, opt: &mut AdamW<f32>) -> Result<Value> {
+pub fn load_train_state(
+    path: &Path,
+    model: &mut dyn Module<f32>,
+    opt: &mut AdamW<f32>,
+) -> Result<Value> {
     let file = TensorFile::open(path)?;
     let state = read_state_of(&file)?;
-    let step_text = file.metadata().get("adamw_step").cloned().unwrap_or_default();
-    let step: u64 = step_text.parse().map_err(|_| Error::checkpoint(path, format!("metadata `adamw_step` is not an integer: {step_text:?}")))?;
+    let step_text = file
+        .metadata()
+        .get("adamw_step")
+        .cloned()
+        .unwrap_or_default();
+    let step: u64 = step_text.parse().map_err(|_| {
+        Error::checkpoint(
+            path,
+            format!("metadata `adamw_step` is not an integer: {step_text:?}"),
+        )
+    })?;
     let named = params(model);
     for name in file.names() {
         let param = [PARAM, M, V].iter().find_map(|p| name.strip_prefix(p));
         if !param.is_some_and(|p| named.iter().any(|(n, _)| n == p)) {
-            return Err(Error::checkpoint(path, format!("tensor `{name}` belongs to no parameter of this model")));
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor `{name}` belongs to no parameter of this model"),
+            ));
         }
     }
     let mut values = Vec::with_capacity(named.len());
@@ -133,12 +181,24 @@ mod tests {
     use crate::optim::AdamWConfig;
 
     fn tiny(d_model: usize, seed: u64) -> MambaLM<f32> {
-        MambaLM::new(MambaConfig { d_model, n_layer: 1, vocab_size: 16, d_state: 4, ..MambaConfig::default() }, seed).unwrap()
+        MambaLM::new(
+            MambaConfig {
+                d_model,
+                n_layer: 1,
+                vocab_size: 16,
+                d_state: 4,
+                ..MambaConfig::default()
+            },
+            seed,
+        )
+        .unwrap()
     }
 
     fn values(model: &mut MambaLM<f32>) -> Vec<Vec<u32>> {
         let mut out = Vec::new();
-        model.visit_params(&mut |_, p| out.push(p.value.to_vec().iter().map(|x| x.to_bits()).collect()));
+        model.visit_params(&mut |_, p| {
+            out.push(p.value.to_vec().iter().map(|x| x.to_bits()).collect())
+        });
         out
     }
 
@@ -156,15 +216,28 @@ mod tests {
 
         let mut again = tiny(8, 2);
         let mut opt2 = AdamW::new(AdamWConfig::default());
-        assert_eq!(load_train_state(&path, &mut again, &mut opt2).unwrap(), state);
+        assert_eq!(
+            load_train_state(&path, &mut again, &mut opt2).unwrap(),
+            state
+        );
         assert_eq!(values(&mut again), values(&mut model));
         assert_eq!(opt2.step, 1);
-        let bits = |ts: &[Tensor<f32>]| ts.iter().map(|t| t.to_vec().iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>();
+        let bits = |ts: &[Tensor<f32>]| {
+            ts.iter()
+                .map(|t| t.to_vec().iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(bits(&opt2.m), bits(&opt.m));
         assert_eq!(bits(&opt2.v), bits(&opt.v));
         assert_eq!(read_state(&path).unwrap(), state);
 
-        let err = load_train_state(&path, &mut tiny(16, 1), &mut AdamW::new(AdamWConfig::default())).unwrap_err().to_string();
+        let err = load_train_state(
+            &path,
+            &mut tiny(16, 1),
+            &mut AdamW::new(AdamWConfig::default()),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("shape"), "{err}");
         std::fs::write(&path, b"not a checkpoint").unwrap();
         assert!(load_params(&path, &mut tiny(8, 1)).is_err());

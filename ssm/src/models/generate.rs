@@ -14,7 +14,11 @@ pub enum Sampling {
     Greedy,
     /// A draw from softmax(logits / temperature) restricted to the `top_k` most likely tokens
     /// (all when 0), from a generator seeded with `seed`.
-    Sample { temperature: f64, top_k: usize, seed: u64 },
+    Sample {
+        temperature: f64,
+        top_k: usize,
+        seed: u64,
+    },
 }
 
 /// Picks a token from one row of logits.
@@ -30,15 +34,24 @@ pub fn pick<T: Float>(logits: &[T], sampling: Sampling, rng: &mut StdRng) -> u32
     };
     match sampling {
         Sampling::Greedy => argmax(logits),
-        Sampling::Sample { temperature, top_k, .. } => {
+        Sampling::Sample {
+            temperature, top_k, ..
+        } => {
             let mut order: Vec<usize> = (0..logits.len()).collect();
             // Stable sort: ties keep index order, so a seed always gives the same draw.
-            order.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap_or(std::cmp::Ordering::Equal));
+            order.sort_by(|&a, &b| {
+                logits[b]
+                    .partial_cmp(&logits[a])
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
             if top_k > 0 {
                 order.truncate(top_k);
             }
             let top = logits[order[0]].to_f64();
-            let weights: Vec<f64> = order.iter().map(|&i| ((logits[i].to_f64() - top) / temperature).exp()).collect();
+            let weights: Vec<f64> = order
+                .iter()
+                .map(|&i| ((logits[i].to_f64() - top) / temperature).exp())
+                .collect();
             let total: f64 = weights.iter().sum();
             let mut u = rng.random::<f64>() * total;
             for (&i, w) in order.iter().zip(&weights) {
@@ -61,21 +74,34 @@ pub trait Decoder<T: Float> {
     /// A fresh decoding state for `b` sequences.
     fn zero_state(&self, b: usize) -> Self::State;
     /// Logits (b, l, v) of `ids` (b · l) continuing `state`, which is advanced past them.
-    fn forward_state(&mut self, ids: &[u32], b: usize, state: &mut Self::State) -> Result<&Tensor<T>>;
+    fn forward_state(
+        &mut self,
+        ids: &[u32],
+        b: usize,
+        state: &mut Self::State,
+    ) -> Result<&Tensor<T>>;
     /// Logits (b, v) for one new token per sequence, advancing `state`.
     fn step(&mut self, tokens: &[u32], state: &mut Self::State) -> Result<Tensor<T>>;
 }
 
 /// Continues `prompt` by `n_new` tokens: the prompt is consumed in one parallel forward that
 /// leaves the decoding state at its end, then each new token costs one `step`.
-pub fn generate<T: Float, M: Decoder<T> + ?Sized>(model: &mut M, prompt: &[u32], n_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
+pub fn generate<T: Float, M: Decoder<T> + ?Sized>(
+    model: &mut M,
+    prompt: &[u32],
+    n_new: usize,
+    sampling: Sampling,
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(Error::config("prompt", "needs at least one token"));
     }
     if let Sampling::Sample { temperature, .. } = sampling
         && (temperature.is_nan() || temperature <= 0.0)
     {
-        return Err(Error::config("temperature", format!("must be positive, got {temperature}")));
+        return Err(Error::config(
+            "temperature",
+            format!("must be positive, got {temperature}"),
+        ));
     }
     let seed = match sampling {
         Sampling::Sample { seed, .. } => seed,
@@ -106,7 +132,12 @@ impl<T: Float> Decoder<T> for MambaLM<T> {
     fn zero_state(&self, b: usize) -> MambaState<T> {
         MambaLM::zero_state(self, b)
     }
-    fn forward_state(&mut self, ids: &[u32], b: usize, state: &mut MambaState<T>) -> Result<&Tensor<T>> {
+    fn forward_state(
+        &mut self,
+        ids: &[u32],
+        b: usize,
+        state: &mut MambaState<T>,
+    ) -> Result<&Tensor<T>> {
         self.forward(ids, b, Some(state), false)
     }
     fn step(&mut self, tokens: &[u32], state: &mut MambaState<T>) -> Result<Tensor<T>> {
@@ -116,7 +147,12 @@ impl<T: Float> Decoder<T> for MambaLM<T> {
 
 impl<T: Float> MambaLM<T> {
     /// Continues `prompt` by `n_new` tokens (see [`generate`]).
-    pub fn generate(&mut self, prompt: &[u32], n_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        n_new: usize,
+        sampling: Sampling,
+    ) -> Result<Vec<u32>> {
         generate(self, prompt, n_new, sampling)
     }
 }

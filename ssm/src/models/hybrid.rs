@@ -118,14 +118,23 @@ impl HybridConfig {
     /// The layers of the pattern; an error names `pattern` when it is empty or has other letters.
     pub fn kinds(&self) -> Result<Vec<LayerKind>> {
         if self.pattern.is_empty() {
-            return Err(Error::config("pattern", "needs at least one layer (letters M and A)"));
+            return Err(Error::config(
+                "pattern",
+                "needs at least one layer (letters M and A)",
+            ));
         }
         self.pattern
             .chars()
             .map(|c| match c {
                 'M' => Ok(LayerKind::Mamba),
                 'A' => Ok(LayerKind::Attention),
-                other => Err(Error::config("pattern", format!("`{other}` in \"{}\": only M (Mamba) and A (attention) are layers", self.pattern))),
+                other => Err(Error::config(
+                    "pattern",
+                    format!(
+                        "`{other}` in \"{}\": only M (Mamba) and A (attention) are layers",
+                        self.pattern
+                    ),
+                )),
             })
             .collect()
     }
@@ -179,14 +188,19 @@ impl HybridConfig {
     }
 
     fn count(&self, kind: LayerKind) -> usize {
-        self.kinds().map_or(0, |k| k.iter().filter(|&&x| x == kind).count())
+        self.kinds()
+            .map_or(0, |k| k.iter().filter(|&&x| x == kind).count())
     }
 
     /// Trainable values: the tied embedding once, learned positions if any, every block, the
     /// final norm.
     pub fn num_params(&self) -> usize {
         let t = self.transformer_config();
-        let positions = if self.pos_encoding == PosEncoding::Learned { self.max_seq_len * self.d_model } else { 0 };
+        let positions = if self.pos_encoding == PosEncoding::Learned {
+            self.max_seq_len * self.d_model
+        } else {
+            0
+        };
         let blocks = self.count(LayerKind::Mamba) * mamba_block_params(&self.mamba_config())
             + self.count(LayerKind::Attention) * t.block_params();
         t.padded_vocab() * self.d_model + positions + blocks + self.d_model
@@ -227,13 +241,26 @@ pub struct HybridState<T: Float = f32> {
 }
 
 impl<T: Float> HybridBlock<T> {
-    fn forward(&mut self, x: &Tensor<T>, out: &mut Tensor<T>, state: Option<&mut LayerState<T>>, train: bool) -> Result<()> {
+    fn forward(
+        &mut self,
+        x: &Tensor<T>,
+        out: &mut Tensor<T>,
+        state: Option<&mut LayerState<T>>,
+        train: bool,
+    ) -> Result<()> {
         match (self, state) {
             (HybridBlock::Mamba(m), None) => m.forward(x, out, None, train),
-            (HybridBlock::Mamba(m), Some(LayerState::Mamba(s))) => m.forward(x, out, Some(s), train),
+            (HybridBlock::Mamba(m), Some(LayerState::Mamba(s))) => {
+                m.forward(x, out, Some(s), train)
+            }
             (HybridBlock::Attention(a), None) => a.forward(x, out, None, train),
-            (HybridBlock::Attention(a), Some(LayerState::Attention(kv))) => a.forward(x, out, Some(kv), train),
-            _ => Err(Error::config("state", "the decoding state's layers do not match the model's pattern")),
+            (HybridBlock::Attention(a), Some(LayerState::Attention(kv))) => {
+                a.forward(x, out, Some(kv), train)
+            }
+            _ => Err(Error::config(
+                "state",
+                "the decoding state's layers do not match the model's pattern",
+            )),
         }
     }
 
@@ -298,19 +325,38 @@ impl<T: Float> HybridLM<T> {
         let mut rng = StdRng::seed_from_u64(seed);
         let d = config.d_model;
         let embedding = Param::new(normal(&mut rng, &[tc.padded_vocab(), d], INIT_STD), true);
-        let positions = (config.pos_encoding == PosEncoding::Learned).then(|| LearnedPositions::new(config.max_seq_len, d, INIT_STD, &mut rng));
+        let positions = (config.pos_encoding == PosEncoding::Learned)
+            .then(|| LearnedPositions::new(config.max_seq_len, d, INIT_STD, &mut rng));
         let branches = config.count(LayerKind::Mamba) + 2 * config.count(LayerKind::Attention);
         let out_scale = 1.0 / (branches as f64).sqrt();
-        let dt = DtInit { min: mc.dt_min, max: mc.dt_max, floor: mc.dt_init_floor };
+        let dt = DtInit {
+            min: mc.dt_min,
+            max: mc.dt_max,
+            floor: mc.dt_init_floor,
+        };
         let layers = config
             .kinds()?
             .into_iter()
             .map(|kind| match kind {
-                LayerKind::Mamba => HybridBlock::Mamba(MambaBlock::new(RmsNorm::new(d, mc.norm_eps), MambaMixer::new(mc.mixer_dims(), dt, out_scale, &mut rng))),
-                LayerKind::Attention => HybridBlock::Attention(TransformerBlock::new(&tc, INIT_STD * out_scale, &mut rng)),
+                LayerKind::Mamba => HybridBlock::Mamba(MambaBlock::new(
+                    RmsNorm::new(d, mc.norm_eps),
+                    MambaMixer::new(mc.mixer_dims(), dt, out_scale, &mut rng),
+                )),
+                LayerKind::Attention => HybridBlock::Attention(TransformerBlock::new(
+                    &tc,
+                    INIT_STD * out_scale,
+                    &mut rng,
+                )),
             })
             .collect();
-        Ok(HybridLM { norm_f: RmsNorm::new(d, config.norm_eps), embedding, positions, layers, config, acts: Acts::default() })
+        Ok(HybridLM {
+            norm_f: RmsNorm::new(d, config.norm_eps),
+            embedding,
+            positions,
+            layers,
+            config,
+            acts: Acts::default(),
+        })
     }
 
     /// Rows of the embedding and columns of the logits.
@@ -320,15 +366,31 @@ impl<T: Float> HybridLM<T> {
 
     /// Logits (b, l, v) for token ids (b · l, row-major). With `state`, the sequences continue
     /// from it and it is advanced (prefill, decoding); `train` keeps what `backward` needs.
-    pub fn forward(&mut self, ids: &[u32], b: usize, mut state: Option<&mut HybridState<T>>, train: bool) -> Result<&Tensor<T>> {
+    pub fn forward(
+        &mut self,
+        ids: &[u32],
+        b: usize,
+        mut state: Option<&mut HybridState<T>>,
+        train: bool,
+    ) -> Result<&Tensor<T>> {
         if b == 0 || ids.is_empty() || !ids.len().is_multiple_of(b) {
-            return Err(Error::shape("HybridLM::forward", "ids", format!("b · l ids with b = {b} and l >= 1"), &[ids.len()]));
+            return Err(Error::shape(
+                "HybridLM::forward",
+                "ids",
+                format!("b · l ids with b = {b} and l >= 1"),
+                &[ids.len()],
+            ));
         }
         let l = ids.len() / b;
         if let Some(s) = &state
             && s.layers.len() != self.layers.len()
         {
-            return Err(Error::shape("HybridLM::forward", "state", format!("{} layers", self.layers.len()), &[s.layers.len()]));
+            return Err(Error::shape(
+                "HybridLM::forward",
+                "state",
+                format!("{} layers", self.layers.len()),
+                &[s.layers.len()],
+            ));
         }
         let a = &mut self.acts;
         a.ids.clear();
@@ -347,7 +409,8 @@ impl<T: Float> HybridLM<T> {
         if let Some(s) = state {
             s.pos += l;
         }
-        self.norm_f.forward(&a.resid[self.layers.len()], &mut a.hidden)?;
+        self.norm_f
+            .forward(&a.resid[self.layers.len()], &mut a.hidden)?;
         linear_fwd(&a.hidden, &self.embedding.value, None, &mut a.logits)?;
         Ok(&a.logits)
     }
@@ -369,7 +432,14 @@ impl<T: Float> HybridLM<T> {
         a.dlogits.reset(a.logits.shape().clone());
         cross_entropy_bwd(&a.logits, &a.targets, &a.lse, 1.0, &mut a.dlogits)?;
         a.dhidden.reset(a.hidden.shape().clone());
-        linear_bwd(&a.hidden, &self.embedding.value, &a.dlogits, Some(&mut a.dhidden), &mut self.embedding.grad, None)?;
+        linear_bwd(
+            &a.hidden,
+            &self.embedding.value,
+            &a.dlogits,
+            Some(&mut a.dhidden),
+            &mut self.embedding.grad,
+            None,
+        )?;
         let n = self.layers.len();
         let [d_out, d_in] = &mut a.dresid;
         d_out.reset(a.resid[n].shape().clone());
@@ -402,11 +472,18 @@ impl<T: Float> HybridLM<T> {
     pub fn step(&mut self, tokens: &[u32], state: &mut HybridState<T>) -> Result<Tensor<T>> {
         let b = tokens.len();
         let v = self.vocab();
-        self.forward(tokens, b, Some(state), false)?.clone().reshape([b, v])
+        self.forward(tokens, b, Some(state), false)?
+            .clone()
+            .reshape([b, v])
     }
 
     /// Continues `prompt` by `n_new` tokens (see [`generate`]).
-    pub fn generate(&mut self, prompt: &[u32], n_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        n_new: usize,
+        sampling: Sampling,
+    ) -> Result<Vec<u32>> {
         generate(self, prompt, n_new, sampling)
     }
 
@@ -431,7 +508,12 @@ impl<T: Float> Decoder<T> for HybridLM<T> {
     fn zero_state(&self, b: usize) -> HybridState<T> {
         HybridLM::zero_state(self, b)
     }
-    fn forward_state(&mut self, ids: &[u32], b: usize, state: &mut HybridState<T>) -> Result<&Tensor<T>> {
+    fn forward_state(
+        &mut self,
+        ids: &[u32],
+        b: usize,
+        state: &mut HybridState<T>,
+    ) -> Result<&Tensor<T>> {
         self.forward(ids, b, Some(state), false)
     }
     fn step(&mut self, tokens: &[u32], state: &mut HybridState<T>) -> Result<Tensor<T>> {
@@ -448,6 +530,7 @@ impl<T: Float> Module<T> for HybridLM<T> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             layer.visit_params(&mut |name, p| f(&format!("layers.{i}.{name}"), p));
         }
-        self.norm_f.visit_params(&mut |name, p| f(&format!("norm_f.{name}"), p));
+        self.norm_f
+            .visit_params(&mut |name, p| f(&format!("norm_f.{name}"), p));
     }
 }

@@ -78,7 +78,9 @@ impl MambaConfig {
     }
     /// Rows of the embedding: vocab_size rounded up to the padding multiple.
     pub fn padded_vocab(&self) -> usize {
-        self.vocab_size.div_ceil(self.pad_vocab_size_multiple.max(1)) * self.pad_vocab_size_multiple.max(1)
+        self.vocab_size
+            .div_ceil(self.pad_vocab_size_multiple.max(1))
+            * self.pad_vocab_size_multiple.max(1)
     }
 
     /// Rejects impossible values, naming the field.
@@ -99,10 +101,19 @@ impl MambaConfig {
             }
         }
         if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
-            return Err(Error::config("norm_eps", format!("must be positive, got {}", self.norm_eps)));
+            return Err(Error::config(
+                "norm_eps",
+                format!("must be positive, got {}", self.norm_eps),
+            ));
         }
         if self.dt_min.is_nan() || self.dt_min <= 0.0 || self.dt_min > self.dt_max {
-            return Err(Error::config("dt_min", format!("need 0 < dt_min <= dt_max, got {} and {}", self.dt_min, self.dt_max)));
+            return Err(Error::config(
+                "dt_min",
+                format!(
+                    "need 0 < dt_min <= dt_max, got {} and {}",
+                    self.dt_min, self.dt_max
+                ),
+            ));
         }
         Ok(())
     }
@@ -159,13 +170,31 @@ impl<T: Float> MambaLM<T> {
     pub fn new(config: MambaConfig, seed: u64) -> Result<Self> {
         config.validate()?;
         let mut rng = StdRng::seed_from_u64(seed);
-        let embedding = Param::new(normal(&mut rng, &[config.padded_vocab(), config.d_model], 0.02), true);
-        let dt = DtInit { min: config.dt_min, max: config.dt_max, floor: config.dt_init_floor };
+        let embedding = Param::new(
+            normal(&mut rng, &[config.padded_vocab(), config.d_model], 0.02),
+            true,
+        );
+        let dt = DtInit {
+            min: config.dt_min,
+            max: config.dt_max,
+            floor: config.dt_init_floor,
+        };
         let out_scale = 1.0 / (config.n_layer as f64).sqrt();
         let layers = (0..config.n_layer)
-            .map(|_| MambaBlock::new(RmsNorm::new(config.d_model, config.norm_eps), MambaMixer::new(config.mixer_dims(), dt, out_scale, &mut rng)))
+            .map(|_| {
+                MambaBlock::new(
+                    RmsNorm::new(config.d_model, config.norm_eps),
+                    MambaMixer::new(config.mixer_dims(), dt, out_scale, &mut rng),
+                )
+            })
             .collect();
-        Ok(MambaLM { norm_f: RmsNorm::new(config.d_model, config.norm_eps), embedding, layers, config, acts: Acts::default() })
+        Ok(MambaLM {
+            norm_f: RmsNorm::new(config.d_model, config.norm_eps),
+            embedding,
+            layers,
+            config,
+            acts: Acts::default(),
+        })
     }
 
     /// Rows of the embedding and columns of the logits.
@@ -175,15 +204,31 @@ impl<T: Float> MambaLM<T> {
 
     /// Logits (b, l, v) for token ids (b · l, row-major). With `state`, the sequences continue
     /// from it and it is advanced (prefill, decoding); `train` keeps what `backward` needs.
-    pub fn forward(&mut self, ids: &[u32], b: usize, mut state: Option<&mut MambaState<T>>, train: bool) -> Result<&Tensor<T>> {
+    pub fn forward(
+        &mut self,
+        ids: &[u32],
+        b: usize,
+        mut state: Option<&mut MambaState<T>>,
+        train: bool,
+    ) -> Result<&Tensor<T>> {
         if b == 0 || ids.is_empty() || !ids.len().is_multiple_of(b) {
-            return Err(Error::shape("MambaLM::forward", "ids", format!("b · l ids with b = {b} and l >= 1"), &[ids.len()]));
+            return Err(Error::shape(
+                "MambaLM::forward",
+                "ids",
+                format!("b · l ids with b = {b} and l >= 1"),
+                &[ids.len()],
+            ));
         }
         let l = ids.len() / b;
         if let Some(s) = &state
             && s.layers.len() != self.layers.len()
         {
-            return Err(Error::shape("MambaLM::forward", "state", format!("{} layers", self.layers.len()), &[s.layers.len()]));
+            return Err(Error::shape(
+                "MambaLM::forward",
+                "state",
+                format!("{} layers", self.layers.len()),
+                &[s.layers.len()],
+            ));
         }
         let a = &mut self.acts;
         a.loss_ready = false;
@@ -196,7 +241,8 @@ impl<T: Float> MambaLM<T> {
             let st = state.as_deref_mut().map(|s| &mut s.layers[i]);
             layer.forward(&done[i], &mut rest[0], st, train)?;
         }
-        self.norm_f.forward(&a.resid[self.layers.len()], &mut a.hidden)?;
+        self.norm_f
+            .forward(&a.resid[self.layers.len()], &mut a.hidden)?;
         linear_fwd(&a.hidden, &self.embedding.value, None, &mut a.logits)?;
         Ok(&a.logits)
     }
@@ -217,12 +263,22 @@ impl<T: Float> MambaLM<T> {
     pub fn backward(&mut self) -> Result<()> {
         let a = &mut self.acts;
         if !a.loss_ready {
-            return Err(Error::config("MambaLM::backward", "needs a forward_loss first (and no other forward since)"));
+            return Err(Error::config(
+                "MambaLM::backward",
+                "needs a forward_loss first (and no other forward since)",
+            ));
         }
         a.dlogits.reset(a.logits.shape().clone());
         cross_entropy_bwd(&a.logits, &a.targets, &a.lse, 1.0, &mut a.dlogits)?;
         a.dhidden.reset(a.hidden.shape().clone());
-        linear_bwd(&a.hidden, &self.embedding.value, &a.dlogits, Some(&mut a.dhidden), &mut self.embedding.grad, None)?;
+        linear_bwd(
+            &a.hidden,
+            &self.embedding.value,
+            &a.dlogits,
+            Some(&mut a.dhidden),
+            &mut self.embedding.grad,
+            None,
+        )?;
         let n = self.layers.len();
         let [d_out, d_in] = &mut a.dresid;
         d_out.reset(a.resid[n].shape().clone());
@@ -237,14 +293,18 @@ impl<T: Float> MambaLM<T> {
 
     /// A zero decoding state for `b` sequences.
     pub fn zero_state(&self, b: usize) -> MambaState<T> {
-        MambaState { layers: self.layers.iter().map(|l| l.mixer.zero_state(b)).collect() }
+        MambaState {
+            layers: self.layers.iter().map(|l| l.mixer.zero_state(b)).collect(),
+        }
     }
 
     /// Logits (b, v) for one new token per sequence, advancing `state`.
     pub fn step(&mut self, tokens: &[u32], state: &mut MambaState<T>) -> Result<Tensor<T>> {
         let b = tokens.len();
         let v = self.vocab();
-        self.forward(tokens, b, Some(state), false)?.clone().reshape([b, v])
+        self.forward(tokens, b, Some(state), false)?
+            .clone()
+            .reshape([b, v])
     }
 
     /// The same model in another float type (gradient checks run in f64).
@@ -265,6 +325,7 @@ impl<T: Float> Module<T> for MambaLM<T> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             layer.visit_params(&mut |name, p| f(&format!("layers.{i}.{name}"), p));
         }
-        self.norm_f.visit_params(&mut |name, p| f(&format!("norm_f.{name}"), p));
+        self.norm_f
+            .visit_params(&mut |name, p| f(&format!("norm_f.{name}"), p));
     }
 }

@@ -90,7 +90,9 @@ impl ModelConfig {
     /// `Module::num_params` of the built model).
     pub fn num_params(&self) -> usize {
         match self {
-            ModelConfig::Mamba(c) => c.padded_vocab() * c.d_model + c.n_layer * mamba_block_params(c) + c.d_model,
+            ModelConfig::Mamba(c) => {
+                c.padded_vocab() * c.d_model + c.n_layer * mamba_block_params(c) + c.d_model
+            }
             ModelConfig::Transformer(c) => c.num_params(),
             ModelConfig::Hybrid(c) => c.num_params(),
         }
@@ -100,7 +102,9 @@ impl ModelConfig {
     /// of [`flops_convention`](Self::flops_convention).
     pub fn flops_per_token(&self, seq_len: usize) -> f64 {
         match self {
-            ModelConfig::Mamba(c) => 6.0 * self.num_params() as f64 + (27 * c.n_layer * c.d_inner() * c.d_state) as f64,
+            ModelConfig::Mamba(c) => {
+                6.0 * self.num_params() as f64 + (27 * c.n_layer * c.d_inner() * c.d_state) as f64
+            }
             ModelConfig::Transformer(c) => c.flops_per_token(seq_len),
             ModelConfig::Hybrid(c) => c.flops_per_token(seq_len),
         }
@@ -109,9 +113,15 @@ impl ModelConfig {
     /// The FLOPs formula of this architecture, to print on plots.
     pub fn flops_convention(&self) -> &'static str {
         match self {
-            ModelConfig::Mamba(_) => "6N + 27·n_layer·d_inner·d_state (N all params, tied embedding once)",
-            ModelConfig::Transformer(_) => "6N + 6·n_layer·L·d_model (Kaplan; N all params, tied embedding once)",
-            ModelConfig::Hybrid(_) => "6N + Σ_attn 6·L·d_model + Σ_mamba 27·d_inner·d_state (N all params)",
+            ModelConfig::Mamba(_) => {
+                "6N + 27·n_layer·d_inner·d_state (N all params, tied embedding once)"
+            }
+            ModelConfig::Transformer(_) => {
+                "6N + 6·n_layer·L·d_model (Kaplan; N all params, tied embedding once)"
+            }
+            ModelConfig::Hybrid(_) => {
+                "6N + Σ_attn 6·L·d_model + Σ_mamba 27·d_inner·d_state (N all params)"
+            }
         }
     }
 }
@@ -149,7 +159,10 @@ fn state_mismatch(model: &str, state: &AnyState<impl Float>) -> Error {
         AnyState::Transformer(_) => "transformer",
         AnyState::Hybrid(_) => "hybrid",
     };
-    Error::config("state", format!("a {got} decoding state given to a {model} model"))
+    Error::config(
+        "state",
+        format!("a {got} decoding state given to a {model} model"),
+    )
 }
 
 impl<T: Float> AnyLM<T> {
@@ -187,13 +200,21 @@ impl<T: Float> AnyLM<T> {
 
     /// Logits (b, l, v) for token ids (b · l, row-major), continuing and advancing `state` when
     /// given; `train` keeps what `backward` needs.
-    pub fn forward(&mut self, ids: &[u32], b: usize, state: Option<&mut AnyState<T>>, train: bool) -> Result<&Tensor<T>> {
+    pub fn forward(
+        &mut self,
+        ids: &[u32],
+        b: usize,
+        state: Option<&mut AnyState<T>>,
+        train: bool,
+    ) -> Result<&Tensor<T>> {
         let arch = self.arch();
         match (self, state) {
             (AnyLM::Mamba(m), None) => m.forward(ids, b, None, train),
             (AnyLM::Mamba(m), Some(AnyState::Mamba(s))) => m.forward(ids, b, Some(s), train),
             (AnyLM::Transformer(m), None) => m.forward(ids, b, None, train),
-            (AnyLM::Transformer(m), Some(AnyState::Transformer(s))) => m.forward(ids, b, Some(s), train),
+            (AnyLM::Transformer(m), Some(AnyState::Transformer(s))) => {
+                m.forward(ids, b, Some(s), train)
+            }
             (AnyLM::Hybrid(m), None) => m.forward(ids, b, None, train),
             (AnyLM::Hybrid(m), Some(AnyState::Hybrid(s))) => m.forward(ids, b, Some(s), train),
             (_, Some(s)) => Err(state_mismatch(arch, s)),
@@ -231,7 +252,12 @@ impl<T: Float> AnyLM<T> {
     }
 
     /// Continues `prompt` by `n_new` tokens (see [`generate::generate`]).
-    pub fn generate(&mut self, prompt: &[u32], n_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        n_new: usize,
+        sampling: Sampling,
+    ) -> Result<Vec<u32>> {
         generate::generate(self, prompt, n_new, sampling)
     }
 
@@ -269,7 +295,12 @@ impl<T: Float> Decoder<T> for AnyLM<T> {
     fn zero_state(&self, b: usize) -> AnyState<T> {
         AnyLM::zero_state(self, b)
     }
-    fn forward_state(&mut self, ids: &[u32], b: usize, state: &mut AnyState<T>) -> Result<&Tensor<T>> {
+    fn forward_state(
+        &mut self,
+        ids: &[u32],
+        b: usize,
+        state: &mut AnyState<T>,
+    ) -> Result<&Tensor<T>> {
         self.forward(ids, b, Some(state), false)
     }
     fn step(&mut self, tokens: &[u32], state: &mut AnyState<T>) -> Result<Tensor<T>> {

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::generate::{Decoder, Sampling, generate};
 use crate::error::{Error, Result};
-use crate::nn::attention::{AttentionDims, CausalSelfAttention, KvCache, LearnedPositions, PosEncoding};
+use crate::nn::attention::{
+    AttentionDims, CausalSelfAttention, KvCache, LearnedPositions, PosEncoding,
+};
 use crate::nn::init::normal;
 use crate::nn::mlp::{Mlp, MlpKind};
 use crate::nn::norm::RmsNorm;
@@ -90,11 +92,14 @@ impl TransformerConfig {
         self.d_model / self.n_heads.max(1)
     }
     pub fn mlp_hidden(&self) -> usize {
-        self.mlp_hidden.unwrap_or(self.mlp.default_hidden(self.d_model, self.mlp_multiple_of))
+        self.mlp_hidden
+            .unwrap_or(self.mlp.default_hidden(self.d_model, self.mlp_multiple_of))
     }
     /// Rows of the embedding: vocab_size rounded up to the padding multiple.
     pub fn padded_vocab(&self) -> usize {
-        self.vocab_size.div_ceil(self.pad_vocab_size_multiple.max(1)) * self.pad_vocab_size_multiple.max(1)
+        self.vocab_size
+            .div_ceil(self.pad_vocab_size_multiple.max(1))
+            * self.pad_vocab_size_multiple.max(1)
     }
 
     pub fn attention_dims(&self) -> AttentionDims {
@@ -127,19 +132,44 @@ impl TransformerConfig {
             }
         }
         if !self.d_model.is_multiple_of(self.n_heads) {
-            return Err(Error::config("n_heads", format!("must divide d_model = {}, got {}", self.d_model, self.n_heads)));
+            return Err(Error::config(
+                "n_heads",
+                format!(
+                    "must divide d_model = {}, got {}",
+                    self.d_model, self.n_heads
+                ),
+            ));
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads()) {
-            return Err(Error::config("n_kv_heads", format!("must divide n_heads = {}, got {}", self.n_heads, self.n_kv_heads())));
+            return Err(Error::config(
+                "n_kv_heads",
+                format!(
+                    "must divide n_heads = {}, got {}",
+                    self.n_heads,
+                    self.n_kv_heads()
+                ),
+            ));
         }
         if self.pos_encoding == PosEncoding::Rope && !self.head_dim().is_multiple_of(2) {
-            return Err(Error::config("n_heads", format!("RoPE needs an even head_dim = d_model / n_heads, got {}", self.head_dim())));
+            return Err(Error::config(
+                "n_heads",
+                format!(
+                    "RoPE needs an even head_dim = d_model / n_heads, got {}",
+                    self.head_dim()
+                ),
+            ));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 1.0) {
-            return Err(Error::config("rope_base", format!("must be finite and above 1, got {}", self.rope_base)));
+            return Err(Error::config(
+                "rope_base",
+                format!("must be finite and above 1, got {}", self.rope_base),
+            ));
         }
         if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
-            return Err(Error::config("norm_eps", format!("must be positive, got {}", self.norm_eps)));
+            return Err(Error::config(
+                "norm_eps",
+                format!("must be positive, got {}", self.norm_eps),
+            ));
         }
         Ok(())
     }
@@ -147,7 +177,11 @@ impl TransformerConfig {
     /// Parameters of one block: two norms, the four attention projections (and their biases),
     /// the MLP's matrices.
     pub fn block_params(&self) -> usize {
-        let (d, q, kv) = (self.d_model, self.n_heads * self.head_dim(), self.n_kv_heads() * self.head_dim());
+        let (d, q, kv) = (
+            self.d_model,
+            self.n_heads * self.head_dim(),
+            self.n_kv_heads() * self.head_dim(),
+        );
         let attn = 2 * d * q + 2 * d * kv + if self.attn_bias { q + 2 * kv + d } else { 0 };
         2 * d + attn + self.mlp.n_matrices() * d * self.mlp_hidden()
     }
@@ -155,8 +189,15 @@ impl TransformerConfig {
     /// Trainable values of the model: the tied embedding once, the learned positions if any, the
     /// blocks and the final norm.
     pub fn num_params(&self) -> usize {
-        let positions = if self.pos_encoding == PosEncoding::Learned { self.max_seq_len * self.d_model } else { 0 };
-        self.padded_vocab() * self.d_model + positions + self.n_layer * self.block_params() + self.d_model
+        let positions = if self.pos_encoding == PosEncoding::Learned {
+            self.max_seq_len * self.d_model
+        } else {
+            0
+        };
+        self.padded_vocab() * self.d_model
+            + positions
+            + self.n_layer * self.block_params()
+            + self.d_model
     }
 
     /// Training FLOPs per token at sequence length `seq_len` (Kaplan et al., 2020, eq. 2.1 × 3 for
@@ -208,9 +249,23 @@ impl<T: Float> TransformerBlock<T> {
         Self::from_parts(norm(), attn, norm(), mlp)
     }
 
-    fn from_parts(attn_norm: RmsNorm<T>, attn: CausalSelfAttention<T>, mlp_norm: RmsNorm<T>, mlp: Mlp<T>) -> Self {
+    fn from_parts(
+        attn_norm: RmsNorm<T>,
+        attn: CausalSelfAttention<T>,
+        mlp_norm: RmsNorm<T>,
+        mlp: Mlp<T>,
+    ) -> Self {
         let z = Tensor::default;
-        TransformerBlock { attn_norm, attn, mlp_norm, mlp, normed: [z(), z()], mid: z(), dnormed: z(), dmid: z() }
+        TransformerBlock {
+            attn_norm,
+            attn,
+            mlp_norm,
+            mlp,
+            normed: [z(), z()],
+            mid: z(),
+            dnormed: z(),
+            dmid: z(),
+        }
     }
 
     /// An empty KV cache for `b` sequences.
@@ -220,7 +275,13 @@ impl<T: Float> TransformerBlock<T> {
 
     /// out (b, l, d) = block(x (b, l, d)); `out` is resized. With `kv`, the tokens continue the
     /// cached sequences and are appended to the cache.
-    pub fn forward(&mut self, x: &Tensor<T>, out: &mut Tensor<T>, kv: Option<&mut KvCache<T>>, train: bool) -> Result<()> {
+    pub fn forward(
+        &mut self,
+        x: &Tensor<T>,
+        out: &mut Tensor<T>,
+        kv: Option<&mut KvCache<T>>,
+        train: bool,
+    ) -> Result<()> {
         let [na, nm] = &mut self.normed;
         self.attn_norm.forward(x, na)?;
         self.attn.forward(na, &mut self.mid, kv, train)?;
@@ -237,7 +298,8 @@ impl<T: Float> TransformerBlock<T> {
         add_into(dout, &mut self.dmid)?;
         self.dnormed.reset(x.shape().clone());
         self.mlp.backward(nm, dout, &mut self.dnormed)?;
-        self.mlp_norm.backward(&self.mid, &self.dnormed, &mut self.dmid)?;
+        self.mlp_norm
+            .backward(&self.mid, &self.dnormed, &mut self.dmid)?;
         add_into(&self.dmid, dx)?;
         self.dnormed.reset(x.shape().clone());
         self.attn.backward(na, &self.dmid, &mut self.dnormed)?;
@@ -245,16 +307,25 @@ impl<T: Float> TransformerBlock<T> {
     }
 
     pub fn cast<U: Float>(&self) -> TransformerBlock<U> {
-        TransformerBlock::from_parts(self.attn_norm.cast(), self.attn.cast(), self.mlp_norm.cast(), self.mlp.cast())
+        TransformerBlock::from_parts(
+            self.attn_norm.cast(),
+            self.attn.cast(),
+            self.mlp_norm.cast(),
+            self.mlp.cast(),
+        )
     }
 }
 
 impl<T: Float> Module<T> for TransformerBlock<T> {
     fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param<T>)) {
-        self.attn_norm.visit_params(&mut |name, p| f(&format!("attn_norm.{name}"), p));
-        self.attn.visit_params(&mut |name, p| f(&format!("attn.{name}"), p));
-        self.mlp_norm.visit_params(&mut |name, p| f(&format!("mlp_norm.{name}"), p));
-        self.mlp.visit_params(&mut |name, p| f(&format!("mlp.{name}"), p));
+        self.attn_norm
+            .visit_params(&mut |name, p| f(&format!("attn_norm.{name}"), p));
+        self.attn
+            .visit_params(&mut |name, p| f(&format!("attn.{name}"), p));
+        self.mlp_norm
+            .visit_params(&mut |name, p| f(&format!("mlp_norm.{name}"), p));
+        self.mlp
+            .visit_params(&mut |name, p| f(&format!("mlp.{name}"), p));
     }
 }
 
@@ -295,11 +366,24 @@ impl<T: Float> TransformerLM<T> {
         config.validate()?;
         let mut rng = StdRng::seed_from_u64(seed);
         let d = config.d_model;
-        let embedding = Param::new(normal(&mut rng, &[config.padded_vocab(), d], INIT_STD), true);
-        let positions = (config.pos_encoding == PosEncoding::Learned).then(|| LearnedPositions::new(config.max_seq_len, d, INIT_STD, &mut rng));
+        let embedding = Param::new(
+            normal(&mut rng, &[config.padded_vocab(), d], INIT_STD),
+            true,
+        );
+        let positions = (config.pos_encoding == PosEncoding::Learned)
+            .then(|| LearnedPositions::new(config.max_seq_len, d, INIT_STD, &mut rng));
         let out_std = INIT_STD / ((2 * config.n_layer) as f64).sqrt();
-        let layers = (0..config.n_layer).map(|_| TransformerBlock::new(&config, out_std, &mut rng)).collect();
-        Ok(TransformerLM { norm_f: RmsNorm::new(d, config.norm_eps), embedding, positions, layers, config, acts: Acts::default() })
+        let layers = (0..config.n_layer)
+            .map(|_| TransformerBlock::new(&config, out_std, &mut rng))
+            .collect();
+        Ok(TransformerLM {
+            norm_f: RmsNorm::new(d, config.norm_eps),
+            embedding,
+            positions,
+            layers,
+            config,
+            acts: Acts::default(),
+        })
     }
 
     /// Rows of the embedding and columns of the logits.
@@ -310,15 +394,31 @@ impl<T: Float> TransformerLM<T> {
     /// Logits (b, l, v) for token ids (b · l, row-major). With `state`, the sequences continue
     /// from their KV caches, which are extended (prefill, decoding); `train` keeps what `backward`
     /// needs (a forward without a state).
-    pub fn forward(&mut self, ids: &[u32], b: usize, mut state: Option<&mut TransformerState<T>>, train: bool) -> Result<&Tensor<T>> {
+    pub fn forward(
+        &mut self,
+        ids: &[u32],
+        b: usize,
+        mut state: Option<&mut TransformerState<T>>,
+        train: bool,
+    ) -> Result<&Tensor<T>> {
         if b == 0 || ids.is_empty() || !ids.len().is_multiple_of(b) {
-            return Err(Error::shape("TransformerLM::forward", "ids", format!("b · l ids with b = {b} and l >= 1"), &[ids.len()]));
+            return Err(Error::shape(
+                "TransformerLM::forward",
+                "ids",
+                format!("b · l ids with b = {b} and l >= 1"),
+                &[ids.len()],
+            ));
         }
         let l = ids.len() / b;
         if let Some(s) = &state
             && s.layers.len() != self.layers.len()
         {
-            return Err(Error::shape("TransformerLM::forward", "state", format!("{} layers", self.layers.len()), &[s.layers.len()]));
+            return Err(Error::shape(
+                "TransformerLM::forward",
+                "state",
+                format!("{} layers", self.layers.len()),
+                &[s.layers.len()],
+            ));
         }
         let a = &mut self.acts;
         a.ids.clear();
@@ -334,7 +434,8 @@ impl<T: Float> TransformerLM<T> {
             let kv = state.as_deref_mut().map(|s| &mut s.layers[i]);
             layer.forward(&done[i], &mut rest[0], kv, train)?;
         }
-        self.norm_f.forward(&a.resid[self.layers.len()], &mut a.hidden)?;
+        self.norm_f
+            .forward(&a.resid[self.layers.len()], &mut a.hidden)?;
         linear_fwd(&a.hidden, &self.embedding.value, None, &mut a.logits)?;
         Ok(&a.logits)
     }
@@ -356,7 +457,14 @@ impl<T: Float> TransformerLM<T> {
         a.dlogits.reset(a.logits.shape().clone());
         cross_entropy_bwd(&a.logits, &a.targets, &a.lse, 1.0, &mut a.dlogits)?;
         a.dhidden.reset(a.hidden.shape().clone());
-        linear_bwd(&a.hidden, &self.embedding.value, &a.dlogits, Some(&mut a.dhidden), &mut self.embedding.grad, None)?;
+        linear_bwd(
+            &a.hidden,
+            &self.embedding.value,
+            &a.dlogits,
+            Some(&mut a.dhidden),
+            &mut self.embedding.grad,
+            None,
+        )?;
         let n = self.layers.len();
         let [d_out, d_in] = &mut a.dresid;
         d_out.reset(a.resid[n].shape().clone());
@@ -374,18 +482,27 @@ impl<T: Float> TransformerLM<T> {
 
     /// Empty KV caches for `b` sequences.
     pub fn zero_state(&self, b: usize) -> TransformerState<T> {
-        TransformerState { layers: self.layers.iter().map(|l| l.new_cache(b)).collect() }
+        TransformerState {
+            layers: self.layers.iter().map(|l| l.new_cache(b)).collect(),
+        }
     }
 
     /// Logits (b, v) for one new token per sequence, extending the KV caches of `state`.
     pub fn step(&mut self, tokens: &[u32], state: &mut TransformerState<T>) -> Result<Tensor<T>> {
         let b = tokens.len();
         let v = self.vocab();
-        self.forward(tokens, b, Some(state), false)?.clone().reshape([b, v])
+        self.forward(tokens, b, Some(state), false)?
+            .clone()
+            .reshape([b, v])
     }
 
     /// Continues `prompt` by `n_new` tokens (see [`generate`]).
-    pub fn generate(&mut self, prompt: &[u32], n_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        n_new: usize,
+        sampling: Sampling,
+    ) -> Result<Vec<u32>> {
         generate(self, prompt, n_new, sampling)
     }
 
@@ -410,7 +527,12 @@ impl<T: Float> Decoder<T> for TransformerLM<T> {
     fn zero_state(&self, b: usize) -> TransformerState<T> {
         TransformerLM::zero_state(self, b)
     }
-    fn forward_state(&mut self, ids: &[u32], b: usize, state: &mut TransformerState<T>) -> Result<&Tensor<T>> {
+    fn forward_state(
+        &mut self,
+        ids: &[u32],
+        b: usize,
+        state: &mut TransformerState<T>,
+    ) -> Result<&Tensor<T>> {
         self.forward(ids, b, Some(state), false)
     }
     fn step(&mut self, tokens: &[u32], state: &mut TransformerState<T>) -> Result<Tensor<T>> {
@@ -427,6 +549,7 @@ impl<T: Float> Module<T> for TransformerLM<T> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             layer.visit_params(&mut |name, p| f(&format!("layers.{i}.{name}"), p));
         }
-        self.norm_f.visit_params(&mut |name, p| f(&format!("norm_f.{name}"), p));
+        self.norm_f
+            .visit_params(&mut |name, p| f(&format!("norm_f.{name}"), p));
     }
 }

@@ -67,7 +67,11 @@ impl<T: Float> KvCache<T> {
     /// An empty cache for `b` sequences.
     pub fn new(b: usize, n_kv_heads: usize, head_dim: usize) -> Self {
         let empty = || Tensor::zeros_cpu([b, 0, n_kv_heads, head_dim]);
-        KvCache { k: empty(), v: empty(), spare: Tensor::default() }
+        KvCache {
+            k: empty(),
+            v: empty(),
+            spare: Tensor::default(),
+        }
     }
 
     /// Tokens cached per sequence: the position of the next token.
@@ -82,13 +86,26 @@ impl<T: Float> KvCache<T> {
     /// Appends k_new, v_new (b, l, hkv, hd) after the cached tokens of each sequence.
     fn append(&mut self, k_new: &Tensor<T>, v_new: &Tensor<T>) -> Result<()> {
         let [b, len, hkv, hd] = *self.k.dims() else {
-            return Err(Error::shape("KvCache::append", "cached keys", "[b, len, hkv, hd]", self.k.dims()));
+            return Err(Error::shape(
+                "KvCache::append",
+                "cached keys",
+                "[b, len, hkv, hd]",
+                self.k.dims(),
+            ));
         };
         let l = match *k_new.dims() {
             [bn, l, hn, dn] if bn == b && hn == hkv && dn == hd => l,
-            _ => return Err(Error::shape("KvCache::append", "new keys", format!("[{b}, l, {hkv}, {hd}]"), k_new.dims())),
+            _ => {
+                return Err(Error::shape(
+                    "KvCache::append",
+                    "new keys",
+                    format!("[{b}, l, {hkv}, {hd}]"),
+                    k_new.dims(),
+                ));
+            }
         };
-        self.v.expect_dims("KvCache::append", "cached values", self.k.dims())?;
+        self.v
+            .expect_dims("KvCache::append", "cached values", self.k.dims())?;
         v_new.expect_dims("KvCache::append", "new values", k_new.dims())?;
         let row = hkv * hd;
         for (cache, new) in [(&mut self.k, k_new), (&mut self.v, v_new)] {
@@ -153,7 +170,13 @@ impl<T: Float> CausalSelfAttention<T> {
     /// Projections drawn from N(0, std²), o_proj from N(0, out_std²) (GPT-2 scales the residual
     /// outputs down with depth), biases zero.
     pub fn new(dims: AttentionDims, std: f64, out_std: f64, rng: &mut StdRng) -> Self {
-        let AttentionDims { d_model: d, n_heads: h, n_kv_heads: hkv, head_dim: hd, .. } = dims;
+        let AttentionDims {
+            d_model: d,
+            n_heads: h,
+            n_kv_heads: hkv,
+            head_dim: hd,
+            ..
+        } = dims;
         let bias = |len: usize| dims.bias.then(|| Param::new(full(&[len], 0.0), false));
         CausalSelfAttention {
             dims,
@@ -178,15 +201,46 @@ impl<T: Float> CausalSelfAttention<T> {
     /// out (b, l, d) = attention(x (b, l, d)). With `kv`, the tokens continue the cached
     /// sequences (prefill and decoding) and are appended to the cache; `train` keeps what the
     /// backward needs, which only a forward without a cache supports.
-    pub fn forward(&mut self, x: &Tensor<T>, out: &mut Tensor<T>, kv: Option<&mut KvCache<T>>, train: bool) -> Result<()> {
-        let AttentionDims { n_heads: h, n_kv_heads: hkv, head_dim: hd, .. } = self.dims;
+    pub fn forward(
+        &mut self,
+        x: &Tensor<T>,
+        out: &mut Tensor<T>,
+        kv: Option<&mut KvCache<T>>,
+        train: bool,
+    ) -> Result<()> {
+        let AttentionDims {
+            n_heads: h,
+            n_kv_heads: hkv,
+            head_dim: hd,
+            ..
+        } = self.dims;
         let [b, l, _] = *x.dims() else {
-            return Err(Error::shape("CausalSelfAttention::forward", "x", "[b, l, d]", x.dims()));
+            return Err(Error::shape(
+                "CausalSelfAttention::forward",
+                "x",
+                "[b, l, d]",
+                x.dims(),
+            ));
         };
         let c = &mut self.cache;
-        linear_fwd(x, &self.q_proj.value, self.q_bias.as_ref().map(|p| &p.value), &mut c.q)?;
-        linear_fwd(x, &self.k_proj.value, self.k_bias.as_ref().map(|p| &p.value), &mut c.k)?;
-        linear_fwd(x, &self.v_proj.value, self.v_bias.as_ref().map(|p| &p.value), &mut c.v)?;
+        linear_fwd(
+            x,
+            &self.q_proj.value,
+            self.q_bias.as_ref().map(|p| &p.value),
+            &mut c.q,
+        )?;
+        linear_fwd(
+            x,
+            &self.k_proj.value,
+            self.k_bias.as_ref().map(|p| &p.value),
+            &mut c.k,
+        )?;
+        linear_fwd(
+            x,
+            &self.v_proj.value,
+            self.v_bias.as_ref().map(|p| &p.value),
+            &mut c.v,
+        )?;
         set_dims(&mut c.q, [b, l, h, hd])?;
         set_dims(&mut c.k, [b, l, hkv, hd])?;
         set_dims(&mut c.v, [b, l, hkv, hd])?;
@@ -204,12 +258,22 @@ impl<T: Float> CausalSelfAttention<T> {
             }
         }
         set_dims(&mut c.attn.o, [b, l, h * hd])?;
-        linear_fwd(&c.attn.o, &self.o_proj.value, self.o_bias.as_ref().map(|p| &p.value), out)
+        linear_fwd(
+            &c.attn.o,
+            &self.o_proj.value,
+            self.o_bias.as_ref().map(|p| &p.value),
+            out,
+        )
     }
 
     /// dx += ∂L/∂x given dout, for the `x` of the last training forward (without a KV cache).
     pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
-        let AttentionDims { n_heads: h, n_kv_heads: hkv, head_dim: hd, .. } = self.dims;
+        let AttentionDims {
+            n_heads: h,
+            n_kv_heads: hkv,
+            head_dim: hd,
+            ..
+        } = self.dims;
         let mut c = std::mem::take(&mut self.cache);
         let mut s = std::mem::take(&mut self.scratch);
         let result = self.backward_with(x, dout, dx, &mut c, &mut s, [h, hkv, hd]);
@@ -218,16 +282,38 @@ impl<T: Float> CausalSelfAttention<T> {
         result
     }
 
-    fn backward_with(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>, c: &mut Cache<T>, s: &mut Scratch<T>, [h, hkv, hd]: [usize; 3]) -> Result<()> {
+    fn backward_with(
+        &mut self,
+        x: &Tensor<T>,
+        dout: &Tensor<T>,
+        dx: &mut Tensor<T>,
+        c: &mut Cache<T>,
+        s: &mut Scratch<T>,
+        [h, hkv, hd]: [usize; 3],
+    ) -> Result<()> {
         if !c.trainable {
-            return Err(Error::config("train", "CausalSelfAttention::backward needs a training forward without a KV cache"));
+            return Err(Error::config(
+                "train",
+                "CausalSelfAttention::backward needs a training forward without a KV cache",
+            ));
         }
         let [b, l] = [c.q.dims()[0], c.q.dims()[1]];
         s.d_o.reset([b, l, h * hd]);
-        linear_bwd(&c.attn.o, &self.o_proj.value, dout, Some(&mut s.d_o), &mut self.o_proj.grad, self.o_bias.as_mut().map(|p| &mut p.grad))?;
+        linear_bwd(
+            &c.attn.o,
+            &self.o_proj.value,
+            dout,
+            Some(&mut s.d_o),
+            &mut self.o_proj.grad,
+            self.o_bias.as_mut().map(|p| &mut p.grad),
+        )?;
         set_dims(&mut s.d_o, [b, l, h, hd])?;
         set_dims(&mut c.attn.o, [b, l, h, hd])?;
-        let mut g = s.grads.take().unwrap_or_else(|| AttentionGrads { dq: Tensor::default(), dk: Tensor::default(), dv: Tensor::default() });
+        let mut g = s.grads.take().unwrap_or_else(|| AttentionGrads {
+            dq: Tensor::default(),
+            dk: Tensor::default(),
+            dv: Tensor::default(),
+        });
         g.dq.reset(c.q.shape().clone());
         g.dk.reset(c.k.shape().clone());
         g.dv.reset(c.v.shape().clone());
@@ -248,9 +334,30 @@ impl<T: Float> CausalSelfAttention<T> {
         set_dims(dq, [b, l, h * hd])?;
         set_dims(dk, [b, l, hkv * hd])?;
         set_dims(&mut g.dv, [b, l, hkv * hd])?;
-        linear_bwd(x, &self.q_proj.value, dq, Some(&mut *dx), &mut self.q_proj.grad, self.q_bias.as_mut().map(|p| &mut p.grad))?;
-        linear_bwd(x, &self.k_proj.value, dk, Some(&mut *dx), &mut self.k_proj.grad, self.k_bias.as_mut().map(|p| &mut p.grad))?;
-        linear_bwd(x, &self.v_proj.value, &g.dv, Some(dx), &mut self.v_proj.grad, self.v_bias.as_mut().map(|p| &mut p.grad))?;
+        linear_bwd(
+            x,
+            &self.q_proj.value,
+            dq,
+            Some(&mut *dx),
+            &mut self.q_proj.grad,
+            self.q_bias.as_mut().map(|p| &mut p.grad),
+        )?;
+        linear_bwd(
+            x,
+            &self.k_proj.value,
+            dk,
+            Some(&mut *dx),
+            &mut self.k_proj.grad,
+            self.k_bias.as_mut().map(|p| &mut p.grad),
+        )?;
+        linear_bwd(
+            x,
+            &self.v_proj.value,
+            &g.dv,
+            Some(dx),
+            &mut self.v_proj.grad,
+            self.v_bias.as_mut().map(|p| &mut p.grad),
+        )?;
         s.grads = Some(g);
         Ok(())
     }
@@ -301,7 +408,9 @@ pub struct LearnedPositions<T: Float = f32> {
 impl<T: Float> LearnedPositions<T> {
     /// A table drawn from N(0, std²).
     pub fn new(max_seq_len: usize, d: usize, std: f64, rng: &mut StdRng) -> Self {
-        LearnedPositions { table: Param::new(normal(rng, &[max_seq_len, d], std), true) }
+        LearnedPositions {
+            table: Param::new(normal(rng, &[max_seq_len, d], std), true),
+        }
     }
 
     /// Rows of the table: the number of positions the model can see.
@@ -312,7 +421,11 @@ impl<T: Float> LearnedPositions<T> {
     /// Checks that positions offset..offset + l exist; the error names `max_seq_len`.
     fn check(&self, offset: usize, l: usize) -> Result<()> {
         if offset + l > self.max_len() {
-            let reason = format!("positions up to {} needed, the learned table has {}", offset + l, self.max_len());
+            let reason = format!(
+                "positions up to {} needed, the learned table has {}",
+                offset + l,
+                self.max_len()
+            );
             return Err(Error::config("max_seq_len", reason));
         }
         Ok(())
@@ -321,7 +434,12 @@ impl<T: Float> LearnedPositions<T> {
     /// x (b, l, d) += table[offset..offset + l] for every sequence.
     pub fn forward(&self, x: &mut Tensor<T>, offset: usize) -> Result<()> {
         let [_, l, d] = *x.dims() else {
-            return Err(Error::shape("LearnedPositions::forward", "x", "[b, l, d]", x.dims()));
+            return Err(Error::shape(
+                "LearnedPositions::forward",
+                "x",
+                "[b, l, d]",
+                x.dims(),
+            ));
         };
         self.check(offset, l)?;
         let rows = &self.table.value.host()?[offset * d..(offset + l) * d];
@@ -334,7 +452,12 @@ impl<T: Float> LearnedPositions<T> {
     /// table.grad[offset..offset + l] += Σ over sequences of dx (b, l, d).
     pub fn backward(&mut self, dx: &Tensor<T>, offset: usize) -> Result<()> {
         let [_, l, d] = *dx.dims() else {
-            return Err(Error::shape("LearnedPositions::backward", "dx", "[b, l, d]", dx.dims()));
+            return Err(Error::shape(
+                "LearnedPositions::backward",
+                "dx",
+                "[b, l, d]",
+                dx.dims(),
+            ));
         };
         self.check(offset, l)?;
         let rows = &mut self.table.grad.host_mut()?[offset * d..(offset + l) * d];
@@ -345,7 +468,9 @@ impl<T: Float> LearnedPositions<T> {
     }
 
     pub fn cast<U: Float>(&self) -> LearnedPositions<U> {
-        LearnedPositions { table: self.table.cast() }
+        LearnedPositions {
+            table: self.table.cast(),
+        }
     }
 }
 

@@ -8,7 +8,9 @@ use crate::tensor::{Float, Tensor};
 /// Values uniform in [-bound, bound).
 pub fn uniform<T: Float>(rng: &mut StdRng, dims: &[usize], bound: f64) -> Tensor<T> {
     let n = dims.iter().product();
-    let v = (0..n).map(|_| T::from_f64(rng.random_range(-bound..bound))).collect();
+    let v = (0..n)
+        .map(|_| T::from_f64(rng.random_range(-bound..bound)))
+        .collect();
     Tensor::from_vec(dims, v).expect("length matches dims")
 }
 

@@ -114,10 +114,19 @@ impl<T: Float> MambaMixer<T> {
     /// [dt.min, dt.max] floored at dt.floor, A_log = ln(1..n) per channel (S4D-real), D = 1.
     /// `out_scale` multiplies out_proj (1/√n_layer for the prenorm-residual rescaling).
     pub fn new(dims: MixerDims, dt: DtInit, out_scale: f64, rng: &mut StdRng) -> Self {
-        let MixerDims { d_model: d, d_inner: di, d_state: n, d_conv: k, dt_rank: r, .. } = dims;
+        let MixerDims {
+            d_model: d,
+            d_inner: di,
+            d_state: n,
+            d_conv: k,
+            dt_rank: r,
+            ..
+        } = dims;
         let in_proj = torch_default::<T>(rng, &[2 * di, d], d).to_vec();
         let conv_w = torch_default(rng, &[di, k], k);
-        let conv_b = dims.conv_bias.then(|| Param::new(torch_default(rng, &[di], k), false));
+        let conv_b = dims
+            .conv_bias
+            .then(|| Param::new(torch_default(rng, &[di], k), false));
         let x_proj = torch_default(rng, &[r + 2 * n, di], di);
         let dt_w = uniform(rng, &[di, r], (r as f64).powf(-0.5));
         let dt_b: Vec<T> = uniform::<f64>(rng, &[di], 0.5)
@@ -129,12 +138,17 @@ impl<T: Float> MambaMixer<T> {
                 T::from_f64(inv_softplus(v))
             })
             .collect();
-        let a_log: Vec<T> = (0..di * n).map(|i| T::from_f64(((i % n + 1) as f64).ln())).collect();
+        let a_log: Vec<T> = (0..di * n)
+            .map(|i| T::from_f64(((i % n + 1) as f64).ln()))
+            .collect();
         let mut out = torch_default::<T>(rng, &[d, di], di);
         for v in out.host_mut().expect("new tensors live on the CPU") {
             *v *= T::from_f64(out_scale);
         }
-        let half = |h: usize| Tensor::from_vec([di, d], in_proj[h * di * d..(h + 1) * di * d].to_vec()).expect("sizes");
+        let half = |h: usize| {
+            Tensor::from_vec([di, d], in_proj[h * di * d..(h + 1) * di * d].to_vec())
+                .expect("sizes")
+        };
         let bias = |len: usize| dims.bias.then(|| Param::new(full(&[len], 0.0), false));
         MambaMixer {
             dims,
@@ -158,25 +172,66 @@ impl<T: Float> MambaMixer<T> {
 
     /// A zero decoding state for `b` sequences.
     pub fn zero_state(&self, b: usize) -> MixerState<T> {
-        let MixerDims { d_inner: di, d_state: n, d_conv: k, .. } = self.dims;
-        MixerState { conv: Tensor::zeros_cpu([b, k - 1, di]), ssm: Tensor::zeros_cpu([b, di, n]) }
+        let MixerDims {
+            d_inner: di,
+            d_state: n,
+            d_conv: k,
+            ..
+        } = self.dims;
+        MixerState {
+            conv: Tensor::zeros_cpu([b, k - 1, di]),
+            ssm: Tensor::zeros_cpu([b, di, n]),
+        }
     }
 
     /// out (b, l, d) = mixer(x (b, l, d)). With `state`, the sequence continues from it and the
     /// state is advanced to the end of x (prefill and decoding); `train` keeps what the backward
     /// needs.
-    pub fn forward(&mut self, x: &Tensor<T>, out: &mut Tensor<T>, state: Option<&mut MixerState<T>>, train: bool) -> Result<()> {
-        let MixerDims { d_inner: di, d_state: n, dt_rank: r, .. } = self.dims;
+    pub fn forward(
+        &mut self,
+        x: &Tensor<T>,
+        out: &mut Tensor<T>,
+        state: Option<&mut MixerState<T>>,
+        train: bool,
+    ) -> Result<()> {
+        let MixerDims {
+            d_inner: di,
+            d_state: n,
+            dt_rank: r,
+            ..
+        } = self.dims;
         let (b, l) = (x.dims()[0], x.dims()[1]);
         let mut c = std::mem::take(&mut self.cache);
-        linear_fwd(x, &self.in_proj_x.value, self.in_bias_x.as_ref().map(|p| &p.value), &mut c.xi)?;
-        linear_fwd(x, &self.in_proj_z.value, self.in_bias_z.as_ref().map(|p| &p.value), &mut c.z)?;
+        linear_fwd(
+            x,
+            &self.in_proj_x.value,
+            self.in_bias_x.as_ref().map(|p| &p.value),
+            &mut c.xi,
+        )?;
+        linear_fwd(
+            x,
+            &self.in_proj_z.value,
+            self.in_bias_z.as_ref().map(|p| &p.value),
+            &mut c.z,
+        )?;
         let conv_state = state.as_ref().map(|s| &s.conv);
-        causal_conv1d_fwd(&c.xi, &self.conv_w.value, self.conv_b.as_ref().map(|p| &p.value), conv_state, &mut c.conv)?;
+        causal_conv1d_fwd(
+            &c.xi,
+            &self.conv_w.value,
+            self.conv_b.as_ref().map(|p| &p.value),
+            conv_state,
+            &mut c.conv,
+        )?;
         c.conv_state = conv_state.cloned();
         silu_fwd(&c.conv, &mut c.xc)?;
         linear_fwd(&c.xc, &self.x_proj.value, None, &mut c.xdbl)?;
-        split_xdbl(&c.xdbl, [&mut c.dt_low, &mut c.bmat, &mut c.cmat], [b, l], r, n)?;
+        split_xdbl(
+            &c.xdbl,
+            [&mut c.dt_low, &mut c.bmat, &mut c.cmat],
+            [b, l],
+            r,
+            n,
+        )?;
         linear_fwd(&c.dt_low, &self.dt_proj_w.value, None, &mut c.delta)?;
         c.a.reset([di, n]);
         for (a, &lg) in c.a.host_mut()?.iter_mut().zip(self.a_log.value.host()?) {
@@ -184,12 +239,21 @@ impl<T: Float> MambaMixer<T> {
         }
         let mut scan = std::mem::take(&mut c.scan);
         let h0 = state.as_ref().map(|s| &s.ssm);
-        selective_scan_fwd(&scan_inputs(&c, &self.d_skip.value, &self.dt_proj_b.value, h0), &mut scan, train)?;
+        selective_scan_fwd(
+            &scan_inputs(&c, &self.d_skip.value, &self.dt_proj_b.value, h0),
+            &mut scan,
+            train,
+        )?;
         if let Some(s) = state {
             causal_conv1d_next_state(&c.xi, &mut s.conv)?;
             s.ssm.clone_from(&scan.last_state);
         }
-        linear_fwd(&scan.y, &self.out_proj.value, self.out_bias.as_ref().map(|p| &p.value), out)?;
+        linear_fwd(
+            &scan.y,
+            &self.out_proj.value,
+            self.out_bias.as_ref().map(|p| &p.value),
+            out,
+        )?;
         c.scan = scan;
         self.cache = c;
         Ok(())
@@ -197,12 +261,23 @@ impl<T: Float> MambaMixer<T> {
 
     /// dx += ∂L/∂x given dout, for the `x` of the last (training) forward.
     pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
-        let MixerDims { d_state: n, dt_rank: r, .. } = self.dims;
+        let MixerDims {
+            d_state: n,
+            dt_rank: r,
+            ..
+        } = self.dims;
         let c = std::mem::take(&mut self.cache);
         let mut s = std::mem::take(&mut self.scratch);
         let (b, l) = (x.dims()[0], x.dims()[1]);
         s.dy.reset(c.scan.y.shape().clone());
-        linear_bwd(&c.scan.y, &self.out_proj.value, dout, Some(&mut s.dy), &mut self.out_proj.grad, self.out_bias.as_mut().map(|p| &mut p.grad))?;
+        linear_bwd(
+            &c.scan.y,
+            &self.out_proj.value,
+            dout,
+            Some(&mut s.dy),
+            &mut self.out_proj.grad,
+            self.out_bias.as_mut().map(|p| &mut p.grad),
+        )?;
         // The saved chunk states already start from any initial state; its gradient is not needed.
         let inputs = scan_inputs(&c, &self.d_skip.value, &self.dt_proj_b.value, None);
         let mut g = match s.scan.take() {
@@ -214,24 +289,73 @@ impl<T: Float> MambaMixer<T> {
         };
         selective_scan_bwd(&inputs, &c.scan, &s.dy, None, &mut g)?;
         // A = -exp(A_log), so ∂A/∂A_log = A.
-        for ((ga, &da), &a) in self.a_log.grad.host_mut()?.iter_mut().zip(g.da.host()?).zip(c.a.host()?) {
+        for ((ga, &da), &a) in self
+            .a_log
+            .grad
+            .host_mut()?
+            .iter_mut()
+            .zip(g.da.host()?)
+            .zip(c.a.host()?)
+        {
             *ga += da * a;
         }
-        add_into(g.dd_skip.as_ref().expect("D is always given"), &mut self.d_skip.grad)?;
-        add_into(g.ddelta_bias.as_ref().expect("delta_bias is always given"), &mut self.dt_proj_b.grad)?;
+        add_into(
+            g.dd_skip.as_ref().expect("D is always given"),
+            &mut self.d_skip.grad,
+        )?;
+        add_into(
+            g.ddelta_bias.as_ref().expect("delta_bias is always given"),
+            &mut self.dt_proj_b.grad,
+        )?;
         s.ddt_low.reset(c.dt_low.shape().clone());
-        linear_bwd(&c.dt_low, &self.dt_proj_w.value, &g.ddelta, Some(&mut s.ddt_low), &mut self.dt_proj_w.grad, None)?;
+        linear_bwd(
+            &c.dt_low,
+            &self.dt_proj_w.value,
+            &g.ddelta,
+            Some(&mut s.ddt_low),
+            &mut self.dt_proj_w.grad,
+            None,
+        )?;
         join_xdbl([&s.ddt_low, &g.db, &g.dc], &mut s.dxdbl, [b, l], r, n)?;
         // xc feeds both x_proj and the scan (as u).
         s.dxc.clone_from(&g.du);
-        linear_bwd(&c.xc, &self.x_proj.value, &s.dxdbl, Some(&mut s.dxc), &mut self.x_proj.grad, None)?;
+        linear_bwd(
+            &c.xc,
+            &self.x_proj.value,
+            &s.dxdbl,
+            Some(&mut s.dxc),
+            &mut self.x_proj.grad,
+            None,
+        )?;
         s.dconv.reset(c.conv.shape().clone());
         silu_bwd(&c.conv, &s.dxc, &mut s.dconv)?;
         s.dxi.reset(c.xi.shape().clone());
-        causal_conv1d_bwd(&c.xi, &self.conv_w.value, c.conv_state.as_ref(), &s.dconv, &mut s.dxi, &mut self.conv_w.grad, self.conv_b.as_mut().map(|p| &mut p.grad))?;
-        linear_bwd(x, &self.in_proj_x.value, &s.dxi, Some(&mut *dx), &mut self.in_proj_x.grad, self.in_bias_x.as_mut().map(|p| &mut p.grad))?;
+        causal_conv1d_bwd(
+            &c.xi,
+            &self.conv_w.value,
+            c.conv_state.as_ref(),
+            &s.dconv,
+            &mut s.dxi,
+            &mut self.conv_w.grad,
+            self.conv_b.as_mut().map(|p| &mut p.grad),
+        )?;
+        linear_bwd(
+            x,
+            &self.in_proj_x.value,
+            &s.dxi,
+            Some(&mut *dx),
+            &mut self.in_proj_x.grad,
+            self.in_bias_x.as_mut().map(|p| &mut p.grad),
+        )?;
         let dz = g.dz.as_ref().expect("z is always given");
-        linear_bwd(x, &self.in_proj_z.value, dz, Some(dx), &mut self.in_proj_z.grad, self.in_bias_z.as_mut().map(|p| &mut p.grad))?;
+        linear_bwd(
+            x,
+            &self.in_proj_z.value,
+            dz,
+            Some(dx),
+            &mut self.in_proj_z.grad,
+            self.in_bias_z.as_mut().map(|p| &mut p.grad),
+        )?;
         s.scan = Some(g);
         self.scratch = s;
         self.cache = c;
@@ -263,7 +387,12 @@ impl<T: Float> MambaMixer<T> {
 }
 
 /// The scan's inputs: everything but D and the dt bias comes from the forward's cache.
-fn scan_inputs<'a, T: Float>(c: &'a Cache<T>, d_skip: &'a Tensor<T>, dt_bias: &'a Tensor<T>, h0: Option<&'a Tensor<T>>) -> ScanInputs<'a, T> {
+fn scan_inputs<'a, T: Float>(
+    c: &'a Cache<T>,
+    d_skip: &'a Tensor<T>,
+    dt_bias: &'a Tensor<T>,
+    h0: Option<&'a Tensor<T>>,
+) -> ScanInputs<'a, T> {
     ScanInputs {
         u: &c.xc,
         delta: &c.delta,
@@ -279,7 +408,13 @@ fn scan_inputs<'a, T: Float>(c: &'a Cache<T>, d_skip: &'a Tensor<T>, dt_bias: &'
 }
 
 /// Splits x_proj's output (b, l, r + 2n) into dt_low (b, l, r), B and C (b, l, 1, n).
-fn split_xdbl<T: Float>(xdbl: &Tensor<T>, out: [&mut Tensor<T>; 3], [b, l]: [usize; 2], r: usize, n: usize) -> Result<()> {
+fn split_xdbl<T: Float>(
+    xdbl: &Tensor<T>,
+    out: [&mut Tensor<T>; 3],
+    [b, l]: [usize; 2],
+    r: usize,
+    n: usize,
+) -> Result<()> {
     let [dt, bm, cm] = out;
     dt.reset([b, l, r]);
     bm.reset([b, l, 1, n]);
@@ -295,7 +430,13 @@ fn split_xdbl<T: Float>(xdbl: &Tensor<T>, out: [&mut Tensor<T>; 3], [b, l]: [usi
 }
 
 /// The inverse of `split_xdbl`, for the gradients.
-fn join_xdbl<T: Float>(parts: [&Tensor<T>; 3], xdbl: &mut Tensor<T>, [b, l]: [usize; 2], r: usize, n: usize) -> Result<()> {
+fn join_xdbl<T: Float>(
+    parts: [&Tensor<T>; 3],
+    xdbl: &mut Tensor<T>,
+    [b, l]: [usize; 2],
+    r: usize,
+    n: usize,
+) -> Result<()> {
     let w = r + 2 * n;
     xdbl.reset([b, l, w]);
     let (dt, bm, cm) = (parts[0].host()?, parts[1].host()?, parts[2].host()?);
@@ -344,11 +485,22 @@ pub struct MambaBlock<T: Float = f32> {
 
 impl<T: Float> MambaBlock<T> {
     pub fn new(norm: RmsNorm<T>, mixer: MambaMixer<T>) -> Self {
-        MambaBlock { norm, mixer, normed: Tensor::default(), dnormed: Tensor::default() }
+        MambaBlock {
+            norm,
+            mixer,
+            normed: Tensor::default(),
+            dnormed: Tensor::default(),
+        }
     }
 
     /// out = x + mixer(norm(x)); `out` is resized.
-    pub fn forward(&mut self, x: &Tensor<T>, out: &mut Tensor<T>, state: Option<&mut MixerState<T>>, train: bool) -> Result<()> {
+    pub fn forward(
+        &mut self,
+        x: &Tensor<T>,
+        out: &mut Tensor<T>,
+        state: Option<&mut MixerState<T>>,
+        train: bool,
+    ) -> Result<()> {
         self.norm.forward(x, &mut self.normed)?;
         self.mixer.forward(&self.normed, out, state, train)?;
         add_into(x, out)
@@ -369,7 +521,9 @@ impl<T: Float> MambaBlock<T> {
 
 impl<T: Float> Module<T> for MambaBlock<T> {
     fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param<T>)) {
-        self.norm.visit_params(&mut |name, p| f(&format!("norm.{name}"), p));
-        self.mixer.visit_params(&mut |name, p| f(&format!("mixer.{name}"), p));
+        self.norm
+            .visit_params(&mut |name, p| f(&format!("norm.{name}"), p));
+        self.mixer
+            .visit_params(&mut |name, p| f(&format!("mixer.{name}"), p));
     }
 }

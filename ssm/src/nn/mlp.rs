@@ -81,8 +81,16 @@ pub struct Mlp<T: Float = f32> {
 
 impl<T: Float> Mlp<T> {
     /// Weights from N(0, std²), down_proj from N(0, out_std²) (scaled with depth, as GPT-2).
-    pub fn new(kind: MlpKind, d: usize, hidden: usize, std: f64, out_std: f64, rng: &mut StdRng) -> Self {
-        let gate_proj = (kind == MlpKind::SwiGlu).then(|| Param::new(normal(rng, &[hidden, d], std), true));
+    pub fn new(
+        kind: MlpKind,
+        d: usize,
+        hidden: usize,
+        std: f64,
+        out_std: f64,
+        rng: &mut StdRng,
+    ) -> Self {
+        let gate_proj =
+            (kind == MlpKind::SwiGlu).then(|| Param::new(normal(rng, &[hidden, d], std), true));
         Mlp {
             kind,
             gate_proj,
@@ -111,17 +119,38 @@ impl<T: Float> Mlp<T> {
     pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
         let (c, s) = (&self.cache, &mut self.scratch);
         s.dact.reset(c.act.shape().clone());
-        linear_bwd(&c.act, &self.down_proj.value, dout, Some(&mut s.dact), &mut self.down_proj.grad, None)?;
+        linear_bwd(
+            &c.act,
+            &self.down_proj.value,
+            dout,
+            Some(&mut s.dact),
+            &mut self.down_proj.grad,
+            None,
+        )?;
         s.dup.reset(c.up.shape().clone());
         match &mut self.gate_proj {
             Some(gate) => {
                 s.dgate.reset(c.gate.shape().clone());
                 gate_bwd(&c.up, &c.gate, &s.dact, &mut s.dup, &mut s.dgate)?;
-                linear_bwd(x, &gate.value, &s.dgate, Some(&mut *dx), &mut gate.grad, None)?;
+                linear_bwd(
+                    x,
+                    &gate.value,
+                    &s.dgate,
+                    Some(&mut *dx),
+                    &mut gate.grad,
+                    None,
+                )?;
             }
             None => gelu_bwd(&c.up, &s.dact, &mut s.dup)?,
         }
-        linear_bwd(x, &self.up_proj.value, &s.dup, Some(dx), &mut self.up_proj.grad, None)
+        linear_bwd(
+            x,
+            &self.up_proj.value,
+            &s.dup,
+            Some(dx),
+            &mut self.up_proj.grad,
+            None,
+        )
     }
 
     /// The same layer in another float type, with fresh caches.

@@ -28,7 +28,11 @@ impl<T: Float> Param<T> {
 
     /// The same parameter in another float type (gradient checks run in f64).
     pub fn cast<U: Float>(&self) -> Param<U> {
-        Param { value: self.value.cast(), grad: self.grad.cast(), decay: self.decay }
+        Param {
+            value: self.value.cast(),
+            grad: self.grad.cast(),
+            decay: self.decay,
+        }
     }
 }
 

@@ -15,7 +15,11 @@ pub struct RmsNorm<T: Float = f32> {
 impl<T: Float> RmsNorm<T> {
     /// Weight of ones, as at initialisation.
     pub fn new(d: usize, eps: f64) -> Self {
-        RmsNorm { weight: Param::new(super::init::full(&[d], 1.0), false), eps, rstd: Tensor::default() }
+        RmsNorm {
+            weight: Param::new(super::init::full(&[d], 1.0), false),
+            eps,
+            rstd: Tensor::default(),
+        }
     }
 
     /// y = rmsnorm(x) over the last dim; keeps 1/rms per row for the backward.
@@ -25,11 +29,22 @@ impl<T: Float> RmsNorm<T> {
 
     /// dx += ∂L/∂x for the `x` of the last forward.
     pub fn backward(&mut self, x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
-        rmsnorm_bwd(dy, x, &self.weight.value, &self.rstd, dx, &mut self.weight.grad)
+        rmsnorm_bwd(
+            dy,
+            x,
+            &self.weight.value,
+            &self.rstd,
+            dx,
+            &mut self.weight.grad,
+        )
     }
 
     pub fn cast<U: Float>(&self) -> RmsNorm<U> {
-        RmsNorm { weight: self.weight.cast(), eps: self.eps, rstd: Tensor::default() }
+        RmsNorm {
+            weight: self.weight.cast(),
+            eps: self.eps,
+            rstd: Tensor::default(),
+        }
     }
 }
 

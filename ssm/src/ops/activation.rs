@@ -61,11 +61,23 @@ pub fn gate_fwd<T: Float>(x: &Tensor<T>, z: &Tensor<T>, y: &mut Tensor<T>) -> Re
 }
 
 /// dx += dy · silu(z), dz += dy · x · silu'(z).
-pub fn gate_bwd<T: Float>(x: &Tensor<T>, z: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>, dz: &mut Tensor<T>) -> Result<()> {
+pub fn gate_bwd<T: Float>(
+    x: &Tensor<T>,
+    z: &Tensor<T>,
+    dy: &Tensor<T>,
+    dx: &mut Tensor<T>,
+    dz: &mut Tensor<T>,
+) -> Result<()> {
     for (what, t) in [("z", z), ("dy", dy), ("dx", &*dx), ("dz", &*dz)] {
         same_dims("gate_bwd", what, t, x.dims())?;
     }
-    elementwise::gate_bwd(x.host()?, z.host()?, dy.host()?, dx.host_mut()?, dz.host_mut()?);
+    elementwise::gate_bwd(
+        x.host()?,
+        z.host()?,
+        dy.host()?,
+        dx.host_mut()?,
+        dz.host_mut()?,
+    );
     Ok(())
 }
 

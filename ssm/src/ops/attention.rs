@@ -53,42 +53,93 @@ impl<T: Float> AttentionGrads<T> {
 }
 
 /// Checks the shapes of q, k, v and returns the sizes.
-fn check<T: Float>(op: &'static str, q: &Tensor<T>, k: &Tensor<T>, v: &Tensor<T>) -> Result<AttnDims> {
+fn check<T: Float>(
+    op: &'static str,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+) -> Result<AttnDims> {
     let [b, lq, h, hd] = *q.dims() else {
         return Err(Error::shape(op, "q", "[b, lq, h, hd]", q.dims()));
     };
     if lq == 0 || h == 0 || hd == 0 {
-        return Err(Error::shape(op, "q", "[b, lq, h, hd] with lq, h, hd >= 1", q.dims()));
+        return Err(Error::shape(
+            op,
+            "q",
+            "[b, lq, h, hd] with lq, h, hd >= 1",
+            q.dims(),
+        ));
     }
     let (lk, hkv) = match *k.dims() {
-        [bk, lk, hkv, hdk] if bk == b && lk >= lq && hkv > 0 && h % hkv == 0 && hdk == hd => (lk, hkv),
-        _ => return Err(Error::shape(op, "k", format!("[{b}, lk >= {lq}, hkv dividing {h}, {hd}]"), k.dims())),
+        [bk, lk, hkv, hdk] if bk == b && lk >= lq && hkv > 0 && h % hkv == 0 && hdk == hd => {
+            (lk, hkv)
+        }
+        _ => {
+            return Err(Error::shape(
+                op,
+                "k",
+                format!("[{b}, lk >= {lq}, hkv dividing {h}, {hd}]"),
+                k.dims(),
+            ));
+        }
     };
     v.expect_dims(op, "v", k.dims())?;
-    Ok(AttnDims { b, lq, lk, h, hkv, hd })
+    Ok(AttnDims {
+        b,
+        lq,
+        lk,
+        h,
+        hkv,
+        hd,
+    })
 }
 
 fn resolve_scale(op: &'static str, scale: Option<f64>, hd: usize) -> Result<f64> {
     match scale {
         None => Ok(default_scale(hd)),
         Some(s) if s.is_finite() => Ok(s),
-        Some(s) => Err(Error::config("attention scale", format!("{op}: expected a finite scale, got {s}"))),
+        Some(s) => Err(Error::config(
+            "attention scale",
+            format!("{op}: expected a finite scale, got {s}"),
+        )),
     }
 }
 
-fn args<'a, T: Float>(q: &'a Tensor<T>, k: &'a Tensor<T>, v: &'a Tensor<T>, dims: AttnDims, scale: f64) -> Result<AttnArgs<'a, T>> {
-    Ok(AttnArgs { q: q.host()?, k: k.host()?, v: v.host()?, dims, scale: T::from_f64(scale) })
+fn args<'a, T: Float>(
+    q: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    v: &'a Tensor<T>,
+    dims: AttnDims,
+    scale: f64,
+) -> Result<AttnArgs<'a, T>> {
+    Ok(AttnArgs {
+        q: q.host()?,
+        k: k.host()?,
+        v: v.host()?,
+        dims,
+        scale: T::from_f64(scale),
+    })
 }
 
 /// Causal attention of q (b, lq, h, hd) over k, v (b, lk, hkv, hd), tiled with an online softmax
 /// (FlashAttention-2). `scale` defaults to 1/sqrt(hd). `out.o` and `out.lse` are resized.
-pub fn attention_fwd<T: Float>(q: &Tensor<T>, k: &Tensor<T>, v: &Tensor<T>, scale: Option<f64>, out: &mut AttentionOutput<T>) -> Result<()> {
+pub fn attention_fwd<T: Float>(
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    scale: Option<f64>,
+    out: &mut AttentionOutput<T>,
+) -> Result<()> {
     const OP: &str = "attention_fwd";
     let dims = check(OP, q, k, v)?;
     out.scale = resolve_scale(OP, scale, dims.hd)?;
     out.o.reset(q.shape().clone());
     out.lse.reset([dims.b, dims.h, dims.lq]);
-    attention::attention_fwd(&args(q, k, v, dims, out.scale)?, out.o.host_mut()?, out.lse.host_mut()?);
+    attention::attention_fwd(
+        &args(q, k, v, dims, out.scale)?,
+        out.o.host_mut()?,
+        out.lse.host_mut()?,
+    );
     Ok(())
 }
 
@@ -106,20 +157,35 @@ pub fn attention_bwd<T: Float>(
     let dims = check(OP, q, k, v)?;
     resolve_scale(OP, Some(out.scale), dims.hd)?;
     out.o.expect_dims(OP, "saved o", q.dims())?;
-    out.lse.expect_dims(OP, "saved lse", &[dims.b, dims.h, dims.lq])?;
+    out.lse
+        .expect_dims(OP, "saved lse", &[dims.b, dims.h, dims.lq])?;
     d_o.expect_dims(OP, "d_o", q.dims())?;
     grads.dq.expect_dims(OP, "dq", q.dims())?;
     grads.dk.expect_dims(OP, "dk", k.dims())?;
     grads.dv.expect_dims(OP, "dv", v.dims())?;
-    let g = AttnGradsMut { dq: grads.dq.host_mut()?, dk: grads.dk.host_mut()?, dv: grads.dv.host_mut()? };
-    attention::attention_bwd(&args(q, k, v, dims, out.scale)?, out.o.host()?, out.lse.host()?, d_o.host()?, g);
+    let g = AttnGradsMut {
+        dq: grads.dq.host_mut()?,
+        dk: grads.dk.host_mut()?,
+        dv: grads.dv.host_mut()?,
+    };
+    attention::attention_bwd(
+        &args(q, k, v, dims, out.scale)?,
+        out.o.host()?,
+        out.lse.host()?,
+        d_o.host()?,
+        g,
+    );
     Ok(())
 }
 
 /// Bytes of the workspace `attention_bwd` allocates for these shapes in the current rayon pool,
 /// besides O(block²) scratch per task: D (b, h, lq) and, when there are fewer (sequence, kv head)
 /// pairs than tasks wanted, private dq buffers of at most lq · (h / hkv) · hd values per task.
-pub fn attention_bwd_workspace_bytes<T: Float>(q: &Tensor<T>, k: &Tensor<T>, v: &Tensor<T>) -> Result<usize> {
+pub fn attention_bwd_workspace_bytes<T: Float>(
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+) -> Result<usize> {
     let dims = check("attention_bwd_workspace_bytes", q, k, v)?;
     Ok(attention::bwd_workspace_len(&dims) * std::mem::size_of::<T>())
 }
@@ -127,7 +193,9 @@ pub fn attention_bwd_workspace_bytes<T: Float>(q: &Tensor<T>, k: &Tensor<T>, v: 
 /// The probabilities (lq, lk) of query head `hq` of sequence `bi`, masked entries zero, and the
 /// lse (lq,) of each row: the whole score matrix, library `exp`.
 fn ref_probs<T: Float>(a: &AttnArgs<T>, bi: usize, hq: usize) -> (Vec<T>, Vec<T>) {
-    let AttnDims { lq, lk, h, hkv, hd, .. } = a.dims;
+    let AttnDims {
+        lq, lk, h, hkv, hd, ..
+    } = a.dims;
     let kvh = hq / a.dims.group();
     let mut p = vec![T::zero(); lq * lk];
     let mut lse = vec![T::zero(); lq];
@@ -139,7 +207,9 @@ fn ref_probs<T: Float>(a: &AttnArgs<T>, bi: usize, hq: usize) -> (Vec<T>, Vec<T>
             let kj = &a.k[((bi * lk + j) * hkv + kvh) * hd..][..hd];
             *s = a.scale * qi.iter().zip(kj).map(|(&x, &y)| x * y).sum::<T>();
         }
-        let m = row[..seen].iter().fold(T::from_f64(f64::NEG_INFINITY), |x, &y| x.max(y));
+        let m = row[..seen]
+            .iter()
+            .fold(T::from_f64(f64::NEG_INFINITY), |x, &y| x.max(y));
         let mut sum = T::zero();
         for s in row[..seen].iter_mut() {
             *s = (*s - m).exp();
@@ -154,12 +224,24 @@ fn ref_probs<T: Float>(a: &AttnArgs<T>, bi: usize, hq: usize) -> (Vec<T>, Vec<T>
 }
 
 /// The plain reference: per head, the full (lq, lk) score matrix, causal mask, softmax, P·V.
-pub fn attention_ref<T: Float>(q: &Tensor<T>, k: &Tensor<T>, v: &Tensor<T>, scale: Option<f64>) -> Result<AttentionOutput<T>> {
+pub fn attention_ref<T: Float>(
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    scale: Option<f64>,
+) -> Result<AttentionOutput<T>> {
     const OP: &str = "attention_ref";
     let dims = check(OP, q, k, v)?;
     let scale = resolve_scale(OP, scale, dims.hd)?;
     let a = args(q, k, v, dims, scale)?;
-    let AttnDims { b, lq, lk, h, hkv, hd } = dims;
+    let AttnDims {
+        b,
+        lq,
+        lk,
+        h,
+        hkv,
+        hd,
+    } = dims;
     let mut o = vec![T::zero(); q.numel()];
     let mut lse = vec![T::zero(); b * h * lq];
     for bi in 0..b {
@@ -178,19 +260,36 @@ pub fn attention_ref<T: Float>(q: &Tensor<T>, k: &Tensor<T>, v: &Tensor<T>, scal
             }
         }
     }
-    Ok(AttentionOutput { o: Tensor::from_vec(q.shape().clone(), o)?, lse: Tensor::from_vec([b, h, lq], lse)?, scale })
+    Ok(AttentionOutput {
+        o: Tensor::from_vec(q.shape().clone(), o)?,
+        lse: Tensor::from_vec([b, h, lq], lse)?,
+        scale,
+    })
 }
 
 /// The reference backward, from the full probability matrix of each head:
 /// dP = dO Vᵀ, dS = P ∘ (dP - rowsum(P ∘ dP)), dQ = scale·dS K, dK = scale·dSᵀ Q, dV = Pᵀ dO.
-pub fn attention_ref_bwd<T: Float>(q: &Tensor<T>, k: &Tensor<T>, v: &Tensor<T>, scale: Option<f64>, d_o: &Tensor<T>) -> Result<AttentionGrads<T>> {
+pub fn attention_ref_bwd<T: Float>(
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    scale: Option<f64>,
+    d_o: &Tensor<T>,
+) -> Result<AttentionGrads<T>> {
     const OP: &str = "attention_ref_bwd";
     let dims = check(OP, q, k, v)?;
     let scale = resolve_scale(OP, scale, dims.hd)?;
     d_o.expect_dims(OP, "d_o", q.dims())?;
     let a = args(q, k, v, dims, scale)?;
     let d_o = d_o.host()?;
-    let AttnDims { b, lq, lk, h, hkv, hd } = dims;
+    let AttnDims {
+        b,
+        lq,
+        lk,
+        h,
+        hkv,
+        hd,
+    } = dims;
     let mut gr = AttentionGrads::zeros_like(q, k, v);
     let (dq, dk, dv) = (gr.dq.host_mut()?, gr.dk.host_mut()?, gr.dv.host_mut()?);
     for bi in 0..b {
@@ -201,7 +300,9 @@ pub fn attention_ref_bwd<T: Float>(q: &Tensor<T>, k: &Tensor<T>, v: &Tensor<T>, 
             let (p, _) = ref_probs(&a, bi, hq);
             for i in 0..lq {
                 let doi = &d_o[qrow(i)..qrow(i) + hd];
-                let dp: Vec<T> = (0..lk).map(|j| (0..hd).map(|c| doi[c] * a.v[krow(j) + c]).sum()).collect();
+                let dp: Vec<T> = (0..lk)
+                    .map(|j| (0..hd).map(|c| doi[c] * a.v[krow(j) + c]).sum())
+                    .collect();
                 let pdp: T = (0..lk).map(|j| p[i * lk + j] * dp[j]).sum();
                 for j in 0..lk {
                     let pij = p[i * lk + j];

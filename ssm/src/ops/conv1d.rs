@@ -19,7 +19,12 @@ fn check<T: Float>(
         return Err(Error::shape(op, "weight", format!("[{d}, k]"), w.dims()));
     };
     if dw != d || k == 0 {
-        return Err(Error::shape(op, "weight", format!("[{d}, k] with k >= 1"), w.dims()));
+        return Err(Error::shape(
+            op,
+            "weight",
+            format!("[{d}, k] with k >= 1"),
+            w.dims(),
+        ));
     }
     if let Some(bias) = bias {
         bias.expect_dims(op, "bias", &[d])?;
@@ -70,7 +75,16 @@ pub fn causal_conv1d_bwd<T: Float>(
         Some(db) => Some(db.host_mut()?),
         None => None,
     };
-    conv1d::conv1d_bwd(x.host()?, w.host()?, state, dy.host()?, dx.host_mut()?, dw.host_mut()?, dbias, dims);
+    conv1d::conv1d_bwd(
+        x.host()?,
+        w.host()?,
+        state,
+        dy.host()?,
+        dx.host_mut()?,
+        dw.host_mut()?,
+        dbias,
+        dims,
+    );
     Ok(())
 }
 
@@ -82,10 +96,20 @@ pub fn causal_conv1d_next_state<T: Float>(x: &Tensor<T>, state: &mut Tensor<T>) 
         return Err(Error::shape(OP, "x", "[b, l, d]", x.dims()));
     };
     let [bs, km1, ds] = *state.dims() else {
-        return Err(Error::shape(OP, "state", format!("[{b}, k-1, {d}]"), state.dims()));
+        return Err(Error::shape(
+            OP,
+            "state",
+            format!("[{b}, k-1, {d}]"),
+            state.dims(),
+        ));
     };
     if bs != b || ds != d {
-        return Err(Error::shape(OP, "state", format!("[{b}, k-1, {d}]"), state.dims()));
+        return Err(Error::shape(
+            OP,
+            "state",
+            format!("[{b}, k-1, {d}]"),
+            state.dims(),
+        ));
     }
     let x = x.host()?;
     let st = state.host_mut()?;

@@ -5,7 +5,11 @@ use crate::backend::cpu::matmul::{matmul_nn, matmul_nt, matmul_tn_acc};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
-fn check<T: Float>(op: &'static str, x: &Tensor<T>, w: &Tensor<T>) -> Result<(usize, usize, usize)> {
+fn check<T: Float>(
+    op: &'static str,
+    x: &Tensor<T>,
+    w: &Tensor<T>,
+) -> Result<(usize, usize, usize)> {
     let (m, k) = rows_cols(op, "x", x)?;
     match w.dims() {
         [n, kw] if *kw == k => Ok((m, k, *n)),
@@ -14,7 +18,12 @@ fn check<T: Float>(op: &'static str, x: &Tensor<T>, w: &Tensor<T>) -> Result<(us
 }
 
 /// y (..., n) = x (..., k) · wᵀ + bias; `y` is resized.
-pub fn linear_fwd<T: Float>(x: &Tensor<T>, w: &Tensor<T>, bias: Option<&Tensor<T>>, y: &mut Tensor<T>) -> Result<()> {
+pub fn linear_fwd<T: Float>(
+    x: &Tensor<T>,
+    w: &Tensor<T>,
+    bias: Option<&Tensor<T>>,
+    y: &mut Tensor<T>,
+) -> Result<()> {
     let (m, k, n) = check("linear_fwd", x, w)?;
     if let Some(b) = bias {
         b.expect_dims("linear_fwd", "bias", &[n])?;

@@ -7,20 +7,41 @@ use crate::tensor::{Float, Tensor};
 
 pub use loss::IGNORE_INDEX;
 
-fn check<T: Float>(op: &'static str, logits: &Tensor<T>, targets: &[i64]) -> Result<(usize, usize)> {
+fn check<T: Float>(
+    op: &'static str,
+    logits: &Tensor<T>,
+    targets: &[i64],
+) -> Result<(usize, usize)> {
     let (m, v) = rows_cols(op, "logits", logits)?;
     if targets.len() != m {
-        return Err(Error::shape(op, "targets", format!("{m} targets (one per row of logits)"), &[targets.len()]));
+        return Err(Error::shape(
+            op,
+            "targets",
+            format!("{m} targets (one per row of logits)"),
+            &[targets.len()],
+        ));
     }
-    if let Some(&bad) = targets.iter().find(|&&t| t != IGNORE_INDEX && (t < 0 || t as usize >= v)) {
-        return Err(Error::shape(op, format!("target {bad}"), format!("targets in 0..{v} or {IGNORE_INDEX}"), &[bad.unsigned_abs() as usize]));
+    if let Some(&bad) = targets
+        .iter()
+        .find(|&&t| t != IGNORE_INDEX && (t < 0 || t as usize >= v))
+    {
+        return Err(Error::shape(
+            op,
+            format!("target {bad}"),
+            format!("targets in 0..{v} or {IGNORE_INDEX}"),
+            &[bad.unsigned_abs() as usize],
+        ));
     }
     Ok((m, v))
 }
 
 /// Mean cross-entropy over rows whose target is not `IGNORE_INDEX` (0 when none is scored), and
 /// the number of scored rows; `lse` (rows,) keeps the log-sum-exp for the backward.
-pub fn cross_entropy_fwd<T: Float>(logits: &Tensor<T>, targets: &[i64], lse: &mut Tensor<T>) -> Result<(f64, usize)> {
+pub fn cross_entropy_fwd<T: Float>(
+    logits: &Tensor<T>,
+    targets: &[i64],
+    lse: &mut Tensor<T>,
+) -> Result<(f64, usize)> {
     let (m, v) = check("cross_entropy_fwd", logits, targets)?;
     lse.reset([m]);
     let (sum, count) = loss::cross_entropy_fwd(logits.host()?, targets, lse.host_mut()?, v);
@@ -44,6 +65,13 @@ pub fn cross_entropy_bwd<T: Float>(
         return Ok(());
     }
     let scale = T::from_f64(dloss / count as f64);
-    loss::cross_entropy_bwd(logits.host()?, targets, lse.host()?, scale, dlogits.host_mut()?, v);
+    loss::cross_entropy_bwd(
+        logits.host()?,
+        targets,
+        lse.host()?,
+        scale,
+        dlogits.host_mut()?,
+        v,
+    );
     Ok(())
 }

@@ -20,7 +20,11 @@ use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
 /// The last dimension and the product of the others (rows) of a tensor of rank >= 1.
-pub(crate) fn rows_cols<T: Float>(op: &'static str, what: &str, x: &Tensor<T>) -> Result<(usize, usize)> {
+pub(crate) fn rows_cols<T: Float>(
+    op: &'static str,
+    what: &str,
+    x: &Tensor<T>,
+) -> Result<(usize, usize)> {
     match x.dims().split_last() {
         Some((&c, lead)) => Ok((lead.iter().product(), c)),
         None => Err(Error::shape(op, what, "rank >= 1", x.dims())),
@@ -37,6 +41,11 @@ pub(crate) fn with_last<T: Float>(x: &Tensor<T>, last: usize) -> Vec<usize> {
 }
 
 /// Checks that `x` has the dims of `like` (gradient buffers must match their inputs).
-pub(crate) fn same_dims<T: Float>(op: &'static str, what: &str, x: &Tensor<T>, like: &[usize]) -> Result<()> {
+pub(crate) fn same_dims<T: Float>(
+    op: &'static str,
+    what: &str,
+    x: &Tensor<T>,
+    like: &[usize],
+) -> Result<()> {
     x.expect_dims(op, what, like)
 }

@@ -7,12 +7,25 @@ use crate::error::Result;
 use crate::tensor::{Float, Tensor};
 
 /// y (like x) and rstd (rows of x,) for the backward; both are resized.
-pub fn rmsnorm_fwd<T: Float>(x: &Tensor<T>, w: &Tensor<T>, eps: f64, y: &mut Tensor<T>, rstd: &mut Tensor<T>) -> Result<()> {
+pub fn rmsnorm_fwd<T: Float>(
+    x: &Tensor<T>,
+    w: &Tensor<T>,
+    eps: f64,
+    y: &mut Tensor<T>,
+    rstd: &mut Tensor<T>,
+) -> Result<()> {
     let (m, d) = rows_cols("rmsnorm_fwd", "x", x)?;
     w.expect_dims("rmsnorm_fwd", "weight", &[d])?;
     y.reset(x.shape().clone());
     rstd.reset([m]);
-    rmsnorm::rmsnorm_fwd(x.host()?, w.host()?, T::from_f64(eps), y.host_mut()?, rstd.host_mut()?, d);
+    rmsnorm::rmsnorm_fwd(
+        x.host()?,
+        w.host()?,
+        T::from_f64(eps),
+        y.host_mut()?,
+        rstd.host_mut()?,
+        d,
+    );
     Ok(())
 }
 
@@ -31,6 +44,14 @@ pub fn rmsnorm_bwd<T: Float>(
     same_dims(OP, "dx", dx, x.dims())?;
     same_dims(OP, "dw", dw, &[d])?;
     same_dims(OP, "rstd", rstd, &[m])?;
-    rmsnorm::rmsnorm_bwd(dy.host()?, x.host()?, w.host()?, rstd.host()?, dx.host_mut()?, dw.host_mut()?, d);
+    rmsnorm::rmsnorm_bwd(
+        dy.host()?,
+        x.host()?,
+        w.host()?,
+        rstd.host()?,
+        dx.host_mut()?,
+        dw.host_mut()?,
+        d,
+    );
     Ok(())
 }

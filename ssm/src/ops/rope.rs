@@ -25,16 +25,29 @@ fn check<T: Float>(op: &'static str, x: &Tensor<T>, base: f64) -> Result<(usize,
         return Err(Error::shape(op, "x", "[b, l, h, hd]", x.dims()));
     };
     if hd == 0 || hd % 2 != 0 {
-        return Err(Error::shape(op, "x", "[b, l, h, hd] with hd even and >= 2", x.dims()));
+        return Err(Error::shape(
+            op,
+            "x",
+            "[b, l, h, hd] with hd even and >= 2",
+            x.dims(),
+        ));
     }
     if !(base.is_finite() && base > 0.0) {
-        return Err(Error::config("rope base", format!("{op}: expected a finite base > 0, got {base}")));
+        return Err(Error::config(
+            "rope base",
+            format!("{op}: expected a finite base > 0, got {base}"),
+        ));
     }
     Ok((l, h, hd))
 }
 
 /// y (b, l, h, hd) = RoPE(x) at positions offset..offset + l; `y` is resized.
-pub fn rope_fwd<T: Float>(x: &Tensor<T>, offset: usize, base: f64, y: &mut Tensor<T>) -> Result<()> {
+pub fn rope_fwd<T: Float>(
+    x: &Tensor<T>,
+    offset: usize,
+    base: f64,
+    y: &mut Tensor<T>,
+) -> Result<()> {
     let (l, h, hd) = check("rope_fwd", x, base)?;
     y.reset(x.shape().clone());
     let (cos, sin) = rope::rope_table(l, hd, offset, base, false);
@@ -52,7 +65,12 @@ pub fn rope_fwd_inplace<T: Float>(x: &mut Tensor<T>, offset: usize, base: f64) -
 
 /// Accumulates dx (b, l, h, hd) += RoPE⁻¹(dy): the gradient of the input of `rope_fwd` (or
 /// `rope_fwd_inplace`) with the same offset and base.
-pub fn rope_bwd<T: Float>(dy: &Tensor<T>, offset: usize, base: f64, dx: &mut Tensor<T>) -> Result<()> {
+pub fn rope_bwd<T: Float>(
+    dy: &Tensor<T>,
+    offset: usize,
+    base: f64,
+    dx: &mut Tensor<T>,
+) -> Result<()> {
     let (l, h, hd) = check("rope_bwd", dy, base)?;
     same_dims("rope_bwd", "dx", dx, dy.dims())?;
     let (cos, sin) = rope::rope_table(l, hd, offset, base, true);

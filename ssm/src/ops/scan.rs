@@ -46,7 +46,14 @@ impl<'a, T: Float> ScanInputs<'a, T> {
         self.a.expect_dims(OP, "A", &[d, n])?;
         let g = match *self.b.dims() {
             [bb, lb, g, nb] if bb == b && lb == l && nb == n && g > 0 && d % g == 0 => g,
-            _ => return Err(Error::shape(OP, "B", format!("[{b}, {l}, g, {n}] with g dividing {d}"), self.b.dims())),
+            _ => {
+                return Err(Error::shape(
+                    OP,
+                    "B",
+                    format!("[{b}, {l}, g, {n}] with g dividing {d}"),
+                    self.b.dims(),
+                ));
+            }
         };
         if l == 0 {
             return Err(Error::shape(OP, "u", "a length l >= 1", self.u.dims()));
@@ -128,28 +135,53 @@ impl<T: Float> ScanGrads<T> {
 impl<T: Float> ScanGrads<T> {
     /// Sets every gradient to zero, keeping the buffers.
     pub fn zero_(&mut self) {
-        for t in [&mut self.du, &mut self.ddelta, &mut self.da, &mut self.db, &mut self.dc] {
+        for t in [
+            &mut self.du,
+            &mut self.ddelta,
+            &mut self.da,
+            &mut self.db,
+            &mut self.dc,
+        ] {
             t.zero_();
         }
-        for t in [&mut self.dd_skip, &mut self.dz, &mut self.ddelta_bias, &mut self.dh0].into_iter().flatten() {
+        for t in [
+            &mut self.dd_skip,
+            &mut self.dz,
+            &mut self.ddelta_bias,
+            &mut self.dh0,
+        ]
+        .into_iter()
+        .flatten()
+        {
             t.zero_();
         }
     }
 }
 
 /// Runs the scan; with `save_for_backward` the chunk-start states are kept in `out`.
-pub fn selective_scan_fwd<T: Float>(inp: &ScanInputs<T>, out: &mut ScanOutput<T>, save_for_backward: bool) -> Result<()> {
+pub fn selective_scan_fwd<T: Float>(
+    inp: &ScanInputs<T>,
+    out: &mut ScanOutput<T>,
+    save_for_backward: bool,
+) -> Result<()> {
     let dims = inp.dims()?;
     let args = inp.args()?;
     out.y.reset([dims.b, dims.l, dims.d]);
     out.last_state.reset([dims.b, dims.d, dims.n]);
     let saved = if save_for_backward {
-        out.chunk_states.reset([dims.b, dims.chunks(), dims.n, dims.d]);
+        out.chunk_states
+            .reset([dims.b, dims.chunks(), dims.n, dims.d]);
         Some(out.chunk_states.host_mut()?)
     } else {
         None
     };
-    scan::scan_fwd(&args, dims, out.y.host_mut()?, Some(out.last_state.host_mut()?), saved);
+    scan::scan_fwd(
+        &args,
+        dims,
+        out.y.host_mut()?,
+        Some(out.last_state.host_mut()?),
+        saved,
+    );
     Ok(())
 }
 
@@ -165,7 +197,11 @@ pub fn selective_scan_bwd<T: Float>(
     const BWD: &str = "selective_scan_bwd";
     let dims = inp.dims()?;
     let args = inp.args()?;
-    out.chunk_states.expect_dims(BWD, "saved chunk states", &[dims.b, dims.chunks(), dims.n, dims.d])?;
+    out.chunk_states.expect_dims(
+        BWD,
+        "saved chunk states",
+        &[dims.b, dims.chunks(), dims.n, dims.d],
+    )?;
     dy.expect_dims(BWD, "dy", &[dims.b, dims.l, dims.d])?;
     if let Some(dl) = dlast {
         dl.expect_dims(BWD, "dlast", &[dims.b, dims.d, dims.n])?;
@@ -193,11 +229,28 @@ fn opt_host_mut<T: Float>(t: &mut Option<Tensor<T>>) -> Result<Option<&mut [T]>>
 
 fn check_grads<T: Float>(inp: &ScanInputs<T>, g: &ScanGrads<T>) -> Result<()> {
     const BWD: &str = "selective_scan_bwd";
-    let pairs = [("du", Some(&g.du), Some(inp.u)), ("ddelta", Some(&g.ddelta), Some(inp.delta)), ("dA", Some(&g.da), Some(inp.a)), ("dB", Some(&g.db), Some(inp.b)), ("dC", Some(&g.dc), Some(inp.c)), ("dD", g.dd_skip.as_ref(), inp.d_skip), ("dz", g.dz.as_ref(), inp.z), ("ddelta_bias", g.ddelta_bias.as_ref(), inp.delta_bias), ("dh0", g.dh0.as_ref(), inp.h0)];
+    let pairs = [
+        ("du", Some(&g.du), Some(inp.u)),
+        ("ddelta", Some(&g.ddelta), Some(inp.delta)),
+        ("dA", Some(&g.da), Some(inp.a)),
+        ("dB", Some(&g.db), Some(inp.b)),
+        ("dC", Some(&g.dc), Some(inp.c)),
+        ("dD", g.dd_skip.as_ref(), inp.d_skip),
+        ("dz", g.dz.as_ref(), inp.z),
+        ("ddelta_bias", g.ddelta_bias.as_ref(), inp.delta_bias),
+        ("dh0", g.dh0.as_ref(), inp.h0),
+    ];
     for (what, grad, input) in pairs {
         match (grad, input) {
             (Some(gt), Some(it)) => gt.expect_dims(BWD, what, it.dims())?,
-            (Some(_), None) => return Err(Error::shape(BWD, what, "no gradient buffer for an absent input", &[])),
+            (Some(_), None) => {
+                return Err(Error::shape(
+                    BWD,
+                    what,
+                    "no gradient buffer for an absent input",
+                    &[],
+                ));
+            }
             _ => {}
         }
     }
@@ -215,7 +268,9 @@ pub fn selective_scan_ref<T: Float>(inp: &ScanInputs<T>) -> Result<(Tensor<T>, T
     for bi in 0..b {
         for ch in 0..d {
             let gi = ch / (d / g);
-            let mut h: Vec<T> = (0..n).map(|s| a.h0.map_or(T::zero(), |h0| h0[(bi * d + ch) * n + s])).collect();
+            let mut h: Vec<T> = (0..n)
+                .map(|s| a.h0.map_or(T::zero(), |h0| h0[(bi * d + ch) * n + s]))
+                .collect();
             for t in 0..l {
                 let i = (bi * l + t) * d + ch;
                 let dt = ref_dt(&a, i, ch);
@@ -230,7 +285,10 @@ pub fn selective_scan_ref<T: Float>(inp: &ScanInputs<T>) -> Result<(Tensor<T>, T
             last[(bi * d + ch) * n..(bi * d + ch + 1) * n].copy_from_slice(&h);
         }
     }
-    Ok((Tensor::from_vec([b, l, d], y)?, Tensor::from_vec([b, d, n], last)?))
+    Ok((
+        Tensor::from_vec([b, l, d], y)?,
+        Tensor::from_vec([b, d, n], last)?,
+    ))
 }
 
 fn ref_dt<T: Float>(a: &ScanArgs<T>, i: usize, ch: usize) -> T {
@@ -240,7 +298,11 @@ fn ref_dt<T: Float>(a: &ScanArgs<T>, i: usize, ch: usize) -> T {
 
 /// The reference backward: keeps h for every step of one channel, then runs the reverse
 /// recurrence ∂L/∂h_{t-1} = exp(dt_t A) ∘ (∂L/∂h_t) and reads off every gradient.
-pub fn selective_scan_ref_bwd<T: Float>(inp: &ScanInputs<T>, dy: &Tensor<T>, dlast: Option<&Tensor<T>>) -> Result<ScanGrads<T>> {
+pub fn selective_scan_ref_bwd<T: Float>(
+    inp: &ScanInputs<T>,
+    dy: &Tensor<T>,
+    dlast: Option<&Tensor<T>>,
+) -> Result<ScanGrads<T>> {
     let dims = inp.dims()?;
     let a = inp.args()?;
     let ScanDims { b, l, d, n, g } = dims;
@@ -260,10 +322,13 @@ pub fn selective_scan_ref_bwd<T: Float>(inp: &ScanInputs<T>, dy: &Tensor<T>, dla
                 let i = (bi * l + t) * d + ch;
                 let dt = ref_dt(&a, i, ch);
                 for s in 0..n {
-                    hs[(t + 1) * n + s] = (dt * a.a[ch * n + s]).exp() * hs[t * n + s] + dt * a.b[bc(t, s)] * a.u[i];
+                    hs[(t + 1) * n + s] =
+                        (dt * a.a[ch * n + s]).exp() * hs[t * n + s] + dt * a.b[bc(t, s)] * a.u[i];
                 }
             }
-            let mut dh: Vec<T> = (0..n).map(|s| dlast.map_or(T::zero(), |dl| dl[(bi * d + ch) * n + s])).collect();
+            let mut dh: Vec<T> = (0..n)
+                .map(|s| dlast.map_or(T::zero(), |dl| dl[(bi * d + ch) * n + s]))
+                .collect();
             for t in (0..l).rev() {
                 let i = (bi * l + t) * d + ch;
                 let raw = a.delta[i] + a.delta_bias.map_or(T::zero(), |bb| bb[ch]);
@@ -297,7 +362,11 @@ pub fn selective_scan_ref_bwd<T: Float>(inp: &ScanInputs<T>, dy: &Tensor<T>, dla
                     du += gv * dt * a.b[bc(t, s)];
                     dh[s] = gv * decay;
                 }
-                let dx = if a.delta_softplus { ddt * softplus_grad(raw) } else { ddt };
+                let dx = if a.delta_softplus {
+                    ddt * softplus_grad(raw)
+                } else {
+                    ddt
+                };
                 gr.ddelta.host_mut()?[i] += dx;
                 if let Some(db) = gr.ddelta_bias.as_mut() {
                     db.host_mut()?[ch] += dx;

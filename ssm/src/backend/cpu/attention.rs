@@ -64,7 +64,9 @@ impl AttnDims {
     /// How many of the keys `keys` query `i` sees.
     #[inline(always)]
     fn visible(&self, i: usize, keys: &Range<usize>) -> usize {
-        (i + self.lk - self.lq + 1).saturating_sub(keys.start).min(keys.len())
+        (i + self.lk - self.lq + 1)
+            .saturating_sub(keys.start)
+            .min(keys.len())
     }
 }
 
@@ -79,9 +81,16 @@ pub struct AttnArgs<'a, T> {
 }
 
 /// Rows `rows` of head `head` of sequence `bi` in a (b, l, nh, hd) buffer, as a (rows, hd) view.
-fn head_rows<T>(x: &[T], (l, nh, hd): (usize, usize, usize), bi: usize, head: usize, rows: Range<usize>) -> ArrayView2<'_, T> {
+fn head_rows<T>(
+    x: &[T],
+    (l, nh, hd): (usize, usize, usize),
+    bi: usize,
+    head: usize,
+    rows: Range<usize>,
+) -> ArrayView2<'_, T> {
     let start = ((bi * l + rows.start) * nh + head) * hd;
-    ArrayView2::from_shape((rows.len(), hd).strides((nh * hd, 1)), &x[start..]).expect("attention: caller checked the sizes")
+    ArrayView2::from_shape((rows.len(), hd).strides((nh * hd, 1)), &x[start..])
+        .expect("attention: caller checked the sizes")
 }
 
 fn mat<T>(x: &[T], rows: usize, cols: usize) -> ArrayView2<'_, T> {
@@ -94,11 +103,22 @@ fn mat_mut<T>(x: &mut [T], rows: usize, cols: usize) -> ArrayViewMut2<'_, T> {
 
 /// `head_rows` of a shared output for writing. SAFETY: no other live reference reaches any
 /// element of the rows while the view lives.
-unsafe fn head_rows_mut<T>(buf: &SharedMut<T>, (l, nh, hd): (usize, usize, usize), bi: usize, head: usize, rows: Range<usize>) -> ArrayViewMut2<'_, T> {
+unsafe fn head_rows_mut<T>(
+    buf: &SharedMut<T>,
+    (l, nh, hd): (usize, usize, usize),
+    bi: usize,
+    head: usize,
+    rows: Range<usize>,
+) -> ArrayViewMut2<'_, T> {
     let start = ((bi * l + rows.start) * nh + head) * hd;
-    assert!(start + (rows.len() - 1) * nh * hd + hd <= buf.len, "attention: rows out of bounds");
+    assert!(
+        start + (rows.len() - 1) * nh * hd + hd <= buf.len,
+        "attention: rows out of bounds"
+    );
     // SAFETY: every element of the view is in bounds (checked above) and exclusive.
-    unsafe { ArrayViewMut2::from_shape_ptr((rows.len(), hd).strides((nh * hd, 1)), buf.ptr.add(start)) }
+    unsafe {
+        ArrayViewMut2::from_shape_ptr((rows.len(), hd).strides((nh * hd, 1)), buf.ptr.add(start))
+    }
 }
 
 /// Per-task scratch of the forward: scores/probabilities (BLOCK_Q, BLOCK_K), the accumulator
@@ -126,13 +146,26 @@ pub fn attention_fwd<T: Float>(a: &AttnArgs<T>, o: &mut [T], lse: &mut [T]) {
     let AttnDims { b, lq, h, hd, .. } = a.dims;
     let nq = lq.div_ceil(BLOCK_Q);
     // The last query blocks see the most keys: queue them first so that no long task starts last.
-    let tasks: Vec<(usize, usize, usize)> = (0..nq).rev().flat_map(|qb| (0..b * h).map(move |bh| (bh / h, bh % h, qb))).collect();
+    let tasks: Vec<(usize, usize, usize)> = (0..nq)
+        .rev()
+        .flat_map(|qb| (0..b * h).map(move |bh| (bh / h, bh % h, qb)))
+        .collect();
     let (o, lse) = (SharedMut::new(o), SharedMut::new(lse));
     tasks.into_par_iter().for_each_init(
         || FwdScratch::new(hd),
         // SAFETY: each task is a distinct (sequence, head, query block), whose rows of o and lse
         // no other task writes.
-        |sc, (bi, hq, qb)| unsafe { fwd_block(a, bi, hq, qb * BLOCK_Q..((qb + 1) * BLOCK_Q).min(lq), sc, o, lse) },
+        |sc, (bi, hq, qb)| unsafe {
+            fwd_block(
+                a,
+                bi,
+                hq,
+                qb * BLOCK_Q..((qb + 1) * BLOCK_Q).min(lq),
+                sc,
+                o,
+                lse,
+            )
+        },
     );
 }
 
@@ -148,7 +181,9 @@ unsafe fn fwd_block<T: Float>(
     lse: SharedMut<T>,
 ) {
     let dims = a.dims;
-    let AttnDims { lq, lk, h, hkv, hd, .. } = dims;
+    let AttnDims {
+        lq, lk, h, hkv, hd, ..
+    } = dims;
     let bq = rows.len();
     let kvh = hq / dims.group();
     let qv = head_rows(a.q, (lq, h, hd), bi, hq, rows.clone());
@@ -165,7 +200,11 @@ unsafe fn fwd_block<T: Float>(
         let s = &mut sc.s[..bq * bk];
         let kv = head_rows(a.k, (lk, hkv, hd), bi, kvh, keys.clone());
         general_mat_mul(a.scale, &qv, &kv.t(), T::zero(), &mut mat_mut(s, bq, bk));
-        for (ii, (srow, arow)) in s.chunks_exact_mut(bk).zip(acc.chunks_exact_mut(hd)).enumerate() {
+        for (ii, (srow, arow)) in s
+            .chunks_exact_mut(bk)
+            .zip(acc.chunks_exact_mut(hd))
+            .enumerate()
+        {
             let (seen, masked) = srow.split_at_mut(dims.visible(rows.start + ii, &keys));
             masked.fill(T::zero());
             if seen.is_empty() {
@@ -185,13 +224,24 @@ unsafe fn fwd_block<T: Float>(
             }
         }
         let vv = head_rows(a.v, (lk, hkv, hd), bi, kvh, keys);
-        general_mat_mul(T::one(), &mat(s, bq, bk), &vv, T::one(), &mut mat_mut(acc, bq, hd));
+        general_mat_mul(
+            T::one(),
+            &mat(s, bq, bk),
+            &vv,
+            T::one(),
+            &mut mat_mut(acc, bq, hd),
+        );
     }
     for (ii, arow) in acc.chunks_exact(hd).enumerate() {
         let i = rows.start + ii;
         let inv = T::one() / sum[ii];
         // SAFETY: row i of head hq of sequence bi belongs to this task (the caller's promise).
-        let (orow, l_i) = unsafe { (o.slice(((bi * lq + i) * h + hq) * hd, hd), lse.slice((bi * h + hq) * lq + i, 1)) };
+        let (orow, l_i) = unsafe {
+            (
+                o.slice(((bi * lq + i) * h + hq) * hd, hd),
+                lse.slice((bi * h + hq) * lq + i, 1),
+            )
+        };
         for (y, &x) in orow.iter_mut().zip(arow) {
             *y = x * inv;
         }
@@ -212,7 +262,11 @@ struct BwdTask {
 impl BwdTask {
     /// Elements of the private dQ buffer, (lq - q0, group, hd); the first range writes in place.
     fn private_len(&self, d: &AttnDims) -> usize {
-        if self.part == 0 { 0 } else { (d.lq - self.q0) * d.group() * d.hd }
+        if self.part == 0 {
+            0
+        } else {
+            (d.lq - self.q0) * d.group() * d.hd
+        }
     }
 }
 
@@ -224,7 +278,9 @@ fn bwd_tasks(d: &AttnDims) -> Vec<BwdTask> {
     let nk = d.lk.div_ceil(BLOCK_K);
     let work = |kb: usize| d.lq - d.first_query(kb * BLOCK_K);
     let total: usize = (0..nk).map(work).sum();
-    let want = (2 * threads()).div_ceil((d.b * d.hkv).max(1)).clamp(1, nk.max(1));
+    let want = (2 * threads())
+        .div_ceil((d.b * d.hkv).max(1))
+        .clamp(1, nk.max(1));
     let mut ranges = Vec::with_capacity(want);
     let (mut start, mut acc) = (0, 0);
     for kb in 0..nk {
@@ -242,7 +298,13 @@ fn bwd_tasks(d: &AttnDims) -> Vec<BwdTask> {
         for kvh in 0..d.hkv {
             for (part, blocks) in ranges.iter().enumerate() {
                 let q0 = d.first_query(blocks.start * BLOCK_K) / BLOCK_Q * BLOCK_Q;
-                tasks.push(BwdTask { bi, kvh, part, blocks: blocks.clone(), q0 });
+                tasks.push(BwdTask {
+                    bi,
+                    kvh,
+                    part,
+                    blocks: blocks.clone(),
+                    q0,
+                });
             }
         }
     }
@@ -292,12 +354,23 @@ pub fn attention_bwd<T: Float>(a: &AttnArgs<T>, o: &[T], lse: &[T], d_o: &[T], g
         let (bi, hq) = (bh / h, bh % h);
         for (i, dv) in drow.iter_mut().enumerate() {
             let r = ((bi * lq + i) * h + hq) * hd;
-            *dv = o[r..r + hd].iter().zip(&d_o[r..r + hd]).map(|(&x, &y)| x * y).sum();
+            *dv = o[r..r + hd]
+                .iter()
+                .zip(&d_o[r..r + hd])
+                .map(|(&x, &y)| x * y)
+                .sum();
         }
     });
     let tasks = bwd_tasks(&dims);
-    let mut private: Vec<Vec<T>> = tasks.iter().map(|t| vec![T::zero(); t.private_len(&dims)]).collect();
-    let (dq, dk, dv) = (SharedMut::new(g.dq), SharedMut::new(g.dk), SharedMut::new(g.dv));
+    let mut private: Vec<Vec<T>> = tasks
+        .iter()
+        .map(|t| vec![T::zero(); t.private_len(&dims)])
+        .collect();
+    let (dq, dk, dv) = (
+        SharedMut::new(g.dq),
+        SharedMut::new(g.dk),
+        SharedMut::new(g.dv),
+    );
     tasks.par_iter().zip(private.par_iter_mut()).for_each_init(
         || BwdScratch::new(hd),
         // SAFETY: a task owns the rows of dk and dv of its key blocks and kv head; the first
@@ -306,17 +379,23 @@ pub fn attention_bwd<T: Float>(a: &AttnArgs<T>, o: &[T], lse: &[T], d_o: &[T], g
         |sc, (t, pdq)| unsafe { bwd_task(a, lse, &delta, d_o, t, pdq, sc, [dq, dk, dv]) },
     );
     // Each sequence's dq is one contiguous chunk; its private buffers are added in range order.
-    g.dq.par_chunks_mut(lq * h * hd).enumerate().for_each(|(bi, dqb)| {
-        for (t, pdq) in tasks.iter().zip(&private).filter(|(t, _)| t.bi == bi && t.part > 0) {
-            for i in t.q0..lq {
-                let dst = &mut dqb[(i * h + t.kvh * group) * hd..][..group * hd];
-                let src = &pdq[(i - t.q0) * group * hd..][..group * hd];
-                for (x, &y) in dst.iter_mut().zip(src) {
-                    *x += y;
+    g.dq.par_chunks_mut(lq * h * hd)
+        .enumerate()
+        .for_each(|(bi, dqb)| {
+            for (t, pdq) in tasks
+                .iter()
+                .zip(&private)
+                .filter(|(t, _)| t.bi == bi && t.part > 0)
+            {
+                for i in t.q0..lq {
+                    let dst = &mut dqb[(i * h + t.kvh * group) * hd..][..group * hd];
+                    let src = &pdq[(i - t.q0) * group * hd..][..group * hd];
+                    for (x, &y) in dst.iter_mut().zip(src) {
+                        *x += y;
+                    }
                 }
             }
-        }
-    });
+        });
 }
 
 /// One backward task. SAFETY: the caller owns the rows of dk and dv of the task's key blocks and
@@ -333,7 +412,9 @@ unsafe fn bwd_task<T: Float>(
     [dq, dk, dv]: [SharedMut<T>; 3],
 ) {
     let dims = a.dims;
-    let AttnDims { lq, lk, h, hkv, hd, .. } = dims;
+    let AttnDims {
+        lq, lk, h, hkv, hd, ..
+    } = dims;
     let group = dims.group();
     let bi = t.bi;
     for kb in t.blocks.clone() {
@@ -364,20 +445,37 @@ unsafe fn bwd_task<T: Float>(
                         *x = (*x - lse_h[i]).fast_exp();
                     }
                 }
-                general_mat_mul(T::one(), &mat(p, bq, bk).t(), &dov, T::one(), &mut mat_mut(dv_acc, bk, hd));
+                general_mat_mul(
+                    T::one(),
+                    &mat(p, bq, bk).t(),
+                    &dov,
+                    T::one(),
+                    &mut mat_mut(dv_acc, bk, hd),
+                );
                 general_mat_mul(T::one(), &dov, &vv.t(), T::zero(), &mut mat_mut(ds, bq, bk));
-                for ((dsrow, prow), &d_i) in ds.chunks_exact_mut(bk).zip(p.chunks_exact(bk)).zip(&delta_h[rows.clone()]) {
+                for ((dsrow, prow), &d_i) in ds
+                    .chunks_exact_mut(bk)
+                    .zip(p.chunks_exact(bk))
+                    .zip(&delta_h[rows.clone()])
+                {
                     for (x, &pv) in dsrow.iter_mut().zip(prow) {
                         *x = pv * (*x - d_i);
                     }
                 }
-                general_mat_mul(a.scale, &mat(ds, bq, bk).t(), &qv, T::one(), &mut mat_mut(dk_acc, bk, hd));
+                general_mat_mul(
+                    a.scale,
+                    &mat(ds, bq, bk).t(),
+                    &qv,
+                    T::one(),
+                    &mut mat_mut(dk_acc, bk, hd),
+                );
                 let mut dq_tile = if t.part == 0 {
                     // SAFETY: the first range owns these rows of dq (the caller's promise).
                     unsafe { head_rows_mut(&dq, (lq, h, hd), bi, hq, rows) }
                 } else {
                     let start = ((rows.start - t.q0) * group + hq - t.kvh * group) * hd;
-                    ArrayViewMut2::from_shape((bq, hd).strides((group * hd, 1)), &mut pdq[start..]).expect("attention: private dq sized for its rows")
+                    ArrayViewMut2::from_shape((bq, hd).strides((group * hd, 1)), &mut pdq[start..])
+                        .expect("attention: private dq sized for its rows")
                 };
                 general_mat_mul(a.scale, &mat(ds, bq, bk), &kv, T::one(), &mut dq_tile);
             }

@@ -70,7 +70,8 @@ pub fn gelu_grad<T: Float>(x: T) -> T {
     let a = T::from_f64(GELU_A);
     let half = T::from_f64(0.5);
     let t = tanh(c * (x + a * x * x * x));
-    half * (T::one() + t) + half * x * (T::one() - t * t) * c * (T::one() + T::from_f64(3.0) * a * x * x)
+    half * (T::one() + t)
+        + half * x * (T::one() - t * t) * c * (T::one() + T::from_f64(3.0) * a * x * x)
 }
 
 /// y = silu(x).
@@ -124,7 +125,11 @@ pub fn gate_fwd<T: Float>(x: &[T], z: &[T], y: &mut [T]) {
 pub fn gate_bwd<T: Float>(x: &[T], z: &[T], dy: &[T], dx: &mut [T], dz: &mut [T]) {
     dx.par_chunks_mut(GRAIN)
         .zip(dz.par_chunks_mut(GRAIN))
-        .zip(x.par_chunks(GRAIN).zip(z.par_chunks(GRAIN)).zip(dy.par_chunks(GRAIN)))
+        .zip(
+            x.par_chunks(GRAIN)
+                .zip(z.par_chunks(GRAIN))
+                .zip(dy.par_chunks(GRAIN)),
+        )
         .for_each(|((dxc, dzc), ((xc, zc), gc))| {
             for i in 0..dxc.len() {
                 dxc[i] += gc[i] * silu(zc[i]);

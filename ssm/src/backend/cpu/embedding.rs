@@ -6,10 +6,12 @@ use crate::tensor::Float;
 
 /// out (m, d) = table[ids] with table (v, d); ids were checked to be below v.
 pub fn embedding_fwd<T: Float>(ids: &[u32], table: &[T], out: &mut [T], d: usize) {
-    out.par_chunks_exact_mut(d).zip(ids.par_iter()).for_each(|(row, &id)| {
-        let id = id as usize;
-        row.copy_from_slice(&table[id * d..(id + 1) * d]);
-    });
+    out.par_chunks_exact_mut(d)
+        .zip(ids.par_iter())
+        .for_each(|(row, &id)| {
+            let id = id as usize;
+            row.copy_from_slice(&table[id * d..(id + 1) * d]);
+        });
 }
 
 /// dtable[ids[i]] += dout[i]. Sequential: repeated ids must add in a fixed order.

@@ -9,7 +9,12 @@ use crate::tensor::Float;
 pub const IGNORE_INDEX: i64 = -100;
 
 /// Writes the log-sum-exp of every row into `lse` (m,) and returns (sum of losses, scored rows).
-pub fn cross_entropy_fwd<T: Float>(logits: &[T], targets: &[i64], lse: &mut [T], v: usize) -> (f64, usize) {
+pub fn cross_entropy_fwd<T: Float>(
+    logits: &[T],
+    targets: &[i64],
+    lse: &mut [T],
+    v: usize,
+) -> (f64, usize) {
     let m = targets.len();
     let parts = split(m, parts_for(m, 4 * v));
     let sums: Vec<(f64, usize)> = row_blocks_mut(lse, &parts, 1)

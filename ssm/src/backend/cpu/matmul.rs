@@ -24,20 +24,18 @@ pub fn matmul_nt<T: Float>(x: &[T], w: &[T], y: &mut [T], m: usize, k: usize, n:
     let chunks = row_blocks_mut(y, &parts, n);
     chunks.into_par_iter().for_each(|(rows, yc)| {
         let xa = view(&x[rows.start * k..rows.end * k], rows.len(), k);
-        general_mat_mul(T::one(), &xa, &w.t(), beta, &mut view_mut(yc, rows.len(), n));
+        general_mat_mul(
+            T::one(),
+            &xa,
+            &w.t(),
+            beta,
+            &mut view_mut(yc, rows.len(), n),
+        );
     });
 }
 
 /// `dx (m, k) = beta * dx + dy (m, n) · w (n, k)`: the input gradient of a linear layer.
-pub fn matmul_nn<T: Float>(
-    dy: &[T],
-    w: &[T],
-    dx: &mut [T],
-    m: usize,
-    n: usize,
-    k: usize,
-    beta: T,
-) {
+pub fn matmul_nn<T: Float>(dy: &[T], w: &[T], dx: &mut [T], m: usize, n: usize, k: usize, beta: T) {
     let w = view(w, n, k);
     let parts = split(m, parts_for(m, k * n));
     let chunks = row_blocks_mut(dx, &parts, k);
@@ -55,6 +53,12 @@ pub fn matmul_tn_acc<T: Float>(dy: &[T], x: &[T], dw: &mut [T], m: usize, n: usi
     let chunks = row_blocks_mut(dw, &parts, k);
     chunks.into_par_iter().for_each(|(rows, dwc)| {
         let dyt = dy.slice(s![.., rows.clone()]);
-        general_mat_mul(T::one(), &dyt.t(), &x, T::one(), &mut view_mut(dwc, rows.len(), k));
+        general_mat_mul(
+            T::one(),
+            &dyt.t(),
+            &x,
+            T::one(),
+            &mut view_mut(dwc, rows.len(), k),
+        );
     });
 }

@@ -55,7 +55,11 @@ pub(crate) fn row_blocks_mut<'a, T>(
 }
 
 /// Sums per-part partial results `(parts, len)` in part order into `out` (accumulating).
-pub(crate) fn reduce_parts_into<T: crate::tensor::Float>(partials: &[T], len: usize, out: &mut [T]) {
+pub(crate) fn reduce_parts_into<T: crate::tensor::Float>(
+    partials: &[T],
+    len: usize,
+    out: &mut [T],
+) {
     for part in partials.chunks_exact(len) {
         for (o, p) in out.iter_mut().zip(part) {
             *o += *p;
@@ -76,14 +80,21 @@ unsafe impl<T> Sync for SharedMut<T> {}
 
 impl<T> SharedMut<T> {
     pub(crate) fn new(s: &mut [T]) -> Self {
-        SharedMut { ptr: s.as_mut_ptr(), len: s.len() }
+        SharedMut {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+        }
     }
 
     /// SAFETY: no other live reference reaches `start..start + len` while the slice lives.
     #[allow(clippy::mut_from_ref)]
     #[inline(always)]
     pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [T] {
-        assert!(start + len <= self.len, "shared buffer: {start}+{len} out of bounds {}", self.len);
+        assert!(
+            start + len <= self.len,
+            "shared buffer: {start}+{len} out of bounds {}",
+            self.len
+        );
         // SAFETY: in bounds (checked above) and exclusive (the caller's promise).
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
     }

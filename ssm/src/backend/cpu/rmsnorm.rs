@@ -11,17 +11,23 @@ pub fn rmsnorm_fwd<T: Float>(x: &[T], w: &[T], eps: T, y: &mut [T], rstd: &mut [
     let parts = split(m, parts_for(m, 4 * d));
     let ys = row_blocks_mut(y, &parts, d);
     let rs = row_blocks_mut(rstd, &parts, 1);
-    ys.into_par_iter().zip(rs).for_each(|((rows, yc), (_, rc))| {
-        let xc = &x[rows.start * d..rows.end * d];
-        for ((xr, yr), r) in xc.chunks_exact(d).zip(yc.chunks_exact_mut(d)).zip(rc.iter_mut()) {
-            let ss: T = xr.iter().map(|&v| v * v).sum();
-            let inv = T::one() / (ss / T::from_usize(d) + eps).sqrt();
-            *r = inv;
-            for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
-                *o = xv * inv * wv;
+    ys.into_par_iter()
+        .zip(rs)
+        .for_each(|((rows, yc), (_, rc))| {
+            let xc = &x[rows.start * d..rows.end * d];
+            for ((xr, yr), r) in xc
+                .chunks_exact(d)
+                .zip(yc.chunks_exact_mut(d))
+                .zip(rc.iter_mut())
+            {
+                let ss: T = xr.iter().map(|&v| v * v).sum();
+                let inv = T::one() / (ss / T::from_usize(d) + eps).sqrt();
+                *r = inv;
+                for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+                    *o = xv * inv * wv;
+                }
             }
-        }
-    });
+        });
 }
 
 /// Accumulates `dx += ∂L/∂x` and `dw += ∂L/∂w` given `dy`, for the `x`, `w`, `rstd` of the forward.
@@ -46,7 +52,12 @@ pub fn rmsnorm_bwd<T: Float>(
                 let dyr = &dy[i * d..(i + 1) * d];
                 let r = rstd[i];
                 // ∂L/∂x = r * (dy∘w) - x * r³ * mean(dy∘w∘x)
-                let dot: T = dyr.iter().zip(w).zip(xr).map(|((&g, &wv), &xv)| g * wv * xv).sum();
+                let dot: T = dyr
+                    .iter()
+                    .zip(w)
+                    .zip(xr)
+                    .map(|((&g, &wv), &xv)| g * wv * xv)
+                    .sum();
                 let c = dot * r * r * r / T::from_usize(d);
                 for j in 0..d {
                     dxr[j] += r * dyr[j] * w[j] - xr[j] * c;

@@ -104,7 +104,11 @@ fn tile_consts<T: Float>(args: &ScanArgs<T>, n: usize, d0: usize, w: usize) -> T
         }
     }
     let opt = |v: Option<&[T]>| v.map_or([T::zero(); TILE], |v| load(v, d0, w));
-    TileConsts { a, bias: opt(args.delta_bias), d_skip: opt(args.d_skip) }
+    TileConsts {
+        a,
+        bias: opt(args.delta_bias),
+        d_skip: opt(args.d_skip),
+    }
 }
 
 /// `w` values from `src[start..]` in lanes, zero past them.
@@ -122,7 +126,12 @@ fn load<T: Float>(src: &[T], start: usize, w: usize) -> [T; TILE] {
 
 /// The pre-activation delta + bias and dt (through softplus when asked) of one step.
 #[inline(always)]
-fn dt_lanes<T: Float>(args: &ScanArgs<T>, tc: &TileConsts<T>, row: usize, w: usize) -> ([T; TILE], [T; TILE]) {
+fn dt_lanes<T: Float>(
+    args: &ScanArgs<T>,
+    tc: &TileConsts<T>,
+    row: usize,
+    w: usize,
+) -> ([T; TILE], [T; TILE]) {
     let mut raw = load(args.delta, row, w);
     for (r, &b) in raw.iter_mut().zip(&tc.bias) {
         *r += b;
@@ -138,7 +147,7 @@ fn dt_lanes<T: Float>(args: &ScanArgs<T>, tc: &TileConsts<T>, row: usize, w: usi
 
 #[inline(always)]
 fn sigmoid<T: Float>(x: T) -> T {
-    T::one() / (T::one() + (-x).fast_exp())
+    T::one() / (T::one() + (-x).fast_exp_fused())
 }
 
 /// dst[i] += lanes[i] for the first dst.len() lanes.
@@ -276,7 +285,8 @@ unsafe fn fwd_tile<T: Float>(
             let base = (bi * dims.chunks() + t / CHUNK) * n * d;
             for s in 0..n {
                 // SAFETY: sequence bi, channels d0..d0+w belong to this task.
-                unsafe { sv.slice(base + s * d + d0, w) }.copy_from_slice(&h[s * TILE..s * TILE + w]);
+                unsafe { sv.slice(base + s * d + d0, w) }
+                    .copy_from_slice(&h[s * TILE..s * TILE + w]);
             }
         }
         let row = (bi * l + t) * d + d0;
@@ -292,7 +302,7 @@ unsafe fn fwd_tile<T: Float>(
             let hs: &mut [T; TILE] = (&mut h[s * TILE..(s + 1) * TILE]).try_into().unwrap();
             let an: &[T; TILE] = tc.a[s * TILE..(s + 1) * TILE].try_into().unwrap();
             for i in 0..TILE {
-                let decay = (dt[i] * an[i]).fast_exp();
+                let decay = (dt[i] * an[i]).fast_exp_fused();
                 hs[i] = decay * hs[i] + dtu[i] * bn;
                 acc[i] += cn * hs[i];
             }
@@ -367,14 +377,24 @@ pub fn scan_bwd<T: Float>(
                 let tile = Tile { bi: *bi, gi, d0, w };
                 // SAFETY: this task alone owns sequence bi, channels d0..d0+w of the per-channel
                 // outputs, and its own dB/dC partial rows.
-                unsafe { bwd_tile_dispatch(args, dims, tile, saved, dy, dlast, &mut buf, pdb, pdc, out) };
+                unsafe {
+                    bwd_tile_dispatch(args, dims, tile, saved, dy, dlast, &mut buf, pdb, pdc, out)
+                };
             }
         });
     // dB, dC: sum the splits of each sequence.
     for bi in 0..b {
         let rows = bi * splits * bc_len..(bi + 1) * splits * bc_len;
-        reduce_parts_into(&p.db[rows.clone()], bc_len, &mut grads.db[bi * bc_len..(bi + 1) * bc_len]);
-        reduce_parts_into(&p.dc[rows], bc_len, &mut grads.dc[bi * bc_len..(bi + 1) * bc_len]);
+        reduce_parts_into(
+            &p.db[rows.clone()],
+            bc_len,
+            &mut grads.db[bi * bc_len..(bi + 1) * bc_len],
+        );
+        reduce_parts_into(
+            &p.dc[rows],
+            bc_len,
+            &mut grads.dc[bi * bc_len..(bi + 1) * bc_len],
+        );
     }
     reduce_parts_into(&p.da, d * n, grads.da);
     if let Some(dd) = grads.dd_skip {
@@ -449,11 +469,15 @@ unsafe fn bwd_tile_dispatch<T: Float>(
     {
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { bwd_tile_avx512(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out) };
+            return unsafe {
+                bwd_tile_avx512(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out)
+            };
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { bwd_tile_avx2(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out) };
+            return unsafe {
+                bwd_tile_avx2(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out)
+            };
         }
     }
     unsafe { bwd_tile(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out) }
@@ -523,7 +547,12 @@ unsafe fn bwd_tile<T: Float>(
         }
     }
     let (mut dd_acc, mut dbias_acc) = ([T::zero(); TILE], [T::zero(); TILE]);
-    let (mut du, mut ddt, mut lane_c, mut lane_b) = ([T::zero(); TILE], [T::zero(); TILE], [T::zero(); TILE], [T::zero(); TILE]);
+    let (mut du, mut ddt, mut lane_c, mut lane_b) = (
+        [T::zero(); TILE],
+        [T::zero(); TILE],
+        [T::zero(); TILE],
+        [T::zero(); TILE],
+    );
     for c in (0..dims.chunks()).rev() {
         let t0 = c * CHUNK;
         let len = CHUNK.min(l - t0);
@@ -548,13 +577,14 @@ unsafe fn bwd_tile<T: Float>(
             let bc = ((bi * l + t0 + k) * g + gi) * n;
             for s in 0..n {
                 let bn = args.b[bc + s];
-                let hcur: &mut [T; TILE] = (&mut buf.h[s * TILE..(s + 1) * TILE]).try_into().unwrap();
+                let hcur: &mut [T; TILE] =
+                    (&mut buf.h[s * TILE..(s + 1) * TILE]).try_into().unwrap();
                 let an: &[T; TILE] = tc.a[s * TILE..(s + 1) * TILE].try_into().unwrap();
                 let off = k * nt + s * TILE;
                 let dec: &mut [T; TILE] = (&mut buf.decays[off..off + TILE]).try_into().unwrap();
                 let hk: &mut [T; TILE] = (&mut buf.hs[off..off + TILE]).try_into().unwrap();
                 for i in 0..TILE {
-                    dec[i] = (dt[i] * an[i]).fast_exp();
+                    dec[i] = (dt[i] * an[i]).fast_exp_fused();
                     hcur[i] = dec[i] * hcur[i] + dtu[i] * bn;
                     hk[i] = hcur[i];
                 }
@@ -613,8 +643,10 @@ unsafe fn bwd_tile<T: Float>(
                 let hk: &[T; TILE] = buf.hs[off..off + TILE].try_into().unwrap();
                 let dec: &[T; TILE] = buf.decays[off..off + TILE].try_into().unwrap();
                 let an: &[T; TILE] = tc.a[s * TILE..(s + 1) * TILE].try_into().unwrap();
-                let gh: &mut [T; TILE] = (&mut buf.dh[s * TILE..(s + 1) * TILE]).try_into().unwrap();
-                let ga: &mut [T; TILE] = (&mut buf.da[s * TILE..(s + 1) * TILE]).try_into().unwrap();
+                let gh: &mut [T; TILE] =
+                    (&mut buf.dh[s * TILE..(s + 1) * TILE]).try_into().unwrap();
+                let ga: &mut [T; TILE] =
+                    (&mut buf.da[s * TILE..(s + 1) * TILE]).try_into().unwrap();
                 for i in 0..TILE {
                     // ∂L/∂h_t: from the output at t and from h_{t+1} (already scaled by its decay).
                     let gv = gh[i] + cn * dyp[i];
@@ -639,7 +671,11 @@ unsafe fn bwd_tile<T: Float>(
             if args.delta_softplus {
                 // softplus'(x) = sigmoid(x), and 1 above the threshold of 20.
                 for i in 0..TILE {
-                    let slope = if raw[i] > T::from_f64(20.0) { T::one() } else { sigmoid(raw[i]) };
+                    let slope = if raw[i] > T::from_f64(20.0) {
+                        T::one()
+                    } else {
+                        sigmoid(raw[i])
+                    };
                     dx[i] *= slope;
                 }
             }
