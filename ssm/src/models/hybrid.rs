@@ -11,6 +11,7 @@ use super::generate::{Decoder, Sampling, generate};
 use super::mamba::MambaConfig;
 use super::mamba_block_params;
 use super::transformer::{INIT_STD, TransformerBlock, TransformerConfig};
+use super::trunk::Trunk;
 use crate::error::{Error, Result};
 use crate::nn::attention::{KvCache, LearnedPositions, PosEncoding};
 use crate::nn::init::normal;
@@ -18,9 +19,6 @@ use crate::nn::mamba::{DtInit, MambaBlock, MambaMixer, MixerState};
 use crate::nn::mlp::MlpKind;
 use crate::nn::norm::RmsNorm;
 use crate::nn::{Module, Param};
-use crate::ops::embedding::{embedding_bwd, embedding_fwd};
-use crate::ops::linear::{linear_bwd, linear_fwd};
-use crate::ops::loss::{cross_entropy_bwd, cross_entropy_fwd};
 use crate::tensor::{Float, Tensor};
 
 /// One letter of the pattern.
@@ -288,22 +286,6 @@ impl<T: Float> Module<T> for HybridBlock<T> {
     }
 }
 
-/// Activations of the last forward, reused from step to step.
-#[derive(Clone, Debug, Default)]
-struct Acts<T: Float> {
-    ids: Vec<u32>,
-    targets: Vec<i64>,
-    offset: usize,
-    /// The residual stream entering each layer and leaving the last: n_layer + 1 of (b, l, d).
-    resid: Vec<Tensor<T>>,
-    hidden: Tensor<T>,
-    logits: Tensor<T>,
-    lse: Tensor<T>,
-    dlogits: Tensor<T>,
-    dhidden: Tensor<T>,
-    dresid: [Tensor<T>; 2],
-}
-
 #[derive(Clone, Debug)]
 pub struct HybridLM<T: Float = f32> {
     pub config: HybridConfig,
@@ -312,7 +294,7 @@ pub struct HybridLM<T: Float = f32> {
     pub positions: Option<LearnedPositions<T>>,
     pub layers: Vec<HybridBlock<T>>,
     pub norm_f: RmsNorm<T>,
-    acts: Acts<T>,
+    trunk: Trunk<T>,
 }
 
 impl<T: Float> HybridLM<T> {
@@ -355,7 +337,7 @@ impl<T: Float> HybridLM<T> {
             positions,
             layers,
             config,
-            acts: Acts::default(),
+            trunk: Trunk::default(),
         })
     }
 
@@ -365,7 +347,8 @@ impl<T: Float> HybridLM<T> {
     }
 
     /// Logits (b, l, v) for token ids (b · l, row-major). With `state`, the sequences continue
-    /// from it and it is advanced (prefill, decoding); `train` keeps what `backward` needs.
+    /// from it and it is advanced (prefill, decoding); `train` keeps what `backward` needs (a
+    /// forward without a state).
     pub fn forward(
         &mut self,
         ids: &[u32],
@@ -373,86 +356,60 @@ impl<T: Float> HybridLM<T> {
         mut state: Option<&mut HybridState<T>>,
         train: bool,
     ) -> Result<&Tensor<T>> {
-        if b == 0 || ids.is_empty() || !ids.len().is_multiple_of(b) {
-            return Err(Error::shape(
-                "HybridLM::forward",
-                "ids",
-                format!("b · l ids with b = {b} and l >= 1"),
-                &[ids.len()],
-            ));
-        }
-        let l = ids.len() / b;
-        if let Some(s) = &state
-            && s.layers.len() != self.layers.len()
-        {
-            return Err(Error::shape(
-                "HybridLM::forward",
-                "state",
-                format!("{} layers", self.layers.len()),
-                &[s.layers.len()],
-            ));
-        }
-        let a = &mut self.acts;
-        a.ids.clear();
-        a.ids.extend_from_slice(ids);
-        a.offset = state.as_ref().map_or(0, |s| s.pos);
-        a.resid.resize_with(self.layers.len() + 1, Tensor::default);
-        embedding_fwd(ids, &[b, l], &self.embedding.value, &mut a.resid[0])?;
+        let n_layer = self.layers.len();
+        let state_layers = state.as_ref().map(|s| s.layers.len());
+        let l = self.trunk.embed(
+            "HybridLM::forward",
+            ids,
+            b,
+            n_layer,
+            state_layers,
+            &self.embedding.value,
+        )?;
+        self.trunk.offset = state.as_ref().map_or(0, |s| s.pos);
         if let Some(p) = &self.positions {
-            p.forward(&mut a.resid[0], a.offset)?;
+            let offset = self.trunk.offset;
+            p.forward(self.trunk.input_mut(), offset)?;
         }
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let (done, rest) = a.resid.split_at_mut(i + 1);
+        let layers = &mut self.layers;
+        self.trunk.layers(|i, x, out| {
             let st = state.as_deref_mut().map(|s| &mut s.layers[i]);
-            layer.forward(&done[i], &mut rest[0], st, train)?;
-        }
+            layers[i].forward(x, out, st, train)
+        })?;
         if let Some(s) = state {
             s.pos += l;
         }
-        self.norm_f
-            .forward(&a.resid[self.layers.len()], &mut a.hidden)?;
-        linear_fwd(&a.hidden, &self.embedding.value, None, &mut a.logits)?;
-        Ok(&a.logits)
+        self.trunk.head(&mut self.norm_f, &self.embedding.value)
     }
 
     /// Mean next-token cross-entropy of a training forward: `targets` (b · l) hold the token to
     /// predict at each position, or `IGNORE_INDEX`.
     pub fn forward_loss(&mut self, ids: &[u32], targets: &[i64], b: usize) -> Result<f64> {
         self.forward(ids, b, None, true)?;
-        let a = &mut self.acts;
-        let (loss, _) = cross_entropy_fwd(&a.logits, targets, &mut a.lse)?;
-        a.targets.clear();
-        a.targets.extend_from_slice(targets);
-        Ok(loss)
+        self.trunk.loss(targets)
     }
 
     /// Adds ∂loss/∂θ of the last `forward_loss` into every parameter's gradient.
     pub fn backward(&mut self) -> Result<()> {
-        let a = &mut self.acts;
-        a.dlogits.reset(a.logits.shape().clone());
-        cross_entropy_bwd(&a.logits, &a.targets, &a.lse, 1.0, &mut a.dlogits)?;
-        a.dhidden.reset(a.hidden.shape().clone());
-        linear_bwd(
-            &a.hidden,
-            &self.embedding.value,
-            &a.dlogits,
-            Some(&mut a.dhidden),
-            &mut self.embedding.grad,
-            None,
-        )?;
-        let n = self.layers.len();
-        let [d_out, d_in] = &mut a.dresid;
-        d_out.reset(a.resid[n].shape().clone());
-        self.norm_f.backward(&a.resid[n], &a.dhidden, d_out)?;
-        for (i, layer) in self.layers.iter_mut().enumerate().rev() {
-            d_in.reset(a.resid[i].shape().clone());
-            layer.backward(&a.resid[i], d_out, d_in)?;
-            std::mem::swap(d_out, d_in);
-        }
-        if let Some(p) = &mut self.positions {
-            p.backward(d_out, a.offset)?;
-        }
-        embedding_bwd(&a.ids, d_out, &mut self.embedding.grad)
+        let Self {
+            trunk,
+            layers,
+            norm_f,
+            embedding,
+            positions,
+            ..
+        } = self;
+        let offset = trunk.offset;
+        trunk.backward(
+            "HybridLM::backward",
+            norm_f,
+            embedding,
+            |i, x, dout, dx| layers[i].backward(x, dout, dx),
+            |dx| match positions {
+                Some(p) => p.backward(dx, offset),
+                None => Ok(()),
+            },
+        )
     }
 
     /// A fresh decoding state for `b` sequences: zero Mamba states, empty KV caches.
@@ -495,7 +452,7 @@ impl<T: Float> HybridLM<T> {
             positions: self.positions.as_ref().map(LearnedPositions::cast),
             layers: self.layers.iter().map(HybridBlock::cast).collect(),
             norm_f: self.norm_f.cast(),
-            acts: Acts::default(),
+            trunk: Trunk::default(),
         }
     }
 }

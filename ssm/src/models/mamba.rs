@@ -6,14 +6,12 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
+use super::trunk::Trunk;
 use crate::error::{Error, Result};
 use crate::nn::init::normal;
 use crate::nn::mamba::{DtInit, MambaBlock, MambaMixer, MixerDims, MixerState};
 use crate::nn::norm::RmsNorm;
 use crate::nn::{Module, Param};
-use crate::ops::embedding::{embedding_bwd, embedding_fwd};
-use crate::ops::linear::{linear_bwd, linear_fwd};
-use crate::ops::loss::{cross_entropy_bwd, cross_entropy_fwd};
 use crate::tensor::{Float, Tensor};
 
 /// Model hyper-parameters; defaults are mamba_simple's.
@@ -137,23 +135,6 @@ pub struct MambaState<T: Float = f32> {
     pub layers: Vec<MixerState<T>>,
 }
 
-/// Activations of the last forward, reused from step to step.
-#[derive(Clone, Debug, Default)]
-struct Acts<T: Float> {
-    ids: Vec<u32>,
-    targets: Vec<i64>,
-    /// The residual stream entering each layer and leaving the last: n_layer + 1 of (b, l, d).
-    resid: Vec<Tensor<T>>,
-    hidden: Tensor<T>,
-    logits: Tensor<T>,
-    lse: Tensor<T>,
-    dlogits: Tensor<T>,
-    dhidden: Tensor<T>,
-    dresid: [Tensor<T>; 2],
-    /// Set by `forward_loss`, cleared by any other forward, whose caches `backward` cannot use.
-    loss_ready: bool,
-}
-
 #[derive(Clone, Debug)]
 pub struct MambaLM<T: Float = f32> {
     pub config: MambaConfig,
@@ -161,7 +142,7 @@ pub struct MambaLM<T: Float = f32> {
     pub embedding: Param<T>,
     pub layers: Vec<MambaBlock<T>>,
     pub norm_f: RmsNorm<T>,
-    acts: Acts<T>,
+    trunk: Trunk<T>,
 }
 
 impl<T: Float> MambaLM<T> {
@@ -193,7 +174,7 @@ impl<T: Float> MambaLM<T> {
             embedding,
             layers,
             config,
-            acts: Acts::default(),
+            trunk: Trunk::default(),
         })
     }
 
@@ -211,84 +192,47 @@ impl<T: Float> MambaLM<T> {
         mut state: Option<&mut MambaState<T>>,
         train: bool,
     ) -> Result<&Tensor<T>> {
-        if b == 0 || ids.is_empty() || !ids.len().is_multiple_of(b) {
-            return Err(Error::shape(
-                "MambaLM::forward",
-                "ids",
-                format!("b · l ids with b = {b} and l >= 1"),
-                &[ids.len()],
-            ));
-        }
-        let l = ids.len() / b;
-        if let Some(s) = &state
-            && s.layers.len() != self.layers.len()
-        {
-            return Err(Error::shape(
-                "MambaLM::forward",
-                "state",
-                format!("{} layers", self.layers.len()),
-                &[s.layers.len()],
-            ));
-        }
-        let a = &mut self.acts;
-        a.loss_ready = false;
-        a.ids.clear();
-        a.ids.extend_from_slice(ids);
-        a.resid.resize_with(self.layers.len() + 1, Tensor::default);
-        embedding_fwd(ids, &[b, l], &self.embedding.value, &mut a.resid[0])?;
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let (done, rest) = a.resid.split_at_mut(i + 1);
+        let n_layer = self.layers.len();
+        let state_layers = state.as_ref().map(|s| s.layers.len());
+        self.trunk.embed(
+            "MambaLM::forward",
+            ids,
+            b,
+            n_layer,
+            state_layers,
+            &self.embedding.value,
+        )?;
+        let layers = &mut self.layers;
+        self.trunk.layers(|i, x, out| {
             let st = state.as_deref_mut().map(|s| &mut s.layers[i]);
-            layer.forward(&done[i], &mut rest[0], st, train)?;
-        }
-        self.norm_f
-            .forward(&a.resid[self.layers.len()], &mut a.hidden)?;
-        linear_fwd(&a.hidden, &self.embedding.value, None, &mut a.logits)?;
-        Ok(&a.logits)
+            layers[i].forward(x, out, st, train)
+        })?;
+        self.trunk.head(&mut self.norm_f, &self.embedding.value)
     }
 
     /// Mean next-token cross-entropy of a training forward: `targets` (b · l) hold the token to
     /// predict at each position, or `IGNORE_INDEX`.
     pub fn forward_loss(&mut self, ids: &[u32], targets: &[i64], b: usize) -> Result<f64> {
         self.forward(ids, b, None, true)?;
-        let a = &mut self.acts;
-        let (loss, _) = cross_entropy_fwd(&a.logits, targets, &mut a.lse)?;
-        a.targets.clear();
-        a.targets.extend_from_slice(targets);
-        a.loss_ready = true;
-        Ok(loss)
+        self.trunk.loss(targets)
     }
 
     /// Adds ∂loss/∂θ of the last `forward_loss` into every parameter's gradient.
     pub fn backward(&mut self) -> Result<()> {
-        let a = &mut self.acts;
-        if !a.loss_ready {
-            return Err(Error::config(
-                "MambaLM::backward",
-                "needs a forward_loss first (and no other forward since)",
-            ));
-        }
-        a.dlogits.reset(a.logits.shape().clone());
-        cross_entropy_bwd(&a.logits, &a.targets, &a.lse, 1.0, &mut a.dlogits)?;
-        a.dhidden.reset(a.hidden.shape().clone());
-        linear_bwd(
-            &a.hidden,
-            &self.embedding.value,
-            &a.dlogits,
-            Some(&mut a.dhidden),
-            &mut self.embedding.grad,
-            None,
-        )?;
-        let n = self.layers.len();
-        let [d_out, d_in] = &mut a.dresid;
-        d_out.reset(a.resid[n].shape().clone());
-        self.norm_f.backward(&a.resid[n], &a.dhidden, d_out)?;
-        for (i, layer) in self.layers.iter_mut().enumerate().rev() {
-            d_in.reset(a.resid[i].shape().clone());
-            layer.backward(&a.resid[i], d_out, d_in)?;
-            std::mem::swap(d_out, d_in);
-        }
-        embedding_bwd(&a.ids, d_out, &mut self.embedding.grad)
+        let Self {
+            trunk,
+            layers,
+            norm_f,
+            embedding,
+            ..
+        } = self;
+        trunk.backward(
+            "MambaLM::backward",
+            norm_f,
+            embedding,
+            |i, x, dout, dx| layers[i].backward(x, dout, dx),
+            |_| Ok(()),
+        )
     }
 
     /// A zero decoding state for `b` sequences.
@@ -314,7 +258,7 @@ impl<T: Float> MambaLM<T> {
             embedding: self.embedding.cast(),
             layers: self.layers.iter().map(MambaBlock::cast).collect(),
             norm_f: self.norm_f.cast(),
-            acts: Acts::default(),
+            trunk: Trunk::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod generate;
 pub mod hybrid;
 pub mod mamba;
 pub mod transformer;
+mod trunk;
 
 use serde::{Deserialize, Serialize};
 
