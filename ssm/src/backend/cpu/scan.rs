@@ -169,6 +169,39 @@ fn hsum<T: Float>(v: &[T; TILE]) -> T {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
+/// Defines `$dispatch` with the signature of `$inner` (an `#[inline(always)]` kernel), which runs
+/// `$inner` compiled for AVX-512, for AVX2 with FMA, or for the baseline, whichever the CPU has:
+/// the tile loops vectorize to the widest registers available without a global target-cpu.
+macro_rules! multiversion {
+    ($dispatch:ident => $inner:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $dispatch<T: Float>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512<T: Float>($($arg: $ty),*) {
+                    unsafe { $inner($($arg),*) }
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2<T: Float>($($arg: $ty),*) {
+                    unsafe { $inner($($arg),*) }
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F, checked just above.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            unsafe { $inner($($arg),*) }
+        }
+    };
+}
+
 /// Forward: y (b, l, d); optionally the last state (b, d, n) and the chunk states (b, chunks, n, d).
 pub fn scan_fwd<T: Float>(
     args: &ScanArgs<T>,
@@ -190,68 +223,7 @@ pub fn scan_fwd<T: Float>(
     });
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn fwd_tile_dispatch<T: Float>(
-    args: &ScanArgs<T>,
-    dims: ScanDims,
-    bi: usize,
-    gi: usize,
-    d0: usize,
-    w: usize,
-    h: &mut [T],
-    y: SharedMut<T>,
-    last: Option<SharedMut<T>>,
-    saved: Option<SharedMut<T>>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { fwd_tile_avx512(args, dims, bi, gi, d0, w, h, y, last, saved) };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { fwd_tile_avx2(args, dims, bi, gi, d0, w, h, y, last, saved) };
-        }
-    }
-    unsafe { fwd_tile(args, dims, bi, gi, d0, w, h, y, last, saved) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn fwd_tile_avx2<T: Float>(
-    args: &ScanArgs<T>,
-    dims: ScanDims,
-    bi: usize,
-    gi: usize,
-    d0: usize,
-    w: usize,
-    h: &mut [T],
-    y: SharedMut<T>,
-    last: Option<SharedMut<T>>,
-    saved: Option<SharedMut<T>>,
-) {
-    unsafe { fwd_tile(args, dims, bi, gi, d0, w, h, y, last, saved) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn fwd_tile_avx512<T: Float>(
-    args: &ScanArgs<T>,
-    dims: ScanDims,
-    bi: usize,
-    gi: usize,
-    d0: usize,
-    w: usize,
-    h: &mut [T],
-    y: SharedMut<T>,
-    last: Option<SharedMut<T>>,
-    saved: Option<SharedMut<T>>,
-) {
-    unsafe { fwd_tile(args, dims, bi, gi, d0, w, h, y, last, saved) }
-}
+multiversion!(fwd_tile_dispatch => fwd_tile(args: &ScanArgs<T>, dims: ScanDims, bi: usize, gi: usize, d0: usize, w: usize, h: &mut [T], y: SharedMut<T>, last: Option<SharedMut<T>>, saved: Option<SharedMut<T>>));
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -452,72 +424,7 @@ impl<T: Float> BwdBuf<T> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn bwd_tile_dispatch<T: Float>(
-    args: &ScanArgs<T>,
-    dims: ScanDims,
-    tile: Tile,
-    saved: &[T],
-    dy: &[T],
-    dlast: Option<&[T]>,
-    buf: &mut BwdBuf<T>,
-    pdb: &mut [T],
-    pdc: &mut [T],
-    out: BwdOut<T>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe {
-                bwd_tile_avx512(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out)
-            };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe {
-                bwd_tile_avx2(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out)
-            };
-        }
-    }
-    unsafe { bwd_tile(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn bwd_tile_avx2<T: Float>(
-    args: &ScanArgs<T>,
-    dims: ScanDims,
-    tile: Tile,
-    saved: &[T],
-    dy: &[T],
-    dlast: Option<&[T]>,
-    buf: &mut BwdBuf<T>,
-    pdb: &mut [T],
-    pdc: &mut [T],
-    out: BwdOut<T>,
-) {
-    unsafe { bwd_tile(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn bwd_tile_avx512<T: Float>(
-    args: &ScanArgs<T>,
-    dims: ScanDims,
-    tile: Tile,
-    saved: &[T],
-    dy: &[T],
-    dlast: Option<&[T]>,
-    buf: &mut BwdBuf<T>,
-    pdb: &mut [T],
-    pdc: &mut [T],
-    out: BwdOut<T>,
-) {
-    unsafe { bwd_tile(args, dims, tile, saved, dy, dlast, buf, pdb, pdc, out) }
-}
+multiversion!(bwd_tile_dispatch => bwd_tile(args: &ScanArgs<T>, dims: ScanDims, tile: Tile, saved: &[T], dy: &[T], dlast: Option<&[T]>, buf: &mut BwdBuf<T>, pdb: &mut [T], pdc: &mut [T], out: BwdOut<T>));
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
