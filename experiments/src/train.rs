@@ -234,7 +234,7 @@ fn run(
         let step = progress.step + 1;
         let started = Instant::now();
         let lr = cosine_lr(step - 1, t.warmup_steps, t.steps, t.lr, t.min_lr);
-        model.module().zero_grad();
+        model.module().zero_grad()?;
         let mut loss = 0.0;
         for micro in 0..t.grad_accum {
             let batch = task.train_batch(config.seed, step, micro as u64, t.batch_size, seq);
@@ -264,7 +264,7 @@ fn run(
         } else {
             f64::INFINITY
         };
-        let grad_norm = clip_grad_norm(model.module(), max_norm);
+        let grad_norm = clip_grad_norm(model.module(), max_norm)?;
         if !grad_norm.is_finite() {
             let name = first_non_finite(model, true).unwrap_or_else(|| "?".into());
             bail!(

@@ -11,6 +11,27 @@ extern "C" __global__ void sum_rows_into_f32(const float* parts, int rows, int c
     }
 }
 
+namespace sum_squares {
+constexpr int kThreads = 256;
+}
+
+// parts (gridDim.x,) = this block's share of sum x (n)^2; every block writes its slot, also when it
+// has no elements. Each thread adds its grid-stride elements in order (n / 65536 of them over the
+// fixed grid: about 150 for 1e7), then the block adds the threads' sums as a tree (shuffles, then
+// 8 warps), so that no float sum runs long enough to lose the small terms.
+extern "C" __global__ void __launch_bounds__(sum_squares::kThreads)
+    sum_squares_parts_f32(const float* __restrict__ x, long long n, float* __restrict__ parts) {
+    __shared__ float scratch[sum_squares::kThreads / 32];
+    float acc = 0.0f;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const float v = to_f32(x[i]);
+        acc += v * v;
+    }
+    const float total = block_sum(acc, scratch);
+    if (threadIdx.x == 0) parts[blockIdx.x] = total;
+}
+
 #ifdef CUDA_CPU_EMULATION
 EMU_EXPORT(sum_rows_into_f32)
+EMU_EXPORT(sum_squares_parts_f32)
 #endif

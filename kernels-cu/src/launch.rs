@@ -62,6 +62,9 @@ impl KernelArgs {
     pub fn f32(self, v: f32) -> Self {
         self.push(v.to_bits() as u64, 4)
     }
+    pub fn f64(self, v: f64) -> Self {
+        self.push(v.to_bits(), 8)
+    }
 
     /// Byte size of every argument, for checking against the kernel's parameter list.
     pub fn sizes(&self) -> &[usize] {
@@ -101,5 +104,13 @@ pub(crate) fn to_i32(kernel: &'static str, what: &str, v: usize) -> crate::Resul
     i32::try_from(v).map_err(|_| crate::Error::Unsupported {
         kernel,
         reason: format!("{what} = {v} does not fit the kernel's 32-bit int"),
+    })
+}
+
+/// `v` as a kernel's `long long`, or an error naming what overflowed.
+pub(crate) fn to_i64(kernel: &'static str, what: &str, v: usize) -> crate::Result<i64> {
+    i64::try_from(v).map_err(|_| crate::Error::Unsupported {
+        kernel,
+        reason: format!("{what} = {v} does not fit the kernel's 64-bit index"),
     })
 }

@@ -21,6 +21,7 @@ pub mod emu;
 pub mod launch;
 pub mod reduce;
 pub mod rmsnorm;
+pub mod rope;
 pub mod scan;
 
 pub use launch::{DevicePtr, KernelArgs, Launch, LaunchConfig, host_ptr, host_ptr_mut};

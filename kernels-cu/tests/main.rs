@@ -11,5 +11,7 @@ mod elementwise;
 mod embedding;
 mod emu_selftest;
 mod nvrtc;
+mod reduce;
 mod rmsnorm;
+mod rope;
 mod scan;

@@ -46,11 +46,11 @@ fn scan(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements((b * l) as u64));
     let mut out = ScanOutput::default();
-    let mut grads = ScanGrads::zeros_like(&inp);
+    let mut grads = ScanGrads::zeros_like(&inp).unwrap();
     group.bench_function("fast_fwd_bwd", |bench| {
         bench.iter(|| {
             selective_scan_fwd(&inp, &mut out, true).unwrap();
-            grads.zero_();
+            grads.zero_().unwrap();
             selective_scan_bwd(&inp, &out, &dy, None, &mut grads).unwrap();
         })
     });

@@ -38,10 +38,10 @@ fn train_step(c: &mut Criterion) {
         group.throughput(Throughput::Elements((b * l) as u64));
         group.bench_function(format!("mamba_d256_x4_b8_l{l}"), |bench| {
             bench.iter(|| {
-                model.zero_grad();
+                model.zero_grad().unwrap();
                 let loss = model.forward_loss(&ids, &targets, b).unwrap();
                 model.backward().unwrap();
-                clip_grad_norm(&mut model, 1.0);
+                clip_grad_norm(&mut model, 1.0).unwrap();
                 opt.update(&mut model, 1e-3).unwrap();
                 loss
             })

@@ -51,10 +51,10 @@ fn main() {
     let mut rates = Vec::new();
     for step in 0..steps + 2 {
         let t = std::time::Instant::now();
-        model.zero_grad();
+        model.zero_grad().unwrap();
         model.forward_loss(&ids, &targets, b).expect("forward");
         model.backward().expect("backward");
-        clip_grad_norm(&mut model, 1.0);
+        clip_grad_norm(&mut model, 1.0).unwrap();
         opt.update(&mut model, 1e-3).expect("update");
         if step >= 2 {
             rates.push((b * l) as f64 / t.elapsed().as_secs_f64());

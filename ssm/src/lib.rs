@@ -28,6 +28,7 @@ pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod parity;
 pub mod tensor;
 
 pub use error::{Error, Result};

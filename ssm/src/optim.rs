@@ -1,10 +1,17 @@
 //! AdamW (Loshchilov & Hutter, 2019) with decoupled weight decay, a cosine learning-rate schedule
 //! with linear warm-up, and gradient clipping by global norm.
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+use ssm_kernels::adamw::{AdamWStep, adamw};
+use ssm_kernels::elementwise::scale;
+use ssm_kernels::reduce::{SUM_SQUARES_PARTS, sum_squares_into};
+
+use crate::backend::cuda::{Gpu, GpuBuffer};
 use crate::error::{Error, Result};
 use crate::nn::{Module, Param};
+use crate::ops::{dptr, gpu_of};
 use crate::tensor::{Float, Tensor};
 
 /// AdamW hyper-parameters.
@@ -59,66 +66,103 @@ impl<T: Float> AdamW<T> {
         let (b1, b2) = (T::from_f64(c.beta1), T::from_f64(c.beta2));
         let (step_size, eps) = (T::from_f64(lr / bc1), T::from_f64(c.eps));
         let inv_bc2_sqrt = T::from_f64(1.0 / bc2.sqrt());
-        let (m, v) = (&mut self.m, &mut self.v);
+        let (m, v, step) = (&mut self.m, &mut self.v, self.step);
         let mut i = 0;
-        let mut err = None;
-        model.visit_params(&mut |name, p: &mut Param<T>| {
+        model.try_visit_params(&mut |name, p: &mut Param<T>| {
+            let device = p.value.device();
             if i == m.len() {
-                m.push(Tensor::zeros_cpu(p.value.shape().clone()));
-                v.push(Tensor::zeros_cpu(p.value.shape().clone()));
+                m.push(Tensor::zeros(p.value.shape().clone(), device)?);
+                v.push(Tensor::zeros(p.value.shape().clone(), device)?);
             }
             if m[i].dims() != p.value.dims() {
-                err.get_or_insert(Error::shape(
+                return Err(Error::shape(
                     "AdamW::update",
                     name.to_string(),
                     format!("{:?}", m[i].dims()),
                     p.value.dims(),
                 ));
-                return;
+            }
+            // Moments restored from a checkpoint follow the model to its device.
+            if m[i].device() != device {
+                m[i] = m[i].to_device(device)?;
+                v[i] = v[i].to_device(device)?;
+            }
+            let (mi, vi) = (&mut m[i], &mut v[i]);
+            i += 1;
+            if let Some(gpu) = gpu_of("AdamW::update", &p.value, &[&p.grad])? {
+                let h = AdamWStep {
+                    lr,
+                    beta1: c.beta1,
+                    beta2: c.beta2,
+                    eps: c.eps,
+                    weight_decay: c.weight_decay,
+                    step,
+                    decay: p.decay,
+                };
+                let (w, g) = (dptr(&p.value)?, dptr(&p.grad)?);
+                return gpu.launch(&adamw(w, g, dptr(mi)?, dptr(vi)?, p.value.numel(), &h)?);
             }
             let decay = T::from_f64(if p.decay { lr * c.weight_decay } else { 0.0 });
-            let (Ok(w), Ok(g), Ok(mi), Ok(vi)) = (
-                p.value.host_mut(),
-                p.grad.host(),
-                m[i].host_mut(),
-                v[i].host_mut(),
-            ) else {
-                err.get_or_insert(Error::Device {
-                    device: p.value.device().to_string(),
-                    reason: "AdamW runs on host tensors".into(),
-                });
-                return;
-            };
+            let (w, g, mi, vi) = (
+                p.value.host_mut()?,
+                p.grad.host()?,
+                mi.host_mut()?,
+                vi.host_mut()?,
+            );
             for j in 0..w.len() {
                 mi[j] = b1 * mi[j] + (T::one() - b1) * g[j];
                 vi[j] = b2 * vi[j] + (T::one() - b2) * g[j] * g[j];
                 w[j] -= step_size * mi[j] / (vi[j].sqrt() * inv_bc2_sqrt + eps) + decay * w[j];
             }
-            i += 1;
-        });
-        err.map_or(Ok(()), Err)
+            Ok(())
+        })
     }
 }
 
 /// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
-/// before clipping. A non-finite norm is returned as is, with gradients left untouched.
-pub fn clip_grad_norm<T: Float>(model: &mut dyn Module<T>, max_norm: f64) -> f64 {
+/// before clipping. A non-finite norm is returned as is, with gradients left untouched. On a GPU
+/// the squares are summed there (in f32, in a fixed order) and only the total comes back.
+pub fn clip_grad_norm<T: Float>(model: &mut dyn Module<T>, max_norm: f64) -> Result<f64> {
     let mut sq = 0.0f64;
-    model.visit_params(&mut |_, p| {
-        if let Ok(g) = p.grad.host() {
-            sq += g.iter().map(|g| g.to_f64() * g.to_f64()).sum::<f64>();
+    let mut on_gpu: Option<(Arc<Gpu>, GpuBuffer, GpuBuffer)> = None;
+    model.try_visit_params(&mut |_, p| {
+        let Some(gpu) = gpu_of("clip_grad_norm", &p.grad, &[])? else {
+            sq += p
+                .grad
+                .host()?
+                .iter()
+                .map(|g| g.to_f64() * g.to_f64())
+                .sum::<f64>();
+            return Ok(());
+        };
+        if on_gpu.is_none() {
+            let parts = gpu.alloc(SUM_SQUARES_PARTS)?;
+            on_gpu = Some((gpu.clone(), parts, gpu.zeros(1)?));
         }
-    });
+        let (gpu, parts, total) = on_gpu.as_ref().expect("set above");
+        gpu.launch_all(&sum_squares_into(
+            dptr(&p.grad)?,
+            p.grad.numel(),
+            parts.ptr(),
+            total.ptr(),
+        )?)
+    })?;
+    if let Some((_, _, total)) = &on_gpu {
+        sq += total.to_host()?[0] as f64;
+    }
     let norm = sq.sqrt();
     if norm.is_finite() && norm > max_norm {
-        let s = T::from_f64(max_norm / (norm + 1e-6));
-        model.visit_params(&mut |_, p| {
-            if let Ok(g) = p.grad.host_mut() {
-                g.iter_mut().for_each(|x| *x *= s);
+        let s = max_norm / (norm + 1e-6);
+        model.try_visit_params(&mut |_, p| match gpu_of("clip_grad_norm", &p.grad, &[])? {
+            Some(gpu) => gpu.launch(&scale(dptr(&p.grad)?, s as f32, p.grad.numel())?),
+            None => {
+                let s = T::from_f64(s);
+                p.grad.host_mut()?.iter_mut().for_each(|x| *x *= s);
+                Ok(())
             }
-        });
+        })?;
     }
-    norm
+    Ok(norm)
 }
 
 /// Learning rate at `step` (0-based): linear warm-up from 0 to `max_lr` over `warmup` steps, then a

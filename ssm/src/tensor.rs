@@ -1,9 +1,11 @@
 //! `Tensor`: a contiguous, row-major array of `f32` (or `f64`, for gradient checks) with a shape and
-//! a device. The CPU storage is a `Vec`; a CUDA storage slots in as another `Storage` variant, so
-//! the ops keep their signatures and dispatch on [`Tensor::device`].
+//! a device. The CPU storage is a `Vec`; the CUDA storage is a [`GpuBuffer`] (f32 only), and the
+//! ops keep one signature and dispatch on [`Tensor::device`].
 
 use std::fmt;
+use std::sync::Arc;
 
+use crate::backend::cuda::{Gpu, GpuBuffer};
 use crate::error::{Error, Result};
 pub use crate::float::Float;
 
@@ -13,6 +15,16 @@ pub enum Device {
     Cpu,
     /// An NVIDIA GPU by ordinal.
     Cuda(usize),
+    /// The CUDA backend with its kernels run by the CPU emulation of `ssm-kernels`: the GPU code
+    /// path on a machine without a GPU, slowly (for tests and for debugging kernels).
+    CudaEmu,
+}
+
+impl Device {
+    /// Whether tensors on this device use the CUDA backend.
+    pub fn is_cuda(&self) -> bool {
+        !matches!(self, Device::Cpu)
+    }
 }
 
 impl fmt::Display for Device {
@@ -20,6 +32,7 @@ impl fmt::Display for Device {
         match self {
             Device::Cpu => write!(f, "cpu"),
             Device::Cuda(i) => write!(f, "cuda:{i}"),
+            Device::CudaEmu => write!(f, "cuda-emu"),
         }
     }
 }
@@ -30,12 +43,13 @@ impl std::str::FromStr for Device {
         let bad = || {
             Error::config(
                 "device",
-                format!("expected `cpu`, `cuda` or `cuda:N`, got `{s}`"),
+                format!("expected `cpu`, `cuda`, `cuda:N` or `cuda-emu`, got `{s}`"),
             )
         };
         match s {
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
+            "cuda-emu" => Ok(Device::CudaEmu),
             _ => s
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
@@ -91,6 +105,7 @@ impl fmt::Display for Shape {
 #[derive(Debug)]
 enum Storage<T> {
     Cpu(Vec<T>),
+    Cuda(GpuBuffer),
 }
 
 /// A contiguous row-major tensor.
@@ -100,44 +115,81 @@ pub struct Tensor<T: Float = f32> {
     storage: Storage<T>,
 }
 
-impl<T: Float> Clone for Tensor<T> {
-    fn clone(&self) -> Self {
+impl<T: Float> Tensor<T> {
+    /// A copy on the same device.
+    pub fn try_clone(&self) -> Result<Self> {
         let storage = match &self.storage {
             Storage::Cpu(v) => Storage::Cpu(v.clone()),
+            Storage::Cuda(b) => Storage::Cuda(b.try_clone()?),
         };
-        Tensor {
+        Ok(Tensor {
             shape: self.shape.clone(),
             storage,
-        }
+        })
     }
 
-    /// Reuses the allocation: layers copy gradients into their scratch buffers every step.
-    fn clone_from(&mut self, src: &Self) {
+    /// Copies `src` (same device) into this tensor, reusing the allocation when it is large
+    /// enough: layers copy gradients into their scratch buffers every step.
+    pub fn copy_from(&mut self, src: &Self) -> Result<()> {
         match (&mut self.storage, &src.storage) {
             (Storage::Cpu(dst), Storage::Cpu(s)) => dst.clone_from(s),
+            _ => {
+                self.reset(src.shape.clone(), src.device())?;
+                let gpu = src.gpu()?;
+                gpu.copy(src.cuda_ptr()?, self.cuda_ptr()?, src.numel())?;
+            }
         }
         self.shape.clone_from(&src.shape);
+        Ok(())
     }
 }
 
-fn no_backend(device: Device) -> Error {
+/// `clone` and `clone_from` copy on the tensor's device; a device that fails to allocate or copy
+/// panics here, so code that must survive that uses [`Tensor::try_clone`] / [`Tensor::copy_from`].
+impl<T: Float> Clone for Tensor<T> {
+    fn clone(&self) -> Self {
+        self.try_clone()
+            .unwrap_or_else(|e| panic!("cloning a tensor: {e}"))
+    }
+
+    fn clone_from(&mut self, src: &Self) {
+        self.copy_from(src)
+            .unwrap_or_else(|e| panic!("copying a tensor: {e}"))
+    }
+}
+
+fn not_on_host(device: Device) -> Error {
     Error::Device {
         device: device.to_string(),
-        reason: "this build has no backend for the device".into(),
+        reason: "the tensor lives in device memory; copy it with `to_device(Device::Cpu)` or \
+                 `to_host_vec()` to read it on the host"
+            .into(),
     }
+}
+
+/// CUDA tensors hold f32; f64 exists for gradient checks on the CPU.
+fn check_f32<T: Float>(device: Device) -> Result<()> {
+    if T::NAME == "f32" {
+        return Ok(());
+    }
+    Err(Error::Device {
+        device: device.to_string(),
+        reason: format!("CUDA tensors hold f32 values, not {}", T::NAME),
+    })
 }
 
 impl<T: Float> Tensor<T> {
     /// A tensor of zeros on `device`.
     pub fn zeros(shape: impl Into<Shape>, device: Device) -> Result<Self> {
         let shape = shape.into();
-        match device {
-            Device::Cpu => Ok(Tensor {
-                storage: Storage::Cpu(vec![T::zero(); shape.numel()]),
-                shape,
-            }),
-            other => Err(no_backend(other)),
-        }
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(vec![T::zero(); shape.numel()]),
+            cuda => {
+                check_f32::<T>(cuda)?;
+                Storage::Cuda(Gpu::get(cuda)?.zeros(shape.numel())?)
+            }
+        };
+        Ok(Tensor { storage, shape })
     }
 
     /// A CPU tensor of zeros (infallible).
@@ -176,8 +228,9 @@ impl<T: Float> Tensor<T> {
         self.shape.numel()
     }
     pub fn device(&self) -> Device {
-        match self.storage {
+        match &self.storage {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(b) => b.gpu().device(),
         }
     }
 
@@ -185,6 +238,7 @@ impl<T: Float> Tensor<T> {
     pub fn host(&self) -> Result<&[T]> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v),
+            Storage::Cuda(b) => Err(not_on_host(b.gpu().device())),
         }
     }
 
@@ -192,25 +246,67 @@ impl<T: Float> Tensor<T> {
     pub fn host_mut(&mut self) -> Result<&mut [T]> {
         match &mut self.storage {
             Storage::Cpu(v) => Ok(v),
+            Storage::Cuda(b) => Err(not_on_host(b.gpu().device())),
+        }
+    }
+
+    /// The CUDA device holding the tensor.
+    pub fn gpu(&self) -> Result<&Arc<Gpu>> {
+        match &self.storage {
+            Storage::Cuda(b) => Ok(b.gpu()),
+            Storage::Cpu(_) => Err(Error::Device {
+                device: "cpu".into(),
+                reason: "expected a tensor in CUDA device memory".into(),
+            }),
+        }
+    }
+
+    /// The device address of the first value, for kernel launches.
+    pub fn cuda_ptr(&self) -> Result<ssm_kernels::DevicePtr> {
+        match &self.storage {
+            Storage::Cuda(b) => Ok(b.ptr()),
+            Storage::Cpu(_) => self.gpu().map(|_| 0),
         }
     }
 
     /// A copy of the values in host memory, whatever the device.
-    pub fn to_vec(&self) -> Vec<T> {
+    pub fn to_host_vec(&self) -> Result<Vec<T>> {
         match &self.storage {
-            Storage::Cpu(v) => v.clone(),
+            Storage::Cpu(v) => Ok(v.clone()),
+            Storage::Cuda(b) => Ok(b
+                .to_host()?
+                .into_iter()
+                .map(|x| T::from_f64(x as f64))
+                .collect()),
         }
     }
 
-    /// A copy of this tensor on `device`.
+    /// A copy of the values in host memory, for tests and tools. A device that fails to copy
+    /// back (a lost GPU) panics here; library code uses [`Tensor::to_host_vec`].
+    pub fn to_vec(&self) -> Vec<T> {
+        self.to_host_vec()
+            .unwrap_or_else(|e| panic!("copying a tensor to the host: {e}"))
+    }
+
+    /// A copy of this tensor on `device` (also when it already lives there).
     pub fn to_device(&self, device: Device) -> Result<Self> {
-        match device {
-            Device::Cpu => Ok(Tensor {
-                shape: self.shape.clone(),
-                storage: Storage::Cpu(self.to_vec()),
-            }),
-            other => Err(no_backend(other)),
-        }
+        let storage = match (device, &self.storage) {
+            (Device::Cpu, _) => Storage::Cpu(self.to_host_vec()?),
+            (cuda, Storage::Cuda(b)) if cuda == b.gpu().device() => Storage::Cuda(b.try_clone()?),
+            (cuda, _) => {
+                check_f32::<T>(cuda)?;
+                let values: Vec<f32> = self
+                    .to_host_vec()?
+                    .into_iter()
+                    .map(|x| x.to_f64() as f32)
+                    .collect();
+                Storage::Cuda(Gpu::get(cuda)?.upload(&values)?)
+            }
+        };
+        Ok(Tensor {
+            shape: self.shape.clone(),
+            storage,
+        })
     }
 
     /// The same values under another shape with the same number of elements.
@@ -228,34 +324,52 @@ impl<T: Float> Tensor<T> {
         Ok(self)
     }
 
-    /// Gives the tensor `shape` and sets every value to zero, reusing the allocation when it is
-    /// large enough; layers call this on their cached buffers so that steady-state training does
-    /// not allocate.
-    pub fn reset(&mut self, shape: impl Into<Shape>) {
+    /// Gives the tensor `shape` on `device` and sets every value to zero, reusing the allocation
+    /// when it is on that device and large enough; layers call this on their cached buffers so
+    /// that steady-state training does not allocate.
+    pub fn reset(&mut self, shape: impl Into<Shape>, device: Device) -> Result<()> {
         let shape = shape.into();
+        let len = shape.numel();
         match &mut self.storage {
-            Storage::Cpu(v) => {
+            Storage::Cpu(v) if device == Device::Cpu => {
                 v.clear();
-                v.resize(shape.numel(), T::zero());
+                v.resize(len, T::zero());
             }
+            Storage::Cuda(b) if b.gpu().device() == device && b.fits(len) => {
+                b.set_len(len);
+                b.gpu().memset_zero(b.ptr(), len)?;
+            }
+            _ => *self = Tensor::zeros(shape.clone(), device)?,
         }
         self.shape = shape;
+        Ok(())
+    }
+
+    /// [`Tensor::reset`] to the shape and device of `like`.
+    pub fn reset_like(&mut self, like: &Tensor<T>) -> Result<()> {
+        self.reset(like.shape.clone(), like.device())
     }
 
     /// Sets every value to zero.
-    pub fn zero_(&mut self) {
+    pub fn zero_(&mut self) -> Result<()> {
         match &mut self.storage {
             Storage::Cpu(v) => v.fill(T::zero()),
+            Storage::Cuda(b) => b.gpu().memset_zero(b.ptr(), b.len())?,
         }
+        Ok(())
     }
 
-    /// Converts every value to another float type (gradient checks run models in f64).
+    /// Converts every value to another float type on the CPU (gradient checks run models in
+    /// f64); like [`Tensor::to_vec`], a device that fails to copy back panics.
     pub fn cast<U: Float>(&self) -> Tensor<U> {
-        match &self.storage {
-            Storage::Cpu(v) => Tensor {
-                shape: self.shape.clone(),
-                storage: Storage::Cpu(v.iter().map(|x| U::from_f64(x.to_f64())).collect()),
-            },
+        Tensor {
+            shape: self.shape.clone(),
+            storage: Storage::Cpu(
+                self.to_vec()
+                    .into_iter()
+                    .map(|x| U::from_f64(x.to_f64()))
+                    .collect(),
+            ),
         }
     }
 

@@ -36,7 +36,7 @@ impl<T: Float> Case<T> {
     fn fast(&self) -> (AttentionOutput<T>, AttentionGrads<T>) {
         let mut out = AttentionOutput::default();
         attention_fwd(&self.q, &self.k, &self.v, None, &mut out).unwrap();
-        let mut g = AttentionGrads::zeros_like(&self.q, &self.k, &self.v);
+        let mut g = AttentionGrads::zeros_like(&self.q, &self.k, &self.v).unwrap();
         attention_bwd(&self.q, &self.k, &self.v, &out, &self.d_o, &mut g).unwrap();
         (out, g)
     }

@@ -74,7 +74,7 @@ fn check_model(config: ModelConfig, seed: u64) {
             }
         })
         .collect();
-    model.zero_grad();
+    model.zero_grad().unwrap();
     model.forward_loss(&ids, &targets, b).unwrap();
     model.backward().unwrap();
     let mut params = Vec::new();

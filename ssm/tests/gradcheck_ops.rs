@@ -221,7 +221,7 @@ fn mamba_lm_end_to_end() {
             }
         })
         .collect();
-    model.zero_grad();
+    model.zero_grad().unwrap();
     model.forward_loss(&ids, &targets, b).unwrap();
     model.backward().unwrap();
     let mut grads = Vec::new();

@@ -38,7 +38,7 @@ fn logits_and_gradients_match_transformers() {
             }
         })
         .collect();
-    model.zero_grad();
+    model.zero_grad().unwrap();
     let loss = model.forward_loss(&ids, &targets, b).unwrap();
     let want_loss = reference.f32("loss").unwrap().to_vec()[0] as f64;
     println!("loss {loss:.7} vs transformers {want_loss:.7}");

@@ -2,6 +2,7 @@
 
 mod attention;
 mod common;
+mod cuda;
 mod gradcheck_models;
 mod gradcheck_ops;
 mod hf_fixture;

@@ -113,7 +113,7 @@ fn check_fast_vs_ref(seed: u64, dims: (usize, usize, usize, usize, usize), o: Op
     let dy = uniform::<f32>(&mut r, out.y.dims(), -1.0, 1.0);
     let dlast = uniform::<f32>(&mut r, out.last_state.dims(), -1.0, 1.0);
     let want = selective_scan_ref_bwd(&inp, &dy, Some(&dlast)).unwrap();
-    let mut got = ScanGrads::zeros_like(&inp);
+    let mut got = ScanGrads::zeros_like(&inp).unwrap();
     selective_scan_bwd(&inp, &out, &dy, Some(&dlast), &mut got).unwrap();
     for ((name, g), (_, w)) in grad_pairs(&got).into_iter().zip(grad_pairs(&want)) {
         match (g, w) {
@@ -183,7 +183,7 @@ fn scan_gradients_match_finite_differences() {
         let reference = selective_scan_ref_bwd(&case.inputs(), &wy, Some(&wl)).unwrap();
         let mut out = ScanOutput::default();
         selective_scan_fwd(&case.inputs(), &mut out, true).unwrap();
-        let mut fast = ScanGrads::zeros_like(&case.inputs());
+        let mut fast = ScanGrads::zeros_like(&case.inputs()).unwrap();
         selective_scan_bwd(&case.inputs(), &out, &wy, Some(&wl), &mut fast).unwrap();
 
         macro_rules! fd {

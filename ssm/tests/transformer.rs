@@ -68,7 +68,7 @@ fn check_step_matches_parallel(config: ModelConfig) {
     let ids: Vec<u32> = (0..b * l).map(|i| ((i * 31 + 7) % 50) as u32).collect();
     let v = model.vocab();
     let parallel = model.forward(&ids, b, None, false).unwrap().to_vec();
-    let mut state = model.zero_state(b);
+    let mut state = model.zero_state(b).unwrap();
     let mut worst = 0.0f32;
     for t in 0..l {
         let logits = model
@@ -87,7 +87,7 @@ fn check_step_matches_parallel(config: ModelConfig) {
         model.arch()
     );
     assert!(worst < 1e-5, "{worst}");
-    let mut state = model.zero_state(1);
+    let mut state = model.zero_state(1).unwrap();
     let pre = model
         .forward(&ids[..100], 1, Some(&mut state), false)
         .unwrap()
@@ -165,10 +165,10 @@ fn train_losses(config: ModelConfig, seed: u64, steps: usize) -> Vec<f64> {
                     }
                 })
                 .collect();
-            model.zero_grad();
+            model.zero_grad().unwrap();
             let loss = model.forward_loss(&ids, &targets, b).unwrap();
             model.backward().unwrap();
-            clip_grad_norm(&mut model, 1.0);
+            clip_grad_norm(&mut model, 1.0).unwrap();
             opt.update(&mut model, 3e-3).unwrap();
             loss
         })
@@ -431,7 +431,7 @@ fn misuse_gives_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("max_seq_len"), "{err}");
-    let mut state = model.zero_state(1);
+    let mut state = model.zero_state(1).unwrap();
     model
         .forward(&[1, 2, 3, 4], 1, Some(&mut state), false)
         .unwrap();
@@ -443,14 +443,14 @@ fn misuse_gives_errors() {
             .contains("max_seq_len")
     );
     // The backward of attention needs a training forward without a KV cache.
-    let mut state = model.zero_state(1);
+    let mut state = model.zero_state(1).unwrap();
     model.forward(&[1, 2], 1, Some(&mut state), true).unwrap();
     assert!(model.backward().is_err());
     // A state of another architecture.
     let mut t =
         AnyLM::<f32>::new(small_transformer(PosEncoding::Rope, MlpKind::SwiGlu), 0).unwrap();
     let h = AnyLM::<f32>::new(small_hybrid("MA"), 0).unwrap();
-    let mut wrong = h.zero_state(1);
+    let mut wrong = h.zero_state(1).unwrap();
     let err = t.step(&[1], &mut wrong).unwrap_err().to_string();
     assert!(
         err.contains("hybrid decoding state given to a transformer model"),

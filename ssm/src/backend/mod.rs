@@ -2,3 +2,4 @@
 //! backend has one file per op family.
 
 pub mod cpu;
+pub mod cuda;

@@ -133,13 +133,16 @@ pub fn write_tensors(
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(n, t)| {
-            (
+            Ok((
                 n.clone(),
-                t.to_vec().iter().flat_map(|v| v.to_le_bytes()).collect(),
+                t.to_host_vec()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
                 t.dims().to_vec(),
-            )
+            ))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let views = bytes
         .iter()
         .map(|(n, b, s)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))

@@ -72,7 +72,7 @@ pub trait Decoder<T: Float> {
     /// Columns of the logits.
     fn vocab(&self) -> usize;
     /// A fresh decoding state for `b` sequences.
-    fn zero_state(&self, b: usize) -> Self::State;
+    fn zero_state(&self, b: usize) -> Result<Self::State>;
     /// Logits (b, l, v) of `ids` (b · l) continuing `state`, which is advanced past them.
     fn forward_state(
         &mut self,
@@ -108,17 +108,17 @@ pub fn generate<T: Float, M: Decoder<T> + ?Sized>(
         Sampling::Greedy => 0,
     };
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut state = model.zero_state(1);
+    let mut state = model.zero_state(1)?;
     let v = model.vocab();
     let logits = model.forward_state(prompt, 1, &mut state)?;
-    let last = logits.host()?[(prompt.len() - 1) * v..].to_vec();
+    let last = logits.to_host_vec()?[(prompt.len() - 1) * v..].to_vec();
     let mut out = Vec::with_capacity(n_new);
     let mut next = pick(&last, sampling, &mut rng);
     for i in 0..n_new {
         out.push(next);
         if i + 1 < n_new {
             let logits = model.step(&[next], &mut state)?;
-            next = pick(logits.host()?, sampling, &mut rng);
+            next = pick(&logits.to_host_vec()?, sampling, &mut rng);
         }
     }
     Ok(out)
@@ -129,7 +129,7 @@ impl<T: Float> Decoder<T> for MambaLM<T> {
     fn vocab(&self) -> usize {
         MambaLM::vocab(self)
     }
-    fn zero_state(&self, b: usize) -> MambaState<T> {
+    fn zero_state(&self, b: usize) -> Result<MambaState<T>> {
         MambaLM::zero_state(self, b)
     }
     fn forward_state(

@@ -413,16 +413,18 @@ impl<T: Float> HybridLM<T> {
     }
 
     /// A fresh decoding state for `b` sequences: zero Mamba states, empty KV caches.
-    pub fn zero_state(&self, b: usize) -> HybridState<T> {
+    pub fn zero_state(&self, b: usize) -> Result<HybridState<T>> {
         let layers = self
             .layers
             .iter()
-            .map(|layer| match layer {
-                HybridBlock::Mamba(m) => LayerState::Mamba(m.mixer.zero_state(b)),
-                HybridBlock::Attention(a) => LayerState::Attention(a.new_cache(b)),
+            .map(|layer| {
+                Ok(match layer {
+                    HybridBlock::Mamba(m) => LayerState::Mamba(m.mixer.zero_state(b)?),
+                    HybridBlock::Attention(a) => LayerState::Attention(a.new_cache(b)?),
+                })
             })
-            .collect();
-        HybridState { layers, pos: 0 }
+            .collect::<Result<_>>()?;
+        Ok(HybridState { layers, pos: 0 })
     }
 
     /// Logits (b, v) for one new token per sequence, advancing `state`.
@@ -462,7 +464,7 @@ impl<T: Float> Decoder<T> for HybridLM<T> {
     fn vocab(&self) -> usize {
         HybridLM::vocab(self)
     }
-    fn zero_state(&self, b: usize) -> HybridState<T> {
+    fn zero_state(&self, b: usize) -> Result<HybridState<T>> {
         HybridLM::zero_state(self, b)
     }
     fn forward_state(

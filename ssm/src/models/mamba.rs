@@ -236,10 +236,14 @@ impl<T: Float> MambaLM<T> {
     }
 
     /// A zero decoding state for `b` sequences.
-    pub fn zero_state(&self, b: usize) -> MambaState<T> {
-        MambaState {
-            layers: self.layers.iter().map(|l| l.mixer.zero_state(b)).collect(),
-        }
+    pub fn zero_state(&self, b: usize) -> Result<MambaState<T>> {
+        Ok(MambaState {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.mixer.zero_state(b))
+                .collect::<Result<_>>()?,
+        })
     }
 
     /// Logits (b, v) for one new token per sequence, advancing `state`.

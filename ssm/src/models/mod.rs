@@ -233,12 +233,12 @@ impl<T: Float> AnyLM<T> {
     }
 
     /// A fresh decoding state for `b` sequences.
-    pub fn zero_state(&self, b: usize) -> AnyState<T> {
-        match self {
-            AnyLM::Mamba(m) => AnyState::Mamba(m.zero_state(b)),
-            AnyLM::Transformer(m) => AnyState::Transformer(m.zero_state(b)),
-            AnyLM::Hybrid(m) => AnyState::Hybrid(m.zero_state(b)),
-        }
+    pub fn zero_state(&self, b: usize) -> Result<AnyState<T>> {
+        Ok(match self {
+            AnyLM::Mamba(m) => AnyState::Mamba(m.zero_state(b)?),
+            AnyLM::Transformer(m) => AnyState::Transformer(m.zero_state(b)?),
+            AnyLM::Hybrid(m) => AnyState::Hybrid(m.zero_state(b)?),
+        })
     }
 
     /// Logits (b, v) for one new token per sequence, advancing `state`.
@@ -293,7 +293,7 @@ impl<T: Float> Decoder<T> for AnyLM<T> {
     fn vocab(&self) -> usize {
         AnyLM::vocab(self)
     }
-    fn zero_state(&self, b: usize) -> AnyState<T> {
+    fn zero_state(&self, b: usize) -> Result<AnyState<T>> {
         AnyLM::zero_state(self, b)
     }
     fn forward_state(

@@ -267,7 +267,7 @@ impl<T: Float> TransformerBlock<T> {
     }
 
     /// An empty KV cache for `b` sequences.
-    pub fn new_cache(&self, b: usize) -> KvCache<T> {
+    pub fn new_cache(&self, b: usize) -> Result<KvCache<T>> {
         self.attn.new_cache(b)
     }
 
@@ -292,14 +292,14 @@ impl<T: Float> TransformerBlock<T> {
     /// dx += ∂L/∂x given dout.
     pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
         let [na, nm] = &self.normed;
-        self.dmid.reset(x.shape().clone());
+        self.dmid.reset_like(x)?;
         add_into(dout, &mut self.dmid)?;
-        self.dnormed.reset(x.shape().clone());
+        self.dnormed.reset_like(x)?;
         self.mlp.backward(nm, dout, &mut self.dnormed)?;
         self.mlp_norm
             .backward(&self.mid, &self.dnormed, &mut self.dmid)?;
         add_into(&self.dmid, dx)?;
-        self.dnormed.reset(x.shape().clone());
+        self.dnormed.reset_like(x)?;
         self.attn.backward(na, &self.dmid, &mut self.dnormed)?;
         self.attn_norm.backward(x, &self.dnormed, dx)
     }
@@ -436,10 +436,14 @@ impl<T: Float> TransformerLM<T> {
     }
 
     /// Empty KV caches for `b` sequences.
-    pub fn zero_state(&self, b: usize) -> TransformerState<T> {
-        TransformerState {
-            layers: self.layers.iter().map(|l| l.new_cache(b)).collect(),
-        }
+    pub fn zero_state(&self, b: usize) -> Result<TransformerState<T>> {
+        Ok(TransformerState {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.new_cache(b))
+                .collect::<Result<_>>()?,
+        })
     }
 
     /// Logits (b, v) for one new token per sequence, extending the KV caches of `state`.
@@ -479,7 +483,7 @@ impl<T: Float> Decoder<T> for TransformerLM<T> {
     fn vocab(&self) -> usize {
         TransformerLM::vocab(self)
     }
-    fn zero_state(&self, b: usize) -> TransformerState<T> {
+    fn zero_state(&self, b: usize) -> Result<TransformerState<T>> {
         TransformerLM::zero_state(self, b)
     }
     fn forward_state(

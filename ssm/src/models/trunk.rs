@@ -115,7 +115,7 @@ impl<T: Float> Trunk<T> {
                 "needs a forward_loss first (and no other forward since)",
             ));
         }
-        self.dlogits.reset(self.logits.shape().clone());
+        self.dlogits.reset_like(&self.logits)?;
         cross_entropy_bwd(
             &self.logits,
             &self.targets,
@@ -123,7 +123,7 @@ impl<T: Float> Trunk<T> {
             1.0,
             &mut self.dlogits,
         )?;
-        self.dhidden.reset(self.hidden.shape().clone());
+        self.dhidden.reset_like(&self.hidden)?;
         linear_bwd(
             &self.hidden,
             &embedding.value,
@@ -134,10 +134,10 @@ impl<T: Float> Trunk<T> {
         )?;
         let n = self.resid.len() - 1;
         let [d_out, d_in] = &mut self.dresid;
-        d_out.reset(self.resid[n].shape().clone());
+        d_out.reset_like(&self.resid[n])?;
         norm_f.backward(&self.resid[n], &self.dhidden, d_out)?;
         for i in (0..n).rev() {
-            d_in.reset(self.resid[i].shape().clone());
+            d_in.reset_like(&self.resid[i])?;
             layer(i, &self.resid[i], d_out, d_in)?;
             std::mem::swap(d_out, d_in);
         }

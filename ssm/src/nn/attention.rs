@@ -19,9 +19,10 @@ use super::init::{full, normal};
 use super::{Module, Param};
 use crate::error::{Error, Result};
 use crate::ops::attention::{AttentionGrads, AttentionOutput, attention_bwd, attention_fwd};
+use crate::ops::copy::{add_broadcast, copy_cols, sum_leading_into};
 use crate::ops::linear::{linear_bwd, linear_fwd};
 use crate::ops::rope::{rope_bwd, rope_fwd_inplace};
-use crate::tensor::{Float, Shape, Tensor};
+use crate::tensor::{Device, Float, Shape, Tensor};
 
 /// How a model tells attention where each token is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,14 +65,14 @@ pub struct KvCache<T: Float = f32> {
 }
 
 impl<T: Float> KvCache<T> {
-    /// An empty cache for `b` sequences.
-    pub fn new(b: usize, n_kv_heads: usize, head_dim: usize) -> Self {
-        let empty = || Tensor::zeros_cpu([b, 0, n_kv_heads, head_dim]);
-        KvCache {
-            k: empty(),
-            v: empty(),
+    /// An empty cache for `b` sequences on `device`.
+    pub fn new(b: usize, n_kv_heads: usize, head_dim: usize, device: Device) -> Result<Self> {
+        let empty = || Tensor::zeros([b, 0, n_kv_heads, head_dim], device);
+        Ok(KvCache {
+            k: empty()?,
+            v: empty()?,
             spare: Tensor::default(),
-        }
+        })
     }
 
     /// Tokens cached per sequence: the position of the next token.
@@ -109,13 +110,11 @@ impl<T: Float> KvCache<T> {
         v_new.expect_dims("KvCache::append", "new values", k_new.dims())?;
         let row = hkv * hd;
         for (cache, new) in [(&mut self.k, k_new), (&mut self.v, v_new)] {
-            self.spare.reset([b, len + l, hkv, hd]);
-            let (dst, old, new) = (self.spare.host_mut()?, cache.host()?, new.host()?);
-            for bi in 0..b {
-                let seq = &mut dst[bi * (len + l) * row..(bi + 1) * (len + l) * row];
-                seq[..len * row].copy_from_slice(&old[bi * len * row..(bi + 1) * len * row]);
-                seq[len * row..].copy_from_slice(&new[bi * l * row..(bi + 1) * l * row]);
+            self.spare.reset([b, len + l, hkv, hd], new.device())?;
+            if len > 0 {
+                copy_cols(cache, &mut self.spare, b, [0, 0], len * row, false)?;
             }
+            copy_cols(new, &mut self.spare, b, [0, len * row], l * row, false)?;
             std::mem::swap(cache, &mut self.spare);
         }
         Ok(())
@@ -193,9 +192,10 @@ impl<T: Float> CausalSelfAttention<T> {
         }
     }
 
-    /// An empty KV cache for `b` sequences.
-    pub fn new_cache(&self, b: usize) -> KvCache<T> {
-        KvCache::new(b, self.dims.n_kv_heads, self.dims.head_dim)
+    /// An empty KV cache for `b` sequences, on the device of the parameters.
+    pub fn new_cache(&self, b: usize) -> Result<KvCache<T>> {
+        let device = self.q_proj.value.device();
+        KvCache::new(b, self.dims.n_kv_heads, self.dims.head_dim, device)
     }
 
     /// out (b, l, d) = attention(x (b, l, d)). With `kv`, the tokens continue the cached
@@ -298,7 +298,7 @@ impl<T: Float> CausalSelfAttention<T> {
             ));
         }
         let [b, l] = [c.q.dims()[0], c.q.dims()[1]];
-        s.d_o.reset([b, l, h * hd]);
+        s.d_o.reset([b, l, h * hd], dout.device())?;
         linear_bwd(
             &c.attn.o,
             &self.o_proj.value,
@@ -314,17 +314,17 @@ impl<T: Float> CausalSelfAttention<T> {
             dk: Tensor::default(),
             dv: Tensor::default(),
         });
-        g.dq.reset(c.q.shape().clone());
-        g.dk.reset(c.k.shape().clone());
-        g.dv.reset(c.v.shape().clone());
+        g.dq.reset_like(&c.q)?;
+        g.dk.reset_like(&c.k)?;
+        g.dv.reset_like(&c.v)?;
         let attn = attention_bwd(&c.q, &c.k, &c.v, &c.attn, &s.d_o, &mut g);
         set_dims(&mut c.attn.o, [b, l, h * hd])?;
         attn?;
         // RoPE is orthogonal: its backward rotates the gradient back, into fresh buffers.
         let (dq, dk) = match self.dims.rope_base {
             Some(base) => {
-                s.dq.reset(g.dq.shape().clone());
-                s.dk.reset(g.dk.shape().clone());
+                s.dq.reset_like(&g.dq)?;
+                s.dk.reset_like(&g.dk)?;
                 rope_bwd(&g.dq, 0, base, &mut s.dq)?;
                 rope_bwd(&g.dk, 0, base, &mut s.dk)?;
                 (&mut s.dq, &mut s.dk)
@@ -442,11 +442,7 @@ impl<T: Float> LearnedPositions<T> {
             ));
         };
         self.check(offset, l)?;
-        let rows = &self.table.value.host()?[offset * d..(offset + l) * d];
-        for seq in x.host_mut()?.chunks_exact_mut(l * d) {
-            seq.iter_mut().zip(rows).for_each(|(y, &p)| *y += p);
-        }
-        Ok(())
+        add_broadcast(&self.table.value, offset * d, x)
     }
 
     /// table.grad[offset..offset + l] += Σ over sequences of dx (b, l, d).
@@ -460,11 +456,7 @@ impl<T: Float> LearnedPositions<T> {
             ));
         };
         self.check(offset, l)?;
-        let rows = &mut self.table.grad.host_mut()?[offset * d..(offset + l) * d];
-        for seq in dx.host()?.chunks_exact(l * d) {
-            rows.iter_mut().zip(seq).for_each(|(g, &v)| *g += v);
-        }
-        Ok(())
+        sum_leading_into(dx, &mut self.table.grad, offset * d)
     }
 
     pub fn cast<U: Float>(&self) -> LearnedPositions<U> {

@@ -17,8 +17,9 @@ use super::init::{full, torch_default, uniform};
 use super::norm::RmsNorm;
 use super::{Module, Param};
 use crate::error::Result;
-use crate::ops::activation::{add_into, silu_bwd, silu_fwd};
+use crate::ops::activation::{add_into, mul_add_into, neg_exp, silu_bwd, silu_fwd};
 use crate::ops::conv1d::{causal_conv1d_bwd, causal_conv1d_fwd, causal_conv1d_next_state};
+use crate::ops::copy::copy_cols;
 use crate::ops::linear::{linear_bwd, linear_fwd};
 use crate::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
 use crate::tensor::{Float, Tensor};
@@ -170,18 +171,19 @@ impl<T: Float> MambaMixer<T> {
         }
     }
 
-    /// A zero decoding state for `b` sequences.
-    pub fn zero_state(&self, b: usize) -> MixerState<T> {
+    /// A zero decoding state for `b` sequences, on the device of the parameters.
+    pub fn zero_state(&self, b: usize) -> Result<MixerState<T>> {
         let MixerDims {
             d_inner: di,
             d_state: n,
             d_conv: k,
             ..
         } = self.dims;
-        MixerState {
-            conv: Tensor::zeros_cpu([b, k - 1, di]),
-            ssm: Tensor::zeros_cpu([b, di, n]),
-        }
+        let device = self.a_log.value.device();
+        Ok(MixerState {
+            conv: Tensor::zeros([b, k - 1, di], device)?,
+            ssm: Tensor::zeros([b, di, n], device)?,
+        })
     }
 
     /// out (b, l, d) = mixer(x (b, l, d)). With `state`, the sequence continues from it and the
@@ -195,7 +197,6 @@ impl<T: Float> MambaMixer<T> {
         train: bool,
     ) -> Result<()> {
         let MixerDims {
-            d_inner: di,
             d_state: n,
             dt_rank: r,
             ..
@@ -233,10 +234,7 @@ impl<T: Float> MambaMixer<T> {
             n,
         )?;
         linear_fwd(&c.dt_low, &self.dt_proj_w.value, None, &mut c.delta)?;
-        c.a.reset([di, n]);
-        for (a, &lg) in c.a.host_mut()?.iter_mut().zip(self.a_log.value.host()?) {
-            *a = -lg.exp();
-        }
+        neg_exp(&self.a_log.value, &mut c.a)?;
         let mut scan = std::mem::take(&mut c.scan);
         let h0 = state.as_ref().map(|s| &s.ssm);
         selective_scan_fwd(
@@ -269,7 +267,7 @@ impl<T: Float> MambaMixer<T> {
         let c = std::mem::take(&mut self.cache);
         let mut s = std::mem::take(&mut self.scratch);
         let (b, l) = (x.dims()[0], x.dims()[1]);
-        s.dy.reset(c.scan.y.shape().clone());
+        s.dy.reset_like(&c.scan.y)?;
         linear_bwd(
             &c.scan.y,
             &self.out_proj.value,
@@ -281,24 +279,15 @@ impl<T: Float> MambaMixer<T> {
         // The saved chunk states already start from any initial state; its gradient is not needed.
         let inputs = scan_inputs(&c, &self.d_skip.value, &self.dt_proj_b.value, None);
         let mut g = match s.scan.take() {
-            Some(mut g) if g.du.dims() == c.xc.dims() => {
-                g.zero_();
+            Some(mut g) if g.du.dims() == c.xc.dims() && g.du.device() == c.xc.device() => {
+                g.zero_()?;
                 g
             }
-            _ => ScanGrads::zeros_like(&inputs),
+            _ => ScanGrads::zeros_like(&inputs)?,
         };
         selective_scan_bwd(&inputs, &c.scan, &s.dy, None, &mut g)?;
         // A = -exp(A_log), so ∂A/∂A_log = A.
-        for ((ga, &da), &a) in self
-            .a_log
-            .grad
-            .host_mut()?
-            .iter_mut()
-            .zip(g.da.host()?)
-            .zip(c.a.host()?)
-        {
-            *ga += da * a;
-        }
+        mul_add_into(&g.da, &c.a, &mut self.a_log.grad)?;
         add_into(
             g.dd_skip.as_ref().expect("D is always given"),
             &mut self.d_skip.grad,
@@ -307,7 +296,7 @@ impl<T: Float> MambaMixer<T> {
             g.ddelta_bias.as_ref().expect("delta_bias is always given"),
             &mut self.dt_proj_b.grad,
         )?;
-        s.ddt_low.reset(c.dt_low.shape().clone());
+        s.ddt_low.reset_like(&c.dt_low)?;
         linear_bwd(
             &c.dt_low,
             &self.dt_proj_w.value,
@@ -327,9 +316,9 @@ impl<T: Float> MambaMixer<T> {
             &mut self.x_proj.grad,
             None,
         )?;
-        s.dconv.reset(c.conv.shape().clone());
+        s.dconv.reset_like(&c.conv)?;
         silu_bwd(&c.conv, &s.dxc, &mut s.dconv)?;
-        s.dxi.reset(c.xi.shape().clone());
+        s.dxi.reset_like(&c.xi)?;
         causal_conv1d_bwd(
             &c.xi,
             &self.conv_w.value,
@@ -416,17 +405,13 @@ fn split_xdbl<T: Float>(
     n: usize,
 ) -> Result<()> {
     let [dt, bm, cm] = out;
-    dt.reset([b, l, r]);
-    bm.reset([b, l, 1, n]);
-    cm.reset([b, l, 1, n]);
-    let w = r + 2 * n;
-    let (dt, bm, cm) = (dt.host_mut()?, bm.host_mut()?, cm.host_mut()?);
-    for (i, row) in xdbl.host()?.chunks_exact(w).enumerate() {
-        dt[i * r..(i + 1) * r].copy_from_slice(&row[..r]);
-        bm[i * n..(i + 1) * n].copy_from_slice(&row[r..r + n]);
-        cm[i * n..(i + 1) * n].copy_from_slice(&row[r + n..]);
-    }
-    Ok(())
+    let device = xdbl.device();
+    dt.reset([b, l, r], device)?;
+    bm.reset([b, l, 1, n], device)?;
+    cm.reset([b, l, 1, n], device)?;
+    copy_cols(xdbl, dt, b * l, [0, 0], r, false)?;
+    copy_cols(xdbl, bm, b * l, [r, 0], n, false)?;
+    copy_cols(xdbl, cm, b * l, [r + n, 0], n, false)
 }
 
 /// The inverse of `split_xdbl`, for the gradients.
@@ -437,15 +422,10 @@ fn join_xdbl<T: Float>(
     r: usize,
     n: usize,
 ) -> Result<()> {
-    let w = r + 2 * n;
-    xdbl.reset([b, l, w]);
-    let (dt, bm, cm) = (parts[0].host()?, parts[1].host()?, parts[2].host()?);
-    for (i, row) in xdbl.host_mut()?.chunks_exact_mut(w).enumerate() {
-        row[..r].copy_from_slice(&dt[i * r..(i + 1) * r]);
-        row[r..r + n].copy_from_slice(&bm[i * n..(i + 1) * n]);
-        row[r + n..].copy_from_slice(&cm[i * n..(i + 1) * n]);
-    }
-    Ok(())
+    xdbl.reset([b, l, r + 2 * n], parts[0].device())?;
+    copy_cols(parts[0], xdbl, b * l, [0, 0], r, false)?;
+    copy_cols(parts[1], xdbl, b * l, [0, r], n, false)?;
+    copy_cols(parts[2], xdbl, b * l, [0, r + n], n, false)
 }
 
 impl<T: Float> Module<T> for MambaMixer<T> {
@@ -509,7 +489,7 @@ impl<T: Float> MambaBlock<T> {
     /// dx += ∂L/∂x given dout.
     pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
         add_into(dout, dx)?;
-        self.dnormed.reset(x.shape().clone());
+        self.dnormed.reset_like(x)?;
         self.mixer.backward(&self.normed, dout, &mut self.dnormed)?;
         self.norm.backward(x, &self.dnormed, dx)
     }

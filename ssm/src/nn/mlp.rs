@@ -118,7 +118,7 @@ impl<T: Float> Mlp<T> {
     /// dx += ∂L/∂x given dout, for the `x` of the last forward.
     pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
         let (c, s) = (&self.cache, &mut self.scratch);
-        s.dact.reset(c.act.shape().clone());
+        s.dact.reset_like(&c.act)?;
         linear_bwd(
             &c.act,
             &self.down_proj.value,
@@ -127,10 +127,10 @@ impl<T: Float> Mlp<T> {
             &mut self.down_proj.grad,
             None,
         )?;
-        s.dup.reset(c.up.shape().clone());
+        s.dup.reset_like(&c.up)?;
         match &mut self.gate_proj {
             Some(gate) => {
-                s.dgate.reset(c.gate.shape().clone());
+                s.dgate.reset_like(&c.gate)?;
                 gate_bwd(&c.up, &c.gate, &s.dact, &mut s.dup, &mut s.dgate)?;
                 linear_bwd(
                     x,

@@ -9,7 +9,8 @@ pub mod mamba;
 pub mod mlp;
 pub mod norm;
 
-use crate::tensor::{Float, Tensor};
+use crate::error::Result;
+use crate::tensor::{Device, Float, Tensor};
 
 /// A trainable tensor with its gradient and whether AdamW decays it.
 #[derive(Clone, Debug)]
@@ -26,13 +27,22 @@ impl<T: Float> Param<T> {
         Param { value, grad, decay }
     }
 
-    /// The same parameter in another float type (gradient checks run in f64).
+    /// The same parameter in another float type (gradient checks run in f64), on the CPU.
     pub fn cast<U: Float>(&self) -> Param<U> {
         Param {
             value: self.value.cast(),
             grad: self.grad.cast(),
             decay: self.decay,
         }
+    }
+
+    /// Moves value and gradient to `device`.
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        if self.value.device() != device {
+            self.value = self.value.to_device(device)?;
+            self.grad = self.grad.to_device(device)?;
+        }
+        Ok(())
     }
 }
 
@@ -42,8 +52,27 @@ pub trait Module<T: Float> {
     fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param<T>));
 
     /// Zeroes every gradient.
-    fn zero_grad(&mut self) {
-        self.visit_params(&mut |_, p| p.grad.zero_());
+    fn zero_grad(&mut self) -> Result<()> {
+        self.try_visit_params(&mut |_, p| p.grad.zero_())
+    }
+
+    /// [`Module::visit_params`] with a fallible `f`; stops at the first error.
+    fn try_visit_params(
+        &mut self,
+        f: &mut dyn FnMut(&str, &mut Param<T>) -> Result<()>,
+    ) -> Result<()> {
+        let mut result = Ok(());
+        self.visit_params(&mut |name, p| {
+            if result.is_ok() {
+                result = f(name, p);
+            }
+        });
+        result
+    }
+
+    /// Moves every parameter (value and gradient) to `device`; caches follow on the next forward.
+    fn to_device(&mut self, device: Device) -> Result<()> {
+        self.try_visit_params(&mut |_, p| p.to_device(device))
     }
 
     /// Number of trainable values.

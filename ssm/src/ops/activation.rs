@@ -1,15 +1,20 @@
 //! Elementwise activations: SiLU, softplus, GELU (tanh approximation) and the gating product
 //! `x * silu(z)`.
 
-use super::same_dims;
+use ssm_kernels::elementwise as k;
+
+use super::{dptr, gpu_of, same_dims};
 use crate::backend::cpu::elementwise;
 use crate::error::Result;
 use crate::tensor::{Float, Tensor};
 
 /// y = silu(x) = x · sigmoid(x); `y` is resized.
 pub fn silu_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
-    y.reset(x.shape().clone());
-    elementwise::silu_fwd(x.host()?, y.host_mut()?);
+    y.reset(x.shape().clone(), x.device())?;
+    match gpu_of("silu_fwd", x, &[])? {
+        None => elementwise::silu_fwd(x.host()?, y.host_mut()?),
+        Some(g) => g.launch(&k::silu_fwd(dptr(x)?, dptr(y)?, x.numel())?)?,
+    }
     Ok(())
 }
 
@@ -17,14 +22,20 @@ pub fn silu_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
 pub fn silu_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
     same_dims("silu_bwd", "dy", dy, x.dims())?;
     same_dims("silu_bwd", "dx", dx, x.dims())?;
-    elementwise::silu_bwd(x.host()?, dy.host()?, dx.host_mut()?);
+    match gpu_of("silu_bwd", x, &[dy, dx])? {
+        None => elementwise::silu_bwd(x.host()?, dy.host()?, dx.host_mut()?),
+        Some(g) => g.launch(&k::silu_bwd(dptr(x)?, dptr(dy)?, dptr(dx)?, x.numel())?)?,
+    }
     Ok(())
 }
 
 /// y = softplus(x) = ln(1 + eˣ) (x itself above 20); `y` is resized.
 pub fn softplus_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
-    y.reset(x.shape().clone());
-    elementwise::softplus_fwd(x.host()?, y.host_mut()?);
+    y.reset(x.shape().clone(), x.device())?;
+    match gpu_of("softplus_fwd", x, &[])? {
+        None => elementwise::softplus_fwd(x.host()?, y.host_mut()?),
+        Some(g) => g.launch(&k::softplus_fwd(dptr(x)?, dptr(y)?, x.numel())?)?,
+    }
     Ok(())
 }
 
@@ -32,15 +43,21 @@ pub fn softplus_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
 pub fn softplus_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
     same_dims("softplus_bwd", "dy", dy, x.dims())?;
     same_dims("softplus_bwd", "dx", dx, x.dims())?;
-    elementwise::softplus_bwd(x.host()?, dy.host()?, dx.host_mut()?);
+    match gpu_of("softplus_bwd", x, &[dy, dx])? {
+        None => elementwise::softplus_bwd(x.host()?, dy.host()?, dx.host_mut()?),
+        Some(g) => g.launch(&k::softplus_bwd(dptr(x)?, dptr(dy)?, dptr(dx)?, x.numel())?)?,
+    }
     Ok(())
 }
 
 /// y = gelu(x) in the tanh approximation (GPT-2; PyTorch's `approximate="tanh"`):
 /// 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))); `y` is resized.
 pub fn gelu_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
-    y.reset(x.shape().clone());
-    elementwise::gelu_fwd(x.host()?, y.host_mut()?);
+    y.reset(x.shape().clone(), x.device())?;
+    match gpu_of("gelu_fwd", x, &[])? {
+        None => elementwise::gelu_fwd(x.host()?, y.host_mut()?),
+        Some(g) => g.launch(&k::gelu_fwd(dptr(x)?, dptr(y)?, x.numel())?)?,
+    }
     Ok(())
 }
 
@@ -48,15 +65,21 @@ pub fn gelu_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
 pub fn gelu_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
     same_dims("gelu_bwd", "dy", dy, x.dims())?;
     same_dims("gelu_bwd", "dx", dx, x.dims())?;
-    elementwise::gelu_bwd(x.host()?, dy.host()?, dx.host_mut()?);
+    match gpu_of("gelu_bwd", x, &[dy, dx])? {
+        None => elementwise::gelu_bwd(x.host()?, dy.host()?, dx.host_mut()?),
+        Some(g) => g.launch(&k::gelu_bwd(dptr(x)?, dptr(dy)?, dptr(dx)?, x.numel())?)?,
+    }
     Ok(())
 }
 
 /// y = x · silu(z); `y` is resized.
 pub fn gate_fwd<T: Float>(x: &Tensor<T>, z: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
     same_dims("gate_fwd", "z", z, x.dims())?;
-    y.reset(x.shape().clone());
-    elementwise::gate_fwd(x.host()?, z.host()?, y.host_mut()?);
+    y.reset(x.shape().clone(), x.device())?;
+    match gpu_of("gate_fwd", x, &[z])? {
+        None => elementwise::gate_fwd(x.host()?, z.host()?, y.host_mut()?),
+        Some(g) => g.launch(&k::gate_fwd(dptr(x)?, dptr(z)?, dptr(y)?, x.numel())?)?,
+    }
     Ok(())
 }
 
@@ -71,19 +94,63 @@ pub fn gate_bwd<T: Float>(
     for (what, t) in [("z", z), ("dy", dy), ("dx", &*dx), ("dz", &*dz)] {
         same_dims("gate_bwd", what, t, x.dims())?;
     }
-    elementwise::gate_bwd(
-        x.host()?,
-        z.host()?,
-        dy.host()?,
-        dx.host_mut()?,
-        dz.host_mut()?,
-    );
+    match gpu_of("gate_bwd", x, &[z, dy, dx, dz])? {
+        None => elementwise::gate_bwd(
+            x.host()?,
+            z.host()?,
+            dy.host()?,
+            dx.host_mut()?,
+            dz.host_mut()?,
+        ),
+        Some(g) => g.launch(&k::gate_bwd(
+            dptr(x)?,
+            dptr(z)?,
+            dptr(dy)?,
+            dptr(dx)?,
+            dptr(dz)?,
+            x.numel(),
+        )?)?,
+    }
+    Ok(())
+}
+
+/// y = -exp(x): Mamba's A from A_log; `y` is resized.
+pub fn neg_exp<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
+    y.reset(x.shape().clone(), x.device())?;
+    match gpu_of("neg_exp", x, &[])? {
+        None => {
+            let out = y.host_mut()?;
+            out.iter_mut()
+                .zip(x.host()?)
+                .for_each(|(o, &v)| *o = -v.exp());
+        }
+        Some(g) => g.launch(&k::neg_exp(dptr(x)?, dptr(y)?, x.numel())?)?,
+    }
+    Ok(())
+}
+
+/// out += a · b, elementwise.
+pub fn mul_add_into<T: Float>(a: &Tensor<T>, b: &Tensor<T>, out: &mut Tensor<T>) -> Result<()> {
+    same_dims("mul_add_into", "b", b, a.dims())?;
+    same_dims("mul_add_into", "out", out, a.dims())?;
+    match gpu_of("mul_add_into", a, &[b, out])? {
+        None => {
+            let (a, b) = (a.host()?, b.host()?);
+            for ((o, &x), &y) in out.host_mut()?.iter_mut().zip(a).zip(b) {
+                *o += x * y;
+            }
+        }
+        Some(g) => g.launch(&k::mul_add_into(dptr(a)?, dptr(b)?, dptr(out)?, a.numel())?)?,
+    }
     Ok(())
 }
 
 /// y += x (residual connections).
 pub fn add_into<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
     same_dims("add_into", "y", y, x.dims())?;
-    elementwise::add_into(x.host()?, y.host_mut()?);
+    match gpu_of("add_into", x, &[y])? {
+        None => elementwise::add_into(x.host()?, y.host_mut()?),
+        Some(g) => g.launch(&k::add_into(dptr(x)?, dptr(y)?, x.numel())?)?,
+    }
     Ok(())
 }

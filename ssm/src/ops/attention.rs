@@ -8,7 +8,9 @@
 //! log-sum-exp of each query's scaled scores, is all the forward keeps for the backward beyond its
 //! inputs and output; the fast path never forms an lq x lk matrix (see `backend::cpu::attention`).
 
+use super::gpu_of;
 use crate::backend::cpu::attention::{self, AttnArgs, AttnDims, AttnGradsMut};
+use crate::backend::cuda::attention as cuda_attention;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
@@ -42,13 +44,14 @@ pub struct AttentionGrads<T: Float> {
 }
 
 impl<T: Float> AttentionGrads<T> {
-    /// Zero gradients shaped like q, k and v.
-    pub fn zeros_like(q: &Tensor<T>, k: &Tensor<T>, v: &Tensor<T>) -> Self {
-        AttentionGrads {
-            dq: Tensor::zeros_cpu(q.shape().clone()),
-            dk: Tensor::zeros_cpu(k.shape().clone()),
-            dv: Tensor::zeros_cpu(v.shape().clone()),
-        }
+    /// Zero gradients shaped like q, k and v and on their device.
+    pub fn zeros_like(q: &Tensor<T>, k: &Tensor<T>, v: &Tensor<T>) -> Result<Self> {
+        let z = |t: &Tensor<T>| Tensor::zeros(t.shape().clone(), t.device());
+        Ok(AttentionGrads {
+            dq: z(q)?,
+            dk: z(k)?,
+            dv: z(v)?,
+        })
     }
 }
 
@@ -133,8 +136,11 @@ pub fn attention_fwd<T: Float>(
     const OP: &str = "attention_fwd";
     let dims = check(OP, q, k, v)?;
     out.scale = resolve_scale(OP, scale, dims.hd)?;
-    out.o.reset(q.shape().clone());
-    out.lse.reset([dims.b, dims.h, dims.lq]);
+    out.o.reset(q.shape().clone(), q.device())?;
+    out.lse.reset([dims.b, dims.h, dims.lq], q.device())?;
+    if let Some(g) = gpu_of(OP, q, &[k, v])? {
+        return cuda_attention::fwd(&g, q, k, v, dims, out);
+    }
     attention::attention_fwd(
         &args(q, k, v, dims, out.scale)?,
         out.o.host_mut()?,
@@ -163,6 +169,10 @@ pub fn attention_bwd<T: Float>(
     grads.dq.expect_dims(OP, "dq", q.dims())?;
     grads.dk.expect_dims(OP, "dk", k.dims())?;
     grads.dv.expect_dims(OP, "dv", v.dims())?;
+    let others = [k, v, &out.o, &out.lse, d_o, &grads.dq, &grads.dk, &grads.dv];
+    if let Some(g) = gpu_of(OP, q, &others)? {
+        return cuda_attention::bwd(&g, q, k, v, dims, out, d_o, grads);
+    }
     let g = AttnGradsMut {
         dq: grads.dq.host_mut()?,
         dk: grads.dk.host_mut()?,
@@ -290,7 +300,7 @@ pub fn attention_ref_bwd<T: Float>(
         hkv,
         hd,
     } = dims;
-    let mut gr = AttentionGrads::zeros_like(q, k, v);
+    let mut gr = AttentionGrads::zeros_like(q, k, v)?;
     let (dq, dk, dv) = (gr.dq.host_mut()?, gr.dk.host_mut()?, gr.dv.host_mut()?);
     for bi in 0..b {
         for hq in 0..h {

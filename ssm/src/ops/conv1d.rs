@@ -1,6 +1,9 @@
 //! Depthwise causal conv1d over time (Mamba's short convolution), token-major.
 
-use super::same_dims;
+use ssm_kernels::conv1d as k;
+use ssm_kernels::elementwise::copy_strided;
+
+use super::{dptr, gpu_of, same_dims};
 use crate::backend::cpu::conv1d::{self, ConvDims};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
@@ -45,11 +48,34 @@ pub fn causal_conv1d_fwd<T: Float>(
     y: &mut Tensor<T>,
 ) -> Result<()> {
     let dims = check("causal_conv1d_fwd", x, w, bias, state)?;
-    y.reset(x.shape().clone());
+    y.reset(x.shape().clone(), x.device())?;
+    let others: Vec<&Tensor<T>> = [Some(w), bias, state].into_iter().flatten().collect();
+    if let Some(g) = gpu_of("causal_conv1d_fwd", x, &others)? {
+        let (bias, state) = (bias.map(dptr).transpose()?, state.map(dptr).transpose()?);
+        let kd = kernel_dims(dims);
+        return g.launch(&k::causal_conv1d_fwd(
+            dptr(x)?,
+            dptr(w)?,
+            bias,
+            state,
+            dptr(y)?,
+            kd,
+            false,
+        )?);
+    }
     let bias = bias.map(|b| b.host()).transpose()?;
     let state = state.map(|s| s.host()).transpose()?;
     conv1d::conv1d_fwd(x.host()?, w.host()?, bias, state, y.host_mut()?, dims);
     Ok(())
+}
+
+fn kernel_dims(d: ConvDims) -> k::ConvDims {
+    k::ConvDims {
+        b: d.b,
+        l: d.l,
+        d: d.d,
+        k: d.k,
+    }
 }
 
 /// Accumulates dx (b, l, d), dw (d, k) and dbias (d, if given); the state gets no gradient.
@@ -69,6 +95,28 @@ pub fn causal_conv1d_bwd<T: Float>(
     same_dims(OP, "dw", dw, w.dims())?;
     if let Some(db) = &dbias {
         same_dims(OP, "dbias", db, &[dims.d])?;
+    }
+    let mut others: Vec<&Tensor<T>> = vec![w, dy, dx, dw];
+    others.extend(state);
+    others.extend(dbias.as_deref());
+    if let Some(g) = gpu_of(OP, x, &others)? {
+        let kd = kernel_dims(dims);
+        let ws = g.alloc(kd.bwd_workspace_len(false))?;
+        let state = state.map(dptr).transpose()?;
+        let dbias = dbias.map(|t| dptr(t)).transpose()?;
+        return g.launch_all(&k::causal_conv1d_bwd(
+            dptr(x)?,
+            dptr(w)?,
+            None,
+            state,
+            dptr(dy)?,
+            dptr(dx)?,
+            dptr(dw)?,
+            dbias,
+            ws.ptr(),
+            kd,
+            false,
+        )?);
     }
     let state = state.map(|s| s.host()).transpose()?;
     let dbias = match dbias {
@@ -110,6 +158,32 @@ pub fn causal_conv1d_next_state<T: Float>(x: &Tensor<T>, state: &mut Tensor<T>) 
             format!("[{b}, k-1, {d}]"),
             state.dims(),
         ));
+    }
+    if let Some(g) = gpu_of(OP, x, &[state])? {
+        // Rows of the new state: the last `shift` rows of the old state moved to the front, then
+        // the last `take` rows of x.
+        let shift = km1.saturating_sub(l);
+        let take = km1 - shift;
+        let sp = dptr(state)?;
+        if shift > 0 {
+            let old = state.try_clone()?;
+            let from = dptr(&old)? + 4 * (l * d) as u64;
+            g.launch(&copy_strided(
+                from,
+                km1 * d,
+                sp,
+                km1 * d,
+                b,
+                shift * d,
+                false,
+            )?)?;
+        }
+        if take > 0 {
+            let from = dptr(x)? + 4 * ((l - take) * d) as u64;
+            let to = sp + 4 * (shift * d) as u64;
+            g.launch(&copy_strided(from, l * d, to, km1 * d, b, take * d, false)?)?;
+        }
+        return Ok(());
     }
     let x = x.host()?;
     let st = state.host_mut()?;

@@ -1,5 +1,8 @@
 //! Token embedding: rows of a (vocab, d) table picked by token ids.
 
+use ssm_kernels::embedding as k;
+
+use super::{dptr, gpu_of};
 use crate::backend::cpu::embedding;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
@@ -38,7 +41,17 @@ pub fn embedding_fwd<T: Float>(
     }
     let mut dims = lead.to_vec();
     dims.push(d);
-    out.reset(dims);
+    out.reset(dims, table.device())?;
+    if let Some(g) = gpu_of("embedding_fwd", table, &[])? {
+        let ids_dev = g.upload(ids)?;
+        return g.launch(&k::embedding_fwd(
+            ids_dev.ptr(),
+            dptr(table)?,
+            dptr(out)?,
+            ids.len(),
+            d,
+        )?);
+    }
     embedding::embedding_fwd(ids, table.host()?, out.host_mut()?, d);
     Ok(())
 }
@@ -57,6 +70,16 @@ pub fn embedding_bwd<T: Float>(
             format!("[{}, {d}]", ids.len()),
             dout.dims(),
         ));
+    }
+    if let Some(g) = gpu_of("embedding_bwd", dout, &[dtable])? {
+        let ids_dev = g.upload(ids)?;
+        return g.launch(&k::embedding_bwd(
+            ids_dev.ptr(),
+            dptr(dout)?,
+            dptr(dtable)?,
+            ids.len(),
+            d,
+        )?);
     }
     embedding::embedding_bwd(ids, dout.host()?, dtable.host_mut()?, d);
     Ok(())

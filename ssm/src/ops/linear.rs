@@ -1,7 +1,10 @@
 //! Linear layer: `y = x · wᵀ + bias` over the last dimension, w of shape (n, k) as in PyTorch.
 
-use super::{rows_cols, same_dims, with_last};
+use ssm_kernels::{elementwise as k, reduce};
+
+use super::{dptr, gpu_of, rows_cols, same_dims, with_last};
 use crate::backend::cpu::matmul::{matmul_nn, matmul_nt, matmul_tn_acc};
+use crate::backend::cuda::Gemm;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
@@ -28,7 +31,16 @@ pub fn linear_fwd<T: Float>(
     if let Some(b) = bias {
         b.expect_dims("linear_fwd", "bias", &[n])?;
     }
-    y.reset(with_last(x, n));
+    y.reset(with_last(x, n), x.device())?;
+    let others: Vec<&Tensor<T>> = [Some(w), bias].into_iter().flatten().collect();
+    if let Some(g) = gpu_of("linear_fwd", x, &others)? {
+        let (xp, wp, yp) = (dptr(x)?, dptr(w)?, dptr(y)?);
+        g.gemm(&Gemm::single(xp, false, wp, true, yp, (m, n, k), 0.0))?;
+        if let Some(b) = bias {
+            g.launch(&k::add_broadcast(dptr(b)?, n, yp, m * n)?)?;
+        }
+        return Ok(());
+    }
     let out = y.host_mut()?;
     matmul_nt(x.host()?, w.host()?, out, m, k, n, T::zero());
     if let Some(b) = bias {
@@ -55,6 +67,38 @@ pub fn linear_bwd<T: Float>(
     let (m, k, n) = check(OP, x, w)?;
     same_dims(OP, "dy", dy, &with_last(x, n))?;
     same_dims(OP, "dw", dw, w.dims())?;
+    if let Some(gpu) = gpu_of(OP, x, &[w, dy, dw])? {
+        let dyp = dptr(dy)?;
+        if let Some(dx) = dx {
+            same_dims(OP, "dx", dx, x.dims())?;
+            gpu_of(OP, x, &[dx])?;
+            let dxp = dptr(dx)?;
+            gpu.gemm(&Gemm::single(
+                dyp,
+                false,
+                dptr(w)?,
+                false,
+                dxp,
+                (m, k, n),
+                1.0,
+            ))?;
+        }
+        gpu.gemm(&Gemm::single(
+            dyp,
+            true,
+            dptr(x)?,
+            false,
+            dptr(dw)?,
+            (n, k, m),
+            1.0,
+        ))?;
+        if let Some(db) = dbias {
+            same_dims(OP, "dbias", db, &[n])?;
+            gpu_of(OP, x, &[db])?;
+            gpu.launch(&reduce::sum_rows_into(dyp, m, n, dptr(db)?)?)?;
+        }
+        return Ok(());
+    }
     let g = dy.host()?;
     if let Some(dx) = dx {
         same_dims(OP, "dx", dx, x.dims())?;

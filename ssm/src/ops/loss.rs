@@ -1,6 +1,8 @@
 //! Softmax cross-entropy with integer targets, mean over the scored positions.
 
-use super::{rows_cols, same_dims};
+use ssm_kernels::cross_entropy as k;
+
+use super::{dptr, gpu_of, rows_cols, same_dims};
 use crate::backend::cpu::loss;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
@@ -43,8 +45,25 @@ pub fn cross_entropy_fwd<T: Float>(
     lse: &mut Tensor<T>,
 ) -> Result<(f64, usize)> {
     let (m, v) = check("cross_entropy_fwd", logits, targets)?;
-    lse.reset([m]);
-    let (sum, count) = loss::cross_entropy_fwd(logits.host()?, targets, lse.host_mut()?, v);
+    lse.reset([m], logits.device())?;
+    let (sum, count) = match gpu_of("cross_entropy_fwd", logits, &[])? {
+        None => loss::cross_entropy_fwd(logits.host()?, targets, lse.host_mut()?, v),
+        Some(g) => {
+            // Per-row losses come back to the host and are summed in f64, as on the CPU.
+            let (targets_dev, rows) = (g.upload(targets)?, g.alloc(m)?);
+            let (lp, lsep) = (dptr(logits)?, dptr(lse)?);
+            g.launch(&k::cross_entropy_fwd(
+                lp,
+                targets_dev.ptr(),
+                lsep,
+                rows.ptr(),
+                m,
+                v,
+            )?)?;
+            let sum = rows.to_host()?.iter().map(|&x| x as f64).sum();
+            (sum, targets.iter().filter(|&&t| t != IGNORE_INDEX).count())
+        }
+    };
     Ok((if count > 0 { sum / count as f64 } else { 0.0 }, count))
 }
 
@@ -63,6 +82,20 @@ pub fn cross_entropy_bwd<T: Float>(
     let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
     if count == 0 {
         return Ok(());
+    }
+    if let Some(g) = gpu_of(OP, logits, &[lse, dlogits])? {
+        let targets_dev = g.upload(targets)?;
+        let (lp, lsep, dp) = (dptr(logits)?, dptr(lse)?, dptr(dlogits)?);
+        return g.launch(&k::cross_entropy_bwd(
+            lp,
+            targets_dev.ptr(),
+            lsep,
+            dp,
+            m,
+            v,
+            dloss,
+            count,
+        )?);
     }
     let scale = T::from_f64(dloss / count as f64);
     loss::cross_entropy_bwd(

@@ -9,6 +9,7 @@
 pub mod activation;
 pub mod attention;
 pub mod conv1d;
+pub mod copy;
 pub mod embedding;
 pub mod linear;
 pub mod loss;
@@ -16,8 +17,35 @@ pub mod norm;
 pub mod rope;
 pub mod scan;
 
+use std::sync::Arc;
+
+use ssm_kernels::DevicePtr;
+
+use crate::backend::cuda::Gpu;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
+
+/// The GPU that runs `op` when `x` lives on a CUDA device (`None` on the CPU), after checking that
+/// every tensor in `others` lives on the same device as `x`.
+pub(crate) fn gpu_of<T: Float>(
+    op: &'static str,
+    x: &Tensor<T>,
+    others: &[&Tensor<T>],
+) -> Result<Option<Arc<Gpu>>> {
+    if let Some(o) = others.iter().find(|o| o.device() != x.device()) {
+        return Err(Error::DeviceMismatch {
+            op,
+            a: x.device().to_string(),
+            b: o.device().to_string(),
+        });
+    }
+    Ok(x.gpu().ok().cloned())
+}
+
+/// The device address of a CUDA tensor.
+pub(crate) fn dptr<T: Float>(t: &Tensor<T>) -> Result<DevicePtr> {
+    t.cuda_ptr()
+}
 
 /// The last dimension and the product of the others (rows) of a tensor of rank >= 1.
 pub(crate) fn rows_cols<T: Float>(

@@ -1,7 +1,9 @@
 //! RMSNorm (Zhang & Sennrich, 2019) over the last dimension, as in Mamba and Llama:
 //! `y = x / sqrt(mean(x²) + eps) * w`.
 
-use super::{rows_cols, same_dims};
+use ssm_kernels::rmsnorm as k;
+
+use super::{dptr, gpu_of, rows_cols, same_dims};
 use crate::backend::cpu::rmsnorm;
 use crate::error::Result;
 use crate::tensor::{Float, Tensor};
@@ -16,8 +18,12 @@ pub fn rmsnorm_fwd<T: Float>(
 ) -> Result<()> {
     let (m, d) = rows_cols("rmsnorm_fwd", "x", x)?;
     w.expect_dims("rmsnorm_fwd", "weight", &[d])?;
-    y.reset(x.shape().clone());
-    rstd.reset([m]);
+    y.reset(x.shape().clone(), x.device())?;
+    rstd.reset([m], x.device())?;
+    if let Some(g) = gpu_of("rmsnorm_fwd", x, &[w])? {
+        let (xp, wp, yp, rp) = (dptr(x)?, dptr(w)?, dptr(y)?, dptr(rstd)?);
+        return g.launch(&k::rmsnorm_fwd(xp, wp, yp, rp, m, d, eps as f32)?);
+    }
     rmsnorm::rmsnorm_fwd(
         x.host()?,
         w.host()?,
@@ -44,6 +50,12 @@ pub fn rmsnorm_bwd<T: Float>(
     same_dims(OP, "dx", dx, x.dims())?;
     same_dims(OP, "dw", dw, &[d])?;
     same_dims(OP, "rstd", rstd, &[m])?;
+    if let Some(g) = gpu_of(OP, x, &[dy, w, rstd, dx, dw])? {
+        let ws = g.alloc(k::bwd_workspace_len(m, d))?;
+        let (dyp, xp, wp, rp) = (dptr(dy)?, dptr(x)?, dptr(w)?, dptr(rstd)?);
+        let launches = k::rmsnorm_bwd(dyp, xp, wp, rp, dptr(dx)?, dptr(dw)?, ws.ptr(), m, d)?;
+        return g.launch_all(&launches);
+    }
     rmsnorm::rmsnorm_bwd(
         dy.host()?,
         x.host()?,

@@ -11,7 +11,9 @@
 //! with a KV cache, offset is the number of cached tokens). The rotation is orthogonal, so the
 //! backward applies the inverse rotation (angles negated) to the gradient.
 
-use super::same_dims;
+use ssm_kernels::rope::{self as k, RopeDims};
+
+use super::{dptr, gpu_of, same_dims};
 use crate::backend::cpu::rope;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
@@ -41,6 +43,12 @@ fn check<T: Float>(op: &'static str, x: &Tensor<T>, base: f64) -> Result<(usize,
     Ok((l, h, hd))
 }
 
+/// The kernel's sizes of x (b, l, h, hd), as `check` returned them.
+fn rope_dims<T: Float>(x: &Tensor<T>, (l, h, hd): (usize, usize, usize)) -> RopeDims {
+    let b = x.numel() / (l * h * hd).max(1);
+    RopeDims { b, l, h, hd }
+}
+
 /// y (b, l, h, hd) = RoPE(x) at positions offset..offset + l; `y` is resized.
 pub fn rope_fwd<T: Float>(
     x: &Tensor<T>,
@@ -49,7 +57,19 @@ pub fn rope_fwd<T: Float>(
     y: &mut Tensor<T>,
 ) -> Result<()> {
     let (l, h, hd) = check("rope_fwd", x, base)?;
-    y.reset(x.shape().clone());
+    y.reset(x.shape().clone(), x.device())?;
+    if let Some(g) = gpu_of("rope_fwd", x, &[])? {
+        let dims = rope_dims(x, (l, h, hd));
+        return g.launch(&k::rope(
+            dptr(x)?,
+            dptr(y)?,
+            dims,
+            offset,
+            base,
+            false,
+            false,
+        )?);
+    }
     let (cos, sin) = rope::rope_table(l, hd, offset, base, false);
     rope::rope_rotate_add(x.host()?, y.host_mut()?, &cos, &sin, l, h, hd);
     Ok(())
@@ -58,6 +78,10 @@ pub fn rope_fwd<T: Float>(
 /// x (b, l, h, hd) = RoPE(x) at positions offset..offset + l, in place.
 pub fn rope_fwd_inplace<T: Float>(x: &mut Tensor<T>, offset: usize, base: f64) -> Result<()> {
     let (l, h, hd) = check("rope_fwd_inplace", x, base)?;
+    if let Some(g) = gpu_of("rope_fwd_inplace", x, &[])? {
+        let (p, dims) = (dptr(x)?, rope_dims(x, (l, h, hd)));
+        return g.launch(&k::rope(p, p, dims, offset, base, false, false)?);
+    }
     let (cos, sin) = rope::rope_table(l, hd, offset, base, false);
     rope::rope_rotate(x.host_mut()?, &cos, &sin, l, h, hd);
     Ok(())
@@ -73,6 +97,18 @@ pub fn rope_bwd<T: Float>(
 ) -> Result<()> {
     let (l, h, hd) = check("rope_bwd", dy, base)?;
     same_dims("rope_bwd", "dx", dx, dy.dims())?;
+    if let Some(g) = gpu_of("rope_bwd", dy, &[dx])? {
+        let dims = rope_dims(dy, (l, h, hd));
+        return g.launch(&k::rope(
+            dptr(dy)?,
+            dptr(dx)?,
+            dims,
+            offset,
+            base,
+            true,
+            true,
+        )?);
+    }
     let (cos, sin) = rope::rope_table(l, hd, offset, base, true);
     rope::rope_rotate_add(dy.host()?, dx.host_mut()?, &cos, &sin, l, h, hd);
     Ok(())

@@ -12,8 +12,10 @@
 //! u, delta, z, y: (b, l, d); A: (d, n); B, C: (b, l, g, n), channel c uses group c / (d / g);
 //! D, delta_bias: (d,); initial and last state: (b, d, n).
 
+use super::gpu_of;
 use crate::backend::cpu::elementwise::{silu, silu_grad, softplus, softplus_grad};
 use crate::backend::cpu::scan::{self, ScanArgs, ScanDims, ScanGradsMut};
+use crate::backend::cuda::scan as cuda_scan;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
@@ -74,6 +76,15 @@ impl<'a, T: Float> ScanInputs<'a, T> {
         Ok(ScanDims { b, l, d, n, g })
     }
 
+    /// Every input tensor present, for device checks.
+    fn all(&self) -> Vec<&'a Tensor<T>> {
+        let opts = [self.d_skip, self.z, self.delta_bias, self.h0];
+        [self.u, self.delta, self.a, self.b, self.c]
+            .into_iter()
+            .chain(opts.into_iter().flatten())
+            .collect()
+    }
+
     fn args(&self) -> Result<ScanArgs<'a, T>> {
         let opt = |t: Option<&'a Tensor<T>>| t.map(|t| t.host()).transpose();
         Ok(ScanArgs {
@@ -115,26 +126,28 @@ pub struct ScanGrads<T: Float> {
 }
 
 impl<T: Float> ScanGrads<T> {
-    /// Zero gradients shaped like the inputs, with an option present where its input is.
-    pub fn zeros_like(inp: &ScanInputs<T>) -> Self {
-        let z = |t: &Tensor<T>| Tensor::zeros_cpu(t.shape().clone());
-        ScanGrads {
-            du: z(inp.u),
-            ddelta: z(inp.delta),
-            da: z(inp.a),
-            db: z(inp.b),
-            dc: z(inp.c),
-            dd_skip: inp.d_skip.map(z),
-            dz: inp.z.map(z),
-            ddelta_bias: inp.delta_bias.map(z),
-            dh0: inp.h0.map(z),
-        }
+    /// Zero gradients shaped like the inputs and on their device, with an option present where
+    /// its input is.
+    pub fn zeros_like(inp: &ScanInputs<T>) -> Result<Self> {
+        let z = |t: &Tensor<T>| Tensor::zeros(t.shape().clone(), t.device());
+        let opt = |t: Option<&Tensor<T>>| t.map(z).transpose();
+        Ok(ScanGrads {
+            du: z(inp.u)?,
+            ddelta: z(inp.delta)?,
+            da: z(inp.a)?,
+            db: z(inp.b)?,
+            dc: z(inp.c)?,
+            dd_skip: opt(inp.d_skip)?,
+            dz: opt(inp.z)?,
+            ddelta_bias: opt(inp.delta_bias)?,
+            dh0: opt(inp.h0)?,
+        })
     }
 }
 
 impl<T: Float> ScanGrads<T> {
     /// Sets every gradient to zero, keeping the buffers.
-    pub fn zero_(&mut self) {
+    pub fn zero_(&mut self) -> Result<()> {
         for t in [
             &mut self.du,
             &mut self.ddelta,
@@ -142,7 +155,7 @@ impl<T: Float> ScanGrads<T> {
             &mut self.db,
             &mut self.dc,
         ] {
-            t.zero_();
+            t.zero_()?;
         }
         for t in [
             &mut self.dd_skip,
@@ -153,8 +166,18 @@ impl<T: Float> ScanGrads<T> {
         .into_iter()
         .flatten()
         {
-            t.zero_();
+            t.zero_()?;
         }
+        Ok(())
+    }
+
+    /// Every gradient buffer present, for device checks.
+    fn all(&self) -> Vec<&Tensor<T>> {
+        let opts = [&self.dd_skip, &self.dz, &self.ddelta_bias, &self.dh0];
+        [&self.du, &self.ddelta, &self.da, &self.db, &self.dc]
+            .into_iter()
+            .chain(opts.into_iter().flatten())
+            .collect()
     }
 }
 
@@ -165,12 +188,16 @@ pub fn selective_scan_fwd<T: Float>(
     save_for_backward: bool,
 ) -> Result<()> {
     let dims = inp.dims()?;
+    let device = inp.u.device();
+    out.y.reset([dims.b, dims.l, dims.d], device)?;
+    out.last_state.reset([dims.b, dims.d, dims.n], device)?;
+    if let Some(g) = gpu_of(OP, inp.u, &inp.all())? {
+        return cuda_scan::fwd(&g, inp, dims, out, save_for_backward);
+    }
     let args = inp.args()?;
-    out.y.reset([dims.b, dims.l, dims.d]);
-    out.last_state.reset([dims.b, dims.d, dims.n]);
     let saved = if save_for_backward {
         out.chunk_states
-            .reset([dims.b, dims.chunks(), dims.n, dims.d]);
+            .reset([dims.b, dims.chunks(), dims.n, dims.d], device)?;
         Some(out.chunk_states.host_mut()?)
     } else {
         None
@@ -196,17 +223,24 @@ pub fn selective_scan_bwd<T: Float>(
 ) -> Result<()> {
     const BWD: &str = "selective_scan_bwd";
     let dims = inp.dims()?;
+    dy.expect_dims(BWD, "dy", &[dims.b, dims.l, dims.d])?;
+    if let Some(dl) = dlast {
+        dl.expect_dims(BWD, "dlast", &[dims.b, dims.d, dims.n])?;
+    }
+    check_grads(inp, grads)?;
+    let mut others = inp.all();
+    others.extend([&out.chunk_states, dy]);
+    others.extend(dlast);
+    others.extend(grads.all());
+    if let Some(g) = gpu_of(BWD, inp.u, &others)? {
+        return cuda_scan::bwd(&g, inp, dims, &out.chunk_states, dy, dlast, grads);
+    }
     let args = inp.args()?;
     out.chunk_states.expect_dims(
         BWD,
         "saved chunk states",
         &[dims.b, dims.chunks(), dims.n, dims.d],
     )?;
-    dy.expect_dims(BWD, "dy", &[dims.b, dims.l, dims.d])?;
-    if let Some(dl) = dlast {
-        dl.expect_dims(BWD, "dlast", &[dims.b, dims.d, dims.n])?;
-    }
-    check_grads(inp, grads)?;
     let g = ScanGradsMut {
         du: grads.du.host_mut()?,
         ddelta: grads.ddelta.host_mut()?,
@@ -309,7 +343,7 @@ pub fn selective_scan_ref_bwd<T: Float>(
     dy.expect_dims("selective_scan_ref_bwd", "dy", &[b, l, d])?;
     let dy = dy.host()?;
     let dlast = dlast.map(|t| t.host()).transpose()?;
-    let mut gr = ScanGrads::zeros_like(inp);
+    let mut gr = ScanGrads::zeros_like(inp)?;
     let mut hs = vec![T::zero(); (l + 1) * n];
     for bi in 0..b {
         for ch in 0..d {

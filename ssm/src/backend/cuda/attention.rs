@@ -1,0 +1,75 @@
+//! Causal attention on a GPU: `ssm::ops::attention` through the tiled kernels of
+//! cu/attention.cu (the same layouts and the same saved lse).
+
+use std::sync::Arc;
+
+use ssm_kernels::attention as k;
+
+use super::Gpu;
+use crate::backend::cpu::attention::AttnDims;
+use crate::error::Result;
+use crate::ops::attention::{AttentionGrads, AttentionOutput};
+use crate::ops::dptr;
+use crate::tensor::{Float, Tensor};
+
+fn kernel_dims(d: AttnDims) -> k::AttnDims {
+    k::AttnDims {
+        b: d.b,
+        lq: d.lq,
+        lk: d.lk,
+        h: d.h,
+        hkv: d.hkv,
+        hd: d.hd,
+    }
+}
+
+/// The forward; `out.o` and `out.lse` are already sized on the device and `out.scale` resolved.
+pub fn fwd<T: Float>(
+    g: &Arc<Gpu>,
+    q: &Tensor<T>,
+    kt: &Tensor<T>,
+    v: &Tensor<T>,
+    dims: AttnDims,
+    out: &mut AttentionOutput<T>,
+) -> Result<()> {
+    g.launch(&k::attention_fwd(
+        dptr(q)?,
+        dptr(kt)?,
+        dptr(v)?,
+        dptr(&out.o)?,
+        dptr(&out.lse)?,
+        kernel_dims(dims),
+        out.scale as f32,
+    )?)
+}
+
+/// The backward, adding into `grads`.
+#[allow(clippy::too_many_arguments)]
+pub fn bwd<T: Float>(
+    g: &Arc<Gpu>,
+    q: &Tensor<T>,
+    kt: &Tensor<T>,
+    v: &Tensor<T>,
+    dims: AttnDims,
+    out: &AttentionOutput<T>,
+    d_o: &Tensor<T>,
+    grads: &mut AttentionGrads<T>,
+) -> Result<()> {
+    let kd = kernel_dims(dims);
+    let ws = g.alloc(kd.bwd_workspace_len())?;
+    let launches = k::attention_bwd(
+        dptr(q)?,
+        dptr(kt)?,
+        dptr(v)?,
+        dptr(&out.o)?,
+        dptr(&out.lse)?,
+        dptr(d_o)?,
+        dptr(&grads.dq)?,
+        dptr(&grads.dk)?,
+        dptr(&grads.dv)?,
+        ws.ptr(),
+        kd,
+        out.scale as f32,
+    )?;
+    g.launch_all(&launches)
+}

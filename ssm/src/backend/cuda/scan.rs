@@ -1,0 +1,106 @@
+//! The selective scan on a GPU: `ssm::ops::scan` in the kernels' own saved-state layout,
+//! (b, l/256, d, n) instead of the CPU's (b, l/64, n, d); the op checks it before the backward.
+
+use std::sync::Arc;
+
+use ssm_kernels::scan as k;
+
+use super::Gpu;
+use crate::backend::cpu::scan::ScanDims;
+use crate::error::Result;
+use crate::ops::dptr;
+use crate::ops::scan::{ScanGrads, ScanInputs, ScanOutput};
+use crate::tensor::{Float, Tensor};
+
+fn kernel_dims(d: ScanDims) -> k::ScanDims {
+    k::ScanDims {
+        b: d.b,
+        l: d.l,
+        d: d.d,
+        n: d.n,
+        g: d.g,
+    }
+}
+
+fn opt<T: Float>(t: Option<&Tensor<T>>) -> Result<Option<u64>> {
+    t.map(dptr).transpose()
+}
+
+fn inputs<T: Float>(inp: &ScanInputs<T>) -> Result<k::ScanInputs> {
+    Ok(k::ScanInputs {
+        u: dptr(inp.u)?,
+        delta: dptr(inp.delta)?,
+        a: dptr(inp.a)?,
+        b: dptr(inp.b)?,
+        c: dptr(inp.c)?,
+        d_skip: opt(inp.d_skip)?,
+        z: opt(inp.z)?,
+        delta_bias: opt(inp.delta_bias)?,
+        delta_softplus: inp.delta_softplus,
+        h0: opt(inp.h0)?,
+    })
+}
+
+/// The forward; `out.y` and `out.last_state` are already sized on the device.
+pub fn fwd<T: Float>(
+    g: &Arc<Gpu>,
+    inp: &ScanInputs<T>,
+    dims: ScanDims,
+    out: &mut ScanOutput<T>,
+    save_for_backward: bool,
+) -> Result<()> {
+    let kd = kernel_dims(dims);
+    let chunk_states = if save_for_backward {
+        out.chunk_states
+            .reset([dims.b, kd.chunks(), dims.d, dims.n], g.device())?;
+        Some(dptr(&out.chunk_states)?)
+    } else {
+        None
+    };
+    let outputs = k::ScanOutputs {
+        y: dptr(&out.y)?,
+        last_state: Some(dptr(&out.last_state)?),
+        chunk_states,
+    };
+    g.launch(&k::selective_scan_fwd(&inputs(inp)?, &outputs, kd)?)
+}
+
+/// The backward, adding into `grads`.
+pub fn bwd<T: Float>(
+    g: &Arc<Gpu>,
+    inp: &ScanInputs<T>,
+    dims: ScanDims,
+    chunk_states: &Tensor<T>,
+    dy: &Tensor<T>,
+    dlast: Option<&Tensor<T>>,
+    grads: &mut ScanGrads<T>,
+) -> Result<()> {
+    let kd = kernel_dims(dims);
+    chunk_states.expect_dims(
+        "selective_scan_bwd",
+        "saved chunk states (of a forward on this device)",
+        &[dims.b, kd.chunks(), dims.d, dims.n],
+    )?;
+    let kgrads = k::ScanGrads {
+        du: dptr(&grads.du)?,
+        ddelta: dptr(&grads.ddelta)?,
+        da: dptr(&grads.da)?,
+        db: dptr(&grads.db)?,
+        dc: dptr(&grads.dc)?,
+        dd_skip: opt(grads.dd_skip.as_ref())?,
+        dz: opt(grads.dz.as_ref())?,
+        ddelta_bias: opt(grads.ddelta_bias.as_ref())?,
+        dh0: opt(grads.dh0.as_ref())?,
+    };
+    let ws = g.alloc(kd.bwd_workspace_len())?;
+    let launches = k::selective_scan_bwd(
+        &inputs(inp)?,
+        dptr(chunk_states)?,
+        dptr(dy)?,
+        opt(dlast)?,
+        &kgrads,
+        ws.ptr(),
+        kd,
+    )?;
+    g.launch_all(&launches)
+}

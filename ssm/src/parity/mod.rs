@@ -1,0 +1,256 @@
+//! Parity of a CUDA device with the CPU: every op on random inputs, and a whole training step of
+//! small models, compared tensor by tensor. `ssm-lab gpu-check` runs it on a real GPU with large
+//! shapes; the tests run the same code on [`Device::CudaEmu`] with small ones.
+//!
+//! A comparison passes when `max |got - want| <= tol · max |want|` (with a floor of 1e-6 on the
+//! scale, for tensors that are all but zero): each tolerance is that of f32 arithmetic summed in
+//! another order over the op's longest reduction.
+
+mod ops;
+
+pub use ops::op_parity;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::error::Result;
+use crate::models::{AnyLM, ModelConfig};
+use crate::nn::Module;
+use crate::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use crate::tensor::{Device, Tensor};
+
+/// Shapes of a parity run. `quick` fits the CPU emulation; `full` is what gpu-check runs on a
+/// GPU, with odd lengths up to 65536.
+#[derive(Clone, Debug)]
+pub struct ParityPlan {
+    /// (b, l) of the elementwise, norm, conv, linear and loss ops.
+    pub rows: Vec<(usize, usize)>,
+    /// (b, l, d, n, g) of the selective scan.
+    pub scans: Vec<(usize, usize, usize, usize, usize)>,
+    /// (b, lq, lk, h, hkv, hd) of attention.
+    pub attention: Vec<(usize, usize, usize, usize, usize, usize)>,
+    /// (b, l) of the training-step parity of each tiny model.
+    pub train: (usize, usize),
+}
+
+impl ParityPlan {
+    pub fn quick() -> Self {
+        ParityPlan {
+            rows: vec![(2, 19)],
+            scans: vec![(2, 37, 8, 4, 2), (1, 300, 4, 3, 1)],
+            attention: vec![(2, 19, 19, 4, 2, 8), (1, 1, 23, 2, 1, 16)],
+            train: (2, 19),
+        }
+    }
+
+    pub fn full() -> Self {
+        ParityPlan {
+            rows: vec![(3, 1001), (1, 65536)],
+            scans: vec![
+                (2, 1000, 64, 16, 1),
+                (3, 4097, 48, 16, 2),
+                (1, 65536, 32, 16, 1),
+            ],
+            attention: vec![
+                (2, 1000, 1000, 8, 8, 64),
+                (1, 4097, 4097, 4, 2, 128),
+                (3, 1, 777, 8, 2, 64),
+            ],
+            train: (2, 257),
+        }
+    }
+}
+
+/// One comparison of a device result with the CPU's.
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub name: String,
+    pub max_abs_diff: f64,
+    /// max |want| (at least 1e-6): the scale the tolerance is relative to.
+    pub scale: f64,
+    pub tol: f64,
+}
+
+impl Check {
+    pub fn rel_err(&self) -> f64 {
+        self.max_abs_diff / self.scale
+    }
+
+    pub fn ok(&self) -> bool {
+        self.rel_err() <= self.tol
+    }
+}
+
+/// Compares `got` (any device) with `want` (the CPU result); NaN in either fails the check.
+pub fn compare(name: impl Into<String>, want: &Tensor, got: &Tensor, tol: f64) -> Result<Check> {
+    let name = name.into();
+    let (w, g) = (want.to_host_vec()?, got.to_host_vec()?);
+    let mut check = Check {
+        name,
+        max_abs_diff: 0.0,
+        scale: 1e-6,
+        tol,
+    };
+    if want.dims() != got.dims() {
+        check.max_abs_diff = f64::INFINITY;
+        return Ok(check);
+    }
+    for (&a, &b) in w.iter().zip(&g) {
+        let diff = (a as f64 - b as f64).abs();
+        // NaN compares false: force the failure explicitly.
+        check.max_abs_diff = if diff.is_nan() {
+            f64::INFINITY
+        } else {
+            check.max_abs_diff.max(diff)
+        };
+        check.scale = check.scale.max((a as f64).abs());
+    }
+    Ok(check)
+}
+
+/// A plain-text table of checks, failures marked.
+pub fn report(checks: &[Check]) -> String {
+    let mut s = format!(
+        "{:<44} {:>12} {:>10} {:>9}\n",
+        "check", "max|diff|", "rel", "tol"
+    );
+    for c in checks {
+        s += &format!(
+            "{:<44} {:>12.3e} {:>10.2e} {:>9.0e}{}\n",
+            c.name,
+            c.max_abs_diff,
+            c.rel_err(),
+            c.tol,
+            if c.ok() { "" } else { "  FAIL" }
+        );
+    }
+    s
+}
+
+/// Tiny configurations of the three architectures, with every option that changes the kernels
+/// used switched on somewhere: biases, GQA, RoPE and learned positions, both MLPs.
+pub fn tiny_models() -> Vec<(&'static str, ModelConfig)> {
+    use crate::models::{HybridConfig, MambaConfig, TransformerConfig};
+    use crate::nn::attention::PosEncoding;
+    use crate::nn::mlp::MlpKind;
+    let mamba = MambaConfig {
+        d_model: 16,
+        n_layer: 2,
+        vocab_size: 37,
+        d_state: 8,
+        d_conv: 4,
+        dt_rank: Some(3),
+        bias: true,
+        ..MambaConfig::default()
+    };
+    let transformer = TransformerConfig {
+        d_model: 32,
+        n_layer: 2,
+        n_heads: 4,
+        n_kv_heads: Some(2),
+        mlp_hidden: Some(48),
+        vocab_size: 37,
+        attn_bias: true,
+        ..TransformerConfig::default()
+    };
+    let learned = TransformerConfig {
+        pos_encoding: PosEncoding::Learned,
+        max_seq_len: 4096,
+        mlp: MlpKind::Gelu,
+        n_kv_heads: None,
+        attn_bias: false,
+        ..transformer.clone()
+    };
+    let hybrid = HybridConfig {
+        pattern: "MAM".into(),
+        d_model: 32,
+        vocab_size: 37,
+        d_state: 8,
+        n_heads: 4,
+        ..HybridConfig::default()
+    };
+    vec![
+        ("mamba", mamba.into()),
+        ("transformer-rope-swiglu-gqa", transformer.into()),
+        ("transformer-learned-gelu", learned.into()),
+        ("hybrid-MAM", hybrid.into()),
+    ]
+}
+
+/// Gradients of a whole model sum over every token and pass through every layer: f32 in another
+/// order lands within a few 1e-6 of the largest value; 1e-4 leaves room and still catches any
+/// wrong index or missing term, which shows up at the 1e-1 level.
+const GRAD_TOL: f64 = 1e-4;
+
+/// Two training steps (forward, loss, backward, clipping, AdamW) of each tiny model on the CPU and
+/// on `device` from the same weights and batch: the losses and gradient norms of both steps and
+/// every parameter gradient of the first compared.
+pub fn train_step_parity(device: Device, (b, l): (usize, usize)) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for (name, config) in tiny_models() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let v = config_vocab(&config);
+        let ids: Vec<u32> = (0..b * l)
+            .map(|_| rand::RngExt::random_range(&mut rng, 0..v as u32))
+            .collect();
+        let targets: Vec<i64> = (0..b * l)
+            .map(|i| {
+                if i % 5 == 4 {
+                    -100
+                } else {
+                    ids[(i + 1) % ids.len()] as i64
+                }
+            })
+            .collect();
+        // Two steps of forward, backward, clipping (the small max norm makes it scale) and AdamW:
+        // the second loss sees the first update. Parameters themselves are not compared after
+        // AdamW, which turns round-off in a near-zero gradient into a sizeable step; the update
+        // is checked on identical inputs in `op_parity`.
+        let step = |model: &mut AnyLM| -> Result<(Vec<f64>, Vec<Tensor>)> {
+            let mut opt = AdamW::new(AdamWConfig::default());
+            let mut scalars = Vec::new();
+            let mut grads = Vec::new();
+            for _ in 0..2 {
+                model.zero_grad()?;
+                scalars.push(model.forward_loss(&ids, &targets, b)?);
+                model.backward()?;
+                if grads.is_empty() {
+                    model.try_visit_params(&mut |_, p| {
+                        grads.push(p.grad.to_device(Device::Cpu)?);
+                        Ok(())
+                    })?;
+                }
+                scalars.push(clip_grad_norm(model, 0.05)?);
+                opt.update(model, 1e-3)?;
+            }
+            Ok((scalars, grads))
+        };
+        let mut cpu = AnyLM::new(config.clone(), 1)?;
+        let mut gpu = AnyLM::new(config, 1)?;
+        gpu.to_device(device)?;
+        let (want_s, want_g) = step(&mut cpu)?;
+        let (got_s, got_g) = step(&mut gpu)?;
+        let mut names = Vec::new();
+        cpu.visit_params(&mut |n, _| names.push(n.to_string()));
+        let scalars =
+            |x: &[f64]| Tensor::from_vec([x.len()], x.iter().map(|&v| v as f32).collect());
+        checks.push(compare(
+            format!("{name} losses, grad norms"),
+            &scalars(&want_s)?,
+            &scalars(&got_s)?,
+            1e-5,
+        )?);
+        for ((n, w), g) in names.iter().zip(&want_g).zip(&got_g) {
+            checks.push(compare(format!("{name} d{n}"), w, g, GRAD_TOL)?);
+        }
+    }
+    Ok(checks)
+}
+
+fn config_vocab(c: &ModelConfig) -> usize {
+    match c {
+        ModelConfig::Mamba(m) => m.vocab_size,
+        ModelConfig::Transformer(t) => t.vocab_size,
+        ModelConfig::Hybrid(h) => h.vocab_size,
+    }
+}

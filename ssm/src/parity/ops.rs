@@ -1,0 +1,378 @@
+//! Every op of the engine on the CPU and on a device, from the same seeded random inputs. Each
+//! case is one closure run twice, once per device; gradient buffers start random, so that the
+//! accumulating backwards are checked to add rather than overwrite.
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::{Check, ParityPlan, compare};
+use crate::error::Result;
+use crate::nn::{Module, Param};
+use crate::ops::activation::*;
+use crate::ops::attention::{AttentionGrads, AttentionOutput, attention_bwd, attention_fwd};
+use crate::ops::conv1d::{causal_conv1d_bwd, causal_conv1d_fwd, causal_conv1d_next_state};
+use crate::ops::copy::{add_broadcast, copy_cols, sum_leading_into};
+use crate::ops::embedding::{embedding_bwd, embedding_fwd};
+use crate::ops::linear::{linear_bwd, linear_fwd};
+use crate::ops::loss::{IGNORE_INDEX, cross_entropy_bwd, cross_entropy_fwd};
+use crate::ops::norm::{rmsnorm_bwd, rmsnorm_fwd};
+use crate::ops::rope::{rope_bwd, rope_fwd, rope_fwd_inplace};
+use crate::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
+use crate::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use crate::tensor::{Device, Tensor};
+
+/// Elementwise results: only the rounding of `expf`/`tanhf` and fused multiply-adds differ.
+const ELEMENTWISE: f64 = 1e-5;
+/// Sums over one row (matmuls, norms, softmax) in another order.
+const ROW_SUMS: f64 = 1e-4;
+/// Sums over every token of a long sequence (weight gradients, the scan's dA/dB/dC and the
+/// attention's dk/dv): cuBLAS, atomics and chunked scans add thousands of terms in another order.
+const TOKEN_SUMS: f64 = 1e-3;
+
+type Outputs = Vec<(&'static str, Tensor)>;
+
+/// Seeded random tensors on one device; the same seed gives the same values on every device.
+struct Inputs {
+    rng: StdRng,
+    device: Device,
+}
+
+impl Inputs {
+    fn new(device: Device) -> Self {
+        Inputs {
+            rng: StdRng::seed_from_u64(2024),
+            device,
+        }
+    }
+
+    fn uniform(&mut self, dims: &[usize], lo: f32, hi: f32) -> Result<Tensor> {
+        let n = dims.iter().product();
+        let v = (0..n).map(|_| self.rng.random_range(lo..hi)).collect();
+        Tensor::from_vec(dims, v)?.to_device(self.device)
+    }
+
+    fn t(&mut self, dims: &[usize]) -> Result<Tensor> {
+        self.uniform(dims, -1.0, 1.0)
+    }
+
+    fn ids(&mut self, n: usize, v: u32) -> Vec<u32> {
+        (0..n).map(|_| self.rng.random_range(0..v)).collect()
+    }
+}
+
+struct Runner {
+    device: Device,
+    checks: Vec<Check>,
+}
+
+impl Runner {
+    /// Runs `f` on the CPU and on the device and compares each output.
+    fn case(
+        &mut self,
+        name: String,
+        tol: f64,
+        f: impl Fn(&mut Inputs) -> Result<Outputs>,
+    ) -> Result<()> {
+        let want = f(&mut Inputs::new(Device::Cpu))?;
+        let got = f(&mut Inputs::new(self.device))?;
+        for ((what, w), (_, g)) in want.iter().zip(&got) {
+            self.checks
+                .push(compare(format!("{name} {what}"), w, g, tol)?);
+        }
+        Ok(())
+    }
+}
+
+/// Every op of `plan` on `device` against the CPU.
+pub fn op_parity(device: Device, plan: &ParityPlan) -> Result<Vec<Check>> {
+    let mut r = Runner {
+        device,
+        checks: Vec::new(),
+    };
+    for &(b, l) in &plan.rows {
+        rows_ops(&mut r, b, l)?;
+    }
+    for &(b, l, d, n, g) in &plan.scans {
+        scan(&mut r, [b, l, d, n, g])?;
+    }
+    for &(b, lq, lk, h, hkv, hd) in &plan.attention {
+        attention(&mut r, [b, lq, lk, h, hkv, hd])?;
+    }
+    optimizer(&mut r)?;
+    Ok(r.checks)
+}
+
+/// The ops over token rows: linear, embedding, RMSNorm, conv1d, activations, loss, RoPE, copies.
+fn rows_ops(r: &mut Runner, b: usize, l: usize) -> Result<()> {
+    let tag = |op: &str| format!("{op} b{b} l{l}");
+    let (k, n, v) = (48, 40, 50);
+    r.case(tag("linear"), ROW_SUMS, |inp| {
+        let (x, w, bias, dy) = (
+            inp.t(&[b, l, k])?,
+            inp.t(&[n, k])?,
+            inp.t(&[n])?,
+            inp.t(&[b, l, n])?,
+        );
+        let (mut dx, mut dw, mut db) = (inp.t(&[b, l, k])?, inp.t(&[n, k])?, inp.t(&[n])?);
+        let mut y = Tensor::default();
+        linear_fwd(&x, &w, Some(&bias), &mut y)?;
+        linear_bwd(&x, &w, &dy, Some(&mut dx), &mut dw, Some(&mut db))?;
+        Ok(vec![("y", y), ("dx", dx)])
+    })?;
+    r.case(tag("linear weight grads"), TOKEN_SUMS, |inp| {
+        let (x, w, dy) = (inp.t(&[b, l, k])?, inp.t(&[n, k])?, inp.t(&[b, l, n])?);
+        let (mut dw, mut db) = (inp.t(&[n, k])?, inp.t(&[n])?);
+        linear_bwd(&x, &w, &dy, None, &mut dw, Some(&mut db))?;
+        Ok(vec![("dw", dw), ("dbias", db)])
+    })?;
+    r.case(tag("embedding"), TOKEN_SUMS, |inp| {
+        let ids = inp.ids(b * l, v as u32);
+        let (table, dout, mut dtable) = (inp.t(&[v, 24])?, inp.t(&[b, l, 24])?, inp.t(&[v, 24])?);
+        let mut out = Tensor::default();
+        embedding_fwd(&ids, &[b, l], &table, &mut out)?;
+        embedding_bwd(&ids, &dout, &mut dtable)?;
+        Ok(vec![("out", out), ("dtable", dtable)])
+    })?;
+    r.case(tag("rmsnorm"), ROW_SUMS, |inp| {
+        let (x, w, dy, mut dx) = (
+            inp.t(&[b, l, n])?,
+            inp.t(&[n])?,
+            inp.t(&[b, l, n])?,
+            inp.t(&[b, l, n])?,
+        );
+        let (mut y, mut rstd, mut dw) = (Tensor::default(), Tensor::default(), inp.t(&[n])?);
+        rmsnorm_fwd(&x, &w, 1e-5, &mut y, &mut rstd)?;
+        rmsnorm_bwd(&dy, &x, &w, &rstd, &mut dx, &mut dw)?;
+        Ok(vec![("y", y), ("rstd", rstd), ("dx", dx), ("dw", dw)])
+    })?;
+    r.case(tag("conv1d"), TOKEN_SUMS, |inp| {
+        let d = 24;
+        let (x, w, bias, state) = (
+            inp.t(&[b, l, d])?,
+            inp.t(&[d, 4])?,
+            inp.t(&[d])?,
+            inp.t(&[b, 3, d])?,
+        );
+        let (dy, mut dx, mut dw, mut db) = (
+            inp.t(&[b, l, d])?,
+            inp.t(&[b, l, d])?,
+            inp.t(&[d, 4])?,
+            inp.t(&[d])?,
+        );
+        let mut y = Tensor::default();
+        causal_conv1d_fwd(&x, &w, Some(&bias), Some(&state), &mut y)?;
+        causal_conv1d_bwd(&x, &w, Some(&state), &dy, &mut dx, &mut dw, Some(&mut db))?;
+        let mut next = state.try_clone()?;
+        causal_conv1d_next_state(&x, &mut next)?;
+        let (x1, mut short) = (inp.t(&[b, 1, d])?, state.try_clone()?);
+        causal_conv1d_next_state(&x1, &mut short)?;
+        Ok(vec![
+            ("y", y),
+            ("dx", dx),
+            ("dw", dw),
+            ("dbias", db),
+            ("next state", next),
+            ("next state after 1", short),
+        ])
+    })?;
+    r.case(tag("activations"), ELEMENTWISE, |inp| {
+        let (x, z, dy) = (
+            inp.uniform(&[b, l, n], -8.0, 8.0)?,
+            inp.t(&[b, l, n])?,
+            inp.t(&[b, l, n])?,
+        );
+        let mut outs = Vec::new();
+        type Fwd = fn(&Tensor, &mut Tensor) -> Result<()>;
+        type Bwd = fn(&Tensor, &Tensor, &mut Tensor) -> Result<()>;
+        let pairs: [(&str, &str, Fwd, Bwd); 3] = [
+            ("silu", "dsilu", silu_fwd, silu_bwd),
+            ("softplus", "dsoftplus", softplus_fwd, softplus_bwd),
+            ("gelu", "dgelu", gelu_fwd, gelu_bwd),
+        ];
+        for (fname, bname, fwd, bwd) in pairs {
+            let (mut y, mut dx) = (Tensor::default(), inp.t(&[b, l, n])?);
+            fwd(&x, &mut y)?;
+            bwd(&x, &dy, &mut dx)?;
+            outs.extend([(fname, y), (bname, dx)]);
+        }
+        let (mut y, mut dx, mut dz) = (Tensor::default(), inp.t(&[b, l, n])?, inp.t(&[b, l, n])?);
+        gate_fwd(&x, &z, &mut y)?;
+        gate_bwd(&x, &z, &dy, &mut dx, &mut dz)?;
+        let (mut acc, mut a) = (z.try_clone()?, Tensor::default());
+        add_into(&x, &mut acc)?;
+        neg_exp(&z, &mut a)?;
+        let mut prod = dy.try_clone()?;
+        mul_add_into(&x, &z, &mut prod)?;
+        outs.extend([
+            ("gate", y),
+            ("dgate x", dx),
+            ("dgate z", dz),
+            ("add_into", acc),
+            ("neg_exp", a),
+            ("mul_add_into", prod),
+        ]);
+        Ok(outs)
+    })?;
+    r.case(tag("cross entropy"), ROW_SUMS, |inp| {
+        let logits = inp.uniform(&[b * l, v], -4.0, 4.0)?;
+        let targets: Vec<i64> = inp
+            .ids(b * l, v as u32)
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| if i % 7 == 3 { IGNORE_INDEX } else { t as i64 })
+            .collect();
+        let (mut lse, mut dlogits) = (Tensor::default(), inp.t(&[b * l, v])?);
+        let loss = cross_entropy_fwd(&logits, &targets, &mut lse)?.0;
+        cross_entropy_bwd(&logits, &targets, &lse, 0.7, &mut dlogits)?;
+        Ok(vec![
+            ("loss", Tensor::from_vec([1], vec![loss as f32])?),
+            ("lse", lse),
+            ("dlogits", dlogits),
+        ])
+    })?;
+    r.case(tag("rope"), ELEMENTWISE, |inp| {
+        let (x, dy, mut dx) = (
+            inp.t(&[b, l, 3, 16])?,
+            inp.t(&[b, l, 3, 16])?,
+            inp.t(&[b, l, 3, 16])?,
+        );
+        let (mut y, mut inplace) = (Tensor::default(), x.try_clone()?);
+        rope_fwd(&x, 5, 10_000.0, &mut y)?;
+        rope_fwd_inplace(&mut inplace, 5, 10_000.0)?;
+        rope_bwd(&dy, 5, 10_000.0, &mut dx)?;
+        Ok(vec![("y", y), ("in place", inplace), ("dx", dx)])
+    })?;
+    r.case(tag("copies"), ELEMENTWISE, |inp| {
+        let (src, mut dst) = (inp.t(&[b, l, 20])?, inp.t(&[b, l, 12])?);
+        copy_cols(&src, &mut dst, b * l, [3, 2], 7, false)?;
+        copy_cols(&src, &mut dst, b * l, [11, 9], 3, true)?;
+        let (table, mut x) = (inp.t(&[l + 4, 6])?, inp.t(&[b, l, 6])?);
+        add_broadcast(&table, 2 * 6, &mut x)?;
+        let mut dtable = inp.t(&[l + 4, 6])?;
+        sum_leading_into(&x, &mut dtable, 6)?;
+        Ok(vec![
+            ("copy_cols", dst),
+            ("add_broadcast", x),
+            ("sum_leading_into", dtable),
+        ])
+    })
+}
+
+fn scan(r: &mut Runner, [b, l, d, n, g]: [usize; 5]) -> Result<()> {
+    let name = format!("scan b{b} l{l} d{d} n{n} g{g}");
+    let run = |inp: &mut Inputs| -> Result<(ScanOutput<f32>, ScanGrads<f32>)> {
+        let (u, delta, a) = (
+            inp.t(&[b, l, d])?,
+            inp.uniform(&[b, l, d], -3.0, 0.5)?,
+            inp.uniform(&[d, n], -2.0, -0.1)?,
+        );
+        let (bm, cm, d_skip, z) = (
+            inp.t(&[b, l, g, n])?,
+            inp.t(&[b, l, g, n])?,
+            inp.t(&[d])?,
+            inp.t(&[b, l, d])?,
+        );
+        let (delta_bias, h0) = (inp.uniform(&[d], -1.0, 0.0)?, inp.t(&[b, d, n])?);
+        let (dy, dlast) = (inp.t(&[b, l, d])?, inp.t(&[b, d, n])?);
+        let scan_inputs = ScanInputs {
+            u: &u,
+            delta: &delta,
+            a: &a,
+            b: &bm,
+            c: &cm,
+            d_skip: Some(&d_skip),
+            z: Some(&z),
+            delta_bias: Some(&delta_bias),
+            delta_softplus: true,
+            h0: Some(&h0),
+        };
+        let mut out = ScanOutput::default();
+        selective_scan_fwd(&scan_inputs, &mut out, true)?;
+        let mut grads = ScanGrads::zeros_like(&scan_inputs)?;
+        selective_scan_bwd(&scan_inputs, &out, &dy, Some(&dlast), &mut grads)?;
+        Ok((out, grads))
+    };
+    r.case(name.clone(), ROW_SUMS, |inp| {
+        let (out, gr) = run(inp)?;
+        let opt = |t: Option<Tensor>| t.unwrap_or_default();
+        Ok(vec![
+            ("y", out.y),
+            ("last state", out.last_state),
+            ("du", gr.du),
+            ("ddelta", gr.ddelta),
+            ("dz", opt(gr.dz)),
+            ("dh0", opt(gr.dh0)),
+        ])
+    })?;
+    r.case(name, TOKEN_SUMS, |inp| {
+        let (_, gr) = run(inp)?;
+        let opt = |t: Option<Tensor>| t.unwrap_or_default();
+        Ok(vec![
+            ("dA", gr.da),
+            ("dB", gr.db),
+            ("dC", gr.dc),
+            ("dD", opt(gr.dd_skip)),
+            ("ddelta_bias", opt(gr.ddelta_bias)),
+        ])
+    })
+}
+
+fn attention(r: &mut Runner, [b, lq, lk, h, hkv, hd]: [usize; 6]) -> Result<()> {
+    let name = format!("attention b{b} lq{lq} lk{lk} h{h}/{hkv} hd{hd}");
+    r.case(name, TOKEN_SUMS, |inp| {
+        let (q, k, v) = (
+            inp.t(&[b, lq, h, hd])?,
+            inp.t(&[b, lk, hkv, hd])?,
+            inp.t(&[b, lk, hkv, hd])?,
+        );
+        let d_o = inp.t(&[b, lq, h, hd])?;
+        let mut out = AttentionOutput::default();
+        attention_fwd(&q, &k, &v, None, &mut out)?;
+        let mut g = AttentionGrads {
+            dq: inp.t(q.dims())?,
+            dk: inp.t(k.dims())?,
+            dv: inp.t(k.dims())?,
+        };
+        attention_bwd(&q, &k, &v, &out, &d_o, &mut g)?;
+        Ok(vec![
+            ("o", out.o),
+            ("lse", out.lse),
+            ("dq", g.dq),
+            ("dk", g.dk),
+            ("dv", g.dv),
+        ])
+    })
+}
+
+/// Parameters without a model, for the optimizer ops.
+struct Params(Vec<Param>);
+
+impl Module<f32> for Params {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param<f32>)) {
+        for (i, p) in self.0.iter_mut().enumerate() {
+            f(&format!("p{i}"), p);
+        }
+    }
+}
+
+/// Gradient clipping and two AdamW updates of parameters with random gradients.
+fn optimizer(r: &mut Runner) -> Result<()> {
+    r.case("clip_grad_norm + 2 AdamW steps".into(), ROW_SUMS, |inp| {
+        let mut params = Params(Vec::new());
+        for (dims, decay) in [(vec![300, 7], true), (vec![1001], false)] {
+            let mut p = Param::new(inp.t(&dims)?, decay);
+            p.to_device(inp.device)?;
+            p.grad = inp.t(&dims)?;
+            params.0.push(p);
+        }
+        let mut opt = AdamW::new(AdamWConfig::default());
+        let norm = clip_grad_norm(&mut params, 2.0)?;
+        opt.update(&mut params, 1e-2)?;
+        opt.update(&mut params, 1e-2)?;
+        let mut outs = vec![("grad norm", Tensor::from_vec([1], vec![norm as f32])?)];
+        for p in params.0 {
+            outs.extend([("clipped grad", p.grad), ("value", p.value)]);
+        }
+        Ok(outs)
+    })
+}

@@ -1,0 +1,119 @@
+//! The CUDA backend without a GPU: the documented error where there is no driver, and the whole
+//! GPU code path (op dispatch, launch planning, allocator, the cuBLAS argument mapping) on the
+//! emulated device, checked against the CPU by the same parity code that `ssm-lab gpu-check`
+//! runs on a real GPU.
+
+use std::sync::{Mutex, MutexGuard};
+
+use ssm::backend::cuda::Gpu;
+use ssm::models::{AnyLM, MambaConfig};
+use ssm::nn::Module;
+use ssm::ops::activation::add_into;
+use ssm::parity::{ParityPlan, op_parity, report, train_step_parity};
+use ssm::{Device, Error, Tensor};
+
+/// The emulated device is one per process and its memory counters are global: its tests take
+/// turns.
+static EMULATED: Mutex<()> = Mutex::new(());
+
+fn emulated() -> MutexGuard<'static, ()> {
+    EMULATED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether this machine has the NVIDIA driver library, as cudarc would look for it.
+fn driver_present() -> bool {
+    // SAFETY: opening the driver library runs only its initializers.
+    unsafe { libloading::Library::new("libcuda.so.1") }.is_ok()
+}
+
+#[test]
+fn cuda_without_a_driver_is_a_clear_error() {
+    let got = Tensor::<f32>::zeros([4], Device::Cuda(0));
+    if driver_present() {
+        assert_eq!(got.expect("a GPU machine").device(), Device::Cuda(0));
+        return;
+    }
+    let err = got.expect_err("no driver on this machine");
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Device { .. }), "{msg}");
+    assert!(
+        msg.starts_with("device cuda:0: no CUDA driver: libcuda.so could not be loaded"),
+        "{msg}"
+    );
+    let moved = Tensor::from_vec([2], vec![1.0f32, 2.0])
+        .unwrap()
+        .to_device(Device::Cuda(0));
+    assert!(moved.unwrap_err().to_string().contains("no CUDA driver"));
+    assert!("cuda:3".parse::<Device>().is_ok());
+}
+
+#[test]
+fn emulated_device_matches_the_cpu_on_every_op() {
+    let _turn = emulated();
+    let checks = op_parity(Device::CudaEmu, &ParityPlan::quick()).unwrap();
+    println!("{}", report(&checks));
+    assert!(checks.len() >= 70, "only {} checks", checks.len());
+    let failed: Vec<_> = checks.iter().filter(|c| !c.ok()).collect();
+    assert!(failed.is_empty(), "{}", report(&checks));
+}
+
+#[test]
+fn emulated_device_trains_like_the_cpu() {
+    let _turn = emulated();
+    let checks = train_step_parity(Device::CudaEmu, ParityPlan::quick().train).unwrap();
+    println!("{}", report(&checks));
+    assert!(checks.iter().all(|c| c.ok()), "{}", report(&checks));
+}
+
+#[test]
+fn tensors_move_between_devices_and_ops_refuse_mixed_devices() {
+    let _turn = emulated();
+    let cpu = Tensor::from_vec([2, 3], vec![1.0f32, -2.0, 3.5, 0.0, 5.0, -6.25]).unwrap();
+    let dev = cpu.to_device(Device::CudaEmu).unwrap();
+    assert_eq!(dev.device(), Device::CudaEmu);
+    assert_eq!(dev.dims(), &[2, 3]);
+    assert_eq!(dev.to_device(Device::Cpu).unwrap().to_vec(), cpu.to_vec());
+    let err = dev.host().unwrap_err().to_string();
+    assert!(
+        err.contains("cuda-emu") && err.contains("to_device"),
+        "{err}"
+    );
+    let err = Tensor::<f64>::zeros([2], Device::CudaEmu).unwrap_err();
+    assert!(err.to_string().contains("f32 values, not f64"), "{err}");
+    let mut y = cpu.clone();
+    let err = add_into(&dev, &mut y).unwrap_err();
+    assert!(
+        matches!(err, Error::DeviceMismatch { op: "add_into", .. }),
+        "{err}"
+    );
+}
+
+/// After the first step, training on the device reuses cached blocks: the memory in use returns
+/// to the model's own, and later steps need no more than the first.
+#[test]
+fn device_memory_is_reused_across_steps() {
+    let _turn = emulated();
+    let config = MambaConfig {
+        d_model: 16,
+        n_layer: 2,
+        vocab_size: 11,
+        d_state: 4,
+        ..MambaConfig::default()
+    };
+    let mut model = AnyLM::new(config.into(), 3).unwrap();
+    model.to_device(Device::CudaEmu).unwrap();
+    let gpu = Gpu::get(Device::CudaEmu).unwrap();
+    let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 5 % 11) as u32).collect();
+    let targets: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let step = |model: &mut AnyLM| {
+        model.zero_grad().unwrap();
+        model.forward_loss(&ids, &targets, 2).unwrap();
+        model.backward().unwrap();
+        gpu.memory()
+    };
+    let first = step(&mut model);
+    let second = step(&mut model);
+    let third = step(&mut model);
+    assert_eq!(second.in_use, third.in_use);
+    assert!(third.peak <= first.peak.max(second.peak));
+}
