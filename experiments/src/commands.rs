@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use ssm::Tensor;
 use ssm::io::tensors::write_tensors;
 use ssm::models::generate::Sampling;
+use ssm::{Device, Tensor};
 
 use crate::checkpoint::load_for_inference;
-use crate::config::{self, TaskKind};
+use crate::config::{self, RunConfig, TaskKind};
 use crate::eval::{EvalResult, evaluate};
 use crate::metrics::{EVAL_HEADER, Table, cell};
 use crate::model::Model;
@@ -40,10 +40,17 @@ fn check_vocab(model: &Model, tokens: &[u32]) -> Result<()> {
     Ok(())
 }
 
+/// A checkpoint loaded for inference and moved to `device`.
+fn load_on(checkpoint: &Path, device: Device) -> Result<(Model, Option<RunConfig>)> {
+    let (mut model, config) = load_for_inference(checkpoint)?;
+    model.to_device(device)?;
+    Ok((model, config))
+}
+
 /// Writes the logits (l, v) of one sequence as the f32 tensor `logits`.
-pub fn logits(checkpoint: &Path, tokens: &str, out: &Path) -> Result<()> {
+pub fn logits(checkpoint: &Path, tokens: &str, out: &Path, device: Device) -> Result<()> {
     let tokens = parse_tokens(tokens)?;
-    let (mut model, _) = load_for_inference(checkpoint)?;
+    let (mut model, _) = load_on(checkpoint, device)?;
     check_vocab(&model, &tokens)?;
     let v = model.vocab();
     let logits = model.logits(&tokens, 1)?; // (1, l, v)
@@ -59,6 +66,7 @@ pub fn eval(
     checkpoint: &Path,
     overrides: &[String],
     out: Option<&Path>,
+    device: Device,
 ) -> Result<Vec<EvalResult>> {
     if let Some(o) = overrides
         .iter()
@@ -66,7 +74,7 @@ pub fn eval(
     {
         bail!("--set {o}: eval may only change `eval.*` keys and `task.bytes.path`");
     }
-    let (mut model, config) = load_for_inference(checkpoint)?;
+    let (mut model, config) = load_on(checkpoint, device)?;
     let Some(config) = config else {
         bail!(
             "{}: a Hugging Face folder has no task to evaluate on; give a run folder",
@@ -132,8 +140,9 @@ pub fn generate(
     temperature: f64,
     top_k: usize,
     seed: u64,
+    device: Device,
 ) -> Result<String> {
-    let (mut model, config) = load_for_inference(checkpoint)?;
+    let (mut model, config) = load_on(checkpoint, device)?;
     let bytes_model = config
         .as_ref()
         .is_some_and(|c| c.task.kind == TaskKind::Bytes);

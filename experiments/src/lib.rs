@@ -4,11 +4,13 @@
 //!
 //! Letters in shape comments follow the `ssm` crate: `b` batch, `l` length, `v` vocabulary.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod eval;
+pub mod gpu_check;
 pub mod metrics;
 pub mod model;
 pub mod plot;

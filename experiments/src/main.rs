@@ -6,12 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use experiments::bench::{BenchOptions, bench};
 use experiments::checkpoint::CONFIG_FILE;
 use experiments::commands::{self, Prompt};
 use experiments::config::{self, RunConfig};
+use experiments::gpu_check::{GpuCheckOptions, gpu_check};
 use experiments::sweep::{SweepOptions, sweep};
 use experiments::train::{self, TrainOptions};
 use experiments::{demo, plot};
+use ssm::Device;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +43,9 @@ enum Cmd {
         /// Stop right after this step as a kill would, without a final checkpoint (tests resume).
         #[arg(long, value_name = "STEP")]
         stop_after: Option<u64>,
+        /// Device: cpu, cuda, cuda:N, or cuda-emu (the CUDA code path emulated on the CPU; slow).
+        #[arg(long, default_value = "cpu")]
+        device: Device,
     },
     /// Evaluate a run's latest checkpoint on its task at its eval lengths.
     Eval {
@@ -52,6 +58,9 @@ enum Cmd {
         /// Also write the results as CSV.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Device: cpu, cuda, cuda:N, or cuda-emu (the CUDA code path emulated on the CPU; slow).
+        #[arg(long, default_value = "cpu")]
+        device: Device,
     },
     /// Continue a prompt with a trained model (greedy, or sampled with --temperature).
     Generate {
@@ -75,6 +84,9 @@ enum Cmd {
         top_k: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Device: cpu, cuda, cuda:N, or cuda-emu (the CUDA code path emulated on the CPU; slow).
+        #[arg(long, default_value = "cpu")]
+        device: Device,
     },
     /// Write the logits (L, vocab) of one token sequence as the f32 tensor `logits`.
     Logits {
@@ -87,6 +99,9 @@ enum Cmd {
         /// Output .safetensors file.
         #[arg(long)]
         out: PathBuf,
+        /// Device: cpu, cuda, cuda:N, or cuda-emu (the CUDA code path emulated on the CPU; slow).
+        #[arg(long, default_value = "cpu")]
+        device: Device,
     },
     /// Train one run per point of a grid over config keys, then write summary.csv.
     Sweep {
@@ -132,6 +147,50 @@ enum Cmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Time the selective scan (forward, backward; GB/s against the copy bandwidth) and training
+    /// steps of a Mamba and a Transformer; defaults are the GPU table (B 1..8, D 1536, L 2^10..2^16;
+    /// 4-layer d_model 512 models at L 1024..16384).
+    Bench {
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+        /// Scan batch sizes.
+        #[arg(long, value_delimiter = ',')]
+        batches: Option<Vec<usize>>,
+        /// Scan lengths.
+        #[arg(long, value_delimiter = ',')]
+        lengths: Option<Vec<usize>>,
+        /// Scan channels (d_inner).
+        #[arg(long)]
+        d: Option<usize>,
+        /// Training lengths (tokens per step stay fixed at --train-tokens).
+        #[arg(long, value_delimiter = ',')]
+        train_lengths: Option<Vec<usize>>,
+        #[arg(long)]
+        train_tokens: Option<usize>,
+        /// Width and depth of both trained models.
+        #[arg(long)]
+        d_model: Option<usize>,
+        #[arg(long)]
+        n_layer: Option<usize>,
+        /// Timed runs per measurement, after a warm-up (median reported).
+        #[arg(long)]
+        repeats: Option<usize>,
+        /// Folder for bench_scan.csv and bench_train.csv.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// On a GPU: parity of every op, training step and decoding step with the CPU, then the
+    /// benchmark table and the speed targets; writes parity.csv and the bench CSVs to --out.
+    /// Exits with failure when a parity check fails.
+    GpuCheck {
+        #[arg(long, default_value = "cuda")]
+        device: Device,
+        /// Small shapes, e.g. to try it on `cuda-emu`.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "gpu-check")]
+        out: PathBuf,
+    },
     /// Train a small Mamba and a Transformer of the same size on induction heads in a few
     /// minutes, test them at up to 64x the training length, write runs/demo/ (CSVs, plots) and
     /// print a results table.
@@ -163,8 +222,9 @@ fn run(cli: Cli) -> Result<()> {
             set,
             resume,
             stop_after,
+            device,
         } => {
-            let options = TrainOptions { stop_after };
+            let options = TrainOptions { stop_after, device };
             if let Some(dir) = resume {
                 let c = config::load(&dir.join(CONFIG_FILE), &[])
                     .with_context(|| format!("cannot resume {}", dir.display()))?;
@@ -181,8 +241,9 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint,
             set,
             out,
+            device,
         } => {
-            commands::eval(&checkpoint, &set, out.as_deref())?;
+            commands::eval(&checkpoint, &set, out.as_deref(), device)?;
         }
         Cmd::Generate {
             checkpoint,
@@ -192,6 +253,7 @@ fn run(cli: Cli) -> Result<()> {
             temperature,
             top_k,
             seed,
+            device,
         } => {
             let prompt = match (prompt, tokens) {
                 (Some(p), _) => Prompt::Text(p),
@@ -200,14 +262,23 @@ fn run(cli: Cli) -> Result<()> {
             };
             println!(
                 "{}",
-                commands::generate(&checkpoint, prompt, max_new, temperature, top_k, seed)?
+                commands::generate(
+                    &checkpoint,
+                    prompt,
+                    max_new,
+                    temperature,
+                    top_k,
+                    seed,
+                    device
+                )?
             );
         }
         Cmd::Logits {
             checkpoint,
             tokens,
             out,
-        } => commands::logits(&checkpoint, &tokens, &out)?,
+            device,
+        } => commands::logits(&checkpoint, &tokens, &out, device)?,
         Cmd::Sweep {
             config,
             grid,
@@ -253,6 +324,35 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Demo { out, set } => {
             demo::demo(&out, &set)?;
+        }
+        Cmd::Bench {
+            device,
+            batches,
+            lengths,
+            d,
+            train_lengths,
+            train_tokens,
+            d_model,
+            n_layer,
+            repeats,
+            out,
+        } => {
+            let mut o = BenchOptions::gpu(device);
+            o.batches = batches.unwrap_or(o.batches);
+            o.lengths = lengths.unwrap_or(o.lengths);
+            o.d = d.unwrap_or(o.d);
+            o.train_lengths = train_lengths.unwrap_or(o.train_lengths);
+            o.train_tokens = train_tokens.unwrap_or(o.train_tokens);
+            o.d_model = d_model.unwrap_or(o.d_model);
+            o.n_layer = n_layer.unwrap_or(o.n_layer);
+            o.repeats = repeats.unwrap_or(o.repeats);
+            o.out = out;
+            bench(&o)?;
+        }
+        Cmd::GpuCheck { device, quick, out } => {
+            if !gpu_check(&GpuCheckOptions { device, quick, out })? {
+                anyhow::bail!("gpu-check: parity failed (see parity.csv)");
+            }
         }
     }
     Ok(())

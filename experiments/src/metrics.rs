@@ -1,6 +1,8 @@
 //! Result files: CSV tables written row by row (a killed run keeps every row it finished) and read
 //! back for plots and summaries, and the peak resident memory of the process.
 
+use ssm::Device;
+use ssm::backend::cuda::Gpu;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -185,6 +187,29 @@ pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
         table.write(path)?;
     }
     Ok(())
+}
+
+/// Peak memory in MiB of the device a run trains on: the process's resident memory on the CPU,
+/// the CUDA allocator's peak on a GPU.
+pub fn peak_mem_mb(device: Device) -> Option<f64> {
+    match device {
+        Device::Cpu => peak_rss_mb(),
+        gpu => Gpu::get(gpu)
+            .ok()
+            .map(|g| g.memory().peak as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// Starts a new peak for [`peak_mem_mb`].
+pub fn reset_peak_mem(device: Device) {
+    match device {
+        Device::Cpu => reset_peak_rss(),
+        gpu => {
+            if let Ok(g) = Gpu::get(gpu) {
+                g.reset_peak();
+            }
+        }
+    }
 }
 
 /// Peak resident memory of this process in MiB (VmHWM), where /proc exists.

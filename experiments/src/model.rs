@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use ssm::Device;
 use ssm::io::hf;
 use ssm::io::tensors::{TensorFile, write_tensors};
 use ssm::models::generate::Sampling;
@@ -62,6 +63,11 @@ impl Model {
         }
     }
 
+    /// Moves the parameters to `device` (activations follow on the next forward).
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        Ok(self.0.to_device(device)?)
+    }
+
     pub fn arch(&self) -> &'static str {
         self.0.arch()
     }
@@ -87,7 +93,7 @@ impl Model {
 
     /// Logits (b, l, v), row-major, of an inference forward.
     pub fn logits(&mut self, ids: &[u32], b: usize) -> Result<Vec<f32>> {
-        Ok(self.0.forward(ids, b, None, false)?.to_vec())
+        Ok(self.0.forward(ids, b, None, false)?.to_host_vec()?)
     }
 
     /// Continues `prompt` by `n_new` tokens.

@@ -3,6 +3,8 @@
 //! as if it had never stopped: the data of step s depends only on (seed, s), and the checkpoint
 //! holds the parameters, the AdamW moments and the step.
 
+use ssm::Device;
+use ssm::ops::activation::scale_;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,8 +19,8 @@ use crate::checkpoint::{self, CHECKPOINT_DIR, CONFIG_FILE, Interval, Progress};
 use crate::config::{self, RunConfig};
 use crate::eval::{EvalResult, evaluate};
 use crate::metrics::{
-    CsvWriter, EVAL_FILE, EVAL_HEADER, METRICS_FILE, METRICS_HEADER, cell, peak_rss_mb,
-    reset_peak_rss, truncate_after,
+    CsvWriter, EVAL_FILE, EVAL_HEADER, METRICS_FILE, METRICS_HEADER, cell, peak_mem_mb,
+    reset_peak_mem, truncate_after,
 };
 use crate::model::Model;
 use crate::tasks::Task;
@@ -30,6 +32,8 @@ pub const RUN_INFO_FILE: &str = "run.json";
 pub struct TrainOptions {
     /// Stop right after this step, as a kill would (no final checkpoint): for testing resume.
     pub stop_after: Option<u64>,
+    /// Where the model trains; checkpoints load onto it whatever device wrote them.
+    pub device: Device,
 }
 
 /// What a training session ended with.
@@ -61,6 +65,7 @@ pub fn start(config: &RunConfig, options: &TrainOptions) -> Result<Outcome> {
     }
     let task = Task::new(config)?;
     let mut model = Model::new(config)?;
+    model.to_device(options.device)?;
     let staging = config.out_dir.join(format!(".{}.creating", config.name));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)
@@ -143,6 +148,7 @@ pub fn resume(run_dir: &Path, options: &TrainOptions) -> Result<Outcome> {
             interval: Interval::default(),
         }
     };
+    model.to_device(options.device)?;
     for file in [METRICS_FILE, EVAL_FILE] {
         truncate_after(&run_dir.join(file), progress.step)?;
     }
@@ -229,7 +235,7 @@ fn run(
     // Training time of the steps since the last row, for tokens/s (evaluation and checkpoints excluded).
     let mut interval_s = 0.0;
     let (mut last_loss, mut last_evals) = (f64::NAN, Vec::new());
-    reset_peak_rss();
+    reset_peak_mem(options.device);
     while progress.step < t.steps {
         let step = progress.step + 1;
         let started = Instant::now();
@@ -250,14 +256,10 @@ fn run(
             loss += l / t.grad_accum as f64;
         }
         if t.grad_accum > 1 {
-            let scale = 1.0 / t.grad_accum as f32;
-            model.module().visit_params(&mut |_, p| {
-                p.grad
-                    .host_mut()
-                    .expect("CPU gradients")
-                    .iter_mut()
-                    .for_each(|g| *g *= scale)
-            });
+            let scale = 1.0 / t.grad_accum as f64;
+            model
+                .module()
+                .try_visit_params(&mut |_, p| scale_(&mut p.grad, scale))?;
         }
         let max_norm = if t.clip_grad_norm > 0.0 {
             t.clip_grad_norm
@@ -293,10 +295,10 @@ fn run(
                     (progress.interval.steps as usize * per_step) as f64 / interval_s
                 ),
                 format!("{elapsed:.3}"),
-                peak_rss_mb().map_or(String::new(), |m| format!("{m:.1}")),
+                peak_mem_mb(options.device).map_or(String::new(), |m| format!("{m:.1}")),
             ])?;
             (progress.interval, interval_s) = (Interval::default(), 0.0);
-            reset_peak_rss();
+            reset_peak_mem(options.device);
         }
         if (t.eval_every > 0 && step.is_multiple_of(t.eval_every)) || step == t.steps {
             last_evals = evaluate(model, task, config)?;
@@ -319,7 +321,7 @@ fn run(
                     )
                 });
             }
-            reset_peak_rss();
+            reset_peak_mem(options.device);
         }
         if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || step == t.steps {
             progress.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();

@@ -20,30 +20,35 @@ fn hf_folder_logits_match_transformers() {
     let row0: Vec<String> = ids[..l].iter().map(|i| i.to_string()).collect();
     let out = dir.join("logits.safetensors");
     let model = fixtures().join("hf_tiny_mamba");
-    run_ok(
-        &dir,
-        &[
-            "logits",
-            "--checkpoint",
-            model.to_str().unwrap(),
-            "--tokens",
-            &row0.join(","),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    let got = TensorFile::open(&out).unwrap().f32("logits").unwrap();
-    let want = reference.f32("logits").unwrap();
-    let v = want.dims()[2];
-    assert_eq!(got.dims(), &[l, v]);
-    let diff = got
-        .to_vec()
-        .iter()
-        .zip(&want.to_vec()[..l * v])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    println!("logits vs transformers, row 0: maxdiff = {diff:.2e}");
-    assert!(diff < 1e-4, "maxdiff {diff}");
+    // The CPU, and the CUDA code path through the emulated kernels.
+    for device in ["cpu", "cuda-emu"] {
+        run_ok(
+            &dir,
+            &[
+                "logits",
+                "--checkpoint",
+                model.to_str().unwrap(),
+                "--tokens",
+                &row0.join(","),
+                "--out",
+                out.to_str().unwrap(),
+                "--device",
+                device,
+            ],
+        );
+        let got = TensorFile::open(&out).unwrap().f32("logits").unwrap();
+        let want = reference.f32("logits").unwrap();
+        let v = want.dims()[2];
+        assert_eq!(got.dims(), &[l, v]);
+        let diff = got
+            .to_vec()
+            .iter()
+            .zip(&want.to_vec()[..l * v])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        println!("{device}: logits vs transformers, row 0: maxdiff = {diff:.2e}");
+        assert!(diff < 1e-4, "{device}: maxdiff {diff}");
+    }
     let err = run_err(
         &dir,
         &[

@@ -4,6 +4,7 @@
 mod bad_input;
 mod common;
 mod configs;
+mod device;
 mod end_to_end;
 mod generators;
 mod logits;

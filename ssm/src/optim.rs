@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use ssm_kernels::adamw::{AdamWStep, adamw};
-use ssm_kernels::elementwise::scale;
 use ssm_kernels::reduce::{SUM_SQUARES_PARTS, sum_squares_into};
 
 use crate::backend::cuda::{Gpu, GpuBuffer};
 use crate::error::{Error, Result};
 use crate::nn::{Module, Param};
+use crate::ops::activation::scale_;
 use crate::ops::{dptr, gpu_of};
 use crate::tensor::{Float, Tensor};
 
@@ -153,14 +153,7 @@ pub fn clip_grad_norm<T: Float>(model: &mut dyn Module<T>, max_norm: f64) -> Res
     let norm = sq.sqrt();
     if norm.is_finite() && norm > max_norm {
         let s = max_norm / (norm + 1e-6);
-        model.try_visit_params(&mut |_, p| match gpu_of("clip_grad_norm", &p.grad, &[])? {
-            Some(gpu) => gpu.launch(&scale(dptr(&p.grad)?, s as f32, p.grad.numel())?),
-            None => {
-                let s = T::from_f64(s);
-                p.grad.host_mut()?.iter_mut().for_each(|x| *x *= s);
-                Ok(())
-            }
-        })?;
+        model.try_visit_params(&mut |_, p| scale_(&mut p.grad, s))?;
     }
     Ok(norm)
 }

@@ -10,8 +10,9 @@ use crate::error::{Error, Result};
 pub use crate::float::Float;
 
 /// Where a tensor's storage lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Device {
+    #[default]
     Cpu,
     /// An NVIDIA GPU by ordinal.
     Cuda(usize),

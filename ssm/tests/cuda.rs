@@ -9,7 +9,7 @@ use ssm::backend::cuda::Gpu;
 use ssm::models::{AnyLM, MambaConfig};
 use ssm::nn::Module;
 use ssm::ops::activation::add_into;
-use ssm::parity::{ParityPlan, op_parity, report, train_step_parity};
+use ssm::parity::{ParityPlan, decode_parity, op_parity, report, train_step_parity};
 use ssm::{Device, Error, Tensor};
 
 /// The emulated device is one per process and its memory counters are global: its tests take
@@ -58,9 +58,10 @@ fn emulated_device_matches_the_cpu_on_every_op() {
 }
 
 #[test]
-fn emulated_device_trains_like_the_cpu() {
+fn emulated_device_trains_and_decodes_like_the_cpu() {
     let _turn = emulated();
-    let checks = train_step_parity(Device::CudaEmu, ParityPlan::quick().train).unwrap();
+    let mut checks = train_step_parity(Device::CudaEmu, ParityPlan::quick().train).unwrap();
+    checks.extend(decode_parity(Device::CudaEmu).unwrap());
     println!("{}", report(&checks));
     assert!(checks.iter().all(|c| c.ok()), "{}", report(&checks));
 }
@@ -116,4 +117,20 @@ fn device_memory_is_reused_across_steps() {
     let third = step(&mut model);
     assert_eq!(second.in_use, third.in_use);
     assert!(third.peak <= first.peak.max(second.peak));
+}
+
+/// The backend's own NVRTC path (through cudarc, headers and options as the GPU gets them)
+/// produces a loadable ELF cubin for every kernel source. Needs libnvrtc.so.13 on the loader
+/// path, as `scripts/test` arranges.
+#[test]
+fn backend_compiles_every_kernel_source_to_a_cubin() {
+    for src in ssm_kernels::SOURCES {
+        let cubin = ssm::backend::cuda::driver::compile_cubin(src.name, src.source, "sm_90")
+            .unwrap_or_else(|e| panic!("{}.cu: {e}", src.name));
+        assert!(
+            cubin.starts_with(b"\x7fELF"),
+            "{}.cu: not an ELF image",
+            src.name
+        );
+    }
 }

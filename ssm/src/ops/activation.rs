@@ -145,6 +145,18 @@ pub fn mul_add_into<T: Float>(a: &Tensor<T>, b: &Tensor<T>, out: &mut Tensor<T>)
     Ok(())
 }
 
+/// x *= s in place (gradient accumulation, clipping).
+pub fn scale_<T: Float>(x: &mut Tensor<T>, s: f64) -> Result<()> {
+    match gpu_of("scale_", x, &[])? {
+        None => {
+            let s = T::from_f64(s);
+            x.host_mut()?.iter_mut().for_each(|v| *v *= s);
+        }
+        Some(g) => g.launch(&k::scale(dptr(x)?, s as f32, x.numel())?)?,
+    }
+    Ok(())
+}
+
 /// y += x (residual connections).
 pub fn add_into<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
     same_dims("add_into", "y", y, x.dims())?;

@@ -254,3 +254,38 @@ fn config_vocab(c: &ModelConfig) -> usize {
         ModelConfig::Hybrid(h) => h.vocab_size,
     }
 }
+
+/// Decoding on `device` against the CPU for each tiny model: a prefill of two sequences that
+/// fills the recurrent states and KV caches, then single-token steps; every logit compared.
+pub fn decode_parity(device: Device) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for (name, config) in tiny_models() {
+        let v = config_vocab(&config) as u32;
+        let prompt: Vec<u32> = (0..2 * 7).map(|i| (i * 5 + 3) % v).collect();
+        let run = |model: &mut AnyLM| -> Result<Vec<Tensor>> {
+            let mut state = model.zero_state(2)?;
+            let mut out = vec![
+                model
+                    .forward(&prompt, 2, Some(&mut state), false)?
+                    .try_clone()?,
+            ];
+            for t in 0..4u32 {
+                out.push(model.step(&[t % v, (t * 7 + 1) % v], &mut state)?);
+            }
+            out.iter().map(|t| t.to_device(Device::Cpu)).collect()
+        };
+        let want = run(&mut AnyLM::new(config.clone(), 5)?)?;
+        let mut gpu = AnyLM::new(config, 5)?;
+        gpu.to_device(device)?;
+        let got = run(&mut gpu)?;
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            let what = if i == 0 {
+                "prefill".into()
+            } else {
+                format!("step {i}")
+            };
+            checks.push(compare(format!("{name} decode {what} logits"), w, g, 1e-5)?);
+        }
+    }
+    Ok(checks)
+}

@@ -235,7 +235,12 @@ impl Driver {
         let module = match k.modules.get(src.name) {
             Some(&m) => m,
             None => {
-                let cubin = self.compile(src.name, src.source)?;
+                let cubin = compile_cubin(src.name, src.source, &self.arch).map_err(|e| {
+                    self.err(
+                        &format!("NVRTC compiling {}.cu for {}", src.name, self.arch),
+                        e,
+                    )
+                })?;
                 // SAFETY: `cubin` is a complete image NVRTC produced for this device's
                 // architecture.
                 let m = unsafe { cu::module::load_data(cubin.as_ptr() as *const c_void) }
@@ -251,69 +256,78 @@ impl Driver {
         k.functions.insert(kernel, f);
         Ok(f)
     }
+}
 
-    /// Compiles one source to a cubin for this device's architecture with NVRTC.
-    fn compile(&self, name: &str, source: &str) -> Result<Vec<u8>> {
-        let fail =
-            |what: &str, rc: nvrtc::nvrtcResult| self.err(&format!("NVRTC {what}"), rc as i32);
-        let cstr = |s: &str| CString::new(s).expect("sources have no NUL");
-        let (src, file) = (cstr(source), cstr(&format!("{name}.cu")));
-        let texts: Vec<CString> = HEADERS.iter().map(|(_, t)| cstr(t)).collect();
-        let names: Vec<CString> = HEADERS.iter().map(|(n, _)| cstr(n)).collect();
-        let text_ptrs: Vec<*const c_char> = texts.iter().map(|s| s.as_ptr()).collect();
-        let name_ptrs: Vec<*const c_char> = names.iter().map(|s| s.as_ptr()).collect();
-        let options: Vec<CString> = NVRTC_OPTIONS
-            .iter()
-            .map(|o| cstr(o))
-            .chain([cstr(&format!("--gpu-architecture={}", self.arch))])
-            .collect();
-        let option_ptrs: Vec<*const c_char> = options.iter().map(|s| s.as_ptr()).collect();
-        let ok = nvrtc::nvrtcResult::NVRTC_SUCCESS;
-        let mut prog: nvrtc::nvrtcProgram = std::ptr::null_mut();
-        // SAFETY: every string is NUL-terminated and outlives the program; counts match arrays.
-        let rc = unsafe {
-            nvrtc::nvrtcCreateProgram(
-                &mut prog,
-                src.as_ptr(),
-                file.as_ptr(),
-                text_ptrs.len() as c_int,
-                text_ptrs.as_ptr(),
-                name_ptrs.as_ptr(),
-            )
-        };
-        if rc != ok {
-            return Err(fail("create", rc));
-        }
-        // SAFETY: `prog` is valid until destroyed below; the options outlive the call.
-        let compiled = unsafe {
-            nvrtc::nvrtcCompileProgram(prog, option_ptrs.len() as c_int, option_ptrs.as_ptr())
-        };
-        let result = if compiled == ok {
-            let mut size = 0usize;
-            // SAFETY: `prog` compiled; the buffer has the size NVRTC reports.
-            unsafe {
-                let mut cubin = Vec::new();
-                let rc = nvrtc::nvrtcGetCUBINSize(prog, &mut size);
-                if rc == ok {
-                    cubin.resize(size, 0u8);
-                    let rc = nvrtc::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char);
-                    (rc == ok)
-                        .then_some(cubin)
-                        .ok_or_else(|| fail("get cubin", rc))
-                } else {
-                    Err(fail("cubin size", rc))
-                }
-            }
-        } else {
-            Err(self.err(
-                &format!("NVRTC compiling {name}.cu for {}", self.arch),
-                program_log(prog),
-            ))
-        };
-        // SAFETY: `prog` is destroyed once.
-        unsafe { nvrtc::nvrtcDestroyProgram(&mut prog) };
-        result
+/// Compiles kernel source `name` (one of `ssm_kernels::SOURCES`) to a cubin for `arch` (e.g.
+/// `sm_90`) with NVRTC, the headers of `ssm_kernels::HEADERS` available to it. A cubin rather than
+/// PTX: the driver loads it without a JIT, whatever PTX version it accepts.
+pub fn compile_cubin(name: &str, source: &str, arch: &str) -> std::result::Result<Vec<u8>, String> {
+    // SAFETY: only tries to open the library.
+    if !unsafe { nvrtc::is_culib_present() } {
+        return Err(
+            "NVRTC (libnvrtc.so.13) could not be loaded: put its folder on LD_LIBRARY_PATH".into(),
+        );
     }
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("{name}: NUL in a source or option"));
+    let (src, file) = (cstr(source)?, cstr(&format!("{name}.cu"))?);
+    let texts = HEADERS
+        .iter()
+        .map(|(_, t)| cstr(t))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let names = HEADERS
+        .iter()
+        .map(|(n, _)| cstr(n))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let text_ptrs: Vec<*const c_char> = texts.iter().map(|s| s.as_ptr()).collect();
+    let name_ptrs: Vec<*const c_char> = names.iter().map(|s| s.as_ptr()).collect();
+    let options = NVRTC_OPTIONS
+        .iter()
+        .map(|o| cstr(o))
+        .chain([cstr(&format!("--gpu-architecture={arch}"))])
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let option_ptrs: Vec<*const c_char> = options.iter().map(|s| s.as_ptr()).collect();
+    let ok = nvrtc::nvrtcResult::NVRTC_SUCCESS;
+    let fail = |what: &str, rc: nvrtc::nvrtcResult| format!("NVRTC {what} failed: {rc:?}");
+    let mut prog: nvrtc::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: every string is NUL-terminated and outlives the program; counts match arrays.
+    let rc = unsafe {
+        nvrtc::nvrtcCreateProgram(
+            &mut prog,
+            src.as_ptr(),
+            file.as_ptr(),
+            text_ptrs.len() as c_int,
+            text_ptrs.as_ptr(),
+            name_ptrs.as_ptr(),
+        )
+    };
+    if rc != ok {
+        return Err(fail("create", rc));
+    }
+    // SAFETY: `prog` is valid until destroyed below; the options outlive the call.
+    let compiled = unsafe {
+        nvrtc::nvrtcCompileProgram(prog, option_ptrs.len() as c_int, option_ptrs.as_ptr())
+    };
+    let result = if compiled == ok {
+        let mut size = 0usize;
+        // SAFETY: `prog` compiled; the buffer has the size NVRTC reports.
+        unsafe {
+            let rc = nvrtc::nvrtcGetCUBINSize(prog, &mut size);
+            let mut cubin = vec![0u8; size];
+            if rc != ok {
+                Err(fail("cubin size", rc))
+            } else {
+                let rc = nvrtc::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char);
+                (rc == ok)
+                    .then_some(cubin)
+                    .ok_or_else(|| fail("get cubin", rc))
+            }
+        }
+    } else {
+        Err(program_log(prog))
+    };
+    // SAFETY: `prog` is destroyed once.
+    unsafe { nvrtc::nvrtcDestroyProgram(&mut prog) };
+    result
 }
 
 /// The compiler's messages for `prog`.

@@ -12,7 +12,7 @@
 //!   cuBLAS argument mapping) is tested on machines without a GPU.
 
 pub(crate) mod attention;
-mod driver;
+pub mod driver;
 mod emulated;
 mod gemm;
 mod pool;

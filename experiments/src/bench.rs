@@ -1,0 +1,421 @@
+//! `ssm-lab bench`: the selective scan forward and backward against the device's own copy
+//! bandwidth, and training throughput of a Mamba and a Transformer, as tables and CSV files.
+//! Every time is the median of several runs after a warm-up, read after the device finished.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use ssm::backend::cuda::Gpu;
+use ssm::models::{AnyLM, MambaConfig, ModelConfig, TransformerConfig};
+use ssm::nn::Module;
+use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
+use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use ssm::{Device, Tensor};
+
+use crate::metrics::Table;
+
+/// What to measure; the defaults are the GPU table of the CUDA issue.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub device: Device,
+    /// Scan batch sizes.
+    pub batches: Vec<usize>,
+    /// Scan lengths.
+    pub lengths: Vec<usize>,
+    /// Scan channels (d_inner) and state size.
+    pub d: usize,
+    pub n: usize,
+    /// Training: sequence lengths, tokens per step (b = tokens / l, at least 1), model width and
+    /// depth of both architectures.
+    pub train_lengths: Vec<usize>,
+    pub train_tokens: usize,
+    pub d_model: usize,
+    pub n_layer: usize,
+    /// Timed runs per measurement, after one warm-up.
+    pub repeats: usize,
+    /// Folder for bench_scan.csv and bench_train.csv.
+    pub out: Option<PathBuf>,
+}
+
+impl BenchOptions {
+    pub fn gpu(device: Device) -> Self {
+        BenchOptions {
+            device,
+            batches: vec![1, 2, 4, 8],
+            lengths: (10..=16).map(|p| 1 << p).collect(),
+            d: 1536,
+            n: 16,
+            train_lengths: vec![1024, 2048, 4096, 8192, 16384],
+            train_tokens: 16384,
+            d_model: 512,
+            n_layer: 4,
+            repeats: 5,
+            out: None,
+        }
+    }
+
+    /// Shapes small enough for the CPU emulation (tests of the command itself).
+    pub fn tiny(device: Device) -> Self {
+        BenchOptions {
+            device,
+            batches: vec![1],
+            lengths: vec![300],
+            d: 8,
+            n: 4,
+            train_lengths: vec![32],
+            train_tokens: 64,
+            d_model: 16,
+            n_layer: 1,
+            repeats: 1,
+            out: None,
+        }
+    }
+}
+
+/// Seconds of `f`, the median of `repeats` runs after one warm-up; `sync` waits for the device.
+fn time(
+    repeats: usize,
+    sync: &dyn Fn() -> Result<()>,
+    f: &mut dyn FnMut() -> Result<()>,
+) -> Result<f64> {
+    f()?;
+    sync()?;
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        f()?;
+        sync()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn synchronizer(device: Device) -> Result<Box<dyn Fn() -> Result<()>>> {
+    Ok(match device {
+        Device::Cpu => Box::new(|| Ok(())),
+        gpu => {
+            let g = Gpu::get(gpu)?;
+            Box::new(move || Ok(g.synchronize()?))
+        }
+    })
+}
+
+/// A tensor of values uniform in [lo, hi) on `device`. Large tensors repeat a random block of
+/// 2^22 values, which is as good as fresh noise for timing and avoids generating billions of
+/// numbers on the host.
+fn random(device: Device, dims: &[usize], lo: f32, hi: f32, seed: u64) -> Result<Tensor> {
+    const BLOCK: usize = 1 << 22;
+    let n: usize = dims.iter().product();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let block: Vec<f32> = (0..n.min(BLOCK))
+        .map(|_| rng.random_range(lo..hi))
+        .collect();
+    if n <= BLOCK || device == Device::Cpu {
+        let v = block.iter().copied().cycle().take(n).collect();
+        return Ok(Tensor::from_vec(dims, v)?.to_device(device)?);
+    }
+    let out = Tensor::zeros(dims, device)?;
+    let gpu = Gpu::get(device)?;
+    let src = gpu.upload(&block)?;
+    for start in (0..n).step_by(BLOCK) {
+        let len = BLOCK.min(n - start);
+        gpu.copy(src.ptr(), out.cuda_ptr()? + 4 * start as u64, len)?;
+    }
+    Ok(out)
+}
+
+/// Device-to-device copy bandwidth in GB/s (bytes read plus bytes written), over 1 GiB on a GPU
+/// and 256 MiB on the CPU.
+pub fn copy_bandwidth(device: Device, repeats: usize) -> Result<f64> {
+    let len = if device == Device::Cpu {
+        1 << 26
+    } else {
+        1 << 28
+    };
+    let src = random(device, &[len], -1.0, 1.0, 1)?;
+    let mut dst = Tensor::zeros([len], device)?;
+    let sync = synchronizer(device)?;
+    let s = match device {
+        Device::Cpu => time(repeats, &*sync, &mut || {
+            dst.host_mut()?.copy_from_slice(src.host()?);
+            Ok(())
+        })?,
+        gpu => {
+            let (g, from, to) = (Gpu::get(gpu)?, src.cuda_ptr()?, dst.cuda_ptr()?);
+            time(repeats, &*sync, &mut || Ok(g.copy(from, to, len)?))?
+        }
+    };
+    Ok(2.0 * 4.0 * len as f64 / s / 1e9)
+}
+
+/// One row of the scan table.
+#[derive(Clone, Debug)]
+pub struct ScanRow {
+    pub b: usize,
+    pub l: usize,
+    pub fwd_ms: f64,
+    pub bwd_ms: f64,
+    pub fwd_gbps: f64,
+    pub bwd_gbps: f64,
+}
+
+/// Times the scan forward (keeping the chunk states, as in training) and backward at (b, l).
+fn scan_row(o: &BenchOptions, b: usize, l: usize) -> Result<ScanRow> {
+    let (d, n, dev) = (o.d, o.n, o.device);
+    let u = random(dev, &[b, l, d], -1.0, 1.0, 2)?;
+    let delta = random(dev, &[b, l, d], -3.0, 0.5, 3)?;
+    let z = random(dev, &[b, l, d], -1.0, 1.0, 4)?;
+    let a = random(dev, &[d, n], -2.0, -0.1, 5)?;
+    let bm = random(dev, &[b, l, 1, n], -1.0, 1.0, 6)?;
+    let cm = random(dev, &[b, l, 1, n], -1.0, 1.0, 7)?;
+    let (d_skip, bias) = (
+        random(dev, &[d], -1.0, 1.0, 8)?,
+        random(dev, &[d], -1.0, 0.0, 9)?,
+    );
+    let dy = random(dev, &[b, l, d], -1.0, 1.0, 10)?;
+    let inp = ScanInputs {
+        u: &u,
+        delta: &delta,
+        a: &a,
+        b: &bm,
+        c: &cm,
+        d_skip: Some(&d_skip),
+        z: Some(&z),
+        delta_bias: Some(&bias),
+        delta_softplus: true,
+        h0: None,
+    };
+    let sync = synchronizer(dev)?;
+    let mut out = ScanOutput::default();
+    let fwd = time(o.repeats, &*sync, &mut || {
+        Ok(selective_scan_fwd(&inp, &mut out, true)?)
+    })?;
+    let mut grads = ScanGrads::zeros_like(&inp)?;
+    let bwd = time(o.repeats, &*sync, &mut || {
+        Ok(selective_scan_bwd(&inp, &out, &dy, None, &mut grads)?)
+    })?;
+    // The least traffic each pass needs: the forward reads u, delta, z, B, C and writes y; the
+    // backward reads those and dy and writes du, ddelta, dz, dB, dC.
+    let (bld, bln) = ((b * l * d) as f64, (b * l * n) as f64);
+    let fwd_bytes = 4.0 * (4.0 * bld + 2.0 * bln);
+    let bwd_bytes = 4.0 * (7.0 * bld + 4.0 * bln);
+    Ok(ScanRow {
+        b,
+        l,
+        fwd_ms: fwd * 1e3,
+        bwd_ms: bwd * 1e3,
+        fwd_gbps: fwd_bytes / fwd / 1e9,
+        bwd_gbps: bwd_bytes / bwd / 1e9,
+    })
+}
+
+/// One row of the training table.
+#[derive(Clone, Debug)]
+pub struct TrainRow {
+    pub arch: &'static str,
+    pub l: usize,
+    pub b: usize,
+    pub ms_per_step: f64,
+    pub tokens_per_s: f64,
+    pub peak_mem_mb: Option<f64>,
+}
+
+fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 2] {
+    let mamba = MambaConfig {
+        d_model: o.d_model,
+        n_layer: o.n_layer,
+        vocab_size: 256,
+        ..MambaConfig::default()
+    };
+    let transformer = TransformerConfig {
+        d_model: o.d_model,
+        n_layer: o.n_layer,
+        n_heads: (o.d_model / 64).max(1),
+        vocab_size: 256,
+        ..TransformerConfig::default()
+    };
+    [("mamba", mamba.into()), ("transformer", transformer.into())]
+}
+
+/// Times full training steps (zero grads, forward, loss, backward, clipping, AdamW).
+fn train_row(
+    o: &BenchOptions,
+    arch: &'static str,
+    config: ModelConfig,
+    l: usize,
+) -> Result<TrainRow> {
+    let b = (o.train_tokens / l).max(1);
+    let mut model = AnyLM::<f32>::new(config, 0)?;
+    model.to_device(o.device)?;
+    let mut rng = StdRng::seed_from_u64(11);
+    let ids: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..256)).collect();
+    let targets: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let mut opt = AdamW::new(AdamWConfig::default());
+    let sync = synchronizer(o.device)?;
+    let gpu = o.device.is_cuda().then(|| Gpu::get(o.device)).transpose()?;
+    if let Some(g) = &gpu {
+        g.reset_peak();
+    }
+    let s = time(o.repeats, &*sync, &mut || {
+        model.zero_grad()?;
+        model.forward_loss(&ids, &targets, b)?;
+        model.backward()?;
+        clip_grad_norm(&mut model, 1.0)?;
+        Ok(opt.update(&mut model, 1e-4)?)
+    })?;
+    Ok(TrainRow {
+        arch,
+        l,
+        b,
+        ms_per_step: s * 1e3,
+        tokens_per_s: (b * l) as f64 / s,
+        peak_mem_mb: gpu.map(|g| g.memory().peak as f64 / (1024.0 * 1024.0)),
+    })
+}
+
+/// Everything `bench` measured.
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    pub device: String,
+    pub copy_gbps: f64,
+    pub scans: Vec<ScanRow>,
+    pub train: Vec<TrainRow>,
+}
+
+/// Runs the measurements of `o`, printing each row as it comes, and writes the CSVs.
+pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
+    let device = match o.device {
+        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+        gpu => format!("{gpu}: {}", Gpu::get(gpu)?.describe()),
+    };
+    let copy_gbps = copy_bandwidth(o.device, o.repeats)?;
+    println!("{device}: copy bandwidth {copy_gbps:.1} GB/s (read + write)");
+    println!(
+        "scan d={} n={}: {:>2} {:>6} {:>9} {:>8} {:>6} {:>9} {:>8} {:>6}",
+        o.d, o.n, "b", "l", "fwd ms", "GB/s", "%copy", "bwd ms", "GB/s", "%copy"
+    );
+    let mut scans = Vec::new();
+    for &b in &o.batches {
+        for &l in &o.lengths {
+            let r = scan_row(o, b, l).with_context(|| format!("scan at b={b}, l={l}"))?;
+            println!(
+                "                 {:>2} {:>6} {:>9.3} {:>8.1} {:>5.0}% {:>9.3} {:>8.1} {:>5.0}%",
+                r.b,
+                r.l,
+                r.fwd_ms,
+                r.fwd_gbps,
+                100.0 * r.fwd_gbps / copy_gbps,
+                r.bwd_ms,
+                r.bwd_gbps,
+                100.0 * r.bwd_gbps / copy_gbps
+            );
+            scans.push(r);
+        }
+    }
+    println!(
+        "training d_model={} n_layer={}, {} tokens/step: {:<12} {:>6} {:>3} {:>10} {:>11} {:>10}",
+        o.d_model, o.n_layer, o.train_tokens, "arch", "l", "b", "ms/step", "tokens/s", "peak MiB"
+    );
+    let mut train = Vec::new();
+    for (arch, config) in bench_models(o) {
+        for &l in &o.train_lengths {
+            let r = train_row(o, arch, config.clone(), l)
+                .with_context(|| format!("training {arch} at l={l}"))?;
+            println!(
+                "{:>58} {:>6} {:>3} {:>10.2} {:>11.0} {:>10}",
+                r.arch,
+                r.l,
+                r.b,
+                r.ms_per_step,
+                r.tokens_per_s,
+                r.peak_mem_mb.map_or("-".into(), |m| format!("{m:.0}"))
+            );
+            train.push(r);
+        }
+    }
+    let report = BenchReport {
+        device,
+        copy_gbps,
+        scans,
+        train,
+    };
+    if let Some(dir) = &o.out {
+        write_csvs(&report, o, dir)?;
+    }
+    Ok(report)
+}
+
+fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let scan = Table {
+        path: dir.join("bench_scan.csv"),
+        header: strings(&[
+            "device",
+            "b",
+            "l",
+            "d",
+            "n",
+            "fwd_ms",
+            "fwd_gbps",
+            "bwd_ms",
+            "bwd_gbps",
+            "copy_gbps",
+        ]),
+        rows: r
+            .scans
+            .iter()
+            .map(|s| {
+                vec![
+                    r.device.replace(',', ";"),
+                    s.b.to_string(),
+                    s.l.to_string(),
+                    o.d.to_string(),
+                    o.n.to_string(),
+                    format!("{:.4}", s.fwd_ms),
+                    format!("{:.2}", s.fwd_gbps),
+                    format!("{:.4}", s.bwd_ms),
+                    format!("{:.2}", s.bwd_gbps),
+                    format!("{:.2}", r.copy_gbps),
+                ]
+            })
+            .collect(),
+    };
+    scan.write(&scan.path)?;
+    let train = Table {
+        path: dir.join("bench_train.csv"),
+        header: strings(&[
+            "device",
+            "arch",
+            "d_model",
+            "n_layer",
+            "l",
+            "b",
+            "ms_per_step",
+            "tokens_per_s",
+            "peak_mem_mb",
+        ]),
+        rows: r
+            .train
+            .iter()
+            .map(|t| {
+                vec![
+                    r.device.replace(',', ";"),
+                    t.arch.to_string(),
+                    o.d_model.to_string(),
+                    o.n_layer.to_string(),
+                    t.l.to_string(),
+                    t.b.to_string(),
+                    format!("{:.3}", t.ms_per_step),
+                    format!("{:.1}", t.tokens_per_s),
+                    t.peak_mem_mb.map_or(String::new(), |m| format!("{m:.1}")),
+                ]
+            })
+            .collect(),
+    };
+    train.write(&train.path)
+}

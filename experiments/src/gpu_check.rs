@@ -1,0 +1,136 @@
+//! `ssm-lab gpu-check`: everything a GPU machine should be asked, in one run of a few minutes
+//! (DESIGN.md section 5, level 3): parity of every op, of training steps and of decoding with the
+//! CPU, then the benchmark table with the speed targets of the CUDA issue. Writes parity.csv,
+//! bench_scan.csv and bench_train.csv.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use ssm::Device;
+use ssm::parity::{Check, ParityPlan, decode_parity, op_parity, train_step_parity};
+
+use crate::bench::{BenchOptions, BenchReport, bench};
+use crate::metrics::Table;
+
+#[derive(Clone, Debug)]
+pub struct GpuCheckOptions {
+    pub device: Device,
+    /// Small shapes (the CPU emulation in tests); the full check otherwise.
+    pub quick: bool,
+    pub out: PathBuf,
+}
+
+/// Runs the check; returns whether every parity check passed.
+pub fn gpu_check(o: &GpuCheckOptions) -> Result<bool> {
+    let started = Instant::now();
+    let plan = if o.quick {
+        ParityPlan::quick()
+    } else {
+        ParityPlan::full()
+    };
+    let mut checks = op_parity(o.device, &plan).context("op parity")?;
+    checks.extend(train_step_parity(o.device, plan.train).context("training-step parity")?);
+    checks.extend(decode_parity(o.device).context("decoding parity")?);
+    write_parity(&checks, &o.out)?;
+    let failed: Vec<&Check> = checks.iter().filter(|c| !c.ok()).collect();
+    let worst = checks
+        .iter()
+        .max_by(|a, b| (a.rel_err() / a.tol).total_cmp(&(b.rel_err() / b.tol)));
+    println!(
+        "parity on {}: {} checks, {} failed, in {:.1} s{}",
+        o.device,
+        checks.len(),
+        failed.len(),
+        started.elapsed().as_secs_f64(),
+        worst.map_or(String::new(), |w| format!(
+            "; closest to its tolerance: {} at {:.2e} (tol {:.0e})",
+            w.name,
+            w.rel_err(),
+            w.tol
+        ))
+    );
+    for c in &failed {
+        println!(
+            "  FAIL {}: max |diff| {:.3e}, rel {:.2e}, tol {:.0e}",
+            c.name,
+            c.max_abs_diff,
+            c.rel_err(),
+            c.tol
+        );
+    }
+    let mut options = if o.quick {
+        BenchOptions::tiny(o.device)
+    } else {
+        BenchOptions::gpu(o.device)
+    };
+    options.out = Some(o.out.clone());
+    let report = bench(&options)?;
+    if !o.quick {
+        print_targets(&report);
+    }
+    println!(
+        "gpu-check done in {:.1} s; CSVs in {}",
+        started.elapsed().as_secs_f64(),
+        o.out.display()
+    );
+    Ok(failed.is_empty())
+}
+
+fn write_parity(checks: &[Check], dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let table = Table {
+        path: dir.join("parity.csv"),
+        header: ["check", "max_abs_diff", "scale", "rel_err", "tol", "ok"]
+            .map(String::from)
+            .to_vec(),
+        rows: checks
+            .iter()
+            .map(|c| {
+                vec![
+                    c.name.replace(',', ";"),
+                    format!("{:e}", c.max_abs_diff),
+                    format!("{:e}", c.scale),
+                    format!("{:e}", c.rel_err()),
+                    format!("{:e}", c.tol),
+                    c.ok().to_string(),
+                ]
+            })
+            .collect(),
+    };
+    table.write(&table.path)
+}
+
+/// The speed targets: scan forward >= 50% and backward >= 30% of the copy bandwidth at b = 8,
+/// l >= 4096; Mamba training not slower per token at the longest length than at the shortest.
+fn print_targets(r: &BenchReport) {
+    let long = r.scans.iter().filter(|s| s.b == 8 && s.l >= 4096);
+    let (fwd, bwd) = long.fold((f64::INFINITY, f64::INFINITY), |(f, b), s| {
+        (f.min(s.fwd_gbps), b.min(s.bwd_gbps))
+    });
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    if fwd.is_finite() {
+        let (f, b) = (fwd / r.copy_gbps, bwd / r.copy_gbps);
+        println!(
+            "target scan fwd >= 50% of copy at b=8, l>=4096: worst {:.0}%: {}",
+            100.0 * f,
+            verdict(f >= 0.5)
+        );
+        println!(
+            "target scan bwd >= 30% of copy at b=8, l>=4096: worst {:.0}%: {}",
+            100.0 * b,
+            verdict(b >= 0.3)
+        );
+    }
+    let mamba: Vec<_> = r.train.iter().filter(|t| t.arch == "mamba").collect();
+    if let (Some(first), Some(last)) = (mamba.first(), mamba.last()) {
+        let ratio = last.tokens_per_s / first.tokens_per_s;
+        println!(
+            "target Mamba tokens/s at l={} vs l={}: {:.2}x: {}",
+            last.l,
+            first.l,
+            ratio,
+            verdict(ratio >= 0.95)
+        );
+    }
+}
