@@ -30,7 +30,10 @@ fn cuda_without_a_gpu_is_a_clean_error_that_creates_nothing() {
         "{:?}",
         entries(&dir.join("runs"))
     );
-    let err = run_err(&dir, &["train", "--config", &cfg, "--device", "gpu"]);
+    // A bad name is a usage error of the command line (clap's exit code 2).
+    let out = run(&dir, &["train", "--config", &cfg, "--device", "gpu"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("--device") && err.contains("cuda-emu"),
         "{err}"
