@@ -295,15 +295,19 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
     let copy_gbps = copy_bandwidth(o.device, o.repeats)?;
     println!("{device}: copy bandwidth {copy_gbps:.1} GB/s (read + write)");
     println!(
-        "scan d={} n={}: {:>2} {:>6} {:>9} {:>8} {:>6} {:>9} {:>8} {:>6}",
-        o.d, o.n, "b", "l", "fwd ms", "GB/s", "%copy", "bwd ms", "GB/s", "%copy"
+        "scan (d {}, n {}; median times; GB/s of the least traffic each pass needs)",
+        o.d, o.n
+    );
+    println!(
+        "{:>3} {:>6} {:>9} {:>8} {:>6} {:>9} {:>8} {:>6}",
+        "b", "l", "fwd ms", "GB/s", "%copy", "bwd ms", "GB/s", "%copy"
     );
     let mut scans = Vec::new();
     for &b in &o.batches {
         for &l in &o.lengths {
             let r = scan_row(o, b, l).with_context(|| format!("scan at b={b}, l={l}"))?;
             println!(
-                "                 {:>2} {:>6} {:>9.3} {:>8.1} {:>5.0}% {:>9.3} {:>8.1} {:>5.0}%",
+                "{:>3} {:>6} {:>9.3} {:>8.1} {:>5.0}% {:>9.3} {:>8.1} {:>5.0}%",
                 r.b,
                 r.l,
                 r.fwd_ms,
@@ -317,8 +321,12 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
         }
     }
     println!(
-        "training d_model={} n_layer={}, {} tokens/step: {:<12} {:>6} {:>3} {:>10} {:>11} {:>10}",
-        o.d_model, o.n_layer, o.train_tokens, "arch", "l", "b", "ms/step", "tokens/s", "peak MiB"
+        "training (d_model {}, {} layers, {} tokens/step; zero grads, forward, backward, clip, AdamW)",
+        o.d_model, o.n_layer, o.train_tokens
+    );
+    println!(
+        "{:<12} {:>6} {:>4} {:>10} {:>11} {:>9}",
+        "arch", "l", "b", "ms/step", "tokens/s", "peak MiB"
     );
     let mut train = Vec::new();
     for (arch, config) in bench_models(o) {
@@ -326,7 +334,7 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
             let r = train_row(o, arch, config.clone(), l)
                 .with_context(|| format!("training {arch} at l={l}"))?;
             println!(
-                "{:>58} {:>6} {:>3} {:>10.2} {:>11.0} {:>10}",
+                "{:<12} {:>6} {:>4} {:>10.2} {:>11.0} {:>9}",
                 r.arch,
                 r.l,
                 r.b,
