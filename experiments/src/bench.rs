@@ -284,6 +284,8 @@ pub struct BenchReport {
     pub copy_gbps: f64,
     pub scans: Vec<ScanRow>,
     pub train: Vec<TrainRow>,
+    /// Rows that could not be measured, with the reason.
+    pub errors: Vec<String>,
 }
 
 /// Runs the measurements of `o`, printing each row as it comes, and writes the CSVs.
@@ -302,10 +304,21 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
         "{:>3} {:>6} {:>9} {:>8} {:>6} {:>9} {:>8} {:>6}",
         "b", "l", "fwd ms", "GB/s", "%copy", "bwd ms", "GB/s", "%copy"
     );
-    let mut scans = Vec::new();
+    let (mut scans, mut errors) = (Vec::new(), Vec::new());
+    // A row that fails (out of memory, say) is reported and the table goes on.
+    let mut failed = |what: String, e: anyhow::Error| {
+        println!("{what}: ERROR: {e:#}");
+        errors.push(format!("{what}: {e:#}"));
+    };
     for &b in &o.batches {
         for &l in &o.lengths {
-            let r = scan_row(o, b, l).with_context(|| format!("scan at b={b}, l={l}"))?;
+            let r = match scan_row(o, b, l) {
+                Ok(r) => r,
+                Err(e) => {
+                    failed(format!("scan b={b} l={l}"), e);
+                    continue;
+                }
+            };
             println!(
                 "{:>3} {:>6} {:>9.3} {:>8.1} {:>5.0}% {:>9.3} {:>8.1} {:>5.0}%",
                 r.b,
@@ -331,8 +344,13 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
     let mut train = Vec::new();
     for (arch, config) in bench_models(o) {
         for &l in &o.train_lengths {
-            let r = train_row(o, arch, config.clone(), l)
-                .with_context(|| format!("training {arch} at l={l}"))?;
+            let r = match train_row(o, arch, config.clone(), l) {
+                Ok(r) => r,
+                Err(e) => {
+                    failed(format!("training {arch} l={l}"), e);
+                    continue;
+                }
+            };
             println!(
                 "{:<12} {:>6} {:>4} {:>10.2} {:>11.0} {:>9}",
                 r.arch,
@@ -350,6 +368,7 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
         copy_gbps,
         scans,
         train,
+        errors,
     };
     if let Some(dir) = &o.out {
         write_csvs(&report, o, dir)?;

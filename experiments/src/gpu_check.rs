@@ -6,12 +6,14 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use std::io::Write;
+
 use anyhow::{Context, Result};
 use ssm::Device;
-use ssm::parity::{Check, ParityPlan, decode_parity, op_parity, train_step_parity};
+use ssm::backend::cuda::Gpu;
+use ssm::parity::{Check, ParityPlan, decode_parity, op_parity, report, train_step_parity};
 
 use crate::bench::{BenchOptions, BenchReport, bench};
-use crate::metrics::Table;
 
 #[derive(Clone, Debug)]
 pub struct GpuCheckOptions {
@@ -29,10 +31,44 @@ pub fn gpu_check(o: &GpuCheckOptions) -> Result<bool> {
     } else {
         ParityPlan::full()
     };
-    let mut checks = op_parity(o.device, &plan).context("op parity")?;
-    checks.extend(train_step_parity(o.device, plan.train).context("training-step parity")?);
-    checks.extend(decode_parity(o.device).context("decoding parity")?);
-    write_parity(&checks, &o.out)?;
+    println!("{}", describe(o.device)?);
+    // Each check is printed and saved as it comes, so that a crash or a timeout of the machine
+    // still leaves everything before it.
+    std::fs::create_dir_all(&o.out)
+        .with_context(|| format!("cannot create {}", o.out.display()))?;
+    let csv_path = o.out.join("parity.csv");
+    let mut csv = std::fs::File::create(&csv_path)
+        .with_context(|| format!("cannot create {}", csv_path.display()))?;
+    writeln!(csv, "check,max_abs_diff,scale,rel_err,tol,ok")?;
+    let mut write_error = None;
+    let mut sink = |c: &Check| {
+        println!(
+            "{}",
+            report(std::slice::from_ref(c))
+                .lines()
+                .nth(1)
+                .unwrap_or_default()
+        );
+        let row = format!(
+            "{},{:e},{:e},{:e},{:e},{}",
+            c.name.replace(',', ";"),
+            c.max_abs_diff,
+            c.scale,
+            c.rel_err(),
+            c.tol,
+            c.ok()
+        );
+        if let Err(e) = writeln!(csv, "{row}").and_then(|()| csv.flush()) {
+            write_error.get_or_insert(e);
+        }
+        let _ = std::io::stdout().flush();
+    };
+    let mut checks = op_parity(o.device, &plan, &mut sink);
+    checks.extend(train_step_parity(o.device, plan.train, &mut sink));
+    checks.extend(decode_parity(o.device, &mut sink));
+    if let Some(e) = write_error {
+        return Err(e).with_context(|| format!("cannot write {}", csv_path.display()));
+    }
     let failed: Vec<&Check> = checks.iter().filter(|c| !c.ok()).collect();
     let worst = checks
         .iter()
@@ -69,6 +105,9 @@ pub fn gpu_check(o: &GpuCheckOptions) -> Result<bool> {
     if !o.quick {
         print_targets(&report);
     }
+    if !report.errors.is_empty() {
+        println!("bench: {} rows failed", report.errors.len());
+    }
     println!(
         "gpu-check done in {:.1} s; CSVs in {}",
         started.elapsed().as_secs_f64(),
@@ -77,28 +116,11 @@ pub fn gpu_check(o: &GpuCheckOptions) -> Result<bool> {
     Ok(failed.is_empty())
 }
 
-fn write_parity(checks: &[Check], dir: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let table = Table {
-        path: dir.join("parity.csv"),
-        header: ["check", "max_abs_diff", "scale", "rel_err", "tol", "ok"]
-            .map(String::from)
-            .to_vec(),
-        rows: checks
-            .iter()
-            .map(|c| {
-                vec![
-                    c.name.replace(',', ";"),
-                    format!("{:e}", c.max_abs_diff),
-                    format!("{:e}", c.scale),
-                    format!("{:e}", c.rel_err()),
-                    format!("{:e}", c.tol),
-                    c.ok().to_string(),
-                ]
-            })
-            .collect(),
-    };
-    table.write(&table.path)
+fn describe(device: Device) -> Result<String> {
+    Ok(match device {
+        Device::Cpu => "cpu".into(),
+        gpu => format!("{gpu}: {}", Gpu::get(gpu)?.describe()),
+    })
 }
 
 /// The speed targets: scan forward >= 50% and backward >= 30% of the copy bandwidth at b = 8,

@@ -347,7 +347,14 @@ fn run(cli: Cli) -> Result<()> {
             o.n_layer = n_layer.unwrap_or(o.n_layer);
             o.repeats = repeats.unwrap_or(o.repeats);
             o.out = out;
-            bench(&o)?;
+            let report = bench(&o)?;
+            if !report.errors.is_empty() {
+                anyhow::bail!(
+                    "bench: {} rows failed: {}",
+                    report.errors.len(),
+                    report.errors.join("; ")
+                );
+            }
         }
         Cmd::GpuCheck { device, quick, out } => {
             if !gpu_check(&GpuCheckOptions { device, quick, out })? {

@@ -346,6 +346,28 @@ impl<T: Float> Tensor<T> {
         Ok(())
     }
 
+    /// [`Tensor::reset`] for an op's output that its kernel overwrites entirely: zeros on the
+    /// CPU, unspecified values on a GPU (no memset pass). The emulated device fills them with
+    /// NaN instead, so that an element a kernel fails to write shows up in the parity checks.
+    pub fn reset_output(&mut self, shape: impl Into<Shape>, device: Device) -> Result<()> {
+        let shape = shape.into();
+        let len = shape.numel();
+        match &mut self.storage {
+            Storage::Cuda(b) if b.gpu().device() == device && b.fits(len) => {
+                b.set_len(len);
+                b.gpu().invalidate(b.ptr(), len);
+            }
+            Storage::Cuda(_) | Storage::Cpu(_) if device.is_cuda() => {
+                check_f32::<T>(device)?;
+                let buf = Gpu::get(device)?.alloc(len)?;
+                self.storage = Storage::Cuda(buf);
+            }
+            _ => return self.reset(shape, device),
+        }
+        self.shape = shape;
+        Ok(())
+    }
+
     /// [`Tensor::reset`] to the shape and device of `like`.
     pub fn reset_like(&mut self, like: &Tensor<T>) -> Result<()> {
         self.reset(like.shape.clone(), like.device())

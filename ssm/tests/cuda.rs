@@ -50,7 +50,7 @@ fn cuda_without_a_driver_is_a_clear_error() {
 #[test]
 fn emulated_device_matches_the_cpu_on_every_op() {
     let _turn = emulated();
-    let checks = op_parity(Device::CudaEmu, &ParityPlan::quick()).unwrap();
+    let checks = op_parity(Device::CudaEmu, &ParityPlan::quick(), &mut |_| {});
     println!("{}", report(&checks));
     assert!(checks.len() >= 70, "only {} checks", checks.len());
     let failed: Vec<_> = checks.iter().filter(|c| !c.ok()).collect();
@@ -60,8 +60,8 @@ fn emulated_device_matches_the_cpu_on_every_op() {
 #[test]
 fn emulated_device_trains_and_decodes_like_the_cpu() {
     let _turn = emulated();
-    let mut checks = train_step_parity(Device::CudaEmu, ParityPlan::quick().train).unwrap();
-    checks.extend(decode_parity(Device::CudaEmu).unwrap());
+    let mut checks = train_step_parity(Device::CudaEmu, ParityPlan::quick().train, &mut |_| {});
+    checks.extend(decode_parity(Device::CudaEmu, &mut |_| {}));
     println!("{}", report(&checks));
     assert!(checks.iter().all(|c| c.ok()), "{}", report(&checks));
 }
@@ -127,8 +127,9 @@ fn backend_compiles_every_kernel_source_to_a_cubin() {
     for src in ssm_kernels::SOURCES {
         let cubin = ssm::backend::cuda::driver::compile_cubin(src.name, src.source, "sm_90")
             .unwrap_or_else(|e| panic!("{}.cu: {e}", src.name));
+        let magic = cubin.first().map(|w| w.to_le_bytes());
         assert!(
-            cubin.starts_with(b"\x7fELF"),
+            magic.is_some_and(|m| m.starts_with(b"\x7fELF")),
             "{}.cu: not an ELF image",
             src.name
         );

@@ -10,7 +10,7 @@ use crate::tensor::{Float, Tensor};
 
 /// y = silu(x) = x · sigmoid(x); `y` is resized.
 pub fn silu_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
-    y.reset(x.shape().clone(), x.device())?;
+    y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("silu_fwd", x, &[])? {
         None => elementwise::silu_fwd(x.host()?, y.host_mut()?),
         Some(g) => g.launch(&k::silu_fwd(dptr(x)?, dptr(y)?, x.numel())?)?,
@@ -31,7 +31,7 @@ pub fn silu_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> 
 
 /// y = softplus(x) = ln(1 + eˣ) (x itself above 20); `y` is resized.
 pub fn softplus_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
-    y.reset(x.shape().clone(), x.device())?;
+    y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("softplus_fwd", x, &[])? {
         None => elementwise::softplus_fwd(x.host()?, y.host_mut()?),
         Some(g) => g.launch(&k::softplus_fwd(dptr(x)?, dptr(y)?, x.numel())?)?,
@@ -53,7 +53,7 @@ pub fn softplus_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>)
 /// y = gelu(x) in the tanh approximation (GPT-2; PyTorch's `approximate="tanh"`):
 /// 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))); `y` is resized.
 pub fn gelu_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
-    y.reset(x.shape().clone(), x.device())?;
+    y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("gelu_fwd", x, &[])? {
         None => elementwise::gelu_fwd(x.host()?, y.host_mut()?),
         Some(g) => g.launch(&k::gelu_fwd(dptr(x)?, dptr(y)?, x.numel())?)?,
@@ -75,7 +75,7 @@ pub fn gelu_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> 
 /// y = x · silu(z); `y` is resized.
 pub fn gate_fwd<T: Float>(x: &Tensor<T>, z: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
     same_dims("gate_fwd", "z", z, x.dims())?;
-    y.reset(x.shape().clone(), x.device())?;
+    y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("gate_fwd", x, &[z])? {
         None => elementwise::gate_fwd(x.host()?, z.host()?, y.host_mut()?),
         Some(g) => g.launch(&k::gate_fwd(dptr(x)?, dptr(z)?, dptr(y)?, x.numel())?)?,
@@ -116,7 +116,7 @@ pub fn gate_bwd<T: Float>(
 
 /// y = -exp(x): Mamba's A from A_log; `y` is resized.
 pub fn neg_exp<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
-    y.reset(x.shape().clone(), x.device())?;
+    y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("neg_exp", x, &[])? {
         None => {
             let out = y.host_mut()?;

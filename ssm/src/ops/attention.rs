@@ -136,8 +136,9 @@ pub fn attention_fwd<T: Float>(
     const OP: &str = "attention_fwd";
     let dims = check(OP, q, k, v)?;
     out.scale = resolve_scale(OP, scale, dims.hd)?;
-    out.o.reset(q.shape().clone(), q.device())?;
-    out.lse.reset([dims.b, dims.h, dims.lq], q.device())?;
+    out.o.reset_output(q.shape().clone(), q.device())?;
+    out.lse
+        .reset_output([dims.b, dims.h, dims.lq], q.device())?;
     if let Some(g) = gpu_of(OP, q, &[k, v])? {
         return cuda_attention::fwd(&g, q, k, v, dims, out);
     }

@@ -48,7 +48,7 @@ pub fn causal_conv1d_fwd<T: Float>(
     y: &mut Tensor<T>,
 ) -> Result<()> {
     let dims = check("causal_conv1d_fwd", x, w, bias, state)?;
-    y.reset(x.shape().clone(), x.device())?;
+    y.reset_output(x.shape().clone(), x.device())?;
     let others: Vec<&Tensor<T>> = [Some(w), bias, state].into_iter().flatten().collect();
     if let Some(g) = gpu_of("causal_conv1d_fwd", x, &others)? {
         let (bias, state) = (bias.map(dptr).transpose()?, state.map(dptr).transpose()?);

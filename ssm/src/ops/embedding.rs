@@ -41,7 +41,7 @@ pub fn embedding_fwd<T: Float>(
     }
     let mut dims = lead.to_vec();
     dims.push(d);
-    out.reset(dims, table.device())?;
+    out.reset_output(dims, table.device())?;
     if let Some(g) = gpu_of("embedding_fwd", table, &[])? {
         let ids_dev = g.upload(ids)?;
         return g.launch(&k::embedding_fwd(

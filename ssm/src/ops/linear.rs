@@ -31,7 +31,7 @@ pub fn linear_fwd<T: Float>(
     if let Some(b) = bias {
         b.expect_dims("linear_fwd", "bias", &[n])?;
     }
-    y.reset(with_last(x, n), x.device())?;
+    y.reset_output(with_last(x, n), x.device())?;
     let others: Vec<&Tensor<T>> = [Some(w), bias].into_iter().flatten().collect();
     if let Some(g) = gpu_of("linear_fwd", x, &others)? {
         let (xp, wp, yp) = (dptr(x)?, dptr(w)?, dptr(y)?);

@@ -45,7 +45,7 @@ pub fn cross_entropy_fwd<T: Float>(
     lse: &mut Tensor<T>,
 ) -> Result<(f64, usize)> {
     let (m, v) = check("cross_entropy_fwd", logits, targets)?;
-    lse.reset([m], logits.device())?;
+    lse.reset_output([m], logits.device())?;
     let (sum, count) = match gpu_of("cross_entropy_fwd", logits, &[])? {
         None => loss::cross_entropy_fwd(logits.host()?, targets, lse.host_mut()?, v),
         Some(g) => {

@@ -18,8 +18,8 @@ pub fn rmsnorm_fwd<T: Float>(
 ) -> Result<()> {
     let (m, d) = rows_cols("rmsnorm_fwd", "x", x)?;
     w.expect_dims("rmsnorm_fwd", "weight", &[d])?;
-    y.reset(x.shape().clone(), x.device())?;
-    rstd.reset([m], x.device())?;
+    y.reset_output(x.shape().clone(), x.device())?;
+    rstd.reset_output([m], x.device())?;
     if let Some(g) = gpu_of("rmsnorm_fwd", x, &[w])? {
         let (xp, wp, yp, rp) = (dptr(x)?, dptr(w)?, dptr(y)?, dptr(rstd)?);
         return g.launch(&k::rmsnorm_fwd(xp, wp, yp, rp, m, d, eps as f32)?);

@@ -57,7 +57,7 @@ pub fn rope_fwd<T: Float>(
     y: &mut Tensor<T>,
 ) -> Result<()> {
     let (l, h, hd) = check("rope_fwd", x, base)?;
-    y.reset(x.shape().clone(), x.device())?;
+    y.reset_output(x.shape().clone(), x.device())?;
     if let Some(g) = gpu_of("rope_fwd", x, &[])? {
         let dims = rope_dims(x, (l, h, hd));
         return g.launch(&k::rope(

@@ -189,15 +189,16 @@ pub fn selective_scan_fwd<T: Float>(
 ) -> Result<()> {
     let dims = inp.dims()?;
     let device = inp.u.device();
-    out.y.reset([dims.b, dims.l, dims.d], device)?;
-    out.last_state.reset([dims.b, dims.d, dims.n], device)?;
+    out.y.reset_output([dims.b, dims.l, dims.d], device)?;
+    out.last_state
+        .reset_output([dims.b, dims.d, dims.n], device)?;
     if let Some(g) = gpu_of(OP, inp.u, &inp.all())? {
         return cuda_scan::fwd(&g, inp, dims, out, save_for_backward);
     }
     let args = inp.args()?;
     let saved = if save_for_backward {
         out.chunk_states
-            .reset([dims.b, dims.chunks(), dims.n, dims.d], device)?;
+            .reset_output([dims.b, dims.chunks(), dims.n, dims.d], device)?;
         Some(out.chunk_states.host_mut()?)
     } else {
         None

@@ -13,6 +13,7 @@ pub use ops::op_parity;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use crate::backend::cuda::Gpu;
 use crate::error::Result;
 use crate::models::{AnyLM, ModelConfig};
 use crate::nn::Module;
@@ -72,12 +73,33 @@ pub struct Check {
 }
 
 impl Check {
+    /// A case that could not run: it fails, with the error in its name.
+    pub fn error(name: &str, err: impl std::fmt::Display) -> Check {
+        Check {
+            name: format!("{name}: ERROR: {err}"),
+            max_abs_diff: f64::INFINITY,
+            scale: 1.0,
+            tol: 0.0,
+        }
+    }
+
     pub fn rel_err(&self) -> f64 {
         self.max_abs_diff / self.scale
     }
 
     pub fn ok(&self) -> bool {
         self.rel_err() <= self.tol
+    }
+}
+
+/// Receives every check as it is made (gpu-check prints and saves them as they come).
+pub type Sink<'a> = &'a mut dyn FnMut(&Check);
+
+/// Waits for the device, so that an asynchronous fault is blamed on the case that caused it.
+fn synchronize(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        gpu => Gpu::get(gpu)?.synchronize(),
     }
 }
 
@@ -185,64 +207,77 @@ const GRAD_TOL: f64 = 1e-4;
 /// Two training steps (forward, loss, backward, clipping, AdamW) of each tiny model on the CPU and
 /// on `device` from the same weights and batch: the losses and gradient norms of both steps and
 /// every parameter gradient of the first compared.
-pub fn train_step_parity(device: Device, (b, l): (usize, usize)) -> Result<Vec<Check>> {
+pub fn train_step_parity(device: Device, (b, l): (usize, usize), sink: Sink) -> Vec<Check> {
     let mut checks = Vec::new();
     for (name, config) in tiny_models() {
-        let mut rng = StdRng::seed_from_u64(7);
-        let v = config_vocab(&config);
-        let ids: Vec<u32> = (0..b * l)
-            .map(|_| rand::RngExt::random_range(&mut rng, 0..v as u32))
-            .collect();
-        let targets: Vec<i64> = (0..b * l)
-            .map(|i| {
-                if i % 5 == 4 {
-                    -100
-                } else {
-                    ids[(i + 1) % ids.len()] as i64
-                }
-            })
-            .collect();
-        // Two steps of forward, backward, clipping (the small max norm makes it scale) and AdamW:
-        // the second loss sees the first update. Parameters themselves are not compared after
-        // AdamW, which turns round-off in a near-zero gradient into a sizeable step; the update
-        // is checked on identical inputs in `op_parity`.
-        let step = |model: &mut AnyLM| -> Result<(Vec<f64>, Vec<Tensor>)> {
-            let mut opt = AdamW::new(AdamWConfig::default());
-            let mut scalars = Vec::new();
-            let mut grads = Vec::new();
-            for _ in 0..2 {
-                model.zero_grad()?;
-                scalars.push(model.forward_loss(&ids, &targets, b)?);
-                model.backward()?;
-                if grads.is_empty() {
-                    model.try_visit_params(&mut |_, p| {
-                        grads.push(p.grad.to_device(Device::Cpu)?);
-                        Ok(())
-                    })?;
-                }
-                scalars.push(clip_grad_norm(model, 0.05)?);
-                opt.update(model, 1e-3)?;
+        let model_checks = train_step_checks(device, (b, l), name, config)
+            .unwrap_or_else(|e| vec![Check::error(name, e)]);
+        model_checks.iter().for_each(|c| sink(c));
+        checks.extend(model_checks);
+    }
+    checks
+}
+
+fn train_step_checks(
+    device: Device,
+    (b, l): (usize, usize),
+    name: &str,
+    config: ModelConfig,
+) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    let mut rng = StdRng::seed_from_u64(7);
+    let v = config_vocab(&config);
+    let ids: Vec<u32> = (0..b * l)
+        .map(|_| rand::RngExt::random_range(&mut rng, 0..v as u32))
+        .collect();
+    let targets: Vec<i64> = (0..b * l)
+        .map(|i| {
+            if i % 5 == 4 {
+                -100
+            } else {
+                ids[(i + 1) % ids.len()] as i64
             }
-            Ok((scalars, grads))
-        };
-        let mut cpu = AnyLM::new(config.clone(), 1)?;
-        let mut gpu = AnyLM::new(config, 1)?;
-        gpu.to_device(device)?;
-        let (want_s, want_g) = step(&mut cpu)?;
-        let (got_s, got_g) = step(&mut gpu)?;
-        let mut names = Vec::new();
-        cpu.visit_params(&mut |n, _| names.push(n.to_string()));
-        let scalars =
-            |x: &[f64]| Tensor::from_vec([x.len()], x.iter().map(|&v| v as f32).collect());
-        checks.push(compare(
-            format!("{name} losses, grad norms"),
-            &scalars(&want_s)?,
-            &scalars(&got_s)?,
-            1e-5,
-        )?);
-        for ((n, w), g) in names.iter().zip(&want_g).zip(&got_g) {
-            checks.push(compare(format!("{name} d{n}"), w, g, GRAD_TOL)?);
+        })
+        .collect();
+    // Two steps of forward, backward, clipping (the small max norm makes it scale) and AdamW:
+    // the second loss sees the first update. Parameters themselves are not compared after
+    // AdamW, which turns round-off in a near-zero gradient into a sizeable step; the update
+    // is checked on identical inputs in `op_parity`.
+    let step = |model: &mut AnyLM| -> Result<(Vec<f64>, Vec<Tensor>)> {
+        let mut opt = AdamW::new(AdamWConfig::default());
+        let mut scalars = Vec::new();
+        let mut grads = Vec::new();
+        for _ in 0..2 {
+            model.zero_grad()?;
+            scalars.push(model.forward_loss(&ids, &targets, b)?);
+            model.backward()?;
+            if grads.is_empty() {
+                model.try_visit_params(&mut |_, p| {
+                    grads.push(p.grad.to_device(Device::Cpu)?);
+                    Ok(())
+                })?;
+            }
+            scalars.push(clip_grad_norm(model, 0.05)?);
+            opt.update(model, 1e-3)?;
         }
+        Ok((scalars, grads))
+    };
+    let mut cpu = AnyLM::new(config.clone(), 1)?;
+    let mut gpu = AnyLM::new(config, 1)?;
+    gpu.to_device(device)?;
+    let (want_s, want_g) = step(&mut cpu)?;
+    let (got_s, got_g) = step(&mut gpu)?;
+    let mut names = Vec::new();
+    cpu.visit_params(&mut |n, _| names.push(n.to_string()));
+    let scalars = |x: &[f64]| Tensor::from_vec([x.len()], x.iter().map(|&v| v as f32).collect());
+    checks.push(compare(
+        format!("{name} losses, grad norms"),
+        &scalars(&want_s)?,
+        &scalars(&got_s)?,
+        1e-5,
+    )?);
+    for ((n, w), g) in names.iter().zip(&want_g).zip(&got_g) {
+        checks.push(compare(format!("{name} d{n}"), w, g, GRAD_TOL)?);
     }
     Ok(checks)
 }
@@ -257,35 +292,44 @@ fn config_vocab(c: &ModelConfig) -> usize {
 
 /// Decoding on `device` against the CPU for each tiny model: a prefill of two sequences that
 /// fills the recurrent states and KV caches, then single-token steps; every logit compared.
-pub fn decode_parity(device: Device) -> Result<Vec<Check>> {
+pub fn decode_parity(device: Device, sink: Sink) -> Vec<Check> {
     let mut checks = Vec::new();
     for (name, config) in tiny_models() {
-        let v = config_vocab(&config) as u32;
-        let prompt: Vec<u32> = (0..2 * 7).map(|i| (i * 5 + 3) % v).collect();
-        let run = |model: &mut AnyLM| -> Result<Vec<Tensor>> {
-            let mut state = model.zero_state(2)?;
-            let mut out = vec![
-                model
-                    .forward(&prompt, 2, Some(&mut state), false)?
-                    .try_clone()?,
-            ];
-            for t in 0..4u32 {
-                out.push(model.step(&[t % v, (t * 7 + 1) % v], &mut state)?);
-            }
-            out.iter().map(|t| t.to_device(Device::Cpu)).collect()
-        };
-        let want = run(&mut AnyLM::new(config.clone(), 5)?)?;
-        let mut gpu = AnyLM::new(config, 5)?;
-        gpu.to_device(device)?;
-        let got = run(&mut gpu)?;
-        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
-            let what = if i == 0 {
-                "prefill".into()
-            } else {
-                format!("step {i}")
-            };
-            checks.push(compare(format!("{name} decode {what} logits"), w, g, 1e-5)?);
+        let model_checks =
+            decode_checks(device, name, config).unwrap_or_else(|e| vec![Check::error(name, e)]);
+        model_checks.iter().for_each(|c| sink(c));
+        checks.extend(model_checks);
+    }
+    checks
+}
+
+fn decode_checks(device: Device, name: &str, config: ModelConfig) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    let v = config_vocab(&config) as u32;
+    let prompt: Vec<u32> = (0..2 * 7).map(|i| (i * 5 + 3) % v).collect();
+    let run = |model: &mut AnyLM| -> Result<Vec<Tensor>> {
+        let mut state = model.zero_state(2)?;
+        let mut out = vec![
+            model
+                .forward(&prompt, 2, Some(&mut state), false)?
+                .try_clone()?,
+        ];
+        for t in 0..4u32 {
+            out.push(model.step(&[t % v, (t * 7 + 1) % v], &mut state)?);
         }
+        out.iter().map(|t| t.to_device(Device::Cpu)).collect()
+    };
+    let want = run(&mut AnyLM::new(config.clone(), 5)?)?;
+    let mut gpu = AnyLM::new(config, 5)?;
+    gpu.to_device(device)?;
+    let got = run(&mut gpu)?;
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        let what = if i == 0 {
+            "prefill".into()
+        } else {
+            format!("step {i}")
+        };
+        checks.push(compare(format!("{name} decode {what} logits"), w, g, 1e-5)?);
     }
     Ok(checks)
 }

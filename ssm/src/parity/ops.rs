@@ -5,7 +5,7 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::{Check, ParityPlan, compare};
+use super::{Check, ParityPlan, Sink, compare, synchronize};
 use crate::error::Result;
 use crate::nn::{Module, Param};
 use crate::ops::activation::*;
@@ -60,50 +60,56 @@ impl Inputs {
     }
 }
 
-struct Runner {
+struct Runner<'a> {
     device: Device,
     checks: Vec<Check>,
+    sink: Sink<'a>,
 }
 
-impl Runner {
-    /// Runs `f` on the CPU and on the device and compares each output.
-    fn case(
-        &mut self,
-        name: String,
-        tol: f64,
-        f: impl Fn(&mut Inputs) -> Result<Outputs>,
-    ) -> Result<()> {
-        let want = f(&mut Inputs::new(Device::Cpu))?;
-        let got = f(&mut Inputs::new(self.device))?;
-        for ((what, w), (_, g)) in want.iter().zip(&got) {
-            self.checks
-                .push(compare(format!("{name} {what}"), w, g, tol)?);
+impl Runner<'_> {
+    /// Runs `f` on the CPU and on the device and compares each output. A case that fails to
+    /// run (a launch error, a fault found when the device synchronizes) becomes a failed check,
+    /// and the run goes on.
+    fn case(&mut self, name: String, tol: f64, f: impl Fn(&mut Inputs) -> Result<Outputs>) {
+        let run = || -> Result<Vec<Check>> {
+            let want = f(&mut Inputs::new(Device::Cpu))?;
+            let got = f(&mut Inputs::new(self.device))?;
+            synchronize(self.device)?;
+            want.iter()
+                .zip(&got)
+                .map(|((what, w), (_, g))| compare(format!("{name} {what}"), w, g, tol))
+                .collect()
+        };
+        let checks = run().unwrap_or_else(|e| vec![Check::error(&name, e)]);
+        for c in checks {
+            (self.sink)(&c);
+            self.checks.push(c);
         }
-        Ok(())
     }
 }
 
-/// Every op of `plan` on `device` against the CPU.
-pub fn op_parity(device: Device, plan: &ParityPlan) -> Result<Vec<Check>> {
+/// Every op of `plan` on `device` against the CPU; each check goes to `sink` as it is made.
+pub fn op_parity(device: Device, plan: &ParityPlan, sink: Sink) -> Vec<Check> {
     let mut r = Runner {
         device,
         checks: Vec::new(),
+        sink,
     };
     for &(b, l) in &plan.rows {
-        rows_ops(&mut r, b, l)?;
+        rows_ops(&mut r, b, l);
     }
     for &(b, l, d, n, g) in &plan.scans {
-        scan(&mut r, [b, l, d, n, g])?;
+        scan(&mut r, [b, l, d, n, g]);
     }
     for &(b, lq, lk, h, hkv, hd) in &plan.attention {
-        attention(&mut r, [b, lq, lk, h, hkv, hd])?;
+        attention(&mut r, [b, lq, lk, h, hkv, hd]);
     }
-    optimizer(&mut r)?;
-    Ok(r.checks)
+    optimizer(&mut r);
+    r.checks
 }
 
 /// The ops over token rows: linear, embedding, RMSNorm, conv1d, activations, loss, RoPE, copies.
-fn rows_ops(r: &mut Runner, b: usize, l: usize) -> Result<()> {
+fn rows_ops(r: &mut Runner, b: usize, l: usize) {
     let tag = |op: &str| format!("{op} b{b} l{l}");
     let (k, n, v) = (48, 40, 50);
     r.case(tag("linear"), ROW_SUMS, |inp| {
@@ -118,13 +124,13 @@ fn rows_ops(r: &mut Runner, b: usize, l: usize) -> Result<()> {
         linear_fwd(&x, &w, Some(&bias), &mut y)?;
         linear_bwd(&x, &w, &dy, Some(&mut dx), &mut dw, Some(&mut db))?;
         Ok(vec![("y", y), ("dx", dx)])
-    })?;
+    });
     r.case(tag("linear weight grads"), TOKEN_SUMS, |inp| {
         let (x, w, dy) = (inp.t(&[b, l, k])?, inp.t(&[n, k])?, inp.t(&[b, l, n])?);
         let (mut dw, mut db) = (inp.t(&[n, k])?, inp.t(&[n])?);
         linear_bwd(&x, &w, &dy, None, &mut dw, Some(&mut db))?;
         Ok(vec![("dw", dw), ("dbias", db)])
-    })?;
+    });
     r.case(tag("embedding"), TOKEN_SUMS, |inp| {
         let ids = inp.ids(b * l, v as u32);
         let (table, dout, mut dtable) = (inp.t(&[v, 24])?, inp.t(&[b, l, 24])?, inp.t(&[v, 24])?);
@@ -132,7 +138,7 @@ fn rows_ops(r: &mut Runner, b: usize, l: usize) -> Result<()> {
         embedding_fwd(&ids, &[b, l], &table, &mut out)?;
         embedding_bwd(&ids, &dout, &mut dtable)?;
         Ok(vec![("out", out), ("dtable", dtable)])
-    })?;
+    });
     r.case(tag("rmsnorm"), ROW_SUMS, |inp| {
         let (x, w, dy, mut dx) = (
             inp.t(&[b, l, n])?,
@@ -144,7 +150,7 @@ fn rows_ops(r: &mut Runner, b: usize, l: usize) -> Result<()> {
         rmsnorm_fwd(&x, &w, 1e-5, &mut y, &mut rstd)?;
         rmsnorm_bwd(&dy, &x, &w, &rstd, &mut dx, &mut dw)?;
         Ok(vec![("y", y), ("rstd", rstd), ("dx", dx), ("dw", dw)])
-    })?;
+    });
     r.case(tag("conv1d"), TOKEN_SUMS, |inp| {
         let d = 24;
         let (x, w, bias, state) = (
@@ -174,7 +180,7 @@ fn rows_ops(r: &mut Runner, b: usize, l: usize) -> Result<()> {
             ("next state", next),
             ("next state after 1", short),
         ])
-    })?;
+    });
     r.case(tag("activations"), ELEMENTWISE, |inp| {
         let (x, z, dy) = (
             inp.uniform(&[b, l, n], -8.0, 8.0)?,
@@ -212,7 +218,7 @@ fn rows_ops(r: &mut Runner, b: usize, l: usize) -> Result<()> {
             ("mul_add_into", prod),
         ]);
         Ok(outs)
-    })?;
+    });
     r.case(tag("cross entropy"), ROW_SUMS, |inp| {
         let logits = inp.uniform(&[b * l, v], -4.0, 4.0)?;
         let targets: Vec<i64> = inp
@@ -229,7 +235,7 @@ fn rows_ops(r: &mut Runner, b: usize, l: usize) -> Result<()> {
             ("lse", lse),
             ("dlogits", dlogits),
         ])
-    })?;
+    });
     r.case(tag("rope"), ELEMENTWISE, |inp| {
         let (x, dy, mut dx) = (
             inp.t(&[b, l, 3, 16])?,
@@ -241,7 +247,7 @@ fn rows_ops(r: &mut Runner, b: usize, l: usize) -> Result<()> {
         rope_fwd_inplace(&mut inplace, 5, 10_000.0)?;
         rope_bwd(&dy, 5, 10_000.0, &mut dx)?;
         Ok(vec![("y", y), ("in place", inplace), ("dx", dx)])
-    })?;
+    });
     r.case(tag("copies"), ELEMENTWISE, |inp| {
         let (src, mut dst) = (inp.t(&[b, l, 20])?, inp.t(&[b, l, 12])?);
         copy_cols(&src, &mut dst, b * l, [3, 2], 7, false)?;
@@ -255,10 +261,10 @@ fn rows_ops(r: &mut Runner, b: usize, l: usize) -> Result<()> {
             ("add_broadcast", x),
             ("sum_leading_into", dtable),
         ])
-    })
+    });
 }
 
-fn scan(r: &mut Runner, [b, l, d, n, g]: [usize; 5]) -> Result<()> {
+fn scan(r: &mut Runner, [b, l, d, n, g]: [usize; 5]) {
     let name = format!("scan b{b} l{l} d{d} n{n} g{g}");
     let run = |inp: &mut Inputs| -> Result<(ScanOutput<f32>, ScanGrads<f32>)> {
         let (u, delta, a) = (
@@ -303,7 +309,7 @@ fn scan(r: &mut Runner, [b, l, d, n, g]: [usize; 5]) -> Result<()> {
             ("dz", opt(gr.dz)),
             ("dh0", opt(gr.dh0)),
         ])
-    })?;
+    });
     r.case(name, TOKEN_SUMS, |inp| {
         let (_, gr) = run(inp)?;
         let opt = |t: Option<Tensor>| t.unwrap_or_default();
@@ -314,10 +320,10 @@ fn scan(r: &mut Runner, [b, l, d, n, g]: [usize; 5]) -> Result<()> {
             ("dD", opt(gr.dd_skip)),
             ("ddelta_bias", opt(gr.ddelta_bias)),
         ])
-    })
+    });
 }
 
-fn attention(r: &mut Runner, [b, lq, lk, h, hkv, hd]: [usize; 6]) -> Result<()> {
+fn attention(r: &mut Runner, [b, lq, lk, h, hkv, hd]: [usize; 6]) {
     let name = format!("attention b{b} lq{lq} lk{lk} h{h}/{hkv} hd{hd}");
     r.case(name, TOKEN_SUMS, |inp| {
         let (q, k, v) = (
@@ -341,7 +347,7 @@ fn attention(r: &mut Runner, [b, lq, lk, h, hkv, hd]: [usize; 6]) -> Result<()> 
             ("dk", g.dk),
             ("dv", g.dv),
         ])
-    })
+    });
 }
 
 /// Parameters without a model, for the optimizer ops.
@@ -356,7 +362,7 @@ impl Module<f32> for Params {
 }
 
 /// Gradient clipping and two AdamW updates of parameters with random gradients.
-fn optimizer(r: &mut Runner) -> Result<()> {
+fn optimizer(r: &mut Runner) {
     r.case("clip_grad_norm + 2 AdamW steps".into(), ROW_SUMS, |inp| {
         let mut params = Params(Vec::new());
         for (dims, decay) in [(vec![300, 7], true), (vec![1001], false)] {
@@ -374,5 +380,5 @@ fn optimizer(r: &mut Runner) -> Result<()> {
             outs.extend([("clipped grad", p.grad), ("value", p.value)]);
         }
         Ok(outs)
-    })
+    });
 }

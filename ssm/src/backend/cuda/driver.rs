@@ -94,8 +94,23 @@ impl Driver {
         })
     }
 
+    /// The GPU, its architecture and the versions of the libraries actually loaded, e.g.
+    /// `NVIDIA H200 (sm_90), driver CUDA 13.0, NVRTC 13.0, cuBLAS 130100`.
     pub fn describe(&self) -> String {
-        format!("{} ({})", self.name, self.arch)
+        let (mut driver, mut major, mut minor, mut blas) = (0, 0, 0, 0);
+        // SAFETY: plain queries writing into the locals; the libraries were checked present.
+        unsafe {
+            cu_sys::cuDriverGetVersion(&mut driver);
+            nvrtc::nvrtcVersion(&mut major, &mut minor);
+            blas_sys::cublasGetVersion_v2(*self.blas.handle(), &mut blas);
+        }
+        format!(
+            "{} ({}), driver CUDA {}.{}, NVRTC {major}.{minor}, cuBLAS {blas}",
+            self.name,
+            self.arch,
+            driver / 1000,
+            driver % 1000 / 10
+        )
     }
 
     fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
@@ -261,7 +276,11 @@ impl Driver {
 /// Compiles kernel source `name` (one of `ssm_kernels::SOURCES`) to a cubin for `arch` (e.g.
 /// `sm_90`) with NVRTC, the headers of `ssm_kernels::HEADERS` available to it. A cubin rather than
 /// PTX: the driver loads it without a JIT, whatever PTX version it accepts.
-pub fn compile_cubin(name: &str, source: &str, arch: &str) -> std::result::Result<Vec<u8>, String> {
+pub fn compile_cubin(
+    name: &str,
+    source: &str,
+    arch: &str,
+) -> std::result::Result<Vec<u64>, String> {
     // SAFETY: only tries to open the library.
     if !unsafe { nvrtc::is_culib_present() } {
         return Err(
@@ -312,7 +331,8 @@ pub fn compile_cubin(name: &str, source: &str, arch: &str) -> std::result::Resul
         // SAFETY: `prog` compiled; the buffer has the size NVRTC reports.
         unsafe {
             let rc = nvrtc::nvrtcGetCUBINSize(prog, &mut size);
-            let mut cubin = vec![0u8; size];
+            // Words, not bytes: the driver reads the ELF image with 8-byte alignment.
+            let mut cubin = vec![0u64; size.div_ceil(8)];
             if rc != ok {
                 Err(fail("cubin size", rc))
             } else {

@@ -101,8 +101,8 @@ impl Gpu {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A buffer of `len` f32 values with unspecified contents, from the cache when one of its size
-    /// class is free; when the device is out of memory, the cache is returned to the driver and
+    /// A buffer of `len` f32 values with unspecified contents (NaN on the emulated device), from
+    /// the cache when one of its size class is free; when the device is out of memory, the cache is returned to the driver and
     /// the allocation tried once more.
     pub fn alloc(self: &Arc<Self>, len: usize) -> Result<GpuBuffer> {
         let bytes = pool::size_class(len * 4);
@@ -118,6 +118,7 @@ impl Gpu {
             },
         };
         self.pool().note_alloc(bytes);
+        self.invalidate(ptr, len);
         Ok(GpuBuffer {
             gpu: self.clone(),
             ptr,
@@ -182,6 +183,16 @@ impl Gpu {
                 unsafe { std::ptr::write_bytes(ptr as *mut f32, 0, len) };
                 Ok(())
             }
+        }
+    }
+
+    /// Marks `len` values at `ptr` as garbage: NaN on the emulated device (a kernel that leaves an
+    /// output element unwritten then fails the parity checks), nothing on a real GPU.
+    pub fn invalidate(&self, ptr: DevicePtr, len: usize) {
+        if let Engine::Emulated(_) = self.engine {
+            // SAFETY: `ptr` belongs to a live buffer of at least `len` floats; all-ones bits are
+            // a NaN.
+            unsafe { std::ptr::write_bytes(ptr as *mut f32, 0xFF, len) };
         }
     }
 

@@ -52,7 +52,7 @@ pub fn fwd<T: Float>(
     let kd = kernel_dims(dims);
     let chunk_states = if save_for_backward {
         out.chunk_states
-            .reset([dims.b, kd.chunks(), dims.d, dims.n], g.device())?;
+            .reset_output([dims.b, kd.chunks(), dims.d, dims.n], g.device())?;
         Some(dptr(&out.chunk_states)?)
     } else {
         None
