@@ -212,7 +212,7 @@ pub fn train_step_parity(device: Device, (b, l): (usize, usize), sink: Sink) -> 
     for (name, config) in tiny_models() {
         let model_checks = train_step_checks(device, (b, l), name, config)
             .unwrap_or_else(|e| vec![Check::error(name, e)]);
-        model_checks.iter().for_each(|c| sink(c));
+        model_checks.iter().for_each(&mut *sink);
         checks.extend(model_checks);
     }
     checks
@@ -297,7 +297,7 @@ pub fn decode_parity(device: Device, sink: Sink) -> Vec<Check> {
     for (name, config) in tiny_models() {
         let model_checks =
             decode_checks(device, name, config).unwrap_or_else(|e| vec![Check::error(name, e)]);
-        model_checks.iter().for_each(|c| sink(c));
+        model_checks.iter().for_each(&mut *sink);
         checks.extend(model_checks);
     }
     checks
