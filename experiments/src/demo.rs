@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use ssm::Device;
 
 use crate::config::{self, RunConfig};
 use crate::plot::plot;
@@ -23,13 +24,14 @@ pub const DEMO_ARCHS: &[&str] = &["mamba", "transformer"];
 const MARKER: &str = "compare.toml";
 
 /// The demo: `compare` of `DEMO_ARCHS` with the built-in config, into `out_dir/demo`.
-pub fn demo(out_dir: &Path, overrides: &[String]) -> Result<PathBuf> {
+pub fn demo(out_dir: &Path, overrides: &[String], device: Device) -> Result<PathBuf> {
     compare(
         DEMO_CONFIG,
         "configs/demo.toml (built in)",
         &out_dir.join("demo"),
         DEMO_ARCHS,
         overrides,
+        device,
     )
 }
 
@@ -42,6 +44,7 @@ pub fn compare(
     dir: &Path,
     archs: &[&str],
     overrides: &[String],
+    device: Device,
 ) -> Result<PathBuf> {
     if archs.is_empty() {
         bail!("--archs: name at least one architecture");
@@ -75,7 +78,13 @@ pub fn compare(
     ssm::io::atomic_write(&dir.join(MARKER), config_text.as_bytes())?;
     let outcomes = configs
         .iter()
-        .map(|c| train::start(c, &TrainOptions::default()))
+        .map(|c| {
+            let options = TrainOptions {
+                device,
+                ..TrainOptions::default()
+            };
+            train::start(c, &options)
+        })
         .collect::<Result<Vec<Outcome>>>()?;
     let rows: Vec<(String, Vec<String>)> = archs
         .iter()

@@ -119,6 +119,9 @@ enum Cmd {
         /// Points trained in parallel, each a child process.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// Device of every run: cpu, cuda, cuda:N or cuda-emu.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
     },
     /// Plot runs (overlaid) and sweeps: loss, accuracy vs length, loss vs FLOPs, throughput/memory.
     Plot {
@@ -146,6 +149,9 @@ enum Cmd {
         /// Folder name (default: the config file's stem, then "-compare").
         #[arg(long)]
         name: Option<String>,
+        /// Device of every run: cpu, cuda, cuda:N or cuda-emu.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
     },
     /// Time the selective scan (forward, backward; GB/s against the copy bandwidth) and training
     /// steps of a Mamba and a Transformer; defaults are the GPU table (B 1..8, D 1536, L 2^10..2^16;
@@ -201,6 +207,9 @@ enum Cmd {
         /// Override demo config keys, e.g. --set train.steps=100.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Device of every run: cpu, cuda, cuda:N or cuda-emu.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
     },
 }
 
@@ -285,6 +294,7 @@ fn run(cli: Cli) -> Result<()> {
             set,
             name,
             jobs,
+            device,
         } => {
             sweep(&SweepOptions {
                 config,
@@ -292,6 +302,7 @@ fn run(cli: Cli) -> Result<()> {
                 set,
                 name,
                 jobs,
+                device,
             })?;
         }
         Cmd::Plot { runs, out } => {
@@ -312,6 +323,7 @@ fn run(cli: Cli) -> Result<()> {
             set,
             out,
             name,
+            device,
         } => {
             let text = std::fs::read_to_string(&config)
                 .with_context(|| format!("{}: cannot read", config.display()))?;
@@ -320,10 +332,17 @@ fn run(cli: Cli) -> Result<()> {
                 .map_or("run".into(), |s| s.to_string_lossy().into_owned());
             let dir = out.join(name.unwrap_or(format!("{stem}-compare")));
             let archs: Vec<&str> = archs.iter().map(String::as_str).collect();
-            demo::compare(&text, &config.display().to_string(), &dir, &archs, &set)?;
+            demo::compare(
+                &text,
+                &config.display().to_string(),
+                &dir,
+                &archs,
+                &set,
+                device,
+            )?;
         }
-        Cmd::Demo { out, set } => {
-            demo::demo(&out, &set)?;
+        Cmd::Demo { out, set, device } => {
+            demo::demo(&out, &set, device)?;
         }
         Cmd::Bench {
             device,

@@ -1,13 +1,13 @@
 //! Result files: CSV tables written row by row (a killed run keeps every row it finished) and read
 //! back for plots and summaries, and the peak resident memory of the process.
 
-use ssm::Device;
-use ssm::backend::cuda::Gpu;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use ssm::Device;
+use ssm::backend::cuda::Gpu;
 
 pub const METRICS_FILE: &str = "metrics.csv";
 pub const EVAL_FILE: &str = "eval.csv";

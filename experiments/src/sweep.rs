@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use ssm::Device;
 use tracing::{info, warn};
 
 use crate::checkpoint::CONFIG_FILE;
@@ -107,6 +108,8 @@ pub struct SweepOptions {
     pub set: Vec<String>,
     pub name: Option<String>,
     pub jobs: usize,
+    /// Where every point trains (`--device` of each `ssm-lab train`).
+    pub device: Device,
 }
 
 /// A point ready to run.
@@ -179,7 +182,7 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
         });
     }
     create_sweep_dir(&sweep_dir, &axes, &points)?;
-    let failed = run_points(&sweep_dir, &points, o.jobs)?;
+    let failed = run_points(&sweep_dir, &points, o.jobs, o.device)?;
     let keys: Vec<String> = axes.iter().map(|a| a.key.clone()).collect();
     let rows: Vec<(String, Vec<String>)> = points
         .iter()
@@ -281,7 +284,7 @@ fn create_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
 
 /// Runs every point as `ssm-lab train --config configs/<point>.toml`, `jobs` at a time; returns
 /// the names of the points that failed.
-fn run_points(dir: &Path, points: &[Point], jobs: usize) -> Result<Vec<String>> {
+fn run_points(dir: &Path, points: &[Point], jobs: usize, device: Device) -> Result<Vec<String>> {
     let exe = std::env::current_exe().context("cannot locate the ssm-lab binary")?;
     let mut queue = points.iter();
     let mut running: Vec<(&Point, Child)> = Vec::new();
@@ -296,6 +299,7 @@ fn run_points(dir: &Path, points: &[Point], jobs: usize) -> Result<Vec<String>> 
             let child = Command::new(&exe)
                 .args(["train", "--config"])
                 .arg(dir.join("configs").join(format!("{}.toml", p.name)))
+                .args(["--device", &device.to_string()])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)

@@ -3,8 +3,6 @@
 //! as if it had never stopped: the data of step s depends only on (seed, s), and the checkpoint
 //! holds the parameters, the AdamW moments and the step.
 
-use ssm::Device;
-use ssm::ops::activation::scale_;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -12,6 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use ssm::Device;
+use ssm::ops::activation::scale_;
 use ssm::optim::{AdamW, clip_grad_norm, cosine_lr};
 use tracing::{info, warn};
 
