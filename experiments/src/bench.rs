@@ -123,7 +123,9 @@ fn random(device: Device, dims: &[usize], lo: f32, hi: f32, seed: u64) -> Result
     let src = gpu.upload(&block)?;
     for start in (0..n).step_by(BLOCK) {
         let len = BLOCK.min(n - start);
-        gpu.copy(src.ptr(), out.cuda_ptr()? + 4 * start as u64, len)?;
+        // SAFETY: `src` holds BLOCK values and `out` n, of which [start, start + len) is in
+        // range; the two are different buffers.
+        unsafe { gpu.copy(src.ptr(), out.cuda_ptr()? + 4 * start as u64, len)? };
     }
     Ok(out)
 }
@@ -146,7 +148,11 @@ pub fn copy_bandwidth(device: Device, repeats: usize) -> Result<f64> {
         })?,
         gpu => {
             let (g, from, to) = (Gpu::get(gpu)?, src.cuda_ptr()?, dst.cuda_ptr()?);
-            time(repeats, &*sync, &mut || Ok(g.copy(from, to, len)?))?
+            time(repeats, &*sync, &mut || {
+                // SAFETY: `src` and `dst` are distinct live tensors of `len` values.
+                unsafe { g.copy(from, to, len) }?;
+                Ok(())
+            })?
         }
     };
     Ok(2.0 * 4.0 * len as f64 / s / 1e9)

@@ -129,18 +129,22 @@ impl<T: Float> Tensor<T> {
         })
     }
 
-    /// Copies `src` (same device) into this tensor, reusing the allocation when it is large
-    /// enough: layers copy gradients into their scratch buffers every step.
+    /// Makes this tensor a copy of `src`, on `src`'s device, reusing the allocation when it is
+    /// there and large enough: layers copy gradients into their scratch buffers every step.
     pub fn copy_from(&mut self, src: &Self) -> Result<()> {
         match (&mut self.storage, &src.storage) {
-            (Storage::Cpu(dst), Storage::Cpu(s)) => dst.clone_from(s),
-            _ => {
-                self.reset(src.shape.clone(), src.device())?;
-                let gpu = src.gpu()?;
-                gpu.copy(src.cuda_ptr()?, self.cuda_ptr()?, src.numel())?;
+            (Storage::Cpu(dst), Storage::Cpu(s)) => {
+                dst.clone_from(s);
+                self.shape.clone_from(&src.shape);
+            }
+            (_, Storage::Cpu(_)) => *self = src.try_clone()?,
+            (_, Storage::Cuda(s)) => {
+                self.reset_output(src.shape.clone(), src.device())?;
+                // SAFETY: `self` now holds `src.numel()` values on `src`'s device, in another
+                // buffer than `src` (both are borrowed, one mutably).
+                unsafe { s.gpu().copy(s.ptr(), self.cuda_ptr()?, src.numel())? };
             }
         }
-        self.shape.clone_from(&src.shape);
         Ok(())
     }
 }
@@ -251,10 +255,9 @@ impl<T: Float> Tensor<T> {
         }
     }
 
-    /// The CUDA device holding the tensor.
-    pub fn gpu(&self) -> Result<&Arc<Gpu>> {
+    fn gpu_buffer(&self) -> Result<&GpuBuffer> {
         match &self.storage {
-            Storage::Cuda(b) => Ok(b.gpu()),
+            Storage::Cuda(b) => Ok(b),
             Storage::Cpu(_) => Err(Error::Device {
                 device: "cpu".into(),
                 reason: "expected a tensor in CUDA device memory".into(),
@@ -262,12 +265,14 @@ impl<T: Float> Tensor<T> {
         }
     }
 
+    /// The CUDA device holding the tensor.
+    pub fn gpu(&self) -> Result<&Arc<Gpu>> {
+        Ok(self.gpu_buffer()?.gpu())
+    }
+
     /// The device address of the first value, for kernel launches.
     pub fn cuda_ptr(&self) -> Result<ssm_kernels::DevicePtr> {
-        match &self.storage {
-            Storage::Cuda(b) => Ok(b.ptr()),
-            Storage::Cpu(_) => self.gpu().map(|_| 0),
-        }
+        Ok(self.gpu_buffer()?.ptr())
     }
 
     /// A copy of the values in host memory, whatever the device.
@@ -357,7 +362,7 @@ impl<T: Float> Tensor<T> {
                 b.set_len(len);
                 b.gpu().invalidate(b.ptr(), len);
             }
-            Storage::Cuda(_) | Storage::Cpu(_) if device.is_cuda() => {
+            _ if device.is_cuda() => {
                 check_f32::<T>(device)?;
                 let buf = Gpu::get(device)?.alloc(len)?;
                 self.storage = Storage::Cuda(buf);

@@ -81,6 +81,12 @@ fn tensors_move_between_devices_and_ops_refuse_mixed_devices() {
     );
     let err = Tensor::<f64>::zeros([2], Device::CudaEmu).unwrap_err();
     assert!(err.to_string().contains("f32 values, not f64"), "{err}");
+    // copy_from takes the source's device, reusing the allocation where it can.
+    let mut t = dev.clone();
+    t.copy_from(&cpu).unwrap();
+    assert_eq!((t.device(), t.to_vec()), (Device::Cpu, cpu.to_vec()));
+    t.copy_from(&dev).unwrap();
+    assert_eq!((t.device(), t.to_vec()), (Device::CudaEmu, cpu.to_vec()));
     let mut y = cpu.clone();
     let err = add_into(&dev, &mut y).unwrap_err();
     assert!(

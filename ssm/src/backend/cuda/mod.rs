@@ -102,8 +102,8 @@ impl Gpu {
     }
 
     /// A buffer of `len` f32 values with unspecified contents (NaN on the emulated device), from
-    /// the cache when one of its size class is free; when the device is out of memory, the cache is returned to the driver and
-    /// the allocation tried once more.
+    /// the cache when one of its size class is free; when the device is out of memory, the cache
+    /// is returned to the driver and the allocation tried once more.
     pub fn alloc(self: &Arc<Self>, len: usize) -> Result<GpuBuffer> {
         let bytes = pool::size_class(len * 4);
         let cached = self.pool().take(bytes);
@@ -151,7 +151,7 @@ impl Gpu {
 
     /// Copies `dst.len()` values from device address `src` into host memory, after all queued
     /// work.
-    pub fn download(&self, src: DevicePtr, dst: &mut [f32]) -> Result<()> {
+    pub(crate) fn download(&self, src: DevicePtr, dst: &mut [f32]) -> Result<()> {
         match &self.engine {
             Engine::Driver(d) => d.dtoh(src, dst),
             Engine::Emulated(_) => {
@@ -162,12 +162,16 @@ impl Gpu {
         }
     }
 
-    /// Copies `len` values between device addresses (non-overlapping ranges).
-    pub fn copy(&self, src: DevicePtr, dst: DevicePtr, len: usize) -> Result<()> {
+    /// Queues a copy of `len` values between device addresses.
+    ///
+    /// # Safety
+    /// `src` and `dst` must address non-overlapping ranges of `len` floats inside live buffers of
+    /// this device (on the emulated device they are host addresses).
+    pub unsafe fn copy(&self, src: DevicePtr, dst: DevicePtr, len: usize) -> Result<()> {
         match &self.engine {
             Engine::Driver(d) => d.dtod(src, dst, len),
             Engine::Emulated(_) => {
-                // SAFETY: both addresses belong to live buffers of at least `len` floats.
+                // SAFETY: as the caller promises.
                 unsafe { emulated::copy(src, dst, len) };
                 Ok(())
             }
@@ -175,7 +179,7 @@ impl Gpu {
     }
 
     /// Sets `len` values at `ptr` to zero.
-    pub fn memset_zero(&self, ptr: DevicePtr, len: usize) -> Result<()> {
+    pub(crate) fn memset_zero(&self, ptr: DevicePtr, len: usize) -> Result<()> {
         match &self.engine {
             Engine::Driver(d) => d.memset_zero(ptr, len),
             Engine::Emulated(_) => {
@@ -188,7 +192,7 @@ impl Gpu {
 
     /// Marks `len` values at `ptr` as garbage: NaN on the emulated device (a kernel that leaves an
     /// output element unwritten then fails the parity checks), nothing on a real GPU.
-    pub fn invalidate(&self, ptr: DevicePtr, len: usize) {
+    pub(crate) fn invalidate(&self, ptr: DevicePtr, len: usize) {
         if let Engine::Emulated(_) = self.engine {
             // SAFETY: `ptr` belongs to a live buffer of at least `len` floats; all-ones bits are
             // a NaN.
@@ -196,9 +200,10 @@ impl Gpu {
         }
     }
 
-    /// Queues a kernel launch planned by `ssm-kernels`; the pointers in it must be addresses of
-    /// live buffers of this device, sized as the builder's documentation says.
-    pub fn launch(&self, launch: &Launch) -> Result<()> {
+    /// Queues a kernel launch planned by `ssm-kernels`. Crate-internal because the pointers in
+    /// it must be addresses of live buffers of this device, sized as the builder's documentation
+    /// says: the ops pass only the addresses of tensors whose shapes they checked.
+    pub(crate) fn launch(&self, launch: &Launch) -> Result<()> {
         match &self.engine {
             Engine::Driver(d) => d.launch(launch),
             Engine::Emulated(e) => e.launch(launch),
@@ -206,12 +211,13 @@ impl Gpu {
     }
 
     /// Queues launches in order.
-    pub fn launch_all(&self, launches: &[Launch]) -> Result<()> {
+    pub(crate) fn launch_all(&self, launches: &[Launch]) -> Result<()> {
         launches.iter().try_for_each(|l| self.launch(l))
     }
 
-    /// Queues a matrix product (cuBLAS on the driver).
-    pub fn gemm(&self, g: &Gemm) -> Result<()> {
+    /// Queues a matrix product (cuBLAS on the driver); as for `launch`, the ops vouch for the
+    /// buffers behind the addresses.
+    pub(crate) fn gemm(&self, g: &Gemm) -> Result<()> {
         match &self.engine {
             Engine::Driver(d) => d.gemm(&g.column_major()),
             Engine::Emulated(_) => {
@@ -317,7 +323,8 @@ impl GpuBuffer {
     /// A copy on the same device.
     pub fn try_clone(&self) -> Result<GpuBuffer> {
         let out = self.gpu.alloc(self.len)?;
-        self.gpu.copy(self.ptr, out.ptr, self.len)?;
+        // SAFETY: both buffers are live and hold `self.len` values; `out` is new.
+        unsafe { self.gpu.copy(self.ptr, out.ptr, self.len)? };
         Ok(out)
     }
 
