@@ -95,6 +95,21 @@ fn tensors_move_between_devices_and_ops_refuse_mixed_devices() {
     );
 }
 
+/// An allocation the device cannot satisfy is an error (after the cache was handed back), and
+/// the device stays usable.
+#[test]
+fn device_out_of_memory_is_an_error() {
+    let _turn = emulated();
+    let err = Tensor::<f32>::zeros([1 << 42], Device::CudaEmu).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cuda-emu") && msg.contains("out of memory"),
+        "{msg}"
+    );
+    let ok = Tensor::<f32>::zeros([8], Device::CudaEmu).unwrap();
+    assert_eq!(ok.to_vec(), vec![0.0; 8]);
+}
+
 /// After the first step, training on the device reuses cached blocks: the memory in use returns
 /// to the model's own, and later steps need no more than the first.
 #[test]

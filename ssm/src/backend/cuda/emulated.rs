@@ -19,14 +19,20 @@ pub struct Emulated {
 }
 
 impl Emulated {
-    pub fn malloc(&self, bytes: usize) -> DevicePtr {
-        let layout = Layout::from_size_align(bytes, ALIGN).expect("size classes are small");
+    /// `bytes` of host memory, or an error when the host has none to give, as cuMemAlloc
+    /// reports an exhausted GPU.
+    pub fn malloc(&self, bytes: usize) -> Result<DevicePtr> {
+        let out_of_memory = || Error::Device {
+            device: "cuda-emu".into(),
+            reason: format!("out of memory allocating {bytes} bytes"),
+        };
+        let layout = Layout::from_size_align(bytes, ALIGN).map_err(|_| out_of_memory())?;
         // SAFETY: size classes are never zero bytes.
         let p = unsafe { alloc(layout) };
         if p.is_null() {
-            std::alloc::handle_alloc_error(layout);
+            return Err(out_of_memory());
         }
-        p as DevicePtr
+        Ok(p as DevicePtr)
     }
 
     pub fn free(&self, ptr: DevicePtr, bytes: usize) {

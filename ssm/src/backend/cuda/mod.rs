@@ -113,7 +113,14 @@ impl Gpu {
                 Ok(p) => p,
                 Err(_) => {
                     self.release_cache()?;
-                    self.malloc(bytes)?
+                    self.malloc(bytes).map_err(|e| {
+                        let MemoryStats { in_use, cached, .. } = self.memory();
+                        let reason = format!("{e}; {in_use} bytes in use, {cached} cached");
+                        Error::Device {
+                            device: self.device.to_string(),
+                            reason,
+                        }
+                    })?
                 }
             },
         };
@@ -259,7 +266,7 @@ impl Gpu {
     fn malloc(&self, bytes: usize) -> Result<DevicePtr> {
         match &self.engine {
             Engine::Driver(d) => d.malloc(bytes),
-            Engine::Emulated(e) => Ok(e.malloc(bytes)),
+            Engine::Emulated(e) => e.malloc(bytes),
         }
     }
 
