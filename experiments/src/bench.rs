@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use ssm::backend::cuda::Gpu;
+use ssm::backend::cuda::{Gpu, describe, synchronize};
 use ssm::models::{AnyLM, MambaConfig, ModelConfig, TransformerConfig};
 use ssm::nn::Module;
 use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
@@ -95,13 +95,7 @@ fn time(
 }
 
 fn synchronizer(device: Device) -> Result<Box<dyn Fn() -> Result<()>>> {
-    Ok(match device {
-        Device::Cpu => Box::new(|| Ok(())),
-        gpu => {
-            let g = Gpu::get(gpu)?;
-            Box::new(move || Ok(g.synchronize()?))
-        }
-    })
+    Ok(Box::new(move || Ok(synchronize(device)?)))
 }
 
 /// A tensor of values uniform in [lo, hi) on `device`. Large tensors repeat a random block of
@@ -296,10 +290,7 @@ pub struct BenchReport {
 
 /// Runs the measurements of `o`, printing each row as it comes, and writes the CSVs.
 pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
-    let device = match o.device {
-        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
-        gpu => format!("{gpu}: {}", Gpu::get(gpu)?.describe()),
-    };
+    let device = describe(o.device)?;
     let copy_gbps = copy_bandwidth(o.device, o.repeats)?;
     println!("{device}: copy bandwidth {copy_gbps:.1} GB/s (read + write)");
     println!(

@@ -10,7 +10,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use ssm::Device;
-use ssm::backend::cuda::Gpu;
+use ssm::backend::cuda::describe;
 use ssm::parity::{Check, ParityPlan, decode_parity, op_parity, report, train_step_parity};
 
 use crate::bench::{BenchOptions, BenchReport, bench};
@@ -114,13 +114,6 @@ pub fn gpu_check(o: &GpuCheckOptions) -> Result<bool> {
         o.out.display()
     );
     Ok(failed.is_empty())
-}
-
-fn describe(device: Device) -> Result<String> {
-    Ok(match device {
-        Device::Cpu => "cpu".into(),
-        gpu => format!("{gpu}: {}", Gpu::get(gpu)?.describe()),
-    })
 }
 
 /// The speed targets: scan forward >= 50% and backward >= 30% of the copy bandwidth at b = 8,

@@ -128,8 +128,10 @@ impl Model {
         }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut tensors = Vec::new();
-        self.0
-            .visit_params(&mut |name, p| tensors.push((name.to_string(), p.value.clone())));
+        self.0.try_visit_params(&mut |name, p| {
+            tensors.push((name.to_string(), p.value.to_device(Device::Cpu)?));
+            Ok(())
+        })?;
         if tensors.is_empty() {
             bail!("model has no parameters to export");
         }

@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use ssm::Device;
+use ssm::backend::cuda::synchronize;
 use ssm::ops::activation::scale_;
 use ssm::optim::{AdamW, clip_grad_norm, cosine_lr};
 use tracing::{info, warn};
@@ -85,6 +86,7 @@ pub fn start(config: &RunConfig, options: &TrainOptions) -> Result<Outcome> {
         "tokens_per_step": tokens_per_step(config, &task),
         "chance_loss": task.chance_loss(),
         "threads": rayon::current_num_threads(),
+        "device": options.device.to_string(),
     });
     ssm::io::atomic_write(
         &staging.join(RUN_INFO_FILE),
@@ -119,6 +121,13 @@ pub fn resume(run_dir: &Path, options: &TrainOptions) -> Result<Outcome> {
     let mut model = Model::new(&config)?;
     let mut opt = AdamW::new(config.train.adamw);
     let threads = rayon::current_num_threads();
+    let trained_on = run_device(run_dir)?;
+    if trained_on != options.device {
+        warn!(
+            "the run trained on {trained_on} and continues on {}: results continue, but not bit-identically",
+            options.device
+        );
+    }
     let progress = if checkpoint::latest_path(run_dir).exists() {
         let p = checkpoint::restore(run_dir, &mut model, &mut opt)?;
         if p.config != config.to_toml() {
@@ -153,6 +162,21 @@ pub fn resume(run_dir: &Path, options: &TrainOptions) -> Result<Outcome> {
         truncate_after(&run_dir.join(file), progress.step)?;
     }
     run(&config, run_dir, &task, &mut model, opt, progress, options)
+}
+
+/// The device recorded in the run's run.json (runs from before devices trained on the CPU).
+fn run_device(run_dir: &Path) -> Result<Device> {
+    let path = run_dir.join(RUN_INFO_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let info: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    match info.get("device").and_then(|d| d.as_str()) {
+        None => Ok(Device::Cpu),
+        Some(d) => d
+            .parse()
+            .with_context(|| format!("{}: field `device`", path.display())),
+    }
 }
 
 fn tokens_per_step(c: &RunConfig, task: &Task) -> usize {
@@ -275,6 +299,8 @@ fn run(
             );
         }
         opt.update(model.module(), lr)?;
+        // The step's last launches finish before the clock is read.
+        synchronize(options.device)?;
         progress.step = step;
         interval_s += started.elapsed().as_secs_f64();
         progress.interval.add(loss, grad_norm);

@@ -135,11 +135,17 @@ pub fn clip_grad_norm<T: Float>(model: &mut dyn Module<T>, max_norm: f64) -> Res
                 .sum::<f64>();
             return Ok(());
         };
-        if on_gpu.is_none() {
-            let parts = gpu.alloc(SUM_SQUARES_PARTS)?;
-            on_gpu = Some((gpu.clone(), parts, gpu.zeros(1)?));
+        let (first, parts, total) = match &on_gpu {
+            Some(state) => state,
+            None => on_gpu.insert((gpu.clone(), gpu.alloc(SUM_SQUARES_PARTS)?, gpu.zeros(1)?)),
+        };
+        if first.device() != gpu.device() {
+            return Err(Error::DeviceMismatch {
+                op: "clip_grad_norm",
+                a: first.device().to_string(),
+                b: gpu.device().to_string(),
+            });
         }
-        let (gpu, parts, total) = on_gpu.as_ref().expect("set above");
         gpu.launch_all(&sum_squares_into(
             dptr(&p.grad)?,
             p.grad.numel(),

@@ -424,6 +424,11 @@ mod tests {
     #[test]
     fn device_parses() {
         assert_eq!("cuda:1".parse::<Device>().unwrap(), Device::Cuda(1));
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        // Display and FromStr round-trip: sweeps pass devices to child processes as text.
+        for d in [Device::Cpu, Device::Cuda(3), Device::CudaEmu] {
+            assert_eq!(d.to_string().parse::<Device>().unwrap(), d);
+        }
         assert!(
             "gpu"
                 .parse::<Device>()

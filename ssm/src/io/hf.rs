@@ -12,7 +12,7 @@ use super::tensors::{TensorFile, write_tensors};
 use crate::error::{Error, Result};
 use crate::models::mamba::{MambaConfig, MambaLM};
 use crate::nn::Param;
-use crate::tensor::{Float, Tensor};
+use crate::tensor::{Device, Float, Tensor};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -28,63 +28,65 @@ pub enum Part {
     Grad,
 }
 
-fn part<T: Float>(p: &Param<T>, which: Part) -> &Tensor<T> {
+/// A host copy of the value or gradient of `p`, whatever its device.
+fn part<T: Float>(p: &Param<T>, which: Part) -> Result<Tensor<T>> {
     match which {
-        Part::Value => &p.value,
-        Part::Grad => &p.grad,
+        Part::Value => p.value.to_device(Device::Cpu),
+        Part::Grad => p.grad.to_device(Device::Cpu),
     }
 }
 
-fn concat_rows<T: Float>(a: &Tensor<T>, b: &Tensor<T>) -> Tensor<T> {
+/// a and b (host tensors of equal row width) stacked along their first dimension.
+fn concat_rows<T: Float>(a: Tensor<T>, b: Tensor<T>) -> Result<Tensor<T>> {
     let mut dims = a.dims().to_vec();
     dims[0] += b.dims()[0];
-    let mut v = a.to_vec();
-    v.extend(b.to_vec());
-    Tensor::from_vec(dims, v).expect("rows of equal width")
+    let mut v = a.host()?.to_vec();
+    v.extend_from_slice(b.host()?);
+    Tensor::from_vec(dims, v)
 }
 
 /// Every parameter (or gradient) of `model` under its transformers name, in transformers' shapes:
 /// in_proj halves concatenated, conv1d weight as (di, 1, k).
-pub fn named_tensors<T: Float>(model: &MambaLM<T>, which: Part) -> Vec<(String, Tensor<T>)> {
-    let mut out = vec![(EMBEDDING.to_string(), part(&model.embedding, which).clone())];
+pub fn named_tensors<T: Float>(
+    model: &MambaLM<T>,
+    which: Part,
+) -> Result<Vec<(String, Tensor<T>)>> {
+    let mut out = vec![(EMBEDDING.to_string(), part(&model.embedding, which)?)];
     for (i, layer) in model.layers.iter().enumerate() {
         let m = &layer.mixer;
         let p = |s: &str| format!("backbone.layers.{i}.{s}");
-        out.push((p("norm.weight"), part(&layer.norm.weight, which).clone()));
+        out.push((p("norm.weight"), part(&layer.norm.weight, which)?));
         out.push((
             p("mixer.in_proj.weight"),
-            concat_rows(part(&m.in_proj_x, which), part(&m.in_proj_z, which)),
+            concat_rows(part(&m.in_proj_x, which)?, part(&m.in_proj_z, which)?)?,
         ));
         if let (Some(bx), Some(bz)) = (&m.in_bias_x, &m.in_bias_z) {
             out.push((
                 p("mixer.in_proj.bias"),
-                concat_rows(part(bx, which), part(bz, which)),
+                concat_rows(part(bx, which)?, part(bz, which)?)?,
             ));
         }
-        let conv = part(&m.conv_w, which);
+        let conv = part(&m.conv_w, which)?;
         let (di, k) = (conv.dims()[0], conv.dims()[1]);
-        out.push((
-            p("mixer.conv1d.weight"),
-            conv.clone().reshape([di, 1, k]).expect("same size"),
-        ));
+        out.push((p("mixer.conv1d.weight"), conv.reshape([di, 1, k])?));
         if let Some(cb) = &m.conv_b {
-            out.push((p("mixer.conv1d.bias"), part(cb, which).clone()));
+            out.push((p("mixer.conv1d.bias"), part(cb, which)?));
         }
-        out.push((p("mixer.x_proj.weight"), part(&m.x_proj, which).clone()));
-        out.push((p("mixer.dt_proj.weight"), part(&m.dt_proj_w, which).clone()));
-        out.push((p("mixer.dt_proj.bias"), part(&m.dt_proj_b, which).clone()));
-        out.push((p("mixer.A_log"), part(&m.a_log, which).clone()));
-        out.push((p("mixer.D"), part(&m.d_skip, which).clone()));
-        out.push((p("mixer.out_proj.weight"), part(&m.out_proj, which).clone()));
+        out.push((p("mixer.x_proj.weight"), part(&m.x_proj, which)?));
+        out.push((p("mixer.dt_proj.weight"), part(&m.dt_proj_w, which)?));
+        out.push((p("mixer.dt_proj.bias"), part(&m.dt_proj_b, which)?));
+        out.push((p("mixer.A_log"), part(&m.a_log, which)?));
+        out.push((p("mixer.D"), part(&m.d_skip, which)?));
+        out.push((p("mixer.out_proj.weight"), part(&m.out_proj, which)?));
         if let Some(ob) = &m.out_bias {
-            out.push((p("mixer.out_proj.bias"), part(ob, which).clone()));
+            out.push((p("mixer.out_proj.bias"), part(ob, which)?));
         }
     }
     out.push((
         "backbone.norm_f.weight".to_string(),
-        part(&model.norm_f.weight, which).clone(),
+        part(&model.norm_f.weight, which)?,
     ));
-    out
+    Ok(out)
 }
 
 /// The transformers `config.json` of a model.
@@ -237,7 +239,7 @@ pub fn load_mamba(dir: &Path) -> Result<MambaLM<f32>> {
     } else {
         EMBEDDING_STATE_SPACES
     };
-    let wanted = named_tensors(&model, Part::Value);
+    let wanted = named_tensors(&model, Part::Value)?;
     let mut loaded = Vec::with_capacity(wanted.len());
     for (name, like) in &wanted {
         let src_name = if name == EMBEDDING {
@@ -301,7 +303,7 @@ pub fn save_mamba(model: &MambaLM<f32>, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     write_tensors(
         &dir.join(WEIGHTS_FILE),
-        &named_tensors(model, Part::Value),
+        &named_tensors(model, Part::Value)?,
         Some([("format".to_string(), "pt".to_string())].into()),
     )?;
     let text =

@@ -14,7 +14,7 @@ use super::tensors::{TensorFile, write_tensors};
 use crate::error::{Error, Result};
 use crate::nn::Module;
 use crate::optim::AdamW;
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 
 /// Value of the `format` metadata key; a file without it is not a training checkpoint.
 pub const FORMAT: &str = "ssm-train-state-v1";
@@ -23,10 +23,14 @@ const PARAM: &str = "param.";
 const M: &str = "adamw.m.";
 const V: &str = "adamw.v.";
 
-fn params(model: &mut dyn Module<f32>) -> Vec<(String, Tensor<f32>)> {
+/// Host copies of the parameters, whatever their device.
+fn params(model: &mut dyn Module<f32>) -> Result<Vec<(String, Tensor<f32>)>> {
     let mut out = Vec::new();
-    model.visit_params(&mut |name, p| out.push((name.to_string(), p.value.clone())));
-    out
+    model.try_visit_params(&mut |name, p| {
+        out.push((name.to_string(), p.value.to_device(Device::Cpu)?));
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Writes the parameters of `model`, the moments and step of `opt` (which has either never
@@ -37,7 +41,7 @@ pub fn save_train_state(
     opt: &AdamW<f32>,
     state: &Value,
 ) -> Result<()> {
-    let named = params(model);
+    let named = params(model)?;
     if !opt.m.is_empty() && (opt.m.len() != named.len() || opt.v.len() != named.len()) {
         return Err(Error::checkpoint(
             path,
@@ -49,12 +53,12 @@ pub fn save_train_state(
         ));
     }
     let mut tensors = Vec::with_capacity(3 * named.len());
-    for (i, (name, value)) in named.iter().enumerate() {
-        tensors.push((format!("{PARAM}{name}"), value.clone()));
+    for (i, (name, value)) in named.into_iter().enumerate() {
         if !opt.m.is_empty() {
-            tensors.push((format!("{M}{name}"), opt.m[i].clone()));
-            tensors.push((format!("{V}{name}"), opt.v[i].clone()));
+            tensors.push((format!("{M}{name}"), opt.m[i].to_device(Device::Cpu)?));
+            tensors.push((format!("{V}{name}"), opt.v[i].to_device(Device::Cpu)?));
         }
+        tensors.push((format!("{PARAM}{name}"), value));
     }
     let metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
@@ -138,7 +142,7 @@ pub fn load_train_state(
             format!("metadata `adamw_step` is not an integer: {step_text:?}"),
         )
     })?;
-    let named = params(model);
+    let named = params(model)?;
     for name in file.names() {
         let param = [PARAM, M, V].iter().find_map(|p| name.strip_prefix(p));
         if !param.is_some_and(|p| named.iter().any(|(n, _)| n == p)) {

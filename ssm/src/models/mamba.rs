@@ -251,7 +251,7 @@ impl<T: Float> MambaLM<T> {
         let b = tokens.len();
         let v = self.vocab();
         self.forward(tokens, b, Some(state), false)?
-            .clone()
+            .try_clone()?
             .reshape([b, v])
     }
 

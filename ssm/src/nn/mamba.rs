@@ -244,7 +244,7 @@ impl<T: Float> MambaMixer<T> {
         )?;
         if let Some(s) = state {
             causal_conv1d_next_state(&c.xi, &mut s.conv)?;
-            s.ssm.clone_from(&scan.last_state);
+            s.ssm.copy_from(&scan.last_state)?;
         }
         linear_fwd(
             &scan.y,
@@ -307,7 +307,7 @@ impl<T: Float> MambaMixer<T> {
         )?;
         join_xdbl([&s.ddt_low, &g.db, &g.dc], &mut s.dxdbl, [b, l], r, n)?;
         // xc feeds both x_proj and the scan (as u).
-        s.dxc.clone_from(&g.du);
+        s.dxc.copy_from(&g.du)?;
         linear_bwd(
             &c.xc,
             &self.x_proj.value,

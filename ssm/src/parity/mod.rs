@@ -13,7 +13,6 @@ pub use ops::op_parity;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::backend::cuda::Gpu;
 use crate::error::Result;
 use crate::models::{AnyLM, ModelConfig};
 use crate::nn::Module;
@@ -94,14 +93,6 @@ impl Check {
 
 /// Receives every check as it is made (gpu-check prints and saves them as they come).
 pub type Sink<'a> = &'a mut dyn FnMut(&Check);
-
-/// Waits for the device, so that an asynchronous fault is blamed on the case that caused it.
-fn synchronize(device: Device) -> Result<()> {
-    match device {
-        Device::Cpu => Ok(()),
-        gpu => Gpu::get(gpu)?.synchronize(),
-    }
-}
 
 /// Compares `got` (any device) with `want` (the CPU result); NaN in either fails the check.
 pub fn compare(name: impl Into<String>, want: &Tensor, got: &Tensor, tol: f64) -> Result<Check> {

@@ -89,7 +89,8 @@ impl Gpu {
         self.device
     }
 
-    /// The device's name and architecture, e.g. `NVIDIA H200 (sm_90)`.
+    /// The device's name and architecture and the library versions loaded, e.g. `NVIDIA H200
+    /// (sm_90), driver CUDA 13.0, NVRTC 13.0, cuBLAS 130100`.
     pub fn describe(&self) -> String {
         match &self.engine {
             Engine::Driver(d) => d.describe(),
@@ -279,6 +280,23 @@ impl Gpu {
             }
         }
     }
+}
+
+/// Waits for all work queued on `device`; nothing to wait for on the CPU. Timings read the clock
+/// after this.
+pub fn synchronize(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        gpu => Gpu::get(gpu)?.synchronize(),
+    }
+}
+
+/// A one-line description of `device` for logs and reports.
+pub fn describe(device: Device) -> Result<String> {
+    Ok(match device {
+        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+        gpu => format!("{gpu}: {}", Gpu::get(gpu)?.describe()),
+    })
 }
 
 /// Element types whose bytes can be copied to the device as they are.
