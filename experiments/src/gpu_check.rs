@@ -11,7 +11,7 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use ssm::Device;
 use ssm::backend::cuda::describe;
-use ssm::parity::{Check, ParityPlan, decode_parity, op_parity, report, train_step_parity};
+use ssm::parity::{Check, ParityPlan, decode_parity, op_parity, train_step_parity};
 
 use crate::bench::{BenchOptions, BenchReport, bench};
 
@@ -42,13 +42,7 @@ pub fn gpu_check(o: &GpuCheckOptions) -> Result<bool> {
     writeln!(csv, "check,max_abs_diff,scale,rel_err,tol,ok")?;
     let mut write_error = None;
     let mut sink = |c: &Check| {
-        println!(
-            "{}",
-            report(std::slice::from_ref(c))
-                .lines()
-                .nth(1)
-                .unwrap_or_default()
-        );
+        println!("{}", c.row());
         let row = format!(
             "{},{:e},{:e},{:e},{:e},{}",
             c.name.replace(',', ";"),

@@ -30,6 +30,9 @@ pub enum Error {
     #[error("device {device}: {reason}")]
     Device { device: String, reason: String },
     /// Tensors that must share a device live on different ones.
+    /// A shape or size the CUDA kernels do not take (e.g. a state size above their maximum).
+    #[error("CUDA kernels: {reason}")]
+    Kernel { reason: String },
     #[error("{op}: tensors live on different devices ({a} and {b})")]
     DeviceMismatch {
         op: &'static str,

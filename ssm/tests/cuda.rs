@@ -157,7 +157,7 @@ fn device_memory_is_reused_across_steps() {
 #[test]
 fn backend_compiles_every_kernel_source_to_a_cubin() {
     for src in ssm_kernels::SOURCES {
-        let cubin = ssm::backend::cuda::driver::compile_cubin(src.name, src.source, "sm_90")
+        let cubin = ssm::backend::cuda::compile_cubin(src.name, src.source, "sm_90")
             .unwrap_or_else(|e| panic!("{}.cu: {e}", src.name));
         let magic = cubin.first().map(|w| w.to_le_bytes());
         assert!(

@@ -110,7 +110,8 @@ impl<T: Float> KvCache<T> {
         v_new.expect_dims("KvCache::append", "new values", k_new.dims())?;
         let row = hkv * hd;
         for (cache, new) in [(&mut self.k, k_new), (&mut self.v, v_new)] {
-            self.spare.reset([b, len + l, hkv, hd], new.device())?;
+            self.spare
+                .reset_output([b, len + l, hkv, hd], new.device())?;
             if len > 0 {
                 copy_cols(cache, &mut self.spare, b, [0, 0], len * row, false)?;
             }

@@ -406,9 +406,9 @@ fn split_xdbl<T: Float>(
 ) -> Result<()> {
     let [dt, bm, cm] = out;
     let device = xdbl.device();
-    dt.reset([b, l, r], device)?;
-    bm.reset([b, l, 1, n], device)?;
-    cm.reset([b, l, 1, n], device)?;
+    dt.reset_output([b, l, r], device)?;
+    bm.reset_output([b, l, 1, n], device)?;
+    cm.reset_output([b, l, 1, n], device)?;
     copy_cols(xdbl, dt, b * l, [0, 0], r, false)?;
     copy_cols(xdbl, bm, b * l, [r, 0], n, false)?;
     copy_cols(xdbl, cm, b * l, [r + n, 0], n, false)
@@ -422,7 +422,7 @@ fn join_xdbl<T: Float>(
     r: usize,
     n: usize,
 ) -> Result<()> {
-    xdbl.reset([b, l, r + 2 * n], parts[0].device())?;
+    xdbl.reset_output([b, l, r + 2 * n], parts[0].device())?;
     copy_cols(parts[0], xdbl, b * l, [0, 0], r, false)?;
     copy_cols(parts[1], xdbl, b * l, [0, r], n, false)?;
     copy_cols(parts[2], xdbl, b * l, [0, r + n], n, false)

@@ -11,11 +11,11 @@ use crate::tensor::{Float, Tensor};
 
 /// The width of `t` viewed as a matrix of `rows` rows.
 fn width<T: Float>(op: &'static str, what: &str, t: &Tensor<T>, rows: usize) -> Result<usize> {
-    if rows == 0 || !t.numel().is_multiple_of(rows) {
+    if rows == 0 || t.numel() == 0 || !t.numel().is_multiple_of(rows) {
         return Err(Error::shape(
             op,
             what,
-            format!("a multiple of {rows} elements"),
+            format!("a non-zero multiple of {rows} elements"),
             t.dims(),
         ));
     }

@@ -67,46 +67,34 @@ pub fn linear_bwd<T: Float>(
     let (m, k, n) = check(OP, x, w)?;
     same_dims(OP, "dy", dy, &with_last(x, n))?;
     same_dims(OP, "dw", dw, w.dims())?;
-    if let Some(gpu) = gpu_of(OP, x, &[w, dy, dw])? {
+    if let Some(dx) = &dx {
+        same_dims(OP, "dx", dx, x.dims())?;
+    }
+    if let Some(db) = &dbias {
+        same_dims(OP, "dbias", db, &[n])?;
+    }
+    let mut others = vec![w, dy, &*dw];
+    others.extend(dx.as_deref());
+    others.extend(dbias.as_deref());
+    if let Some(gpu) = gpu_of(OP, x, &others)? {
         let dyp = dptr(dy)?;
         if let Some(dx) = dx {
-            same_dims(OP, "dx", dx, x.dims())?;
-            gpu_of(OP, x, &[dx])?;
-            let dxp = dptr(dx)?;
-            gpu.gemm(&Gemm::single(
-                dyp,
-                false,
-                dptr(w)?,
-                false,
-                dxp,
-                (m, k, n),
-                1.0,
-            ))?;
+            let (wp, dxp) = (dptr(w)?, dptr(dx)?);
+            gpu.gemm(&Gemm::single(dyp, false, wp, false, dxp, (m, k, n), 1.0))?;
         }
-        gpu.gemm(&Gemm::single(
-            dyp,
-            true,
-            dptr(x)?,
-            false,
-            dptr(dw)?,
-            (n, k, m),
-            1.0,
-        ))?;
+        let (xp, dwp) = (dptr(x)?, dptr(dw)?);
+        gpu.gemm(&Gemm::single(dyp, true, xp, false, dwp, (n, k, m), 1.0))?;
         if let Some(db) = dbias {
-            same_dims(OP, "dbias", db, &[n])?;
-            gpu_of(OP, x, &[db])?;
             gpu.launch(&reduce::sum_rows_into(dyp, m, n, dptr(db)?)?)?;
         }
         return Ok(());
     }
     let g = dy.host()?;
     if let Some(dx) = dx {
-        same_dims(OP, "dx", dx, x.dims())?;
         matmul_nn(g, w.host()?, dx.host_mut()?, m, n, k, T::one());
     }
     matmul_tn_acc(g, x.host()?, dw.host_mut()?, m, n, k);
     if let Some(db) = dbias {
-        same_dims(OP, "dbias", db, &[n])?;
         let db = db.host_mut()?;
         for row in g.chunks_exact(n) {
             for (o, &v) in db.iter_mut().zip(row) {

@@ -1,6 +1,7 @@
 //! Every op of the engine on the CPU and on a device, from the same seeded random inputs. Each
-//! case is one closure run twice, once per device; gradient buffers start random, so that the
-//! accumulating backwards are checked to add rather than overwrite.
+//! case is one closure run twice, once per device; gradient buffers start random (but in the
+//! optimizer case, where they are the inputs), so that the accumulating backwards are checked to
+//! add rather than overwrite.
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -68,17 +69,22 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
-    /// Runs `f` on the CPU and on the device and compares each output. A case that fails to
-    /// run (a launch error, a fault found when the device synchronizes) becomes a failed check,
-    /// and the run goes on.
-    fn case(&mut self, name: String, tol: f64, f: impl Fn(&mut Inputs) -> Result<Outputs>) {
+    /// Runs `f` on the CPU and on the device and compares each output with the tolerance `tol`
+    /// gives for its name. A case that fails to run (a launch error, a fault found when the
+    /// device synchronizes) becomes a failed check, and the run goes on.
+    fn case(
+        &mut self,
+        name: String,
+        tol: impl Fn(&str) -> f64,
+        f: impl Fn(&mut Inputs) -> Result<Outputs>,
+    ) {
         let run = || -> Result<Vec<Check>> {
             let want = f(&mut Inputs::new(Device::Cpu))?;
             let got = f(&mut Inputs::new(self.device))?;
             synchronize(self.device)?;
             want.iter()
                 .zip(&got)
-                .map(|((what, w), (_, g))| compare(format!("{name} {what}"), w, g, tol))
+                .map(|((what, w), (_, g))| compare(format!("{name} {what}"), w, g, tol(what)))
                 .collect()
         };
         let checks = run().unwrap_or_else(|e| vec![Check::error(&name, e)]);
@@ -113,242 +119,301 @@ pub fn op_parity(device: Device, plan: &ParityPlan, sink: Sink) -> Vec<Check> {
 fn rows_ops(r: &mut Runner, b: usize, l: usize) {
     let tag = |op: &str| format!("{op} b{b} l{l}");
     let (k, n, v) = (48, 40, 50);
-    r.case(tag("linear"), ROW_SUMS, |inp| {
-        let (x, w, bias, dy) = (
-            inp.t(&[b, l, k])?,
-            inp.t(&[n, k])?,
-            inp.t(&[n])?,
-            inp.t(&[b, l, n])?,
-        );
-        let (mut dx, mut dw, mut db) = (inp.t(&[b, l, k])?, inp.t(&[n, k])?, inp.t(&[n])?);
-        let mut y = Tensor::default();
-        linear_fwd(&x, &w, Some(&bias), &mut y)?;
-        linear_bwd(&x, &w, &dy, Some(&mut dx), &mut dw, Some(&mut db))?;
-        Ok(vec![("y", y), ("dx", dx)])
-    });
-    r.case(tag("linear weight grads"), TOKEN_SUMS, |inp| {
-        let (x, w, dy) = (inp.t(&[b, l, k])?, inp.t(&[n, k])?, inp.t(&[b, l, n])?);
-        let (mut dw, mut db) = (inp.t(&[n, k])?, inp.t(&[n])?);
-        linear_bwd(&x, &w, &dy, None, &mut dw, Some(&mut db))?;
-        Ok(vec![("dw", dw), ("dbias", db)])
-    });
-    r.case(tag("embedding"), TOKEN_SUMS, |inp| {
-        let ids = inp.ids(b * l, v as u32);
-        let (table, dout, mut dtable) = (inp.t(&[v, 24])?, inp.t(&[b, l, 24])?, inp.t(&[v, 24])?);
-        let mut out = Tensor::default();
-        embedding_fwd(&ids, &[b, l], &table, &mut out)?;
-        embedding_bwd(&ids, &dout, &mut dtable)?;
-        Ok(vec![("out", out), ("dtable", dtable)])
-    });
-    r.case(tag("rmsnorm"), ROW_SUMS, |inp| {
-        let (x, w, dy, mut dx) = (
-            inp.t(&[b, l, n])?,
-            inp.t(&[n])?,
-            inp.t(&[b, l, n])?,
-            inp.t(&[b, l, n])?,
-        );
-        let (mut y, mut rstd, mut dw) = (Tensor::default(), Tensor::default(), inp.t(&[n])?);
-        rmsnorm_fwd(&x, &w, 1e-5, &mut y, &mut rstd)?;
-        rmsnorm_bwd(&dy, &x, &w, &rstd, &mut dx, &mut dw)?;
-        Ok(vec![("y", y), ("rstd", rstd), ("dx", dx), ("dw", dw)])
-    });
-    r.case(tag("conv1d"), TOKEN_SUMS, |inp| {
-        let d = 24;
-        let (x, w, bias, state) = (
-            inp.t(&[b, l, d])?,
-            inp.t(&[d, 4])?,
-            inp.t(&[d])?,
-            inp.t(&[b, 3, d])?,
-        );
-        let (dy, mut dx, mut dw, mut db) = (
-            inp.t(&[b, l, d])?,
-            inp.t(&[b, l, d])?,
-            inp.t(&[d, 4])?,
-            inp.t(&[d])?,
-        );
-        let mut y = Tensor::default();
-        causal_conv1d_fwd(&x, &w, Some(&bias), Some(&state), &mut y)?;
-        causal_conv1d_bwd(&x, &w, Some(&state), &dy, &mut dx, &mut dw, Some(&mut db))?;
-        let mut next = state.try_clone()?;
-        causal_conv1d_next_state(&x, &mut next)?;
-        let (x1, mut short) = (inp.t(&[b, 1, d])?, state.try_clone()?);
-        causal_conv1d_next_state(&x1, &mut short)?;
-        Ok(vec![
-            ("y", y),
-            ("dx", dx),
-            ("dw", dw),
-            ("dbias", db),
-            ("next state", next),
-            ("next state after 1", short),
-        ])
-    });
-    r.case(tag("activations"), ELEMENTWISE, |inp| {
-        let (x, z, dy) = (
-            inp.uniform(&[b, l, n], -8.0, 8.0)?,
-            inp.t(&[b, l, n])?,
-            inp.t(&[b, l, n])?,
-        );
-        let mut outs = Vec::new();
-        type Fwd = fn(&Tensor, &mut Tensor) -> Result<()>;
-        type Bwd = fn(&Tensor, &Tensor, &mut Tensor) -> Result<()>;
-        let pairs: [(&str, &str, Fwd, Bwd); 3] = [
-            ("silu", "dsilu", silu_fwd, silu_bwd),
-            ("softplus", "dsoftplus", softplus_fwd, softplus_bwd),
-            ("gelu", "dgelu", gelu_fwd, gelu_bwd),
-        ];
-        for (fname, bname, fwd, bwd) in pairs {
-            let (mut y, mut dx) = (Tensor::default(), inp.t(&[b, l, n])?);
-            fwd(&x, &mut y)?;
-            bwd(&x, &dy, &mut dx)?;
-            outs.extend([(fname, y), (bname, dx)]);
-        }
-        let (mut y, mut dx, mut dz) = (Tensor::default(), inp.t(&[b, l, n])?, inp.t(&[b, l, n])?);
-        gate_fwd(&x, &z, &mut y)?;
-        gate_bwd(&x, &z, &dy, &mut dx, &mut dz)?;
-        let (mut acc, mut a) = (z.try_clone()?, Tensor::default());
-        add_into(&x, &mut acc)?;
-        neg_exp(&z, &mut a)?;
-        let mut prod = dy.try_clone()?;
-        mul_add_into(&x, &z, &mut prod)?;
-        outs.extend([
-            ("gate", y),
-            ("dgate x", dx),
-            ("dgate z", dz),
-            ("add_into", acc),
-            ("neg_exp", a),
-            ("mul_add_into", prod),
-        ]);
-        Ok(outs)
-    });
-    r.case(tag("cross entropy"), ROW_SUMS, |inp| {
-        let logits = inp.uniform(&[b * l, v], -4.0, 4.0)?;
-        let targets: Vec<i64> = inp
-            .ids(b * l, v as u32)
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| if i % 7 == 3 { IGNORE_INDEX } else { t as i64 })
-            .collect();
-        let (mut lse, mut dlogits) = (Tensor::default(), inp.t(&[b * l, v])?);
-        let loss = cross_entropy_fwd(&logits, &targets, &mut lse)?.0;
-        cross_entropy_bwd(&logits, &targets, &lse, 0.7, &mut dlogits)?;
-        Ok(vec![
-            ("loss", Tensor::from_vec([1], vec![loss as f32])?),
-            ("lse", lse),
-            ("dlogits", dlogits),
-        ])
-    });
-    r.case(tag("rope"), ELEMENTWISE, |inp| {
-        let (x, dy, mut dx) = (
-            inp.t(&[b, l, 3, 16])?,
-            inp.t(&[b, l, 3, 16])?,
-            inp.t(&[b, l, 3, 16])?,
-        );
-        let (mut y, mut inplace) = (Tensor::default(), x.try_clone()?);
-        rope_fwd(&x, 5, 10_000.0, &mut y)?;
-        rope_fwd_inplace(&mut inplace, 5, 10_000.0)?;
-        rope_bwd(&dy, 5, 10_000.0, &mut dx)?;
-        Ok(vec![("y", y), ("in place", inplace), ("dx", dx)])
-    });
-    r.case(tag("copies"), ELEMENTWISE, |inp| {
-        let (src, mut dst) = (inp.t(&[b, l, 20])?, inp.t(&[b, l, 12])?);
-        copy_cols(&src, &mut dst, b * l, [3, 2], 7, false)?;
-        copy_cols(&src, &mut dst, b * l, [11, 9], 3, true)?;
-        let (table, mut x) = (inp.t(&[l + 4, 6])?, inp.t(&[b, l, 6])?);
-        add_broadcast(&table, 2 * 6, &mut x)?;
-        let mut dtable = inp.t(&[l + 4, 6])?;
-        sum_leading_into(&x, &mut dtable, 6)?;
-        Ok(vec![
-            ("copy_cols", dst),
-            ("add_broadcast", x),
-            ("sum_leading_into", dtable),
-        ])
-    });
+    r.case(
+        tag("linear"),
+        |_| ROW_SUMS,
+        |inp| {
+            let (x, w, bias, dy) = (
+                inp.t(&[b, l, k])?,
+                inp.t(&[n, k])?,
+                inp.t(&[n])?,
+                inp.t(&[b, l, n])?,
+            );
+            let (mut dx, mut dw, mut db) = (inp.t(&[b, l, k])?, inp.t(&[n, k])?, inp.t(&[n])?);
+            let mut y = Tensor::default();
+            linear_fwd(&x, &w, Some(&bias), &mut y)?;
+            linear_bwd(&x, &w, &dy, Some(&mut dx), &mut dw, Some(&mut db))?;
+            Ok(vec![("y", y), ("dx", dx)])
+        },
+    );
+    r.case(
+        tag("linear weight grads"),
+        |_| TOKEN_SUMS,
+        |inp| {
+            let (x, w, dy) = (inp.t(&[b, l, k])?, inp.t(&[n, k])?, inp.t(&[b, l, n])?);
+            let (mut dw, mut db) = (inp.t(&[n, k])?, inp.t(&[n])?);
+            linear_bwd(&x, &w, &dy, None, &mut dw, Some(&mut db))?;
+            Ok(vec![("dw", dw), ("dbias", db)])
+        },
+    );
+    r.case(
+        tag("embedding"),
+        |_| TOKEN_SUMS,
+        |inp| {
+            let ids = inp.ids(b * l, v as u32);
+            let (table, dout, mut dtable) =
+                (inp.t(&[v, 24])?, inp.t(&[b, l, 24])?, inp.t(&[v, 24])?);
+            let mut out = Tensor::default();
+            embedding_fwd(&ids, &[b, l], &table, &mut out)?;
+            embedding_bwd(&ids, &dout, &mut dtable)?;
+            Ok(vec![("out", out), ("dtable", dtable)])
+        },
+    );
+    r.case(
+        tag("rmsnorm"),
+        |_| ROW_SUMS,
+        |inp| {
+            let (x, w, dy, mut dx) = (
+                inp.t(&[b, l, n])?,
+                inp.t(&[n])?,
+                inp.t(&[b, l, n])?,
+                inp.t(&[b, l, n])?,
+            );
+            let (mut y, mut rstd, mut dw) = (Tensor::default(), Tensor::default(), inp.t(&[n])?);
+            rmsnorm_fwd(&x, &w, 1e-5, &mut y, &mut rstd)?;
+            rmsnorm_bwd(&dy, &x, &w, &rstd, &mut dx, &mut dw)?;
+            Ok(vec![("y", y), ("rstd", rstd), ("dx", dx), ("dw", dw)])
+        },
+    );
+    r.case(
+        tag("conv1d"),
+        |_| TOKEN_SUMS,
+        |inp| {
+            let d = 24;
+            let (x, w, bias, state) = (
+                inp.t(&[b, l, d])?,
+                inp.t(&[d, 4])?,
+                inp.t(&[d])?,
+                inp.t(&[b, 3, d])?,
+            );
+            let (dy, mut dx, mut dw, mut db) = (
+                inp.t(&[b, l, d])?,
+                inp.t(&[b, l, d])?,
+                inp.t(&[d, 4])?,
+                inp.t(&[d])?,
+            );
+            let mut y = Tensor::default();
+            causal_conv1d_fwd(&x, &w, Some(&bias), Some(&state), &mut y)?;
+            causal_conv1d_bwd(&x, &w, Some(&state), &dy, &mut dx, &mut dw, Some(&mut db))?;
+            let mut next = state.try_clone()?;
+            causal_conv1d_next_state(&x, &mut next)?;
+            let (x1, mut short) = (inp.t(&[b, 1, d])?, state.try_clone()?);
+            causal_conv1d_next_state(&x1, &mut short)?;
+            Ok(vec![
+                ("y", y),
+                ("dx", dx),
+                ("dw", dw),
+                ("dbias", db),
+                ("next state", next),
+                ("next state after 1", short),
+            ])
+        },
+    );
+    r.case(
+        tag("activations"),
+        |_| ELEMENTWISE,
+        |inp| {
+            let (x, z, dy) = (
+                inp.uniform(&[b, l, n], -8.0, 8.0)?,
+                inp.t(&[b, l, n])?,
+                inp.t(&[b, l, n])?,
+            );
+            let mut outs = Vec::new();
+            type Fwd = fn(&Tensor, &mut Tensor) -> Result<()>;
+            type Bwd = fn(&Tensor, &Tensor, &mut Tensor) -> Result<()>;
+            let pairs: [(&str, &str, Fwd, Bwd); 3] = [
+                ("silu", "dsilu", silu_fwd, silu_bwd),
+                ("softplus", "dsoftplus", softplus_fwd, softplus_bwd),
+                ("gelu", "dgelu", gelu_fwd, gelu_bwd),
+            ];
+            for (fname, bname, fwd, bwd) in pairs {
+                let (mut y, mut dx) = (Tensor::default(), inp.t(&[b, l, n])?);
+                fwd(&x, &mut y)?;
+                bwd(&x, &dy, &mut dx)?;
+                outs.extend([(fname, y), (bname, dx)]);
+            }
+            let (mut y, mut dx, mut dz) =
+                (Tensor::default(), inp.t(&[b, l, n])?, inp.t(&[b, l, n])?);
+            gate_fwd(&x, &z, &mut y)?;
+            gate_bwd(&x, &z, &dy, &mut dx, &mut dz)?;
+            let (mut acc, mut a) = (z.try_clone()?, Tensor::default());
+            add_into(&x, &mut acc)?;
+            neg_exp(&z, &mut a)?;
+            let mut prod = dy.try_clone()?;
+            mul_add_into(&x, &z, &mut prod)?;
+            outs.extend([
+                ("gate", y),
+                ("dgate x", dx),
+                ("dgate z", dz),
+                ("add_into", acc),
+                ("neg_exp", a),
+                ("mul_add_into", prod),
+            ]);
+            Ok(outs)
+        },
+    );
+    r.case(
+        tag("cross entropy"),
+        |_| ROW_SUMS,
+        |inp| {
+            let logits = inp.uniform(&[b * l, v], -4.0, 4.0)?;
+            let targets: Vec<i64> = inp
+                .ids(b * l, v as u32)
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| if i % 7 == 3 { IGNORE_INDEX } else { t as i64 })
+                .collect();
+            let (mut lse, mut dlogits) = (Tensor::default(), inp.t(&[b * l, v])?);
+            let loss = cross_entropy_fwd(&logits, &targets, &mut lse)?.0;
+            cross_entropy_bwd(&logits, &targets, &lse, 0.7, &mut dlogits)?;
+            Ok(vec![
+                ("loss", Tensor::from_vec([1], vec![loss as f32])?),
+                ("lse", lse),
+                ("dlogits", dlogits),
+            ])
+        },
+    );
+    r.case(
+        tag("rope"),
+        |_| ELEMENTWISE,
+        |inp| {
+            let (x, dy, mut dx) = (
+                inp.t(&[b, l, 3, 16])?,
+                inp.t(&[b, l, 3, 16])?,
+                inp.t(&[b, l, 3, 16])?,
+            );
+            let (mut y, mut inplace) = (Tensor::default(), x.try_clone()?);
+            rope_fwd(&x, 5, 10_000.0, &mut y)?;
+            rope_fwd_inplace(&mut inplace, 5, 10_000.0)?;
+            rope_bwd(&dy, 5, 10_000.0, &mut dx)?;
+            Ok(vec![("y", y), ("in place", inplace), ("dx", dx)])
+        },
+    );
+    r.case(
+        tag("copies"),
+        |_| ELEMENTWISE,
+        |inp| {
+            let (src, mut dst) = (inp.t(&[b, l, 20])?, inp.t(&[b, l, 12])?);
+            copy_cols(&src, &mut dst, b * l, [3, 2], 7, false)?;
+            copy_cols(&src, &mut dst, b * l, [11, 9], 3, true)?;
+            let (table, mut x) = (inp.t(&[l + 4, 6])?, inp.t(&[b, l, 6])?);
+            add_broadcast(&table, 2 * 6, &mut x)?;
+            let mut dtable = inp.t(&[l + 4, 6])?;
+            sum_leading_into(&x, &mut dtable, 6)?;
+            Ok(vec![
+                ("copy_cols", dst),
+                ("add_broadcast", x),
+                ("sum_leading_into", dtable),
+            ])
+        },
+    );
 }
 
+/// The scan with every option (D, z, delta_bias with softplus, initial state, a gradient of the
+/// last state) and with none, gradients accumulated into random buffers.
 fn scan(r: &mut Runner, [b, l, d, n, g]: [usize; 5]) {
-    let name = format!("scan b{b} l{l} d{d} n{n} g{g}");
-    let run = |inp: &mut Inputs| -> Result<(ScanOutput<f32>, ScanGrads<f32>)> {
-        let (u, delta, a) = (
-            inp.t(&[b, l, d])?,
-            inp.uniform(&[b, l, d], -3.0, 0.5)?,
-            inp.uniform(&[d, n], -2.0, -0.1)?,
+    for full in [true, false] {
+        let name = format!(
+            "scan {} b{b} l{l} d{d} n{n} g{g}",
+            if full { "all options" } else { "bare" }
         );
-        let (bm, cm, d_skip, z) = (
-            inp.t(&[b, l, g, n])?,
-            inp.t(&[b, l, g, n])?,
-            inp.t(&[d])?,
-            inp.t(&[b, l, d])?,
-        );
-        let (delta_bias, h0) = (inp.uniform(&[d], -1.0, 0.0)?, inp.t(&[b, d, n])?);
-        let (dy, dlast) = (inp.t(&[b, l, d])?, inp.t(&[b, d, n])?);
-        let scan_inputs = ScanInputs {
-            u: &u,
-            delta: &delta,
-            a: &a,
-            b: &bm,
-            c: &cm,
-            d_skip: Some(&d_skip),
-            z: Some(&z),
-            delta_bias: Some(&delta_bias),
-            delta_softplus: true,
-            h0: Some(&h0),
+        // dA, dB, dC, dD and d_delta_bias sum over every token of a sequence (dB and dC through
+        // atomics across channel blocks on the GPU).
+        let tol = |what: &str| match what {
+            "dA" | "dB" | "dC" | "dD" | "ddelta_bias" => TOKEN_SUMS,
+            _ => ROW_SUMS,
         };
-        let mut out = ScanOutput::default();
-        selective_scan_fwd(&scan_inputs, &mut out, true)?;
-        let mut grads = ScanGrads::zeros_like(&scan_inputs)?;
-        selective_scan_bwd(&scan_inputs, &out, &dy, Some(&dlast), &mut grads)?;
-        Ok((out, grads))
-    };
-    r.case(name.clone(), ROW_SUMS, |inp| {
-        let (out, gr) = run(inp)?;
-        let opt = |t: Option<Tensor>| t.unwrap_or_default();
-        Ok(vec![
-            ("y", out.y),
-            ("last state", out.last_state),
-            ("du", gr.du),
-            ("ddelta", gr.ddelta),
-            ("dz", opt(gr.dz)),
-            ("dh0", opt(gr.dh0)),
-        ])
-    });
-    r.case(name, TOKEN_SUMS, |inp| {
-        let (_, gr) = run(inp)?;
-        let opt = |t: Option<Tensor>| t.unwrap_or_default();
-        Ok(vec![
-            ("dA", gr.da),
-            ("dB", gr.db),
-            ("dC", gr.dc),
-            ("dD", opt(gr.dd_skip)),
-            ("ddelta_bias", opt(gr.ddelta_bias)),
-        ])
-    });
+        r.case(name, tol, |inp| {
+            let u = inp.t(&[b, l, d])?;
+            // Without softplus, delta is the step itself and must be positive.
+            let delta = if full {
+                inp.uniform(&[b, l, d], -3.0, 0.5)?
+            } else {
+                inp.uniform(&[b, l, d], 0.01, 1.0)?
+            };
+            let a = inp.uniform(&[d, n], -2.0, -0.1)?;
+            let (bm, cm) = (inp.t(&[b, l, g, n])?, inp.t(&[b, l, g, n])?);
+            let (d_skip, z, h0) = (inp.t(&[d])?, inp.t(&[b, l, d])?, inp.t(&[b, d, n])?);
+            let delta_bias = inp.uniform(&[d], -1.0, 0.0)?;
+            let (dy, dlast) = (inp.t(&[b, l, d])?, inp.t(&[b, d, n])?);
+            let some = |t| full.then_some(t);
+            let scan_inputs = ScanInputs {
+                u: &u,
+                delta: &delta,
+                a: &a,
+                b: &bm,
+                c: &cm,
+                d_skip: some(&d_skip),
+                z: some(&z),
+                delta_bias: some(&delta_bias),
+                delta_softplus: full,
+                h0: some(&h0),
+            };
+            let mut out = ScanOutput::default();
+            selective_scan_fwd(&scan_inputs, &mut out, true)?;
+            let mut random_like = |t: &Tensor| inp.t(t.dims());
+            let mut gr = ScanGrads {
+                du: random_like(&u)?,
+                ddelta: random_like(&delta)?,
+                da: random_like(&a)?,
+                db: random_like(&bm)?,
+                dc: random_like(&cm)?,
+                dd_skip: some(&d_skip).map(&mut random_like).transpose()?,
+                dz: some(&z).map(&mut random_like).transpose()?,
+                ddelta_bias: some(&delta_bias).map(&mut random_like).transpose()?,
+                dh0: some(&h0).map(&mut random_like).transpose()?,
+            };
+            selective_scan_bwd(&scan_inputs, &out, &dy, some(&dlast), &mut gr)?;
+            let mut outs = vec![
+                ("y", out.y),
+                ("last state", out.last_state),
+                ("du", gr.du),
+                ("ddelta", gr.ddelta),
+                ("dA", gr.da),
+                ("dB", gr.db),
+                ("dC", gr.dc),
+            ];
+            let optional = [
+                ("dD", gr.dd_skip),
+                ("dz", gr.dz),
+                ("ddelta_bias", gr.ddelta_bias),
+                ("dh0", gr.dh0),
+            ];
+            outs.extend(optional.into_iter().filter_map(|(w, t)| t.map(|t| (w, t))));
+            Ok(outs)
+        });
+    }
 }
 
 fn attention(r: &mut Runner, [b, lq, lk, h, hkv, hd]: [usize; 6]) {
     let name = format!("attention b{b} lq{lq} lk{lk} h{h}/{hkv} hd{hd}");
-    r.case(name, TOKEN_SUMS, |inp| {
-        let (q, k, v) = (
-            inp.t(&[b, lq, h, hd])?,
-            inp.t(&[b, lk, hkv, hd])?,
-            inp.t(&[b, lk, hkv, hd])?,
-        );
-        let d_o = inp.t(&[b, lq, h, hd])?;
-        let mut out = AttentionOutput::default();
-        attention_fwd(&q, &k, &v, None, &mut out)?;
-        let mut g = AttentionGrads {
-            dq: inp.t(q.dims())?,
-            dk: inp.t(k.dims())?,
-            dv: inp.t(k.dims())?,
-        };
-        attention_bwd(&q, &k, &v, &out, &d_o, &mut g)?;
-        Ok(vec![
-            ("o", out.o),
-            ("lse", out.lse),
-            ("dq", g.dq),
-            ("dk", g.dk),
-            ("dv", g.dv),
-        ])
-    });
+    r.case(
+        name,
+        |_| TOKEN_SUMS,
+        |inp| {
+            let (q, k, v) = (
+                inp.t(&[b, lq, h, hd])?,
+                inp.t(&[b, lk, hkv, hd])?,
+                inp.t(&[b, lk, hkv, hd])?,
+            );
+            let d_o = inp.t(&[b, lq, h, hd])?;
+            let mut out = AttentionOutput::default();
+            attention_fwd(&q, &k, &v, None, &mut out)?;
+            let mut g = AttentionGrads {
+                dq: inp.t(q.dims())?,
+                dk: inp.t(k.dims())?,
+                dv: inp.t(k.dims())?,
+            };
+            attention_bwd(&q, &k, &v, &out, &d_o, &mut g)?;
+            Ok(vec![
+                ("o", out.o),
+                ("lse", out.lse),
+                ("dq", g.dq),
+                ("dk", g.dk),
+                ("dv", g.dv),
+            ])
+        },
+    );
 }
 
 /// Parameters without a model, for the optimizer ops.
@@ -364,22 +429,26 @@ impl Module<f32> for Params {
 
 /// Gradient clipping and two AdamW updates of parameters with random gradients.
 fn optimizer(r: &mut Runner) {
-    r.case("clip_grad_norm + 2 AdamW steps".into(), ROW_SUMS, |inp| {
-        let mut params = Params(Vec::new());
-        for (dims, decay) in [(vec![300, 7], true), (vec![1001], false)] {
-            let mut p = Param::new(inp.t(&dims)?, decay);
-            p.to_device(inp.device)?;
-            p.grad = inp.t(&dims)?;
-            params.0.push(p);
-        }
-        let mut opt = AdamW::new(AdamWConfig::default());
-        let norm = clip_grad_norm(&mut params, 2.0)?;
-        opt.update(&mut params, 1e-2)?;
-        opt.update(&mut params, 1e-2)?;
-        let mut outs = vec![("grad norm", Tensor::from_vec([1], vec![norm as f32])?)];
-        for p in params.0 {
-            outs.extend([("clipped grad", p.grad), ("value", p.value)]);
-        }
-        Ok(outs)
-    });
+    r.case(
+        "clip_grad_norm + 2 AdamW steps".into(),
+        |_| ROW_SUMS,
+        |inp| {
+            let mut params = Params(Vec::new());
+            for (dims, decay) in [(vec![300, 7], true), (vec![1001], false)] {
+                let mut p = Param::new(inp.t(&dims)?, decay);
+                p.to_device(inp.device)?;
+                p.grad = inp.t(&dims)?;
+                params.0.push(p);
+            }
+            let mut opt = AdamW::new(AdamWConfig::default());
+            let norm = clip_grad_norm(&mut params, 2.0)?;
+            opt.update(&mut params, 1e-2)?;
+            opt.update(&mut params, 1e-2)?;
+            let mut outs = vec![("grad norm", Tensor::from_vec([1], vec![norm as f32])?)];
+            for p in params.0 {
+                outs.extend([("clipped grad", p.grad), ("value", p.value)]);
+            }
+            Ok(outs)
+        },
+    );
 }

@@ -12,7 +12,7 @@
 //!   cuBLAS argument mapping) is tested on machines without a GPU.
 
 pub(crate) mod attention;
-pub mod driver;
+mod driver;
 mod emulated;
 mod gemm;
 mod pool;
@@ -21,7 +21,8 @@ pub(crate) mod scan;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use gemm::Gemm;
+pub use driver::compile_cubin;
+pub(crate) use gemm::Gemm;
 use ssm_kernels::{DevicePtr, Launch};
 
 use crate::error::{Error, Result};
@@ -375,8 +376,7 @@ impl Drop for GpuBuffer {
 
 impl From<ssm_kernels::Error> for Error {
     fn from(e: ssm_kernels::Error) -> Self {
-        Error::Device {
-            device: "cuda".into(),
+        Error::Kernel {
             reason: e.to_string(),
         }
     }
