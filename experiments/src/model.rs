@@ -9,7 +9,7 @@ use ssm::Device;
 use ssm::io::hf;
 use ssm::io::tensors::{TensorFile, write_tensors};
 use ssm::models::generate::Sampling;
-use ssm::models::{AnyLM, ModelConfig};
+use ssm::models::{AnyLM, Decoder, ModelConfig};
 use ssm::nn::Module;
 
 use crate::config::RunConfig;

@@ -2,7 +2,7 @@
 //! generation, and the optimizer.
 
 use ssm::models::generate::Sampling;
-use ssm::models::{MambaConfig, MambaLM};
+use ssm::models::{Decoder, MambaConfig, MambaLM};
 use ssm::nn::Module;
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm, cosine_lr};
 

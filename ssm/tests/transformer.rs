@@ -3,7 +3,7 @@
 
 use ssm::models::generate::Sampling;
 use ssm::models::{
-    AnyLM, HybridConfig, MambaConfig, ModelConfig, TransformerConfig, TransformerLM,
+    AnyLM, Decoder, HybridConfig, MambaConfig, ModelConfig, TransformerConfig, TransformerLM,
 };
 use ssm::nn::Module;
 use ssm::nn::attention::PosEncoding;

@@ -81,7 +81,17 @@ pub trait Decoder<T: Float> {
         state: &mut Self::State,
     ) -> Result<&Tensor<T>>;
     /// Logits (b, v) for one new token per sequence, advancing `state`.
-    fn step(&mut self, tokens: &[u32], state: &mut Self::State) -> Result<Tensor<T>>;
+    fn step(&mut self, tokens: &[u32], state: &mut Self::State) -> Result<Tensor<T>> {
+        let (b, v) = (tokens.len(), self.vocab());
+        self.forward_state(tokens, b, state)?
+            .try_clone()?
+            .reshape([b, v])
+    }
+
+    /// Continues `prompt` by `n_new` tokens (see [`generate`]).
+    fn generate(&mut self, prompt: &[u32], n_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
+        generate(self, prompt, n_new, sampling)
+    }
 }
 
 /// Continues `prompt` by `n_new` tokens: the prompt is consumed in one parallel forward that
@@ -139,20 +149,5 @@ impl<T: Float> Decoder<T> for MambaLM<T> {
         state: &mut MambaState<T>,
     ) -> Result<&Tensor<T>> {
         self.forward(ids, b, Some(state), false)
-    }
-    fn step(&mut self, tokens: &[u32], state: &mut MambaState<T>) -> Result<Tensor<T>> {
-        MambaLM::step(self, tokens, state)
-    }
-}
-
-impl<T: Float> MambaLM<T> {
-    /// Continues `prompt` by `n_new` tokens (see [`generate`]).
-    pub fn generate(
-        &mut self,
-        prompt: &[u32],
-        n_new: usize,
-        sampling: Sampling,
-    ) -> Result<Vec<u32>> {
-        generate(self, prompt, n_new, sampling)
     }
 }

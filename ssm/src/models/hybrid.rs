@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::generate::{Decoder, Sampling, generate};
+use super::generate::Decoder;
 use super::mamba::MambaConfig;
 use super::mamba_block_params;
 use super::transformer::{INIT_STD, TransformerBlock, TransformerConfig};
@@ -427,25 +427,6 @@ impl<T: Float> HybridLM<T> {
         Ok(HybridState { layers, pos: 0 })
     }
 
-    /// Logits (b, v) for one new token per sequence, advancing `state`.
-    pub fn step(&mut self, tokens: &[u32], state: &mut HybridState<T>) -> Result<Tensor<T>> {
-        let b = tokens.len();
-        let v = self.vocab();
-        self.forward(tokens, b, Some(state), false)?
-            .try_clone()?
-            .reshape([b, v])
-    }
-
-    /// Continues `prompt` by `n_new` tokens (see [`generate`]).
-    pub fn generate(
-        &mut self,
-        prompt: &[u32],
-        n_new: usize,
-        sampling: Sampling,
-    ) -> Result<Vec<u32>> {
-        generate(self, prompt, n_new, sampling)
-    }
-
     /// The same model in another float type (gradient checks run in f64).
     pub fn cast<U: Float>(&self) -> HybridLM<U> {
         HybridLM {
@@ -474,9 +455,6 @@ impl<T: Float> Decoder<T> for HybridLM<T> {
         state: &mut HybridState<T>,
     ) -> Result<&Tensor<T>> {
         self.forward(ids, b, Some(state), false)
-    }
-    fn step(&mut self, tokens: &[u32], state: &mut HybridState<T>) -> Result<Tensor<T>> {
-        HybridLM::step(self, tokens, state)
     }
 }
 

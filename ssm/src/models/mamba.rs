@@ -246,15 +246,6 @@ impl<T: Float> MambaLM<T> {
         })
     }
 
-    /// Logits (b, v) for one new token per sequence, advancing `state`.
-    pub fn step(&mut self, tokens: &[u32], state: &mut MambaState<T>) -> Result<Tensor<T>> {
-        let b = tokens.len();
-        let v = self.vocab();
-        self.forward(tokens, b, Some(state), false)?
-            .try_clone()?
-            .reshape([b, v])
-    }
-
     /// The same model in another float type (gradient checks run in f64).
     pub fn cast<U: Float>(&self) -> MambaLM<U> {
         MambaLM {

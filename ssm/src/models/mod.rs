@@ -24,7 +24,7 @@ pub use hybrid::{HybridConfig, HybridLM, HybridState};
 pub use mamba::{MambaConfig, MambaLM, MambaState};
 pub use transformer::{TransformerConfig, TransformerLM, TransformerState};
 
-use self::generate::{Decoder, Sampling};
+pub use self::generate::{Decoder, Sampling};
 use crate::error::{Error, Result};
 use crate::nn::{Module, Param};
 use crate::tensor::{Float, Tensor};
@@ -241,27 +241,6 @@ impl<T: Float> AnyLM<T> {
         })
     }
 
-    /// Logits (b, v) for one new token per sequence, advancing `state`.
-    pub fn step(&mut self, tokens: &[u32], state: &mut AnyState<T>) -> Result<Tensor<T>> {
-        let arch = self.arch();
-        match (self, state) {
-            (AnyLM::Mamba(m), AnyState::Mamba(s)) => m.step(tokens, s),
-            (AnyLM::Transformer(m), AnyState::Transformer(s)) => m.step(tokens, s),
-            (AnyLM::Hybrid(m), AnyState::Hybrid(s)) => m.step(tokens, s),
-            (_, s) => Err(state_mismatch(arch, s)),
-        }
-    }
-
-    /// Continues `prompt` by `n_new` tokens (see [`generate::generate`]).
-    pub fn generate(
-        &mut self,
-        prompt: &[u32],
-        n_new: usize,
-        sampling: Sampling,
-    ) -> Result<Vec<u32>> {
-        generate::generate(self, prompt, n_new, sampling)
-    }
-
     /// The same model in another float type (gradient checks run in f64).
     pub fn cast<U: Float>(&self) -> AnyLM<U> {
         match self {
@@ -303,8 +282,5 @@ impl<T: Float> Decoder<T> for AnyLM<T> {
         state: &mut AnyState<T>,
     ) -> Result<&Tensor<T>> {
         self.forward(ids, b, Some(state), false)
-    }
-    fn step(&mut self, tokens: &[u32], state: &mut AnyState<T>) -> Result<Tensor<T>> {
-        AnyLM::step(self, tokens, state)
     }
 }

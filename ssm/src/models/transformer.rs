@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::generate::{Decoder, Sampling, generate};
+use super::generate::Decoder;
 use super::trunk::Trunk;
 use crate::error::{Error, Result};
 use crate::nn::attention::{
@@ -446,25 +446,6 @@ impl<T: Float> TransformerLM<T> {
         })
     }
 
-    /// Logits (b, v) for one new token per sequence, extending the KV caches of `state`.
-    pub fn step(&mut self, tokens: &[u32], state: &mut TransformerState<T>) -> Result<Tensor<T>> {
-        let b = tokens.len();
-        let v = self.vocab();
-        self.forward(tokens, b, Some(state), false)?
-            .try_clone()?
-            .reshape([b, v])
-    }
-
-    /// Continues `prompt` by `n_new` tokens (see [`generate`]).
-    pub fn generate(
-        &mut self,
-        prompt: &[u32],
-        n_new: usize,
-        sampling: Sampling,
-    ) -> Result<Vec<u32>> {
-        generate(self, prompt, n_new, sampling)
-    }
-
     /// The same model in another float type (gradient checks run in f64).
     pub fn cast<U: Float>(&self) -> TransformerLM<U> {
         TransformerLM {
@@ -493,9 +474,6 @@ impl<T: Float> Decoder<T> for TransformerLM<T> {
         state: &mut TransformerState<T>,
     ) -> Result<&Tensor<T>> {
         self.forward(ids, b, Some(state), false)
-    }
-    fn step(&mut self, tokens: &[u32], state: &mut TransformerState<T>) -> Result<Tensor<T>> {
-        TransformerLM::step(self, tokens, state)
     }
 }
 

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::error::Result;
-use crate::models::{AnyLM, ModelConfig};
+use crate::models::{AnyLM, Decoder, ModelConfig};
 use crate::nn::Module;
 use crate::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::tensor::{Device, Tensor};
