@@ -15,7 +15,7 @@ use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, sele
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use ssm::{Device, Tensor};
 
-use crate::metrics::Table;
+use crate::metrics::{Table, peak_mem_mb, reset_peak_mem};
 
 /// What to measure; the defaults are the GPU table of the CUDA issue.
 #[derive(Clone, Debug)]
@@ -75,27 +75,20 @@ impl BenchOptions {
     }
 }
 
-/// Seconds of `f`, the median of `repeats` runs after one warm-up; `sync` waits for the device.
-fn time(
-    repeats: usize,
-    sync: &dyn Fn() -> Result<()>,
-    f: &mut dyn FnMut() -> Result<()>,
-) -> Result<f64> {
+/// Seconds of `f`, the median of `repeats` runs after one warm-up, each read after `device`
+/// finished its work.
+fn time(repeats: usize, device: Device, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
     f()?;
-    sync()?;
+    synchronize(device)?;
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats.max(1) {
         let t = Instant::now();
         f()?;
-        sync()?;
+        synchronize(device)?;
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
-}
-
-fn synchronizer(device: Device) -> Result<Box<dyn Fn() -> Result<()>>> {
-    Ok(Box::new(move || Ok(synchronize(device)?)))
 }
 
 /// A tensor of values uniform in [lo, hi) on `device`. Large tensors repeat a random block of
@@ -134,15 +127,14 @@ pub fn copy_bandwidth(device: Device, repeats: usize) -> Result<f64> {
     };
     let src = random(device, &[len], -1.0, 1.0, 1)?;
     let mut dst = Tensor::zeros([len], device)?;
-    let sync = synchronizer(device)?;
     let s = match device {
-        Device::Cpu => time(repeats, &*sync, &mut || {
+        Device::Cpu => time(repeats, device, &mut || {
             dst.host_mut()?.copy_from_slice(src.host()?);
             Ok(())
         })?,
         gpu => {
             let (g, from, to) = (Gpu::get(gpu)?, src.cuda_ptr()?, dst.cuda_ptr()?);
-            time(repeats, &*sync, &mut || {
+            time(repeats, device, &mut || {
                 // SAFETY: `src` and `dst` are distinct live tensors of `len` values.
                 unsafe { g.copy(from, to, len) }?;
                 Ok(())
@@ -189,13 +181,12 @@ fn scan_row(o: &BenchOptions, b: usize, l: usize) -> Result<ScanRow> {
         delta_softplus: true,
         h0: None,
     };
-    let sync = synchronizer(dev)?;
     let mut out = ScanOutput::default();
-    let fwd = time(o.repeats, &*sync, &mut || {
+    let fwd = time(o.repeats, dev, &mut || {
         Ok(selective_scan_fwd(&inp, &mut out, true)?)
     })?;
     let mut grads = ScanGrads::zeros_like(&inp)?;
-    let bwd = time(o.repeats, &*sync, &mut || {
+    let bwd = time(o.repeats, dev, &mut || {
         Ok(selective_scan_bwd(&inp, &out, &dy, None, &mut grads)?)
     })?;
     // The least traffic each pass needs: the forward reads u, delta, z, B, C and writes y; the
@@ -221,6 +212,8 @@ pub struct TrainRow {
     pub b: usize,
     pub ms_per_step: f64,
     pub tokens_per_s: f64,
+    /// Peak memory of the steps: the CUDA allocator's on a GPU, the process's resident set on the
+    /// CPU (as in metrics.csv).
     pub peak_mem_mb: Option<f64>,
 }
 
@@ -255,12 +248,8 @@ fn train_row(
     let ids: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..256)).collect();
     let targets: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let mut opt = AdamW::new(AdamWConfig::default());
-    let sync = synchronizer(o.device)?;
-    let gpu = o.device.is_cuda().then(|| Gpu::get(o.device)).transpose()?;
-    if let Some(g) = &gpu {
-        g.reset_peak();
-    }
-    let s = time(o.repeats, &*sync, &mut || {
+    reset_peak_mem(o.device);
+    let s = time(o.repeats, o.device, &mut || {
         model.zero_grad()?;
         model.forward_loss(&ids, &targets, b)?;
         model.backward()?;
@@ -273,7 +262,7 @@ fn train_row(
         b,
         ms_per_step: s * 1e3,
         tokens_per_s: (b * l) as f64 / s,
-        peak_mem_mb: gpu.map(|g| g.memory().peak as f64 / (1024.0 * 1024.0)),
+        peak_mem_mb: peak_mem_mb(o.device),
     })
 }
 

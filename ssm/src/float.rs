@@ -1,6 +1,7 @@
 //! The scalar types the engine computes in, and the vectorizable approximations of `exp` and
 //! `softplus` that the hot loops use in f32.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Scalar types the engine computes in: `f32` for training, `f64` for finite-difference checks.
@@ -41,6 +42,10 @@ pub trait Float:
     fn from_usize(n: usize) -> Self {
         Self::from_f64(n as f64)
     }
+    /// Values read back from a CUDA tensor (f32) as this type; no pass over them for `f32`.
+    fn vec_from_f32(v: Vec<f32>) -> Vec<Self>;
+    /// The values as the f32 a CUDA tensor holds; borrowed for `f32`.
+    fn slice_as_f32(s: &[Self]) -> Cow<'_, [f32]>;
 }
 
 impl Float for f32 {
@@ -88,6 +93,12 @@ impl Float for f32 {
     #[inline(always)]
     fn fast_softplus(self) -> Self {
         fast_softplus_f32(self)
+    }
+    fn vec_from_f32(v: Vec<f32>) -> Vec<Self> {
+        v
+    }
+    fn slice_as_f32(s: &[Self]) -> Cow<'_, [f32]> {
+        Cow::Borrowed(s)
     }
 }
 
@@ -140,6 +151,12 @@ impl Float for f64 {
         } else {
             self.exp().ln_1p()
         }
+    }
+    fn vec_from_f32(v: Vec<f32>) -> Vec<Self> {
+        v.into_iter().map(f64::from).collect()
+    }
+    fn slice_as_f32(s: &[Self]) -> Cow<'_, [f32]> {
+        Cow::Owned(s.iter().map(|&x| x as f32).collect())
     }
 }
 

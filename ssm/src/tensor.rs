@@ -279,11 +279,7 @@ impl<T: Float> Tensor<T> {
     pub fn to_host_vec(&self) -> Result<Vec<T>> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v.clone()),
-            Storage::Cuda(b) => Ok(b
-                .to_host()?
-                .into_iter()
-                .map(|x| T::from_f64(x as f64))
-                .collect()),
+            Storage::Cuda(b) => Ok(T::vec_from_f32(b.to_host()?)),
         }
     }
 
@@ -299,15 +295,12 @@ impl<T: Float> Tensor<T> {
         let storage = match (device, &self.storage) {
             (Device::Cpu, _) => Storage::Cpu(self.to_host_vec()?),
             (cuda, Storage::Cuda(b)) if cuda == b.gpu().device() => Storage::Cuda(b.try_clone()?),
-            (cuda, _) => {
+            (cuda, Storage::Cpu(v)) => {
                 check_f32::<T>(cuda)?;
-                let values: Vec<f32> = self
-                    .to_host_vec()?
-                    .into_iter()
-                    .map(|x| x.to_f64() as f32)
-                    .collect();
-                Storage::Cuda(Gpu::get(cuda)?.upload(&values)?)
+                Storage::Cuda(Gpu::get(cuda)?.upload(&T::slice_as_f32(v))?)
             }
+            // Between two CUDA devices, through the host.
+            (cuda, Storage::Cuda(b)) => Storage::Cuda(Gpu::get(cuda)?.upload(&b.to_host()?)?),
         };
         Ok(Tensor {
             shape: self.shape.clone(),
