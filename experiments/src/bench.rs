@@ -397,6 +397,7 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
                 ]
             })
             .collect(),
+        torn: false,
     };
     scan.write(&scan.path)?;
     let train = Table {
@@ -429,6 +430,7 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
                 ]
             })
             .collect(),
+        torn: false,
     };
     train.write(&train.path)
 }

@@ -21,7 +21,8 @@ pub const DEMO_ARCHS: &[&str] = &["mamba", "transformer"];
 
 /// Written into a compare folder with the config it ran; such a folder may be replaced by the
 /// next compare of the same name.
-const MARKER: &str = "compare.toml";
+/// The file that marks a folder written by compare or demo.
+pub const MARKER: &str = "compare.toml";
 
 /// The demo: `compare` of `DEMO_ARCHS` with the built-in config, into `out_dir/demo`.
 pub fn demo(out_dir: &Path, overrides: &[String], device: Device) -> Result<PathBuf> {

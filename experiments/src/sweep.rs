@@ -17,6 +17,8 @@ use crate::metrics::{EVAL_FILE, METRICS_FILE, Table, cell};
 use crate::train::RUN_INFO_FILE;
 
 pub const SUMMARY_FILE: &str = "summary.csv";
+/// The grid of a sweep, in the sweep folder.
+pub const SWEEP_FILE: &str = "sweep.toml";
 
 /// One axis of the grid: a dotted config key and its values.
 #[derive(Clone, Debug)]
@@ -271,7 +273,7 @@ fn create_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
     let mut sweep = toml::Table::new();
     sweep.insert("grid".into(), toml::Value::Table(grid));
     ssm::io::atomic_write(
-        &staging.join("sweep.toml"),
+        &staging.join(SWEEP_FILE),
         toml::to_string_pretty(&toml::Table::from_iter([(
             "sweep".to_string(),
             toml::Value::Table(sweep),
@@ -389,6 +391,7 @@ pub fn write_summary(dir: &Path, keys: &[String], runs: &[(String, Vec<String>)]
         path: dir.join(SUMMARY_FILE),
         header,
         rows,
+        torn: false,
     }
     .write(&dir.join(SUMMARY_FILE))
 }

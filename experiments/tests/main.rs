@@ -7,6 +7,7 @@ mod configs;
 mod device;
 mod end_to_end;
 mod generators;
+mod kill_points;
 mod logits;
 mod plot;
 mod resume;
