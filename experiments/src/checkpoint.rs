@@ -77,6 +77,7 @@ pub fn save(
 pub fn restore(run_dir: &Path, model: &mut Model, opt: &mut AdamW<f32>) -> Result<Progress> {
     let path = latest_path(run_dir);
     let state = load_train_state(&path, model.module(), opt)?;
+    model.check_finite(&path.display().to_string())?;
     serde_json::from_value(state)
         .with_context(|| format!("{}: metadata `state` has the wrong fields", path.display()))
 }
