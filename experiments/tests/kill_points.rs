@@ -227,3 +227,71 @@ fn a_kill_at_every_write_recovers_bit_identically() {
         "kill points tried and recovered bit-identically: {tried}/{tried} ({first} in a first session, {resumed} in a resumed one)"
     );
 }
+
+/// The summary of a sweep without the columns that measure the machine.
+fn summary(dir: &Path) -> Vec<Vec<String>> {
+    let t = Table::read(&dir.join("summary.csv")).unwrap_or_else(|e| panic!("{e:#}"));
+    let keep: Vec<usize> = (0..t.header.len())
+        .filter(|&i| {
+            let h = t.header[i].as_str();
+            !(h.contains("tokens_per_s") || h.contains("peak") || h.contains("elapsed"))
+        })
+        .collect();
+    t.rows
+        .iter()
+        .map(|r| keep.iter().map(|&i| r[i].clone()).collect())
+        .collect()
+}
+
+#[test]
+fn a_killed_sweep_continues_where_it_stopped() {
+    let dir = tmp_dir("kill-sweep");
+    let config = write(&dir, "k.toml", RUN);
+    let sweep = |cwd: &Path, kill_at: Option<usize>| {
+        let mut cmd = bin();
+        cmd.args([
+            "sweep",
+            "--config",
+            &config,
+            "--grid",
+            "model.mamba.d_model=8,16",
+        ])
+        .args(["--set", "threads=1"])
+        .current_dir(cwd);
+        if let Some(n) = kill_at {
+            cmd.env(KILL_AT_VAR, n.to_string());
+        }
+        cmd.output().expect("the binary runs")
+    };
+    let (straight, killed) = (dir.join("straight"), dir.join("killed"));
+    for d in [&straight, &killed] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    assert!(sweep(&straight, None).status.success());
+    // Point 30 of each child: inside its first checkpoint; the sweep process itself dies at its
+    // own 30th point, after the children have been started or not.
+    let out = sweep(&killed, Some(30));
+    assert!(!out.status.success(), "the killed sweep reported success");
+    let out = sweep(&killed, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the sweep did not continue:\n{err}");
+    assert!(err.contains("continuing it"), "{err}");
+    assert_eq!(
+        summary(&straight.join("runs/k")),
+        summary(&killed.join("runs/k"))
+    );
+    let other = bin()
+        .args([
+            "sweep",
+            "--config",
+            &config,
+            "--grid",
+            "model.mamba.d_model=8,24",
+        ])
+        .current_dir(&killed)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(1), "{err}");
+    assert!(err.contains("other points"), "{err}");
+}
