@@ -61,6 +61,14 @@ impl ParityPlan {
     }
 }
 
+/// The column names of [`Check::row`].
+pub fn header() -> String {
+    format!(
+        "{:>12} {:>10} {:>9} {:<4} check",
+        "max|diff|", "rel", "tol", "ok"
+    )
+}
+
 /// One comparison of a device result with the CPU's.
 #[derive(Clone, Debug)]
 pub struct Check {
@@ -90,15 +98,15 @@ impl Check {
         self.rel_err() <= self.tol
     }
 
-    /// One line of [`report`].
+    /// One line of [`report`]: the numbers first, so that columns align whatever the name.
     pub fn row(&self) -> String {
         format!(
-            "{:<44} {:>12.3e} {:>10.2e} {:>9.0e}{}",
-            self.name,
+            "{:>12.3e} {:>10.2e} {:>9.0e} {:<4} {}",
             self.max_abs_diff,
             self.rel_err(),
             self.tol,
-            if self.ok() { "" } else { "  FAIL" }
+            if self.ok() { "ok" } else { "FAIL" },
+            self.name
         )
     }
 }
@@ -135,10 +143,7 @@ pub fn compare(name: impl Into<String>, want: &Tensor, got: &Tensor, tol: f64) -
 
 /// A plain-text table of checks, failures marked.
 pub fn report(checks: &[Check]) -> String {
-    let mut s = format!(
-        "{:<44} {:>12} {:>10} {:>9}\n",
-        "check", "max|diff|", "rel", "tol"
-    );
+    let mut s = header() + "\n";
     for c in checks {
         s += &c.row();
         s.push('\n');
