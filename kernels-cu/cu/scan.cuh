@@ -45,32 +45,43 @@ constexpr int kMaxState = 64;
 constexpr int kFwdStates = 8;
 constexpr int kBwdStates = 4;
 
+// Tiles are (time x channel) or (time x state) arrays whose element e sits at pad(e): one unused
+// word after every 32. Thread tid reads step tid * kItems + i, so a warp reads at a stride of
+// kItems * dc or kItems * S words (a power of two from 4 to 32); unpadded, that stride puts the 32
+// lanes on 32 / stride banks, a stride-way conflict (32-way for the forward's B/C tiles). Padded,
+// lane j = q (32 / stride) + r reads bank r stride + q (mod 32) plus an offset common to the warp:
+// 32 distinct banks. The staging and output loops access 32 consecutive e from a multiple of 32,
+// which stay 32 consecutive words.
+__device__ __forceinline__ int pad(int e) { return e + (e >> 5); }
+__host__ __device__ constexpr int padded(int len) { return len + len / 32; }
+constexpr int kTileCh = padded(kChunk * kMaxChannels);
+
 struct FwdShared {
-    float u[kChunk * kMaxChannels];   // (kChunk, dc)
-    float dt[kChunk * kMaxChannels];  // (kChunk, dc) after delta_bias and softplus
-    float y[kChunk * kMaxChannels];   // (kChunk, dc) sum over states of C h
-    float b[kChunk * kFwdStates];     // (kChunk, kFwdStates) B for the current batch of states
-    float c[kChunk * kFwdStates];
+    float u[kTileCh];   // (kChunk, dc), padded
+    float dt[kTileCh];  // (kChunk, dc) after delta_bias and softplus
+    float y[kTileCh];   // (kChunk, dc) sum over states of C h
+    float b[padded(kChunk * kFwdStates)];  // (kChunk, kFwdStates) B for the current batch of states
+    float c[padded(kChunk * kFwdStates)];
     float slot_p[kMaxChannels][kWarps][kFwdStates];  // warp totals of the block scan
     float slot_v[kMaxChannels][kWarps][kFwdStates];
-    float carry[2][kMaxChannels][kMaxState];  // state before the chunk, double-buffered by parity
+    float carry[2][kMaxChannels * kMaxState];  // (dc, n) state before the chunk, double-buffered by parity
 };
 
 struct BwdShared {
-    float u[kChunk * kMaxChannels];
-    float dt[kChunk * kMaxChannels];
-    float dy[kChunk * kMaxChannels];   // dy, then dy * silu(z) when z is given
-    float acc[kChunk * kMaxChannels];  // C . h + D u for dz, then d(dt)
-    float du[kChunk * kMaxChannels];
-    float b[kChunk * kBwdStates];
-    float c[kChunk * kBwdStates];
+    float u[kTileCh];
+    float dt[kTileCh];
+    float dy[kTileCh];   // dy, then dy * silu(z) when z is given
+    float acc[kTileCh];  // C . h + D u for dz, then d(dt)
+    float du[kTileCh];
+    float b[padded(kChunk * kBwdStates)];
+    float c[padded(kChunk * kBwdStates)];
     float slot_p[kMaxChannels][kWarps][kBwdStates];
     float slot_v[kMaxChannels][kWarps][kBwdStates];
     float rslot_p[kMaxChannels][kWarps][kBwdStates];
     float rslot_v[kMaxChannels][kWarps][kBwdStates];
     float red[kMaxChannels][kWarps][kBwdStates];
-    float dh[2][kMaxChannels][kMaxState];  // gradient w.r.t. the state before the chunk
-    float da[kMaxChannels][kMaxState];
+    float dh[2][kMaxChannels * kMaxState];  // (dc, n) gradient w.r.t. the state before the chunk
+    float da[kMaxChannels * kMaxState];  // (dc, n)
     float part[2][kThreads];
 };
 
@@ -90,9 +101,9 @@ __device__ __forceinline__ void stage_u_dt(float* su, float* sdt, float* zero, c
             const float x = to_f32(delta[idx]) + (delta_bias ? delta_bias[c0 + c] : 0.0f);
             dtv = softplus ? softplus_f32(x) : x;
         }
-        su[e] = uu;
-        sdt[e] = dtv;
-        zero[e] = 0.0f;
+        su[pad(e)] = uu;
+        sdt[pad(e)] = dtv;
+        zero[pad(e)] = 0.0f;
     }
 }
 
@@ -109,8 +120,8 @@ __device__ __forceinline__ void stage_bc(float* sb_tile, float* sc_tile, const T
             bv = to_f32(B[idx]);
             cv = to_f32(C[idx]);
         }
-        sb_tile[e] = bv;
-        sc_tile[e] = cv;
+        sb_tile[pad(e)] = bv;
+        sc_tile[pad(e)] = cv;
     }
 }
 
@@ -135,12 +146,12 @@ __device__ __forceinline__ void chunk_prefix(const float* sdt, const float* su, 
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
         const int t = tid * kItems + i;
-        const float dtv = sdt[t * dc + c], du = dtv * su[t * dc + c];
+        const float dtv = sdt[pad(t * dc + c)], du = dtv * su[pad(t * dc + c)];
 #pragma unroll
         for (int s = 0; s < S; ++s) {
             const float e = __expf(dtv * a[s]);
             P[s] *= e;
-            V[s] = e * V[s] + du * sb_tile[t * S + s];
+            V[s] = e * V[s] + du * sb_tile[pad(t * S + s)];
         }
     }
 #pragma unroll
@@ -234,13 +245,13 @@ __device__ __forceinline__ void selective_scan_fwd(const Tin* __restrict__ u, co
     const int tid = threadIdx.x, bi = blockIdx.y, c0 = blockIdx.x * dc, gi = c0 / (d / g);
     const int nchunks = (l + kChunk - 1) / kChunk;
     const long long state0 = ((long long)bi * d + c0) * n;  // (b, d, n) offset of (bi, c0, 0)
-    for (int i = tid; i < dc * n; i += kThreads) sh.carry[0][i / n][i % n] = h0 ? h0[state0 + i] : 0.0f;
+    for (int i = tid; i < dc * n; i += kThreads) sh.carry[0][i] = h0 ? h0[state0 + i] : 0.0f;
     for (int k = 0; k < nchunks; ++k) {
         const int p = k & 1, t0 = k * kChunk;
         __syncthreads();  // the previous chunk is done with the tiles, and carry[p] is complete
         if (chunk_states) {
             const long long base = (((long long)bi * nchunks + k) * d + c0) * n;
-            for (int i = tid; i < dc * n; i += kThreads) chunk_states[base + i] = sh.carry[p][i / n][i % n];
+            for (int i = tid; i < dc * n; i += kThreads) chunk_states[base + i] = sh.carry[p][i];
         }
         stage_u_dt(sh.u, sh.dt, sh.y, u, delta, delta_bias, softplus, bi, t0, l, d, c0, dc);
         for (int sb = 0; sb < n; sb += S) {
@@ -252,20 +263,20 @@ __device__ __forceinline__ void selective_scan_fwd(const Tin* __restrict__ u, co
                 float a[S], hc[S], h[S];
                 load_a(a, A, c0 + c, n, sb);
 #pragma unroll
-                for (int s = 0; s < S; ++s) hc[s] = s < valid ? sh.carry[p][c][sb + s] : 0.0f;
+                for (int s = 0; s < S; ++s) hc[s] = s < valid ? sh.carry[p][c * n + sb + s] : 0.0f;
                 chunk_prefix<S, kDropBarrier>(sh.dt, sh.u, sh.b, dc, c, a, hc, sh.slot_p[c], sh.slot_v[c], h,
-                                              sh.carry[1 - p][c] + sb, valid);
+                                              sh.carry[1 - p] + c * n + sb, valid);
 #pragma unroll
                 for (int i = 0; i < kItems; ++i) {
                     const int t = tid * kItems + i;
-                    const float dtv = sh.dt[t * dc + c], du = dtv * sh.u[t * dc + c];
+                    const float dtv = sh.dt[pad(t * dc + c)], du = dtv * sh.u[pad(t * dc + c)];
                     float acc = 0.0f;
 #pragma unroll
                     for (int s = 0; s < S; ++s) {
-                        h[s] = __expf(dtv * a[s]) * h[s] + du * sh.b[t * S + s];
-                        acc += sh.c[t * S + s] * h[s];
+                        h[s] = __expf(dtv * a[s]) * h[s] + du * sh.b[pad(t * S + s)];
+                        acc += sh.c[pad(t * S + s)] * h[s];
                     }
-                    sh.y[t * dc + c] += acc;
+                    sh.y[pad(t * dc + c)] += acc;
                 }
             }
         }
@@ -274,14 +285,14 @@ __device__ __forceinline__ void selective_scan_fwd(const Tin* __restrict__ u, co
             const int t = e / dc, c = e - t * dc, gt = t0 + t;
             if (gt >= l) continue;
             const long long idx = ((long long)bi * l + gt) * d + c0 + c;
-            float out = sh.y[e] + (Dskip ? Dskip[c0 + c] * sh.u[e] : 0.0f);
+            float out = sh.y[pad(e)] + (Dskip ? Dskip[c0 + c] * sh.u[pad(e)] : 0.0f);
             if (z) out *= silu_f32(to_f32(z[idx]));
             y[idx] = from_f32<Tin>(out);
         }
     }
     __syncthreads();
     if (last_state)
-        for (int i = tid; i < dc * n; i += kThreads) last_state[state0 + i] = sh.carry[nchunks & 1][i / n][i % n];
+        for (int i = tid; i < dc * n; i += kThreads) last_state[state0 + i] = sh.carry[nchunks & 1][i];
 }
 
 // Gradients: du, ddelta, dz (b, l, d) += ; dB, dC (b, l, g, n) += (atomically); dh0 (b, d, n) +=;
@@ -301,8 +312,8 @@ __device__ __forceinline__ void selective_scan_bwd(
     const int nchunks = (l + kChunk - 1) / kChunk;
     const long long state0 = ((long long)bi * d + c0) * n;
     for (int i = tid; i < dc * n; i += kThreads) {
-        sh.dh[(nchunks - 1) & 1][i / n][i % n] = dlast ? dlast[state0 + i] : 0.0f;
-        sh.da[i / n][i % n] = 0.0f;
+        sh.dh[(nchunks - 1) & 1][i] = dlast ? dlast[state0 + i] : 0.0f;
+        sh.da[i] = 0.0f;
     }
     float dD_acc = 0.0f, ddb_acc = 0.0f;  // for channel tid % dc: the output loop's e % dc is fixed
     for (int k = nchunks - 1; k >= 0; --k) {
@@ -312,8 +323,8 @@ __device__ __forceinline__ void selective_scan_bwd(
         stage_u_dt(sh.u, sh.dt, sh.acc, u, delta, delta_bias, softplus, bi, t0, l, d, c0, dc);
         for (int e = tid; e < kChunk * dc; e += kThreads) {
             const int t = e / dc, gt = t0 + t;
-            sh.dy[e] = gt < l ? to_f32(dy[((long long)bi * l + gt) * d + c0 + e - t * dc]) : 0.0f;
-            sh.du[e] = 0.0f;
+            sh.dy[pad(e)] = gt < l ? to_f32(dy[((long long)bi * l + gt) * d + c0 + e - t * dc]) : 0.0f;
+            sh.du[pad(e)] = 0.0f;
         }
         if (z) {
             // Recompute y before the gate (C . h + D u) for dz, then gate dy.
@@ -331,14 +342,14 @@ __device__ __forceinline__ void selective_scan_bwd(
 #pragma unroll
                     for (int i = 0; i < kItems; ++i) {
                         const int t = tid * kItems + i;
-                        const float dtv = sh.dt[t * dc + c], dtu = dtv * sh.u[t * dc + c];
+                        const float dtv = sh.dt[pad(t * dc + c)], dtu = dtv * sh.u[pad(t * dc + c)];
                         float acc = 0.0f;
 #pragma unroll
                         for (int s = 0; s < S; ++s) {
-                            h[s] = __expf(dtv * a[s]) * h[s] + dtu * sh.b[t * S + s];
-                            acc += sh.c[t * S + s] * h[s];
+                            h[s] = __expf(dtv * a[s]) * h[s] + dtu * sh.b[pad(t * S + s)];
+                            acc += sh.c[pad(t * S + s)] * h[s];
                         }
-                        sh.acc[t * dc + c] += acc;
+                        sh.acc[pad(t * dc + c)] += acc;
                     }
                 }
             }
@@ -347,12 +358,12 @@ __device__ __forceinline__ void selective_scan_bwd(
                 const int t = e / dc, c = e - t * dc, gt = t0 + t;
                 if (gt < l) {
                     const long long idx = ((long long)bi * l + gt) * d + c0 + c;
-                    const float zz = to_f32(z[idx]), gy = sh.dy[e];
-                    const float ypre = sh.acc[e] + (Dskip ? Dskip[c0 + c] * sh.u[e] : 0.0f);
+                    const float zz = to_f32(z[idx]), gy = sh.dy[pad(e)];
+                    const float ypre = sh.acc[pad(e)] + (Dskip ? Dskip[c0 + c] * sh.u[pad(e)] : 0.0f);
                     dz[idx] = from_f32<Tin>(to_f32(dz[idx]) + gy * ypre * silu_grad_f32(zz));
-                    sh.dy[e] = gy * silu_f32(zz);
+                    sh.dy[pad(e)] = gy * silu_f32(zz);
                 }
-                sh.acc[e] = 0.0f;
+                sh.acc[pad(e)] = 0.0f;
             }
         }
         for (int sb = 0; sb < n; sb += S) {
@@ -375,12 +386,12 @@ __device__ __forceinline__ void selective_scan_bwd(
 #pragma unroll
                 for (int i = 0; i < kItems; ++i) {
                     const int t = tid * kItems + i;
-                    const float dtv = sh.dt[t * dc + c], dtu = dtv * sh.u[t * dc + c];
+                    const float dtv = sh.dt[pad(t * dc + c)], dtu = dtv * sh.u[pad(t * dc + c)];
 #pragma unroll
                     for (int s = 0; s < S; ++s) {
                         dec[i][s] = __expf(dtv * a[s]);
                         hp[i][s] = h[s];
-                        h[s] = dec[i][s] * h[s] + dtu * sh.b[t * S + s];
+                        h[s] = dec[i][s] * h[s] + dtu * sh.b[pad(t * S + s)];
                     }
                 }
                 // The run's reverse map: x -> dec (x + C dy'), from the last step to the first.
@@ -389,30 +400,30 @@ __device__ __forceinline__ void selective_scan_bwd(
                 for (int s = 0; s < S; ++s) {
                     P[s] = 1.0f;
                     V[s] = 0.0f;
-                    xe[s] = s < valid ? sh.dh[p][c][sb + s] : 0.0f;
+                    xe[s] = s < valid ? sh.dh[p][c * n + sb + s] : 0.0f;
                 }
 #pragma unroll
                 for (int i = kItems - 1; i >= 0; --i) {
                     const int t = tid * kItems + i;
-                    const float dyp = sh.dy[t * dc + c];
+                    const float dyp = sh.dy[pad(t * dc + c)];
 #pragma unroll
                     for (int s = 0; s < S; ++s) {
-                        V[s] = dec[i][s] * (V[s] + sh.c[t * S + s] * dyp);
+                        V[s] = dec[i][s] * (V[s] + sh.c[pad(t * S + s)] * dyp);
                         P[s] *= dec[i][s];
                     }
                 }
-                chunk_suffix<S>(P, V, xe, sh.rslot_p[c], sh.rslot_v[c], x, sh.dh[1 - p][c] + sb, valid);
+                chunk_suffix<S>(P, V, xe, sh.rslot_p[c], sh.rslot_v[c], x, sh.dh[1 - p] + c * n + sb, valid);
                 float da[S];
 #pragma unroll
                 for (int s = 0; s < S; ++s) da[s] = 0.0f;
 #pragma unroll
                 for (int i = kItems - 1; i >= 0; --i) {
                     const int t = tid * kItems + i;
-                    const float dtv = sh.dt[t * dc + c], uu = sh.u[t * dc + c], dyp = sh.dy[t * dc + c];
+                    const float dtv = sh.dt[pad(t * dc + c)], uu = sh.u[pad(t * dc + c)], dyp = sh.dy[pad(t * dc + c)];
                     float ddt = 0.0f, dui = 0.0f;
 #pragma unroll
                     for (int s = 0; s < S; ++s) {
-                        const float bv = sh.b[t * S + s], gv = x[s] + sh.c[t * S + s] * dyp;
+                        const float bv = sh.b[pad(t * S + s)], gv = x[s] + sh.c[pad(t * S + s)] * dyp;
                         const float decayed = dec[i][s] * hp[i][s];  // d h_t / d(dt a) = exp(dt a) h_{t-1}
                         dc_acc[i][s] += dyp * (decayed + dtv * bv * uu);
                         db_acc[i][s] += gv * dtv * uu;
@@ -421,8 +432,8 @@ __device__ __forceinline__ void selective_scan_bwd(
                         da[s] += gv * dtv * decayed;
                         x[s] = dec[i][s] * gv;
                     }
-                    sh.acc[t * dc + c] += ddt;
-                    sh.du[t * dc + c] += dui;
+                    sh.acc[pad(t * dc + c)] += ddt;
+                    sh.du[pad(t * dc + c)] += dui;
                 }
 #pragma unroll
                 for (int s = 0; s < S; ++s) {
@@ -433,7 +444,7 @@ __device__ __forceinline__ void selective_scan_bwd(
                 if (tid < valid) {
                     float total = 0.0f;
                     for (int w = 0; w < kWarps; ++w) total += sh.red[c][w][tid];
-                    sh.da[c][sb + tid] += total;
+                    sh.da[c * n + sb + tid] += total;
                 }
             }
 #pragma unroll
@@ -455,12 +466,12 @@ __device__ __forceinline__ void selective_scan_bwd(
             const int t = e / dc, c = e - t * dc, gt = t0 + t;
             if (gt >= l) continue;
             const long long idx = ((long long)bi * l + gt) * d + c0 + c;
-            const float dyp = sh.dy[e];
-            du[idx] = from_f32<Tin>(to_f32(du[idx]) + sh.du[e] + (Dskip ? dyp * Dskip[c0 + c] : 0.0f));
+            const float dyp = sh.dy[pad(e)];
+            du[idx] = from_f32<Tin>(to_f32(du[idx]) + sh.du[pad(e)] + (Dskip ? dyp * Dskip[c0 + c] : 0.0f));
             const float raw = to_f32(delta[idx]) + (delta_bias ? delta_bias[c0 + c] : 0.0f);
-            const float dx = softplus ? sh.acc[e] * softplus_grad_f32(raw) : sh.acc[e];
+            const float dx = softplus ? sh.acc[pad(e)] * softplus_grad_f32(raw) : sh.acc[pad(e)];
             ddelta[idx] = from_f32<Tin>(to_f32(ddelta[idx]) + dx);
-            dD_acc += dyp * sh.u[e];
+            dD_acc += dyp * sh.u[pad(e)];
             ddb_acc += dx;
         }
     }
@@ -468,8 +479,8 @@ __device__ __forceinline__ void selective_scan_bwd(
     sh.part[1][tid] = ddb_acc;
     __syncthreads();
     for (int i = tid; i < dc * n; i += kThreads) {
-        if (dh0) dh0[state0 + i] += sh.dh[1][i / n][i % n];  // chunk 0 left its carry in dh[1 - 0]
-        dA_part[state0 + i] = sh.da[i / n][i % n];
+        if (dh0) dh0[state0 + i] += sh.dh[1][i];  // chunk 0 left its carry in dh[1 - 0]
+        dA_part[state0 + i] = sh.da[i];
     }
     if (tid < dc) {
         float sum_d = 0.0f, sum_b = 0.0f;
