@@ -112,11 +112,15 @@ impl ScanDims {
         if b > 65535 {
             return bad(format!("batch {b} exceeds the grid's y limit of 65535"));
         }
+        let z = self.split(segments).1;
+        if z > 65535 {
+            return bad(format!("{z} segments exceed the grid's z limit of 65535"));
+        }
         to_i32(kernel, "b * l * d", b * l * d)?;
         to_i32(kernel, "b * l * g * n", b * l * g * n)?;
         let dc = self.channels_per_block();
         Ok(LaunchConfig {
-            grid_dim: ((d / dc) as u32, b as u32, self.split(segments).1 as u32),
+            grid_dim: ((d / dc) as u32, b as u32, z as u32),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         })

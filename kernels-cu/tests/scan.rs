@@ -498,6 +498,23 @@ fn unsupported_shapes_are_errors() {
         g: 4,
     };
     assert!(k::selective_scan_fwd(&inp, &out, bad_groups, ScanSplit::NONE).is_err());
+    let chunk_per_segment = ScanSplit {
+        segments: 70000,
+        workspace: 0,
+    };
+    let long = ScanDims {
+        b: 1,
+        l: 70000 * k::CHUNK,
+        d: 4,
+        n: 4,
+        g: 1,
+    };
+    assert!(
+        k::selective_scan_fwd(&inp, &out, long, chunk_per_segment)
+            .unwrap_err()
+            .to_string()
+            .contains("grid's z limit")
+    );
     let grads = k::ScanGrads {
         dz: Some(1),
         ..Default::default()
