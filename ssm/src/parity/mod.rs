@@ -25,7 +25,9 @@ use crate::tensor::{Device, Tensor};
 pub struct ParityPlan {
     /// (b, l) of the elementwise, norm, conv, linear and loss ops.
     pub rows: Vec<(usize, usize)>,
-    /// (b, l, d, n, g) of the selective scan.
+    /// (b, l, d, n, g) of the selective scan. On a GPU of 132 SMs every shape of `full` but the
+    /// b 4, d 768 one splits its sequences into segments (`ssm_kernels::scan::ScanDims::segments`);
+    /// the emulated device (2 SMs) splits the l 300 shape of `quick`.
     pub scans: Vec<(usize, usize, usize, usize, usize)>,
     /// (b, lq, lk, h, hkv, hd) of attention.
     pub attention: Vec<(usize, usize, usize, usize, usize, usize)>,
@@ -50,6 +52,8 @@ impl ParityPlan {
                 (2, 1000, 64, 16, 1),
                 (3, 4097, 48, 16, 2),
                 (1, 65536, 32, 16, 1),
+                (1, 8191, 1024, 16, 1),
+                (4, 2048, 768, 16, 1),
             ],
             attention: vec![
                 (2, 1000, 1000, 8, 8, 64),
