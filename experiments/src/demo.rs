@@ -75,7 +75,8 @@ pub fn compare(
         // Renamed aside first: a kill while removing never leaves a folder without its marker.
         let old = dir.with_file_name(format!(
             ".{}.removing",
-            dir.file_name().map_or("compare".into(), |n| n.to_string_lossy())
+            dir.file_name()
+                .map_or("compare".into(), |n| n.to_string_lossy())
         ));
         ssm::io::remove_dir_all(&old)?;
         ssm::io::rename(dir, &old)?;

@@ -112,3 +112,15 @@ pub fn entries(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The rows of a result file without its timing columns.
+pub fn rows_without_timing(path: &Path) -> Vec<Vec<String>> {
+    let t = experiments::metrics::Table::read(path).unwrap_or_else(|e| panic!("{e:#}"));
+    let keep: Vec<usize> = (0..t.header.len())
+        .filter(|&i| !experiments::metrics::TIMING_COLUMNS.contains(&t.header[i].as_str()))
+        .collect();
+    t.rows
+        .iter()
+        .map(|r| keep.iter().map(|&i| r[i].clone()).collect())
+        .collect()
+}

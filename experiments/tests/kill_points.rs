@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 use experiments::checkpoint::latest_path;
-use experiments::metrics::{TIMING_COLUMNS, Table};
+use experiments::metrics::Table;
 use ssm::io::fault::{KILL_AT_VAR, LOG_VAR};
 use ssm::io::tensors::TensorFile;
 
@@ -51,18 +51,6 @@ fn train(cwd: &Path, args: &[&str], kill_at: Option<usize>, log: Option<&Path>) 
     cmd.output().expect("the binary runs")
 }
 
-/// The rows of a result file without its timing columns.
-fn rows(path: &Path) -> Vec<Vec<String>> {
-    let t = Table::read(path).unwrap_or_else(|e| panic!("{e:#}"));
-    let keep: Vec<usize> = (0..t.header.len())
-        .filter(|&i| !TIMING_COLUMNS.contains(&t.header[i].as_str()))
-        .collect();
-    t.rows
-        .iter()
-        .map(|r| keep.iter().map(|&i| r[i].clone()).collect())
-        .collect()
-}
-
 fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
     let f = TensorFile::open(path).unwrap_or_else(|e| panic!("{e:#}"));
     f.names()
@@ -101,8 +89,8 @@ fn assert_same(reference: &Path, run: &Path, case: &str) {
     assert_eq!(files(reference), files(run), "{case}: files differ");
     for csv in ["metrics.csv", "eval.csv"] {
         assert_eq!(
-            rows(&reference.join(csv)),
-            rows(&run.join(csv)),
+            rows_without_timing(&reference.join(csv)),
+            rows_without_timing(&run.join(csv)),
             "{case}: {csv} differs"
         );
     }
@@ -146,6 +134,35 @@ fn recover(cwd: &Path, config: &str, case: &str) {
     panic!("{case}: not done after three recoveries");
 }
 
+/// In a fresh `cwd`: a session of `train` (after a first one stopped at step 3 when `resumed`)
+/// killed at point `n`, recovery, and the comparison with `reference`.
+fn kill_and_recover(
+    cwd: &Path,
+    config: &str,
+    reference: &Path,
+    resumed: bool,
+    n: usize,
+    case: &str,
+) {
+    std::fs::create_dir_all(cwd).unwrap();
+    let session: &[&str] = if resumed {
+        let first = train(cwd, &["--config", config, "--stop-after", "3"], None, None);
+        assert!(first.status.success(), "{case}: the first session failed");
+        &["--resume", "runs/k"]
+    } else {
+        &["--config", config]
+    };
+    let out = train(cwd, session, Some(n), None);
+    assert_eq!(
+        out.status.code(),
+        None,
+        "{case}: the process was not killed"
+    );
+    recover(cwd, config, case);
+    assert_same(reference, &cwd.join("runs/k"), case);
+    std::fs::remove_dir_all(cwd).unwrap();
+}
+
 #[test]
 fn a_kill_at_every_write_recovers_bit_identically() {
     let dir = tmp_dir("kill-points");
@@ -182,47 +199,30 @@ fn a_kill_at_every_write_recovers_bit_identically() {
         first > 40 && resumed > 20,
         "{first} and {resumed} kill points"
     );
-    let mut tried = 0;
+    let reference = reference.join("runs/k");
     for n in 1..=first {
         let case = format!("first session, kill at point {n}");
-        let cwd = dir.join(format!("first-{n}"));
-        std::fs::create_dir_all(&cwd).unwrap();
-        let out = train(&cwd, &["--config", &config], Some(n), None);
-        assert_eq!(
-            out.status.code(),
-            None,
-            "{case}: the process was not killed"
+        kill_and_recover(
+            &dir.join(format!("first-{n}")),
+            &config,
+            &reference,
+            false,
+            n,
+            &case,
         );
-        recover(&cwd, &config, &case);
-        assert_same(&reference.join("runs/k"), &cwd.join("runs/k"), &case);
-        std::fs::remove_dir_all(&cwd).unwrap();
-        tried += 1;
     }
     for n in 1..=resumed {
         let case = format!("resumed session (after --stop-after 3), kill at point {n}");
-        let cwd = dir.join(format!("resumed-{n}"));
-        std::fs::create_dir_all(&cwd).unwrap();
-        assert!(
-            train(
-                &cwd,
-                &["--config", &config, "--stop-after", "3"],
-                None,
-                None
-            )
-            .status
-            .success()
+        kill_and_recover(
+            &dir.join(format!("resumed-{n}")),
+            &config,
+            &reference,
+            true,
+            n,
+            &case,
         );
-        let out = train(&cwd, &["--resume", "runs/k"], Some(n), None);
-        assert_eq!(
-            out.status.code(),
-            None,
-            "{case}: the process was not killed"
-        );
-        recover(&cwd, &config, &case);
-        assert_same(&reference.join("runs/k"), &cwd.join("runs/k"), &case);
-        std::fs::remove_dir_all(&cwd).unwrap();
-        tried += 1;
     }
+    let tried = first + resumed;
     println!(
         "kill points tried and recovered bit-identically: {tried}/{tried} ({first} in a first session, {resumed} in a resumed one)"
     );

@@ -5,22 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use experiments::checkpoint::latest_path;
-use experiments::metrics::{TIMING_COLUMNS, Table};
 use ssm::io::tensors::TensorFile;
 
 use crate::common::*;
-
-/// The rows of a result file without its timing columns.
-fn rows_without_timing(path: &Path) -> Vec<Vec<String>> {
-    let t = Table::read(path).unwrap();
-    let keep: Vec<usize> = (0..t.header.len())
-        .filter(|&i| !TIMING_COLUMNS.contains(&t.header[i].as_str()))
-        .collect();
-    t.rows
-        .iter()
-        .map(|r| keep.iter().map(|&i| r[i].clone()).collect())
-        .collect()
-}
 
 fn assert_same_run(a: &Path, b: &Path, rows: usize) {
     let (ma, mb) = (
