@@ -190,6 +190,33 @@ fn unwritten_shared_memory_reads_as_nan() {
 }
 
 #[test]
+fn shared_memory_of_templates_is_poisoned_in_every_block() {
+    let (blocks, n) = (3usize, 64usize);
+    for schedule in schedules()
+        .into_iter()
+        .chain([Schedule::InOrder, Schedule::Threads])
+    {
+        let mut out = vec![0.0f32; blocks * n];
+        let launch = Launch {
+            kernel: "emu_test_poison_template",
+            config: cfg(blocks as u32, n as u32, 0),
+            args: KernelArgs::new().ptr(host_ptr_mut(&mut out)),
+        };
+        // SAFETY: out holds one float per thread of the grid.
+        unsafe { run(&[launch], schedule) };
+        for (i, v) in out.iter().enumerate() {
+            let written = i < n && i % 2 == 0;
+            assert!(
+                if written { *v == i as f32 } else { v.is_nan() },
+                "block {}, thread {}: {v}, {schedule:?}",
+                i / n,
+                i % n
+            );
+        }
+    }
+}
+
+#[test]
 fn dynamic_shared_memory_is_sized_by_the_launch_and_poisoned() {
     let n = 200usize;
     let mut out = vec![0.0f32; n + 1];
