@@ -6,7 +6,12 @@
 //! g++ compiles a copy of each source in which every `__shared__` declaration takes its storage from
 //! the emulation's per-block arena (see [`emulated_source`]).
 //!
-//! `SSM_EMU_TSAN=1` builds the emulation with ThreadSanitizer, for runs in the OS-thread schedule.
+//! The kernels are compiled with `-fsanitize=thread` for its instrumentation only: emu/banks.cpp
+//! defines the hooks it calls and counts shared-memory bank conflicts with them, and line tables
+//! (`-g1`) let the tests name the source line of each access.
+//!
+//! `SSM_EMU_TSAN=1` builds the emulation with ThreadSanitizer, for runs in the OS-thread schedule
+//! (then ThreadSanitizer's runtime owns the hooks and bank conflicts cannot be counted).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -135,7 +140,9 @@ fn compile_all(root: &Path, out: &Path, files: &[CuFile], tsan: bool) -> Vec<Pat
     };
     let mut jobs: Vec<cc::Build> = Vec::new();
     let mut runtime = base("runtime");
-    runtime.file(root.join("emu/runtime.cpp"));
+    runtime
+        .file(root.join("emu/runtime.cpp"))
+        .file(root.join("emu/banks.cpp"));
     jobs.push(runtime);
     for f in files {
         let mut b = base(&format!(
@@ -152,6 +159,11 @@ fn compile_all(root: &Path, out: &Path, files: &[CuFile], tsan: bool) -> Vec<Pat
                 out.join("emu-src")
                     .join(f.path.strip_prefix(root.join("cu")).unwrap()),
             );
+        if !tsan {
+            b.flag("-fsanitize=thread")
+                .flag("--param=tsan-instrument-func-entry-exit=0")
+                .flag("-g1");
+        }
         jobs.push(b);
     }
     let workers = thread::available_parallelism()

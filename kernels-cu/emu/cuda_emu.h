@@ -13,6 +13,9 @@
 // shared memory from a buffer of the launch's size; both are filled with 0xFF before every block,
 // so a read of shared memory that no thread of the block wrote gives NaN.
 //
+// Bank conflicts: with a non-null LaunchConfig::banks, every shared-memory request of every warp
+// is counted as a GPU's 32 banks serve it (emu/banks.cpp, through -fsanitize=thread's hooks).
+//
 // Not emulated: warp operations whose mask leaves out a live lane of the warp (reported as an
 // error), waiting on other blocks, tensor-core instructions, cp.async/TMA, bf16 types.
 //
@@ -20,7 +23,8 @@
 // adds -fsanitize=thread), then run the test binary target/debug/deps/kernels-<hash> with
 // LD_PRELOAD=$(g++ -print-file-name=libtsan.so.2) (GCC 12's TSan runtime crashes in its TLS setup
 // unless preloaded), TSAN_OPTIONS=suppressions=kernels-cu/emu/tsan.supp and
-// SSM_EMU_SCHEDULE=threads, and `--skip nvrtc`. Slow: every kernel test in the OS-thread schedule.
+// SSM_EMU_SCHEDULE=threads, and `--skip nvrtc --skip bank` (ThreadSanitizer's runtime owns the hooks
+// that count bank conflicts). Slow: every kernel test in the OS-thread schedule.
 #pragma once
 
 #include <atomic>
@@ -50,13 +54,34 @@ enum Schedule : int {
     kScheduleThreads = 2,  // one OS thread per CUDA thread (for ThreadSanitizer)
 };
 
-// One launch; mirrored by `LaunchConfig` in the Rust crate (repr(C)).
+// The shared-memory requests of one instruction (call site of an access in a kernel), counted over
+// a launch; mirrored by `RawBankSite` in src/emu.rs.
+struct BankSite {
+    unsigned long long pc;  // the access's address, as an offset into the executable that holds it
+    unsigned long long requests;
+    unsigned long long degree_sum;
+    unsigned worst;
+};
+
+// Bank conflicts of one launch (emu/banks.cpp); mirrored by `RawBankStats` in src/emu.rs. The
+// totals cover every request, `sites` the first `cap` sites by pc (`count` says how many exist).
+struct BankStats {
+    BankSite* sites;
+    unsigned cap;
+    unsigned count;
+    unsigned long long requests;
+    unsigned long long degree_sum;
+    unsigned worst;
+};
+
+// One launch; mirrored by `RawConfig` in src/emu.rs (repr(C)).
 struct LaunchConfig {
     unsigned grid[3];
     unsigned block[3];
     unsigned shared_bytes;  // dynamic shared memory, as in cuLaunchKernel
     int schedule;
     unsigned long long seed;
+    BankStats* banks;  // counts bank conflicts into *banks when not null
 };
 
 // What the CUDA built-in variables read for the running thread.

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "banks.h"
 #include "cuda_emu.h"
 
 #if defined(__SANITIZE_THREAD__)
@@ -263,7 +264,12 @@ void complete_warp(Exec& e, Warp& w) {
 }
 
 void release(Exec& e, Group& g, Warp* w) {
-    if (w) complete_warp(e, *w);
+    if (w) {
+        complete_warp(e, *w);
+        banks::sync_warp((unsigned)(w - e.warps.data()));
+    } else {
+        banks::sync_block();
+    }
     g.arrived = 0;
     ++g.generation;
     if (e.threads()) {
@@ -536,6 +542,15 @@ int run_grid(const LaunchConfig& cfg, void (*body)(void*), void* closure, char* 
                       std::to_string(kDynamicSharedBytes));
     if (cfg.schedule < kScheduleRandom || cfg.schedule > kScheduleThreads)
         return report("unknown schedule " + std::to_string(cfg.schedule));
+    if (cfg.banks && !banks::available())
+        return report("bank conflicts cannot be counted in a ThreadSanitizer build, whose runtime owns the hooks");
+    if (cfg.banks && cfg.schedule == kScheduleThreads)
+        return report("bank conflicts are counted in the fiber schedules only");
+    banks::begin(cfg.banks, (unsigned)threads, g_static_shared, kStaticSharedBytes, g_dynamic_shared,
+                 cfg.shared_bytes);
+    struct EndCounting {
+        ~EndCounting() { banks::end(); }
+    } end_counting;
     Exec e;
     e.schedule = cfg.schedule;
     e.body = body;
@@ -552,6 +567,7 @@ int run_grid(const LaunchConfig& cfg, void (*body)(void*), void* closure, char* 
                 } else {
                     run_fibers(e);
                 }
+                banks::sync_block();
                 if (e.failed)
                     return report("block (" + std::to_string(x) + ", " + std::to_string(y) + ", " +
                                   std::to_string(z) + "): " + e.error);

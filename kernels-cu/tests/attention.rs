@@ -66,7 +66,7 @@ fn forward(
 }
 
 #[test]
-fn forward_and_backward_match_the_reference() {
+pub(crate) fn forward_and_backward_match_the_reference() {
     let shapes = [
         (1, 1, 1, 1, 1, 8),
         (2, 37, 37, 4, 2, 16),

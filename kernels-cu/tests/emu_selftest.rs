@@ -217,6 +217,43 @@ fn shared_memory_of_templates_is_poisoned_in_every_block() {
 }
 
 #[test]
+fn bank_conflicts_are_counted_as_a_gpu_serves_them() {
+    // (stride, wide, degree): lanes 32 words apart share a bank; lanes on one word are a
+    // broadcast; an odd stride spreads over all banks; 32 doubles are 64 words, two per bank.
+    let cases = [
+        (1, false, 1),
+        (0, false, 1),
+        (2, false, 2),
+        (4, false, 4),
+        (32, false, 32),
+        (33, false, 1),
+        (1, true, 2),
+        (16, true, 32),
+    ];
+    for (stride, wide, degree) in cases {
+        let mut out = vec![0.0f32; 64];
+        let launch = Launch {
+            kernel: "emu_test_banks",
+            config: cfg(1, 64, 0),
+            args: KernelArgs::new()
+                .ptr(host_ptr_mut(&mut out))
+                .i32(stride)
+                .i32(wide as i32),
+        };
+        // SAFETY: out holds one float per thread.
+        let c = unsafe { emu::launch_counting_banks(&launch, Schedule::Random(2)) }.unwrap();
+        let ctx = format!("stride {stride}, wide {wide}: {c:?}");
+        // Per warp: the store (conflict-free) and the load.
+        assert_eq!((c.requests, c.sites.len()), (4, 2), "{ctx}");
+        assert_eq!(
+            (c.worst, c.degree_sum),
+            (degree, 2 + 2 * degree as u64),
+            "{ctx}"
+        );
+    }
+}
+
+#[test]
 fn dynamic_shared_memory_is_sized_by_the_launch_and_poisoned() {
     let n = 200usize;
     let mut out = vec![0.0f32; n + 1];

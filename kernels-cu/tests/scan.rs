@@ -320,7 +320,7 @@ fn state_at(data: &Data, t: usize) -> Vec<f32> {
 }
 
 #[test]
-fn forward_and_backward_match_the_reference() {
+pub(crate) fn forward_and_backward_match_the_reference() {
     for (si, &(b, l, d, n, g)) in SHAPES.iter().enumerate() {
         let dims = ScanDims { b, l, d, n, g };
         for (oi, &opts) in OPTION_SETS.iter().enumerate() {

@@ -77,6 +77,17 @@ __device__ void poison_per_block(float* out) {
 
 extern "C" __global__ void emu_test_poison_template(float* out) { poison_per_block<64>(out); }
 
+// Thread t stores word t of a shared array, then reads element (t * stride) % 1024 of it, as a
+// float or (wide) as a double: the reads' bank conflicts follow from the stride.
+extern "C" __global__ void emu_test_banks(float* out, int stride, int wide) {
+    __shared__ double s[1024];
+    const int t = threadIdx.x, i = (t * stride) % 1024;
+    float* words = reinterpret_cast<float*>(s);
+    words[t] = (float)t;
+    __syncthreads();
+    out[t] = wide ? (float)s[i] : words[i];
+}
+
 // Reverses through dynamic shared memory of n floats and reads one float past what was written.
 extern "C" __global__ void emu_test_dynamic_shared(float* out, int n) {
     DYNAMIC_SHARED(float, s);
@@ -131,6 +142,7 @@ EMU_EXPORT(emu_test_atomics)
 EMU_EXPORT(emu_test_reverse)
 EMU_EXPORT(emu_test_poison)
 EMU_EXPORT(emu_test_poison_template)
+EMU_EXPORT(emu_test_banks)
 EMU_EXPORT(emu_test_dynamic_shared)
 EMU_EXPORT(emu_test_indices)
 EMU_EXPORT(emu_test_misuse)
