@@ -9,9 +9,9 @@
 // probabilities tile by tile. A row (one query, or one key in dkdv) is handled by kParts threads,
 // each holding the head dimensions part, part + kParts, ... (hd <= kMaxHead); row dot products
 // are reduced with width-kParts shuffles. Blocks hold kRows rows and stream tiles of kTile rows of
-// the other side through shared memory, stored with row stride hd: staging then writes consecutive
-// words (no bank conflicts for any hd), and the rows' columns past hd, which nobody writes, are
-// never read (predicated on dd < hd; on a GPU they hold garbage, and 0 * NaN is NaN). The backward is deterministic: dk/dv per key block and dq
+// the other side through shared memory, kMaxHead columns wide whatever hd is: the hot loops read
+// every column at compile-time offsets (what keeps them at the registers of a fixed head size), so
+// staging writes zeros past hd. The backward is deterministic: dk/dv per key block and dq
 // per query block, no atomics.
 #pragma once
 
@@ -45,38 +45,32 @@ __device__ __forceinline__ void add_dims(T* dst, const float (&r)[kDims], int hd
     }
 }
 
-// The dot product of a row held across the kParts threads with a staged row of hd columns.
-// kReadPastHead reads all kMaxHead columns, which run past the row: the bug that
-// cu/tests/attention_broken.cu keeps so that the tests prove the emulation catches it.
-template <bool kReadPastHead = false>
-__device__ __forceinline__ float row_dot(const float (&r)[kDims], const float* tile_row, int hd, int part) {
+// The dot product of a row held across the kParts threads with a shared-memory row.
+__device__ __forceinline__ float row_dot(const float (&r)[kDims], const float* tile_row, int part) {
     float s = 0.0f;
 #pragma unroll
-    for (int u = 0; u < kDims; ++u) {
-        const int dd = part + u * kParts;
-        if (kReadPastHead || dd < hd) s += r[u] * tile_row[dd];
-    }
+    for (int u = 0; u < kDims; ++u) s += r[u] * tile_row[part + u * kParts];
 #pragma unroll
     for (int off = 1; off < kParts; off <<= 1) s += __shfl_xor_sync(FULL_MASK, s, off, kParts);
     return s;
 }
 
-// acc += w * the staged row of hd columns, for this thread's dims.
-__device__ __forceinline__ void add_row(float (&acc)[kDims], float w, const float* tile_row, int hd, int part) {
-#pragma unroll
-    for (int u = 0; u < kDims; ++u) {
-        const int dd = part + u * kParts;
-        if (dd < hd) acc[u] += w * tile_row[dd];
-    }
-}
-
-// tile (kTile, hd) = rows r0 .. r0+kTile of x (b, len, heads, hd) for sequence bi and head hh,
-// zero past len. Coalesced along hd.
-template <typename T>
-__device__ __forceinline__ void stage(float* tile, const T* x, int bi, int r0, int len, int heads, int hh, int hd) {
-    for (int e = threadIdx.x; e < kTile * hd; e += kThreads) {
-        const int rr = e / hd, dd = e - rr * hd, row = r0 + rr;
-        tile[e] = row < len ? to_f32(x[(((long long)bi * len + row) * heads + hh) * hd + dd]) : 0.0f;
+// tile (kTile, kMaxHead) = rows r0 .. r0+kTile of x (b, len, heads, hd) for sequence bi and head
+// hh, zero past len and past hd. The columns past hd must be written: row_dot and the
+// accumulations read them (times zeros), and on a GPU unwritten shared memory may hold NaN bits
+// (0 * NaN = NaN). Coalesced along hd; a warp writes 32 consecutive words, free of bank conflicts
+// for any hd. kLeavePadding skips the zeros past hd: the bug that cu/tests/attention_broken.cu
+// keeps, so that the tests prove the emulation catches it.
+template <bool kLeavePadding = false, typename T>
+__device__ __forceinline__ void stage(float (*tile)[kMaxHead], const T* x, int bi, int r0, int len, int heads, int hh,
+                                      int hd) {
+    for (int e = threadIdx.x; e < kTile * kMaxHead; e += kThreads) {
+        const int rr = e / kMaxHead, dd = e % kMaxHead, row = r0 + rr;
+        if (dd < hd) {
+            tile[rr][dd] = row < len ? to_f32(x[(((long long)bi * len + row) * heads + hh) * hd + dd]) : 0.0f;
+        } else if (!kLeavePadding) {
+            tile[rr][dd] = 0.0f;
+        }
     }
 }
 
@@ -84,12 +78,12 @@ __device__ __forceinline__ void stage(float* tile, const T* x, int bi, int r0, i
 __device__ __forceinline__ int key_end(int q0, int lq, int lk) { return min(lk, min(q0 + kRows, lq) - 1 + lk - lq + 1); }
 
 // Grid (ceil(lq / kRows), h, b).
-template <typename T, bool kReadPastHead = false>
+template <typename T, bool kLeavePadding = false>
 __device__ __forceinline__ void fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                     T* __restrict__ o, float* __restrict__ lse, int lq, int lk, int h, int hkv, int hd,
                                     float scale) {
-    __shared__ float ks[kTile * kMaxHead];  // (kTile, hd)
-    __shared__ float vs[kTile * kMaxHead];
+    __shared__ float ks[kTile][kMaxHead];
+    __shared__ float vs[kTile][kMaxHead];
     const int row = threadIdx.x / kParts, part = threadIdx.x % kParts;
     const int bi = blockIdx.z, hq = blockIdx.y, kvh = hq / (h / hkv), q0 = blockIdx.x * kRows;
     const int i = q0 + row, pos = i + lk - lq;
@@ -106,14 +100,14 @@ __device__ __forceinline__ void fwd(const T* __restrict__ q, const T* __restrict
     const int end = key_end(q0, lq, lk);
     for (int j0 = 0; j0 < end; j0 += kTile) {
         __syncthreads();
-        stage(ks, k, bi, j0, lk, hkv, kvh, hd);
-        stage(vs, v, bi, j0, lk, hkv, kvh, hd);
+        stage<kLeavePadding>(ks, k, bi, j0, lk, hkv, kvh, hd);
+        stage<kLeavePadding>(vs, v, bi, j0, lk, hkv, kvh, hd);
         __syncthreads();
         float sc[kTile];
         float tmax = neg_inf_f32();
 #pragma unroll
         for (int jj = 0; jj < kTile; ++jj) {
-            const float s = row_dot<kReadPastHead>(qv, ks + jj * hd, hd, part);
+            const float s = row_dot(qv, ks[jj], part);
             sc[jj] = j0 + jj <= pos && j0 + jj < lk ? s : neg_inf_f32();
             tmax = fmaxf(tmax, sc[jj]);
         }
@@ -127,7 +121,8 @@ __device__ __forceinline__ void fwd(const T* __restrict__ q, const T* __restrict
         for (int jj = 0; jj < kTile; ++jj) {
             const float p = __expf(sc[jj] - m_new);
             l += p;
-            add_row(acc, p, vs + jj * hd, hd, part);
+#pragma unroll
+            for (int u = 0; u < kDims; ++u) acc[u] += p * vs[jj][part + u * kParts];
         }
         m = m_new;
     }
@@ -164,8 +159,8 @@ __device__ __forceinline__ void bwd_dkdv(const T* __restrict__ q, const T* __res
                                          const T* __restrict__ dout, const float* __restrict__ lse,
                                          const float* __restrict__ dsum, T* __restrict__ dk, T* __restrict__ dv, int lq,
                                          int lk, int h, int hkv, int hd, float scale) {
-    __shared__ float qs[kTile * kMaxHead];  // (kTile, hd)
-    __shared__ float dos[kTile * kMaxHead];
+    __shared__ float qs[kTile][kMaxHead];
+    __shared__ float dos[kTile][kMaxHead];
     __shared__ float lse_s[kTile];
     __shared__ float dsum_s[kTile];
     const int row = threadIdx.x / kParts, part = threadIdx.x % kParts;
@@ -193,12 +188,14 @@ __device__ __forceinline__ void bwd_dkdv(const T* __restrict__ q, const T* __res
             __syncthreads();
             for (int ii = 0; ii < kTile; ++ii) {
                 const int i = i0 + ii;
-                const float *qrow = qs + ii * hd, *dorow = dos + ii * hd;
-                const float s = scale * row_dot(kr, qrow, hd, part);
+                const float s = scale * row_dot(kr, qs[ii], part);
                 const float p = valid && i < lq && j <= i + shift ? __expf(s - lse_s[ii]) : 0.0f;
-                const float ds = p * (row_dot(vr, dorow, hd, part) - dsum_s[ii]);
-                add_row(dva, p, dorow, hd, part);
-                add_row(dka, scale * ds, qrow, hd, part);
+                const float ds = p * (row_dot(vr, dos[ii], part) - dsum_s[ii]);
+#pragma unroll
+                for (int u = 0; u < kDims; ++u) {
+                    dva[u] += p * dos[ii][part + u * kParts];
+                    dka[u] += scale * ds * qs[ii][part + u * kParts];
+                }
             }
         }
     }
@@ -213,8 +210,8 @@ __device__ __forceinline__ void bwd_dq(const T* __restrict__ q, const T* __restr
                                        const T* __restrict__ dout, const float* __restrict__ lse,
                                        const float* __restrict__ dsum, T* __restrict__ dq, int lq, int lk, int h, int hkv,
                                        int hd, float scale) {
-    __shared__ float ks[kTile * kMaxHead];  // (kTile, hd)
-    __shared__ float vs[kTile * kMaxHead];
+    __shared__ float ks[kTile][kMaxHead];
+    __shared__ float vs[kTile][kMaxHead];
     const int row = threadIdx.x / kParts, part = threadIdx.x % kParts;
     const int bi = blockIdx.z, hq = blockIdx.y, kvh = hq / (h / hkv), q0 = blockIdx.x * kRows;
     const int i = q0 + row, pos = i + lk - lq;
@@ -235,10 +232,11 @@ __device__ __forceinline__ void bwd_dq(const T* __restrict__ q, const T* __restr
         __syncthreads();
         for (int jj = 0; jj < kTile; ++jj) {
             const int j = j0 + jj;
-            const float s = scale * row_dot(qv, ks + jj * hd, hd, part);
+            const float s = scale * row_dot(qv, ks[jj], part);
             const float p = valid && j <= pos && j < lk ? __expf(s - lse_i) : 0.0f;
-            const float ds = p * (row_dot(dov, vs + jj * hd, hd, part) - dsum_i);
-            add_row(dqa, scale * ds, ks + jj * hd, hd, part);
+            const float ds = p * (row_dot(dov, vs[jj], part) - dsum_i);
+#pragma unroll
+            for (int u = 0; u < kDims; ++u) dqa[u] += scale * ds * ks[jj][part + u * kParts];
         }
     }
     if (valid) add_dims(dq + qrow, dqa, hd, part);

@@ -93,8 +93,9 @@ pub fn attention_fwd(
     fwd_launch("attention_fwd_f32", [q, k, v, o, lse], dims, scale)
 }
 
-/// The forward that reads staged rows past hd (cu/tests/attention_broken.cu), for the test that
-/// proves the emulation catches reads of unwritten shared memory. Arguments as [`attention_fwd`].
+/// The forward that reads tile columns past hd which it never wrote (cu/tests/attention_broken.cu),
+/// for the test that proves the emulation catches reads of unwritten shared memory. Arguments as
+/// [`attention_fwd`].
 pub fn attention_fwd_broken(
     q: DevicePtr,
     k: DevicePtr,

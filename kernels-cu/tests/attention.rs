@@ -1,7 +1,7 @@
 //! cu/attention.cu against ssm's f64 reference (`attention_ref`, `attention_ref_bwd`): one token,
 //! odd lengths over several tiles, more keys than queries (a KV cache), grouped-query heads,
 //! head dimensions from 8 to the maximum of 128, three schedules. Also the broken forward that
-//! reads staged rows past hd, which the emulation's poisoned shared memory must catch.
+//! reads tile columns past hd that it never wrote, which the poisoned shared memory must expose.
 
 use ssm::Tensor;
 use ssm::ops::attention as cpu;

@@ -1,7 +1,7 @@
-// The attention forward as it was before the fix: row_dot reads all kMaxHead columns of a staged
-// row whatever hd is, past the hd columns that stage wrote. The products with those columns are
-// 0 * (whatever shared memory holds), NaN when it holds NaN bits. Unpoisoned shared memory read
-// as zeros and hid this; the kernel tests assert that the emulation now catches it at hd 64 and 8.
+// The attention forward as it was before the fix: stage writes only the hd columns of each tile
+// row, while row_dot and the accumulation read all kMaxHead of them, 0 * whatever shared memory
+// holds there: NaN when it holds NaN bits. Unpoisoned shared memory read as zeros and hid this;
+// the kernel tests assert that the emulation now catches it at hd 64 and 8.
 #include "attention.cuh"
 
 extern "C" __global__ void __launch_bounds__(attn::kThreads)
