@@ -93,6 +93,8 @@ void complete(std::vector<Request>& pending) {
     pending.clear();
 }
 
+#if !defined(__SANITIZE_THREAD__)
+// Called by the hooks at the end of this file, which a ThreadSanitizer build leaves out.
 void access(const void* p, unsigned long size, const void* ret) {
     if (!g_on) return;
     const auto* a = static_cast<const unsigned char*>(p);
@@ -111,6 +113,7 @@ void access(const void* p, unsigned long size, const void* ret) {
     r.words[lane] = (unsigned char)std::min<unsigned long long>((addr + size - 1) / kWordBytes - addr / kWordBytes + 1,
                                                                 kMaxWords);
 }
+#endif
 
 }  // namespace
 
