@@ -2,8 +2,9 @@
 //
 // A `.cu` file compiles with
 //     g++ -std=c++20 -x c++ -include emu/cuda_emu.h -DCUDA_CPU_EMULATION
-// (build.rs first rewrites its `__shared__` declarations, see below) and ends with `EMU_EXPORT(kernel)` lines (under `#ifdef CUDA_CPU_EMULATION`) that export
-// `emu_launch_<kernel>` and `emu_signature_<kernel>` with C linkage.
+// after build.rs has rewritten its `__shared__` declarations (see `shared_var`), and ends with
+// `EMU_EXPORT(kernel)` lines (under `#ifdef CUDA_CPU_EMULATION`) that export `emu_launch_<kernel>`
+// and `emu_signature_<kernel>` with C linkage.
 //
 // Execution model: blocks run one at a time; the threads of a block run as fibers on one OS thread
 // (or, for ThreadSanitizer, as OS threads). A fiber runs until its next synchronization point
