@@ -3,7 +3,15 @@
 //! and `$OUT_DIR/emulated.rs` (the launchers `emu_launch_<kernel>` that each file exports with
 //! `EMU_EXPORT`).
 //!
-//! `SSM_EMU_TSAN=1` builds the emulation with ThreadSanitizer, for runs in the OS-thread schedule.
+//! g++ compiles a copy of each source in which every `__shared__` declaration takes its storage from
+//! the emulation's per-block arena (see [`emulated_source`]).
+//!
+//! The kernels are compiled with `-fsanitize=thread` for its instrumentation only: emu/banks.cpp
+//! defines the hooks it calls and counts shared-memory bank conflicts with them, and line tables
+//! (`-g1`) let the tests name the source line of each access.
+//!
+//! `SSM_EMU_TSAN=1` builds the emulation with ThreadSanitizer, for runs in the OS-thread schedule
+//! (then ThreadSanitizer's runtime owns the hooks and bank conflicts cannot be counted).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -36,6 +44,14 @@ fn main() {
     );
     let headers = list(&root.join("cu"), "cuh");
 
+    let emu_src = out.join("emu-src");
+    for p in files.iter().map(|f| &f.path).chain(&headers) {
+        let rel = p.strip_prefix(root.join("cu")).expect("source under cu/");
+        let text = fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let dst = emu_src.join(rel);
+        fs::create_dir_all(dst.parent().unwrap()).expect("create emu-src");
+        fs::write(&dst, emulated_source(p, &text)).expect("write emu-src");
+    }
     let objects = compile_all(&root, &out, &files, tsan);
     let mut lib = cc::Build::new();
     lib.cpp(true).objects(&objects).compile("ssm_kernels_emu");
@@ -114,7 +130,7 @@ fn compile_all(root: &Path, out: &Path, files: &[CuFile], tsan: bool) -> Vec<Pat
             .warnings(true)
             .flag("-Wno-unknown-pragmas")
             .include(root.join("emu"))
-            .include(root.join("cu"))
+            .include(out.join("emu-src"))
             .out_dir(out.join("obj").join(dir))
             .cargo_metadata(false);
         if tsan {
@@ -124,7 +140,9 @@ fn compile_all(root: &Path, out: &Path, files: &[CuFile], tsan: bool) -> Vec<Pat
     };
     let mut jobs: Vec<cc::Build> = Vec::new();
     let mut runtime = base("runtime");
-    runtime.file(root.join("emu/runtime.cpp"));
+    runtime
+        .file(root.join("emu/runtime.cpp"))
+        .file(root.join("emu/banks.cpp"));
     jobs.push(runtime);
     for f in files {
         let mut b = base(&format!(
@@ -137,11 +155,15 @@ fn compile_all(root: &Path, out: &Path, files: &[CuFile], tsan: bool) -> Vec<Pat
             .flag("-include")
             .flag(header.to_str().expect("utf-8 path"))
             .define("CUDA_CPU_EMULATION", None)
-            .define(
-                "EMU_SHARED_SECTION",
-                Some(format!("emu_shared_{}", section_name(f)).as_str()),
-            )
-            .file(&f.path);
+            .file(
+                out.join("emu-src")
+                    .join(f.path.strip_prefix(root.join("cu")).unwrap()),
+            );
+        if !tsan {
+            b.flag("-fsanitize=thread")
+                .flag("--param=tsan-instrument-func-entry-exit=0")
+                .flag("-g1");
+        }
         jobs.push(b);
     }
     let workers = thread::available_parallelism()
@@ -169,19 +191,65 @@ fn compile_all(root: &Path, out: &Path, files: &[CuFile], tsan: bool) -> Vec<Pat
     })
 }
 
-/// The linker section that holds a file's `__shared__` variables: a C identifier, so that the
-/// linker defines `__start_`/`__stop_` symbols for it.
-fn section_name(f: &CuFile) -> String {
-    let stem: String = f
-        .stem
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    if f.test_only {
-        format!("test_{stem}")
-    } else {
-        stem
+/// The copy of a source that g++ compiles: every `__shared__ T name[dims];` becomes
+/// `auto& name = emu::shared_var<T[dims]>([] {});`, storage that the emulation hands out per block
+/// from an arena filled with 0xFF before every block (emu/runtime.cpp). A static cannot be
+/// poisoned reliably: g++ ignores section attributes on statics inside templates, so they would
+/// land in `.bss`, read as zeros and carry values from block to block. cuda_emu.h poisons the
+/// identifier `__shared__`, so a declaration this rewrite missed does not compile. Line breaks are
+/// kept and a `#line` names the original file, so diagnostics point at the real source.
+fn emulated_source(path: &Path, text: &str) -> String {
+    const KW: &str = "__shared__";
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = format!("#line 1 {:?}\n", path.display().to_string());
+    let mut rest = text;
+    while let Some(i) = rest.find(KW) {
+        let (before, after) = rest.split_at(i);
+        let after = &after[KW.len()..];
+        let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+        let in_word = before.ends_with(is_ident) || after.starts_with(is_ident);
+        let keep =
+            in_word || before[line_start..].contains("//") || before.trim_end().ends_with("extern");
+        out.push_str(before);
+        if keep {
+            out.push_str(KW);
+            rest = after;
+            continue;
+        }
+        let end = after
+            .find(';')
+            .unwrap_or_else(|| panic!("{}: `__shared__` without `;`", path.display()));
+        let decl = &after[..end];
+        out.push_str(&shared_var(path, decl));
+        out.extend(std::iter::repeat_n('\n', decl.matches('\n').count()));
+        rest = &after[end + 1..];
     }
+    out.push_str(rest);
+    out
+}
+
+/// `auto& name = emu::shared_var<T[dims]>([] {});` for the declaration `__shared__ T name[dims]`:
+/// the lambda's type makes every declaration (in every template instantiation) its own site.
+fn shared_var(path: &Path, decl: &str) -> String {
+    let flat = decl.split_whitespace().collect::<Vec<_>>().join(" ");
+    let (head, dims) = flat.split_at(flat.find('[').unwrap_or(flat.len()));
+    let head = head.trim_end();
+    let name_at = head
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |i| i + 1);
+    let (ty, name) = head.split_at(name_at);
+    assert!(
+        !ty.trim().is_empty()
+            && !name.is_empty()
+            && !flat.contains(['=', ','])
+            && !flat.contains("__align__"),
+        "{}: `__shared__ {flat};`: the emulation takes a type and one declarator, without initializer or __align__",
+        path.display()
+    );
+    format!(
+        "auto& {name} = emu::shared_var<{}{dims}>([] {{}});",
+        ty.trim_end()
+    )
 }
 
 fn sources_rs(files: &[CuFile], headers: &[PathBuf]) -> String {

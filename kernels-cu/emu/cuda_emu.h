@@ -1,16 +1,21 @@
 // CUDA C++ on the CPU, for testing kernels without a GPU (DESIGN.md section 5, level 1).
 //
 // A `.cu` file compiles with
-//     g++ -std=c++20 -x c++ -include emu/cuda_emu.h -DCUDA_CPU_EMULATION -DEMU_SHARED_SECTION=name
-// and ends with `EMU_EXPORT(kernel)` lines (under `#ifdef CUDA_CPU_EMULATION`) that export
-// `emu_launch_<kernel>` and `emu_signature_<kernel>` with C linkage.
+//     g++ -std=c++20 -x c++ -include emu/cuda_emu.h -DCUDA_CPU_EMULATION
+// after build.rs has rewritten its `__shared__` declarations (see `shared_var`), and ends with
+// `EMU_EXPORT(kernel)` lines (under `#ifdef CUDA_CPU_EMULATION`) that export `emu_launch_<kernel>`
+// and `emu_signature_<kernel>` with C linkage.
 //
 // Execution model: blocks run one at a time; the threads of a block run as fibers on one OS thread
 // (or, for ThreadSanitizer, as OS threads). A fiber runs until its next synchronization point
 // (`__syncthreads`, a warp intrinsic, or its exit); which runnable fiber goes next is drawn from a
 // seeded random generator, so a missing barrier shows up as a wrong result under some seed.
-// `__shared__` variables are statics in the linker section EMU_SHARED_SECTION, filled with 0xFF
-// before every block: a read of shared memory that no thread wrote gives NaN.
+// `__shared__` declarations take their storage from a per-block arena (`shared_var`), dynamic
+// shared memory from a buffer of the launch's size; both are filled with 0xFF before every block,
+// so a read of shared memory that no thread of the block wrote gives NaN.
+//
+// Bank conflicts: with a non-null LaunchConfig::banks, every shared-memory request of every warp
+// is counted as a GPU's 32 banks serve it (emu/banks.cpp, through -fsanitize=thread's hooks).
 //
 // Not emulated: warp operations whose mask leaves out a live lane of the warp (reported as an
 // error), waiting on other blocks, tensor-core instructions, cp.async/TMA, bf16 types.
@@ -19,7 +24,8 @@
 // adds -fsanitize=thread), then run the test binary target/debug/deps/kernels-<hash> with
 // LD_PRELOAD=$(g++ -print-file-name=libtsan.so.2) (GCC 12's TSan runtime crashes in its TLS setup
 // unless preloaded), TSAN_OPTIONS=suppressions=kernels-cu/emu/tsan.supp and
-// SSM_EMU_SCHEDULE=threads, and `--skip nvrtc`. Slow: every kernel test in the OS-thread schedule.
+// SSM_EMU_SCHEDULE=threads, and `--skip nvrtc --skip bank` (ThreadSanitizer's runtime owns the hooks
+// that count bank conflicts). Slow: every kernel test in the OS-thread schedule.
 #pragma once
 
 #include <atomic>
@@ -49,13 +55,34 @@ enum Schedule : int {
     kScheduleThreads = 2,  // one OS thread per CUDA thread (for ThreadSanitizer)
 };
 
-// One launch; mirrored by `LaunchConfig` in the Rust crate (repr(C)).
+// The shared-memory requests of one instruction (call site of an access in a kernel), counted over
+// a launch; mirrored by `RawBankSite` in src/emu.rs.
+struct BankSite {
+    unsigned long long pc;  // the access's address, as an offset into the executable that holds it
+    unsigned long long requests;
+    unsigned long long degree_sum;
+    unsigned worst;
+};
+
+// Bank conflicts of one launch (emu/banks.cpp); mirrored by `RawBankStats` in src/emu.rs. The
+// totals cover every request, `sites` the first `cap` sites by pc (`count` says how many exist).
+struct BankStats {
+    BankSite* sites;
+    unsigned cap;
+    unsigned count;
+    unsigned long long requests;
+    unsigned long long degree_sum;
+    unsigned worst;
+};
+
+// One launch; mirrored by `RawConfig` in src/emu.rs (repr(C)).
 struct LaunchConfig {
     unsigned grid[3];
     unsigned block[3];
     unsigned shared_bytes;  // dynamic shared memory, as in cuLaunchKernel
     int schedule;
     unsigned long long seed;
+    BankStats* banks;  // counts bank conflicts into *banks when not null
 };
 
 // What the CUDA built-in variables read for the running thread.
@@ -68,10 +95,10 @@ struct ThreadState {
 
 extern thread_local const ThreadState* current;
 
-// The shared-memory section of one translation unit.
-struct SharedRange {
-    unsigned char* begin;
-    unsigned char* end;
+// Where one `__shared__` declaration lives in the arena, for the block with serial `block`.
+struct SharedSite {
+    unsigned long long block;
+    unsigned long offset;
 };
 
 enum WarpOpKind : int { kShfl, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kSyncWarp };
@@ -80,8 +107,17 @@ enum WarpOpKind : int { kShfl, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll
 unsigned long long warp_op(int kind, unsigned mask, unsigned long long value, int arg, int width);
 void syncthreads();
 unsigned char* dynamic_shared();  // the launch's dynamic shared memory (extern __shared__)
-int run_grid(const LaunchConfig& cfg, SharedRange shared, void (*body)(void*), void* closure, char* err,
-             unsigned long errlen);
+void* static_shared(SharedSite& site, unsigned long size, unsigned long align);
+int run_grid(const LaunchConfig& cfg, void (*body)(void*), void* closure, char* err, unsigned long errlen);
+
+// The storage of the declaration `__shared__ T name;` in the running block: build.rs rewrites it
+// into `auto& name = emu::shared_var<T>([] {});`. The lambda's type makes each declaration, in
+// each template instantiation, its own site; the first thread of a block to get there allocates.
+template <class T, class Site>
+T& shared_var(Site) {
+    static SharedSite site;
+    return *static_cast<T*>(static_shared(site, sizeof(T), alignof(T)));
+}
 
 template <class T>
 unsigned long long to_bits(T v) {
@@ -101,8 +137,7 @@ T from_bits(unsigned long long bits) {
 // Unpacks `args` (one pointer per argument value, as cuLaunchKernel's kernelParams) and runs `k`
 // over the grid.
 template <class... A>
-int launch_kernel(const LaunchConfig* cfg, SharedRange shared, void (*k)(A...), void* const* args, char* err,
-                  unsigned long errlen) {
+int launch_kernel(const LaunchConfig* cfg, void (*k)(A...), void* const* args, char* err, unsigned long errlen) {
     static_assert((std::is_trivially_copyable_v<A> && ...), "kernel arguments must be plain values");
     struct Closure {
         void (*k)(A...);
@@ -115,7 +150,7 @@ int launch_kernel(const LaunchConfig* cfg, SharedRange shared, void (*k)(A...), 
         auto* cl = static_cast<Closure*>(p);
         std::apply(cl->k, cl->args);
     };
-    return run_grid(*cfg, shared, body, &c, err, errlen);
+    return run_grid(*cfg, body, &c, err, errlen);
 }
 
 // Writes the byte size of each parameter of `k` (up to `cap`) and returns their number.
@@ -136,27 +171,14 @@ int signature(void (*)(A...), unsigned long* sizes, int cap) {
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 
-#ifndef EMU_SHARED_SECTION
-#define EMU_SHARED_SECTION emu_shared
-#endif
-#define EMU_STR_(x) #x
-#define EMU_STR(x) EMU_STR_(x)
-#define EMU_CAT_(a, b) a##b
-#define EMU_CAT(a, b) EMU_CAT_(a, b)
-#define __shared__ static __attribute__((section(EMU_STR(EMU_SHARED_SECTION))))
-
-// The linker defines these for a section whose name is a C identifier; weak, so that a file
-// without shared memory links too.
-extern "C" unsigned char EMU_CAT(__start_, EMU_SHARED_SECTION)[] __attribute__((weak));
-extern "C" unsigned char EMU_CAT(__stop_, EMU_SHARED_SECTION)[] __attribute__((weak));
+// Every `__shared__` was rewritten by build.rs; one that is left is an error, not a static that
+// nobody poisons.
+#pragma GCC poison __shared__
 
 #define EMU_EXPORT(kernel)                                                                                   \
     extern "C" int emu_launch_##kernel(const emu::LaunchConfig* cfg, void* const* args, char* err,          \
                                        unsigned long errlen) {                                               \
-        return emu::launch_kernel(cfg,                                                                        \
-                                  emu::SharedRange{EMU_CAT(__start_, EMU_SHARED_SECTION),                    \
-                                                   EMU_CAT(__stop_, EMU_SHARED_SECTION)},                    \
-                                  kernel, args, err, errlen);                                                 \
+        return emu::launch_kernel(cfg, kernel, args, err, errlen);                                           \
     }                                                                                                         \
     extern "C" int emu_signature_##kernel(unsigned long* sizes, int cap) { return emu::signature(kernel, sizes, cap); }
 

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "banks.h"
 #include "cuda_emu.h"
 
 #if defined(__SANITIZE_THREAD__)
@@ -71,10 +72,14 @@ namespace {
 constexpr unsigned kMaxThreads = 1024;
 constexpr size_t kStackBytes = 64 * 1024;
 constexpr size_t kDynamicSharedBytes = 227 * 1024;  // sm_90's largest opt-in shared memory per block
+constexpr size_t kStaticSharedBytes = 48 * 1024;    // the most static __shared__ a block may declare
 constexpr unsigned long long kPoison = ~0ull;        // what a shuffle from an exited lane reads
 constexpr auto kThreadDeadlockTimeout = std::chrono::seconds(120);
 
 alignas(128) unsigned char g_dynamic_shared[kDynamicSharedBytes];
+alignas(128) unsigned char g_static_shared[kStaticSharedBytes];  // the arena of __shared__ declarations
+size_t g_static_used = kStaticSharedBytes;  // bytes the last block allocated: all of them (zeros) at first
+unsigned long long g_block_serial = 0;      // numbers every block of every launch, from 1
 std::mutex g_launch_mutex;  // shared memory is global: one launch at a time
 unsigned char* g_stacks = nullptr;
 size_t g_stack_stride = 0;
@@ -150,6 +155,7 @@ struct Exec {
     void* sched_sp = nullptr;
     void* sched_tsan = nullptr;
     unsigned long long rng = 0;
+    unsigned long long block_serial = 0;
     bool failed = false;
     std::string error;
     std::mutex mu;  // OS-thread mode only
@@ -258,7 +264,12 @@ void complete_warp(Exec& e, Warp& w) {
 }
 
 void release(Exec& e, Group& g, Warp* w) {
-    if (w) complete_warp(e, *w);
+    if (w) {
+        complete_warp(e, *w);
+        banks::sync_warp((unsigned)(w - e.warps.data()));
+    } else {
+        banks::sync_block();
+    }
     g.arrived = 0;
     ++g.generation;
     if (e.threads()) {
@@ -460,6 +471,10 @@ void reset_block(Exec& e, const LaunchConfig& cfg, uint3 block_idx, unsigned lon
     }
     unsigned long long s = cfg.seed ^ (block_linear * 0xd1b54a32d192ed03ull);
     e.rng = splitmix64(s);
+    e.block_serial = ++g_block_serial;
+    std::memset(g_static_shared, 0xff, g_static_used);
+    g_static_used = 0;
+    std::memset(g_dynamic_shared, 0xff, cfg.shared_bytes);
 }
 
 }  // namespace
@@ -485,8 +500,32 @@ void syncthreads() {
 
 unsigned char* dynamic_shared() { return g_dynamic_shared; }
 
-int run_grid(const LaunchConfig& cfg, SharedRange shared, void (*body)(void*), void* closure, char* err,
-             unsigned long errlen) {
+void* static_shared(SharedSite& site, unsigned long size, unsigned long align) {
+    Fiber* f = t_self;
+    if (!f) {
+        fprintf(stderr, "cuda emulation: __shared__ declared outside a kernel (namespace-scope __shared__ is not "
+                        "emulated)\n");
+        std::abort();
+    }
+    Exec& e = *f->exec;
+    std::unique_lock<std::mutex> lk(e.mu, std::defer_lock);
+    if (e.threads()) lk.lock();
+    if (site.block != e.block_serial) {
+        const size_t a = align < 16 ? 16 : align;
+        const size_t offset = (g_static_used + a - 1) / a * a;
+        if (offset + size > kStaticSharedBytes) {
+            fprintf(stderr, "cuda emulation: the block declares more than %zu bytes of __shared__ memory, which ptxas "
+                            "rejects\n", kStaticSharedBytes);
+            std::abort();
+        }
+        site.block = e.block_serial;
+        site.offset = offset;
+        g_static_used = offset + size;
+    }
+    return g_static_shared + site.offset;
+}
+
+int run_grid(const LaunchConfig& cfg, void (*body)(void*), void* closure, char* err, unsigned long errlen) {
     std::lock_guard<std::mutex> lock(g_launch_mutex);
     auto report = [&](const std::string& msg) {
         if (err && errlen) snprintf(err, errlen, "%s", msg.c_str());
@@ -503,6 +542,15 @@ int run_grid(const LaunchConfig& cfg, SharedRange shared, void (*body)(void*), v
                       std::to_string(kDynamicSharedBytes));
     if (cfg.schedule < kScheduleRandom || cfg.schedule > kScheduleThreads)
         return report("unknown schedule " + std::to_string(cfg.schedule));
+    if (cfg.banks && !banks::available())
+        return report("bank conflicts cannot be counted in a ThreadSanitizer build, whose runtime owns the hooks");
+    if (cfg.banks && cfg.schedule == kScheduleThreads)
+        return report("bank conflicts are counted in the fiber schedules only");
+    banks::begin(cfg.banks, (unsigned)threads, g_static_shared, kStaticSharedBytes, g_dynamic_shared,
+                 cfg.shared_bytes);
+    struct EndCounting {
+        ~EndCounting() { banks::end(); }
+    } end_counting;
     Exec e;
     e.schedule = cfg.schedule;
     e.body = body;
@@ -513,14 +561,13 @@ int run_grid(const LaunchConfig& cfg, SharedRange shared, void (*body)(void*), v
     for (unsigned z = 0; z < cfg.grid[2]; ++z) {
         for (unsigned y = 0; y < cfg.grid[1]; ++y) {
             for (unsigned x = 0; x < cfg.grid[0]; ++x, ++block_linear) {
-                if (shared.begin && shared.end > shared.begin) std::memset(shared.begin, 0xff, shared.end - shared.begin);
-                std::memset(g_dynamic_shared, 0xff, cfg.shared_bytes);
                 reset_block(e, cfg, uint3{x, y, z}, block_linear);
                 if (pool) {
                     pool->run_block();
                 } else {
                     run_fibers(e);
                 }
+                banks::sync_block();
                 if (e.failed)
                     return report("block (" + std::to_string(x) + ", " + std::to_string(y) + ", " +
                                   std::to_string(z) + "): " + e.error);

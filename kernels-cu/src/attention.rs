@@ -90,11 +90,34 @@ pub fn attention_fwd(
     dims: AttnDims,
     scale: f32,
 ) -> Result<Launch> {
-    const K: &str = "attention_fwd_f32";
-    dims.check(K)?;
-    let args = KernelArgs::new().ptr(q).ptr(k).ptr(v).ptr(o).ptr(lse);
+    fwd_launch("attention_fwd_f32", [q, k, v, o, lse], dims, scale)
+}
+
+/// The forward that reads tile columns past hd which it never wrote (cu/tests/attention_broken.cu),
+/// for the test that proves the emulation catches reads of unwritten shared memory. Arguments as
+/// [`attention_fwd`].
+pub fn attention_fwd_broken(
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+    o: DevicePtr,
+    lse: DevicePtr,
+    dims: AttnDims,
+    scale: f32,
+) -> Result<Launch> {
+    fwd_launch("attention_fwd_broken_f32", [q, k, v, o, lse], dims, scale)
+}
+
+fn fwd_launch(
+    kernel: &'static str,
+    ptrs: [DevicePtr; 5],
+    dims: AttnDims,
+    scale: f32,
+) -> Result<Launch> {
+    dims.check(kernel)?;
+    let args = ptrs.into_iter().fold(KernelArgs::new(), KernelArgs::ptr);
     Ok(Launch {
-        kernel: K,
+        kernel,
         config: rows_grid(dims.lq, dims.h, dims.b),
         args: dims.push(args, scale),
     })

@@ -7,7 +7,7 @@ use ssm_kernels::{host_ptr as p, host_ptr_mut as pm};
 use crate::common::{assert_close_rel, rng, run, schedules, uniform};
 
 #[test]
-fn updates_match_the_formula_over_several_steps() {
+pub(crate) fn updates_match_the_formula_over_several_steps() {
     let n = 1003;
     for decay in [false, true] {
         for schedule in schedules() {

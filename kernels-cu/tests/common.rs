@@ -1,17 +1,24 @@
-//! Helpers shared by the kernel tests: seeded random data, schedules, and comparisons that print
-//! the largest difference.
+//! Helpers shared by the kernel tests: seeded random data, schedules, comparisons that print the
+//! largest difference, and bank-conflict counting of whatever a test launches.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use ssm_kernels::Launch;
-use ssm_kernels::emu::{self, Schedule};
+use ssm_kernels::emu::{self, BankConflicts, Schedule};
 
 /// The random schedules every kernel test runs under.
 pub const SEEDS: [u64; 3] = [1, 0x5eed, 0xdeadbeef];
 
 /// The schedules of the kernel tests: the three seeds, or only OS threads when
 /// `SSM_EMU_SCHEDULE=threads` (the ThreadSanitizer run; see emu/cuda_emu.h).
+/// Inside [`counting_banks`], one seed: the counts do not depend on it.
 pub fn schedules() -> Vec<Schedule> {
+    if COUNTS.with_borrow(Option::is_some) {
+        return vec![Schedule::Random(SEEDS[0])];
+    }
     match std::env::var("SSM_EMU_SCHEDULE").as_deref() {
         Ok("threads") => vec![Schedule::Threads],
         _ => SEEDS.into_iter().map(Schedule::Random).collect(),
@@ -24,9 +31,32 @@ pub fn schedules() -> Vec<Schedule> {
 /// As [`emu::launch`]: every pointer argument is a live host buffer large enough for the kernel.
 pub unsafe fn run(launches: &[Launch], schedule: Schedule) {
     for l in launches {
+        if COUNTS.with_borrow(Option::is_none) {
+            // SAFETY: forwarded from the caller.
+            unsafe { emu::launch(l, schedule) }.unwrap_or_else(|e| panic!("{e}"));
+            continue;
+        }
         // SAFETY: forwarded from the caller.
-        unsafe { emu::launch(l, schedule) }.unwrap_or_else(|e| panic!("{e}"));
+        let c =
+            unsafe { emu::launch_counting_banks(l, schedule) }.unwrap_or_else(|e| panic!("{e}"));
+        COUNTS.with_borrow_mut(|m| {
+            let m = m.as_mut().expect("counting");
+            m.entry(l.kernel).or_default().merge(&c);
+        });
     }
+}
+
+thread_local! {
+    /// The bank conflicts of this thread's launches, per kernel, while [`counting_banks`] runs.
+    static COUNTS: RefCell<Option<BTreeMap<&'static str, BankConflicts>>> = const { RefCell::new(None) };
+}
+
+/// Runs `body` (typically a whole kernel test) with the bank conflicts of every launch it makes
+/// through [`run`] counted, and returns them per kernel.
+pub fn counting_banks(body: impl FnOnce()) -> BTreeMap<&'static str, BankConflicts> {
+    COUNTS.with_borrow_mut(|m| *m = Some(BTreeMap::new()));
+    body();
+    COUNTS.with_borrow_mut(Option::take).expect("counting")
 }
 
 pub fn rng(seed: u64) -> StdRng {

@@ -15,7 +15,7 @@ fn t(dims: &[usize], v: &[f32]) -> Tensor<f32> {
 }
 
 #[test]
-fn forward_and_backward_match_the_cpu_ops() {
+pub(crate) fn forward_and_backward_match_the_cpu_ops() {
     let shapes = [
         (2, 1, 5, 4),
         (1, 37, 40, 4),

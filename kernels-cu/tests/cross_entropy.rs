@@ -10,7 +10,7 @@ use ssm_kernels::{host_ptr as p, host_ptr_mut as pm};
 use crate::common::{assert_close_rel, rng, run, schedules, uniform};
 
 #[test]
-fn forward_and_backward_match_the_cpu_op() {
+pub(crate) fn forward_and_backward_match_the_cpu_op() {
     for (i, &(m, v)) in [(1usize, 5usize), (13, 300), (40, 1001)].iter().enumerate() {
         let mut r = rng(i as u64);
         let logits = uniform(&mut r, m * v, -30.0, 30.0);

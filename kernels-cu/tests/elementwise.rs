@@ -13,7 +13,7 @@ fn t(v: &[f32]) -> Tensor<f32> {
 }
 
 #[test]
-fn unary_ops_and_their_backward_match_the_cpu_ops() {
+pub(crate) fn unary_ops_and_their_backward_match_the_cpu_ops() {
     for (i, &n) in SIZES.iter().enumerate() {
         let mut r = rng(i as u64);
         // Wide enough to cross softplus' threshold of 20 and both tails of the sigmoid.
@@ -64,7 +64,7 @@ fn unary_ops_and_their_backward_match_the_cpu_ops() {
 }
 
 #[test]
-fn gate_and_add_match_the_cpu_ops() {
+pub(crate) fn gate_and_add_match_the_cpu_ops() {
     for (i, &n) in SIZES.iter().enumerate() {
         let mut r = rng(10 + i as u64);
         let (x, z, dy) = (
@@ -120,7 +120,7 @@ fn gate_and_add_match_the_cpu_ops() {
 const ODD_SIZES: [usize; 3] = [1, 257, 10_001];
 
 #[test]
-fn gelu_and_its_backward_match_the_cpu_ops() {
+pub(crate) fn gelu_and_its_backward_match_the_cpu_ops() {
     for (i, &n) in ODD_SIZES.iter().enumerate() {
         let mut r = rng(20 + i as u64);
         // Past |x| = 10, where tanh saturates and e^{2u} overflows on the negative side.
@@ -145,7 +145,7 @@ fn gelu_and_its_backward_match_the_cpu_ops() {
 }
 
 #[test]
-fn neg_exp_mul_add_scale_and_broadcast_match_plain_loops() {
+pub(crate) fn neg_exp_mul_add_scale_and_broadcast_match_plain_loops() {
     for (i, &n) in ODD_SIZES.iter().enumerate() {
         let mut r = rng(30 + i as u64);
         let (a, b, out0) = (
@@ -185,7 +185,7 @@ fn neg_exp_mul_add_scale_and_broadcast_match_plain_loops() {
 }
 
 #[test]
-fn strided_copies_touch_only_their_columns() {
+pub(crate) fn strided_copies_touch_only_their_columns() {
     // (rows, cols, src_stride, dst_stride): one long row, a row wider than both strides (allowed
     // for a single row), narrow rows of wider matrices both ways, and rows of equal stride.
     for &(rows, cols, ss, ds) in &[

@@ -9,7 +9,7 @@ use crate::common::{rng, run, schedules, uniform};
 use rand::RngExt;
 
 #[test]
-fn forward_and_backward_match_the_cpu_op() {
+pub(crate) fn forward_and_backward_match_the_cpu_op() {
     for (i, &(m, v, d)) in [(1usize, 3usize, 5usize), (77, 10, 130), (300, 200, 64)]
         .iter()
         .enumerate()

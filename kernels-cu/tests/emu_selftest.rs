@@ -190,6 +190,70 @@ fn unwritten_shared_memory_reads_as_nan() {
 }
 
 #[test]
+fn shared_memory_of_templates_is_poisoned_in_every_block() {
+    let (blocks, n) = (3usize, 64usize);
+    for schedule in schedules()
+        .into_iter()
+        .chain([Schedule::InOrder, Schedule::Threads])
+    {
+        let mut out = vec![0.0f32; blocks * n];
+        let launch = Launch {
+            kernel: "emu_test_poison_template",
+            config: cfg(blocks as u32, n as u32, 0),
+            args: KernelArgs::new().ptr(host_ptr_mut(&mut out)),
+        };
+        // SAFETY: out holds one float per thread of the grid.
+        unsafe { run(&[launch], schedule) };
+        for (i, v) in out.iter().enumerate() {
+            let written = i < n && i % 2 == 0;
+            assert!(
+                if written { *v == i as f32 } else { v.is_nan() },
+                "block {}, thread {}: {v}, {schedule:?}",
+                i / n,
+                i % n
+            );
+        }
+    }
+}
+
+#[test]
+fn bank_conflicts_are_counted_as_a_gpu_serves_them() {
+    // (stride, wide, degree): lanes 32 words apart share a bank; lanes on one word are a
+    // broadcast; an odd stride spreads over all banks; 32 doubles are 64 words, two per bank.
+    let cases = [
+        (1, false, 1),
+        (0, false, 1),
+        (2, false, 2),
+        (4, false, 4),
+        (32, false, 32),
+        (33, false, 1),
+        (1, true, 2),
+        (16, true, 32),
+    ];
+    for (stride, wide, degree) in cases {
+        let mut out = vec![0.0f32; 64];
+        let launch = Launch {
+            kernel: "emu_test_banks",
+            config: cfg(1, 64, 0),
+            args: KernelArgs::new()
+                .ptr(host_ptr_mut(&mut out))
+                .i32(stride)
+                .i32(wide as i32),
+        };
+        // SAFETY: out holds one float per thread.
+        let c = unsafe { emu::launch_counting_banks(&launch, Schedule::Random(2)) }.unwrap();
+        let ctx = format!("stride {stride}, wide {wide}: {c:?}");
+        // Per warp: the store (conflict-free) and the load.
+        assert_eq!((c.requests, c.sites.len()), (4, 2), "{ctx}");
+        assert_eq!(
+            (c.worst, c.degree_sum),
+            (degree, 2 + 2 * degree as u64),
+            "{ctx}"
+        );
+    }
+}
+
+#[test]
 fn dynamic_shared_memory_is_sized_by_the_launch_and_poisoned() {
     let n = 200usize;
     let mut out = vec![0.0f32; n + 1];

@@ -4,6 +4,7 @@
 
 mod adamw;
 mod attention;
+mod banks;
 mod common;
 mod conv1d;
 mod cross_entropy;

@@ -6,7 +6,7 @@ use ssm_kernels::{host_ptr, host_ptr_mut as mp};
 use crate::common::{rng, run, schedules, uniform};
 
 #[test]
-fn sum_of_squares_matches_an_f64_sum_within_its_rounding_bound() {
+pub(crate) fn sum_of_squares_matches_an_f64_sum_within_its_rounding_bound() {
     for (i, &n) in [0usize, 1, 257, 10_001, 3_000_001].iter().enumerate() {
         let x = uniform(&mut rng(40 + i as u64), n, -2.0, 2.0);
         let out0 = 0.25f32;

@@ -9,7 +9,7 @@ use ssm_kernels::{host_ptr as p, host_ptr_mut as pm};
 use crate::common::{assert_close_rel, rng, run, schedules, uniform};
 
 #[test]
-fn forward_and_backward_match_the_cpu_op() {
+pub(crate) fn forward_and_backward_match_the_cpu_op() {
     for (i, &(m, d)) in [(1usize, 7usize), (5, 256), (600, 33), (3, 1000)]
         .iter()
         .enumerate()

@@ -9,7 +9,7 @@ use ssm_kernels::{host_ptr, host_ptr_mut as mp};
 use crate::common::{assert_close, rng, run, schedules, uniform};
 
 #[test]
-fn forward_backward_and_in_place_match_the_cpu_ops() {
+pub(crate) fn forward_backward_and_in_place_match_the_cpu_ops() {
     let shapes = [
         RopeDims {
             b: 2,

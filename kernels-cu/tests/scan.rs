@@ -350,7 +350,7 @@ fn assert_results(ctx: &str, got: &Results, want: &Results) {
 }
 
 #[test]
-fn forward_and_backward_match_the_reference() {
+pub(crate) fn forward_and_backward_match_the_reference() {
     for (si, &(b, l, d, n, g)) in SHAPES.iter().enumerate() {
         let dims = ScanDims { b, l, d, n, g };
         // Unsplit, two segments (uneven over three chunks) and one chunk per segment.

@@ -64,6 +64,30 @@ extern "C" __global__ void emu_test_poison(float* out) {
     out[threadIdx.x] = s[threadIdx.x];
 }
 
+// The same through a template, whose statics g++ places outside any named section: block 0 writes
+// the even elements, then every block reads all of them. Block 0 must see NaN at the odd ones and
+// every later block NaN everywhere: nothing carries over from one block to the next.
+template <int N>
+__device__ void poison_per_block(float* out) {
+    __shared__ float s[N];
+    const int t = threadIdx.x;
+    if (blockIdx.x == 0 && t % 2 == 0) s[t] = (float)t;
+    out[blockIdx.x * N + t] = s[t];
+}
+
+extern "C" __global__ void emu_test_poison_template(float* out) { poison_per_block<64>(out); }
+
+// Thread t stores word t of a shared array, then reads element (t * stride) % 1024 of it, as a
+// float or (wide) as a double: the reads' bank conflicts follow from the stride.
+extern "C" __global__ void emu_test_banks(float* out, int stride, int wide) {
+    __shared__ double s[1024];
+    const int t = threadIdx.x, i = (t * stride) % 1024;
+    float* words = reinterpret_cast<float*>(s);
+    words[t] = (float)t;
+    __syncthreads();
+    out[t] = wide ? (float)s[i] : words[i];
+}
+
 // Reverses through dynamic shared memory of n floats and reads one float past what was written.
 extern "C" __global__ void emu_test_dynamic_shared(float* out, int n) {
     DYNAMIC_SHARED(float, s);
@@ -117,6 +141,8 @@ EMU_EXPORT(emu_test_early_exit)
 EMU_EXPORT(emu_test_atomics)
 EMU_EXPORT(emu_test_reverse)
 EMU_EXPORT(emu_test_poison)
+EMU_EXPORT(emu_test_poison_template)
+EMU_EXPORT(emu_test_banks)
 EMU_EXPORT(emu_test_dynamic_shared)
 EMU_EXPORT(emu_test_indices)
 EMU_EXPORT(emu_test_misuse)
