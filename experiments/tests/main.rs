@@ -10,3 +10,4 @@ mod generators;
 mod logits;
 mod plot;
 mod resume;
+mod svg_plots;
