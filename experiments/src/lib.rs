@@ -14,6 +14,7 @@ pub mod gpu_check;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod sizes;
 pub mod sweep;
 pub mod tasks;
 pub mod train;

@@ -141,6 +141,3 @@ impl Model {
         Ok(())
     }
 }
-
-/// How the plots count training FLOPs per token (DESIGN.md section 8).
-pub const FLOPS_CONVENTION: &str = "training FLOPs/token: Mamba 6N + 27·n_layer·d_inner·d_state; Transformer 6N + 6·n_layer·L·d (N = all parameters, tied embedding once)";

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod common;
+mod compare;
 mod configs;
 mod device;
 mod end_to_end;
