@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use experiments::bench::{BenchOptions, bench};
 use experiments::checkpoint::CONFIG_FILE;
-use experiments::commands::{self, Prompt};
+use experiments::commands::{self, GenerateOptions, Prompt};
 use experiments::config::{self, RunConfig};
 use experiments::gpu_check::{GpuCheckOptions, gpu_check};
 use experiments::sweep::{SweepOptions, sweep};
@@ -31,7 +31,8 @@ struct Cli {
 enum Cmd {
     /// Train a new run from a config, or continue one with --resume.
     Train {
-        /// A TOML config (see experiments/configs/).
+        /// A TOML config (see experiments/configs/); the run goes to `out_dir/name` of the config
+        /// (default runs/<name>).
         #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
         config: Option<PathBuf>,
         /// Override any config key, e.g. --set train.lr=3e-3 --set model.mamba.d_model=128.
@@ -55,7 +56,7 @@ enum Cmd {
         /// Override eval keys, e.g. --set eval.lengths=[64,256,1024].
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// Also write the results as CSV.
+        /// Also write the results as CSV, with the columns of eval.csv (default: print only).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Device: cpu, cuda, cuda:N, or cuda-emu (the CUDA code path emulated on the CPU; slow).
@@ -67,12 +68,15 @@ enum Cmd {
         /// A run folder, training checkpoint file or Hugging Face Mamba folder.
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Text prompt (byte-level models).
+        /// Text prompt, for byte-level models (runs of task.kind = "bytes" and their exports).
         #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
         prompt: Option<String>,
-        /// Token ids, e.g. 3,1,4.
+        /// Prompt as token ids, e.g. 3,1,4; the output is ids too.
         #[arg(long)]
         tokens: Option<String>,
+        /// Print only the generated continuation, not the prompt before it.
+        #[arg(long)]
+        no_echo: bool,
         /// Tokens to generate.
         #[arg(long, default_value_t = 200)]
         max_new: usize,
@@ -82,6 +86,7 @@ enum Cmd {
         /// Sample among the k most likely tokens; 0 means all.
         #[arg(long, default_value_t = 0)]
         top_k: usize,
+        /// Seed of the sampling (only with --temperature above 0).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Device: cpu, cuda, cuda:N, or cuda-emu (the CUDA code path emulated on the CPU; slow).
@@ -103,11 +108,15 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         device: Device,
     },
-    /// Train one run per point of a grid over config keys, then write summary.csv.
+    /// Train one run per point of a grid over config keys, then write summary.csv. The grid is
+    /// the product of the config's [sweep.grid] axes and the --grid axes; the points are printed
+    /// before any runs.
     Sweep {
+        /// A TOML config; its optional [sweep.grid] table holds axes ("key" = [values]).
         #[arg(long)]
         config: PathBuf,
-        /// An axis, e.g. --grid model.mamba.d_model=32,64 --grid task.seq_len=64,128.
+        /// An axis, e.g. --grid model.mamba.d_model=32,64 --grid task.seq_len=64,128. An axis on a
+        /// key of the config's [sweep.grid] replaces that axis; the config's other axes stay.
         #[arg(long, value_name = "KEY=V1,V2,...")]
         grid: Vec<String>,
         /// Override config keys for every point.
@@ -133,8 +142,12 @@ enum Cmd {
         out: Option<PathBuf>,
     },
     /// Train the config once per architecture on the same data and seed, side by side: one run
-    /// folder each under OUT/NAME, summary.csv, plots and a results table.
+    /// folder each under OUT/NAME, summary.csv, plots and a results table. The first architecture
+    /// is sized as configured; each other one whose d_model is not set gets the width (a multiple
+    /// of 8 and of 2·n_heads) whose total parameter count is closest to the first's; set sizes more
+    /// than 20% apart draw a warning.
     Compare {
+        /// A TOML config; its [model.<arch>] sections size each architecture.
         #[arg(long)]
         config: PathBuf,
         /// Architectures, comma-separated.
@@ -157,31 +170,34 @@ enum Cmd {
     /// steps of a Mamba and a Transformer; defaults are the GPU table (B 1..8, D 1536, L 2^10..2^16;
     /// 4-layer d_model 512 models at L 1024..16384).
     Bench {
+        /// Device: cpu, cuda, cuda:N, or cuda-emu (the CUDA code path emulated on the CPU; slow).
         #[arg(long, default_value = "cpu")]
         device: Device,
         /// Scan batch sizes.
-        #[arg(long, value_delimiter = ',')]
-        batches: Option<Vec<usize>>,
+        #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().batches)]
+        batches: Vec<usize>,
         /// Scan lengths.
-        #[arg(long, value_delimiter = ',')]
-        lengths: Option<Vec<usize>>,
+        #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().lengths)]
+        lengths: Vec<usize>,
         /// Scan channels (d_inner).
-        #[arg(long)]
-        d: Option<usize>,
+        #[arg(long, default_value_t = gpu_bench().d)]
+        d: usize,
         /// Training lengths (tokens per step stay fixed at --train-tokens).
-        #[arg(long, value_delimiter = ',')]
-        train_lengths: Option<Vec<usize>>,
-        #[arg(long)]
-        train_tokens: Option<usize>,
-        /// Width and depth of both trained models.
-        #[arg(long)]
-        d_model: Option<usize>,
-        #[arg(long)]
-        n_layer: Option<usize>,
+        #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().train_lengths)]
+        train_lengths: Vec<usize>,
+        /// Tokens per training step: batch size = this / length (at least 1).
+        #[arg(long, default_value_t = gpu_bench().train_tokens)]
+        train_tokens: usize,
+        /// Width (d_model) of both trained models.
+        #[arg(long, default_value_t = gpu_bench().d_model)]
+        d_model: usize,
+        /// Depth (layers) of both trained models.
+        #[arg(long, default_value_t = gpu_bench().n_layer)]
+        n_layer: usize,
         /// Timed runs per measurement, after a warm-up (median reported).
-        #[arg(long)]
-        repeats: Option<usize>,
-        /// Folder for bench_scan.csv and bench_train.csv.
+        #[arg(long, default_value_t = gpu_bench().repeats)]
+        repeats: usize,
+        /// Folder for bench_scan.csv and bench_train.csv (default: print the tables only).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -189,11 +205,13 @@ enum Cmd {
     /// benchmark table and the speed targets; writes parity.csv and the bench CSVs to --out.
     /// Exits with failure when a parity check fails.
     GpuCheck {
+        /// Device to check against the CPU: cuda, cuda:N, or cuda-emu (emulated on the CPU; slow).
         #[arg(long, default_value = "cuda")]
         device: Device,
         /// Small shapes, e.g. to try it on `cuda-emu`.
         #[arg(long)]
         quick: bool,
+        /// Folder for parity.csv, bench_scan.csv and bench_train.csv.
         #[arg(long, default_value = "gpu-check")]
         out: PathBuf,
     },
@@ -211,6 +229,11 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         device: Device,
     },
+}
+
+/// The defaults of `bench`: the GPU table.
+fn gpu_bench() -> BenchOptions {
+    BenchOptions::gpu(Device::Cpu)
 }
 
 /// Uses `threads` CPU threads for the rest of the process (0: one per core).
@@ -262,6 +285,7 @@ fn run(cli: Cli) -> Result<()> {
             temperature,
             top_k,
             seed,
+            no_echo,
             device,
         } => {
             let prompt = match (prompt, tokens) {
@@ -269,17 +293,16 @@ fn run(cli: Cli) -> Result<()> {
                 (None, Some(t)) => Prompt::Tokens(t),
                 (None, None) => unreachable!("clap requires --prompt or --tokens"),
             };
+            let options = GenerateOptions {
+                max_new,
+                temperature,
+                top_k,
+                seed,
+                echo: !no_echo,
+            };
             println!(
                 "{}",
-                commands::generate(
-                    &checkpoint,
-                    prompt,
-                    max_new,
-                    temperature,
-                    top_k,
-                    seed,
-                    device
-                )?
+                commands::generate(&checkpoint, prompt, &options, device)?
             );
         }
         Cmd::Logits {
@@ -356,16 +379,19 @@ fn run(cli: Cli) -> Result<()> {
             repeats,
             out,
         } => {
-            let mut o = BenchOptions::gpu(device);
-            o.batches = batches.unwrap_or(o.batches);
-            o.lengths = lengths.unwrap_or(o.lengths);
-            o.d = d.unwrap_or(o.d);
-            o.train_lengths = train_lengths.unwrap_or(o.train_lengths);
-            o.train_tokens = train_tokens.unwrap_or(o.train_tokens);
-            o.d_model = d_model.unwrap_or(o.d_model);
-            o.n_layer = n_layer.unwrap_or(o.n_layer);
-            o.repeats = repeats.unwrap_or(o.repeats);
-            o.out = out;
+            let o = BenchOptions {
+                device,
+                batches,
+                lengths,
+                d,
+                train_lengths,
+                train_tokens,
+                d_model,
+                n_layer,
+                repeats,
+                out,
+                ..gpu_bench()
+            };
             let report = bench(&o)?;
             if !report.errors.is_empty() {
                 anyhow::bail!(

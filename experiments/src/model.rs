@@ -12,28 +12,57 @@ use ssm::models::generate::Sampling;
 use ssm::models::{AnyLM, Decoder, ModelConfig};
 use ssm::nn::Module;
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, TaskKind};
 
-pub struct Model(AnyLM<f32>);
+/// The key of an exported config.json that says what the token ids stand for; ours, so
+/// transformers ignores it. Absent means task symbols.
+pub const TOKENIZER_KEY: &str = "ssm_tokenizer";
+
+/// What a model's token ids stand for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vocabulary {
+    /// Symbols of a synthetic task, given and shown as ids.
+    Ids,
+    /// The bytes of a text (task.kind = "bytes"): `TOKENIZER_KEY` = "bytes" in exports.
+    Bytes,
+}
+
+pub struct Model(AnyLM<f32>, Vocabulary);
 
 impl Model {
     /// A freshly initialised model of the run's architecture.
     pub fn new(c: &RunConfig) -> Result<Model> {
         let key = format!("config key `model.{}`", c.model.arch.name());
-        Ok(Model(AnyLM::new(c.model_config(), c.seed).context(key)?))
+        let vocabulary = match c.task.kind {
+            TaskKind::Bytes => Vocabulary::Bytes,
+            _ => Vocabulary::Ids,
+        };
+        Ok(Model(
+            AnyLM::new(c.model_config(), c.seed).context(key)?,
+            vocabulary,
+        ))
     }
 
     /// Loads an exported folder: a Hugging Face Mamba folder (config.json with transformers'
     /// fields + model.safetensors), or one that `export` wrote for another architecture (its
-    /// config.json holds ssm's `ModelConfig`, tagged by `arch`).
+    /// config.json holds ssm's `ModelConfig`, tagged by `arch`). `TOKENIZER_KEY` tells a
+    /// byte-level model.
     pub fn load_folder(dir: &Path) -> Result<Model> {
         let cfg_path = dir.join(hf::CONFIG_FILE);
         let text = std::fs::read_to_string(&cfg_path)
             .with_context(|| format!("{}: cannot read", cfg_path.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
+        let mut value: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
+        let vocabulary = match value.as_object_mut().and_then(|o| o.remove(TOKENIZER_KEY)) {
+            None => Vocabulary::Ids,
+            Some(v) if v == "bytes" => Vocabulary::Bytes,
+            Some(v) => bail!(
+                "{}: field `{TOKENIZER_KEY}`: expected \"bytes\" or no field, got {v}",
+                cfg_path.display()
+            ),
+        };
         if value.get("arch").is_none() {
-            return Ok(Model(AnyLM::Mamba(hf::load_mamba(dir)?)));
+            return Ok(Model(AnyLM::Mamba(hf::load_mamba(dir)?), vocabulary));
         }
         let config: ModelConfig = serde_json::from_value(value)
             .with_context(|| format!("{}: not an ssm model config", cfg_path.display()))?;
@@ -59,7 +88,7 @@ impl Model {
         });
         match err {
             Some(e) => Err(e),
-            None => Ok(Model(model)),
+            None => Ok(Model(model, vocabulary)),
         }
     }
 
@@ -70,6 +99,10 @@ impl Model {
 
     pub fn arch(&self) -> &'static str {
         self.0.arch()
+    }
+
+    pub fn vocabulary(&self) -> Vocabulary {
+        self.1
     }
 
     pub fn module(&mut self) -> &mut dyn Module<f32> {
@@ -121,8 +154,26 @@ impl Model {
     }
 
     /// Saves the weights alone where other tools read them: a Hugging Face folder for Mamba; for
-    /// the others ssm's config (config.json) and the parameters under their ssm names.
+    /// the others ssm's config (config.json) and the parameters under their ssm names. A
+    /// byte-level model's config.json also gets `TOKENIZER_KEY`.
     pub fn export(&mut self, dir: &Path) -> Result<()> {
+        self.export_weights(dir)?;
+        if self.1 == Vocabulary::Bytes {
+            let path = dir.join(hf::CONFIG_FILE);
+            let mut config: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(&path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?,
+            )?;
+            config
+                .as_object_mut()
+                .with_context(|| format!("{}: not a JSON object", path.display()))?
+                .insert(TOKENIZER_KEY.into(), "bytes".into());
+            ssm::io::atomic_write(&path, serde_json::to_string_pretty(&config)?.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn export_weights(&mut self, dir: &Path) -> Result<()> {
         if let AnyLM::Mamba(m) = &self.0 {
             return Ok(hf::save_mamba(m, dir)?);
         }
