@@ -65,7 +65,8 @@ enum Cmd {
     },
     /// Continue a prompt with a trained model (greedy, or sampled with --temperature).
     Generate {
-        /// A run folder, training checkpoint file or Hugging Face Mamba folder.
+        /// A run folder, training checkpoint file, or exported folder (checkpoints/final; a Hugging
+        /// Face folder for Mamba).
         #[arg(long)]
         checkpoint: PathBuf,
         /// Text prompt, for byte-level models (runs of task.kind = "bytes" and their exports).
@@ -95,7 +96,8 @@ enum Cmd {
     },
     /// Write the logits (L, vocab) of one token sequence as the f32 tensor `logits`.
     Logits {
-        /// A run folder, training checkpoint file or Hugging Face Mamba folder.
+        /// A run folder, training checkpoint file, or exported folder (checkpoints/final; a Hugging
+        /// Face folder for Mamba).
         #[arg(long)]
         checkpoint: PathBuf,
         /// Token ids, e.g. 3,1,4,1,5.
@@ -173,16 +175,16 @@ enum Cmd {
         /// Device: cpu, cuda, cuda:N, or cuda-emu (the CUDA code path emulated on the CPU; slow).
         #[arg(long, default_value = "cpu")]
         device: Device,
-        /// Scan batch sizes.
+        /// Scan batch sizes, comma-separated.
         #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().batches)]
         batches: Vec<usize>,
-        /// Scan lengths.
+        /// Scan lengths, comma-separated.
         #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().lengths)]
         lengths: Vec<usize>,
         /// Scan channels (d_inner).
         #[arg(long, default_value_t = gpu_bench().d)]
         d: usize,
-        /// Training lengths (tokens per step stay fixed at --train-tokens).
+        /// Training lengths, comma-separated (tokens per step stay fixed at --train-tokens).
         #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().train_lengths)]
         train_lengths: Vec<usize>,
         /// Tokens per training step: batch size = this / length (at least 1).
