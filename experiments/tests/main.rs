@@ -10,5 +10,6 @@ mod end_to_end;
 mod generators;
 mod logits;
 mod plot;
+mod readme;
 mod resume;
 mod svg_plots;
