@@ -217,9 +217,9 @@ enum Cmd {
         #[arg(long, default_value = "gpu-check")]
         out: PathBuf,
     },
-    /// Train a small Mamba and a Transformer of the same size on induction heads in a few
-    /// minutes, test them at up to 64x the training length, write runs/demo/ (CSVs, plots) and
-    /// print a results table.
+    /// Train a small Mamba and a Transformer of about the same parameter count (sized as by
+    /// compare) on induction heads in a few minutes, test them at up to 64x the training length,
+    /// write runs/demo/ (CSVs, plots) and print a results table.
     Demo {
         /// Parent folder of demo/.
         #[arg(long, default_value = "runs")]
