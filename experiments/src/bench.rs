@@ -286,10 +286,7 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
         "scan (d {}, n {}; median times; GB/s of the least traffic each pass needs)",
         o.d, o.n
     );
-    println!(
-        "{:>3} {:>6} {:>9} {:>8} {:>6} {:>9} {:>8} {:>6}",
-        "b", "l", "fwd ms", "GB/s", "%copy", "bwd ms", "GB/s", "%copy"
-    );
+    println!("{}", scan_header());
     let (mut scans, mut errors) = (Vec::new(), Vec::new());
     // A row that fails (out of memory, say) is reported and the table goes on.
     let mut failed = |what: String, e: anyhow::Error| {
@@ -305,17 +302,7 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
                     continue;
                 }
             };
-            println!(
-                "{:>3} {:>6} {:>9.3} {:>8.1} {:>5.0}% {:>9.3} {:>8.1} {:>5.0}%",
-                r.b,
-                r.l,
-                r.fwd_ms,
-                r.fwd_gbps,
-                100.0 * r.fwd_gbps / copy_gbps,
-                r.bwd_ms,
-                r.bwd_gbps,
-                100.0 * r.bwd_gbps / copy_gbps
-            );
+            println!("{}", scan_line(&r, copy_gbps));
             scans.push(r);
         }
     }
@@ -323,10 +310,7 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
         "training (d_model {}, {} layers, {} tokens/step; zero grads, forward, backward, clip, AdamW)",
         o.d_model, o.n_layer, o.train_tokens
     );
-    println!(
-        "{:<12} {:>6} {:>4} {:>10} {:>11} {:>9}",
-        "arch", "l", "b", "ms/step", "tokens/s", "peak MiB"
-    );
+    println!("{}", train_header());
     let mut train = Vec::new();
     for (arch, config) in bench_models(o) {
         for &l in &o.train_lengths {
@@ -337,15 +321,7 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
                     continue;
                 }
             };
-            println!(
-                "{:<12} {:>6} {:>4} {:>10.2} {:>11.0} {:>9}",
-                r.arch,
-                r.l,
-                r.b,
-                r.ms_per_step,
-                r.tokens_per_s,
-                r.peak_mem_mb.map_or("-".into(), |m| format!("{m:.0}"))
-            );
+            println!("{}", train_line(&r));
             train.push(r);
         }
     }
@@ -360,6 +336,54 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
         write_csvs(&report, o, dir)?;
     }
     Ok(report)
+}
+
+/// The header of the scan table.
+pub fn scan_header() -> String {
+    format!(
+        "{:>3} {:>6} {:>9} {:>8} {:>6} {:>9} {:>8} {:>6}",
+        "b", "l", "fwd ms", "GB/s", "%copy", "bwd ms", "GB/s", "%copy"
+    )
+}
+
+/// One row of the scan table.
+pub fn scan_line(r: &ScanRow, copy_gbps: f64) -> String {
+    format!(
+        "{:>3} {:>6} {:>9.3} {:>8.1} {:>5.0}% {:>9.3} {:>8.1} {:>5.0}%",
+        r.b,
+        r.l,
+        r.fwd_ms,
+        r.fwd_gbps,
+        100.0 * r.fwd_gbps / copy_gbps,
+        r.bwd_ms,
+        r.bwd_gbps,
+        100.0 * r.bwd_gbps / copy_gbps
+    )
+}
+
+/// The header of the training table.
+pub fn train_header() -> String {
+    format!(
+        "{:<12} {:>6} {:>4} {:>10} {:>11} {:>9}",
+        "arch", "l", "b", "ms/step", "tokens/s", "peak MiB"
+    )
+}
+
+/// One row of the training table.
+pub fn train_line(r: &TrainRow) -> String {
+    format!(
+        "{:<12} {:>6} {:>4} {:>10.2} {:>11.0} {:>9}",
+        r.arch,
+        r.l,
+        r.b,
+        r.ms_per_step,
+        r.tokens_per_s,
+        r.peak_mem_mb.map_or("-".into(), |m| if m < 10.0 {
+            format!("{m:.2}")
+        } else {
+            format!("{m:.0}")
+        })
+    )
 }
 
 fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
@@ -397,6 +421,7 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
                 ]
             })
             .collect(),
+        torn: false,
     };
     scan.write(&scan.path)?;
     let train = Table {
@@ -429,6 +454,7 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
                 ]
             })
             .collect(),
+        torn: false,
     };
     train.write(&train.path)
 }

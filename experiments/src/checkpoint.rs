@@ -77,13 +77,61 @@ pub fn save(
 pub fn restore(run_dir: &Path, model: &mut Model, opt: &mut AdamW<f32>) -> Result<Progress> {
     let path = latest_path(run_dir);
     let state = load_train_state(&path, model.module(), opt)?;
+    model.check_finite(&path.display().to_string())?;
     serde_json::from_value(state)
         .with_context(|| format!("{}: metadata `state` has the wrong fields", path.display()))
 }
 
-/// Writes the final weights for other tools.
+/// Writes the final weights for other tools into `checkpoints/final/`, atomically: the folder is
+/// assembled aside and renamed into place, so it is either the complete export or absent (a kill
+/// midway leaves the previous one or none, and the next resume redoes it).
 pub fn export_final(run_dir: &Path, model: &mut Model) -> Result<()> {
-    model.export(&run_dir.join(CHECKPOINT_DIR).join(FINAL))
+    let dir = run_dir.join(CHECKPOINT_DIR);
+    let (staging, previous) = (dir.join(".final.tmp"), dir.join(".final.old"));
+    ssm::io::remove_dir_all(&staging)?;
+    model.export(&staging)?;
+    let target = dir.join(FINAL);
+    if target.exists() {
+        ssm::io::remove_dir_all(&previous)?;
+        ssm::io::rename(&target, &previous)?;
+    }
+    ssm::io::rename(&staging, &target)?;
+    ssm::io::remove_dir_all(&previous)?;
+    Ok(())
+}
+
+/// Whether `checkpoints/final/` holds exactly `model`'s parameters (bit for bit); an export that
+/// is missing, unreadable or stale is `Err` with the reason.
+pub fn verify_final(run_dir: &Path, model: &mut Model) -> Result<()> {
+    let dir = run_dir.join(CHECKPOINT_DIR).join(FINAL);
+    if !dir.exists() {
+        bail!("{}: missing", dir.display());
+    }
+    let (mine, exported) = (
+        param_values(model)?,
+        param_values(&mut Model::load_folder(&dir)?)?,
+    );
+    if mine.len() != exported.len() {
+        bail!("{}: holds another model", dir.display());
+    }
+    for ((name, x), (_, y)) in mine.iter().zip(&exported) {
+        if x.len() != y.len() || x.iter().zip(y).any(|(a, b)| a.to_bits() != b.to_bits()) {
+            bail!(
+                "{}: tensor `{name}` differs from the last checkpoint",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn param_values(model: &mut Model) -> Result<Vec<(String, Vec<f32>)>> {
+    let mut values = Vec::new();
+    model.module().try_visit_params(&mut |name, p| {
+        values.push((name.to_string(), p.value.to_host_vec()?));
+        Ok(())
+    })?;
+    Ok(values)
 }
 
 /// A model for inference with the run config and the step of its checkpoint, from any of: a
@@ -109,12 +157,14 @@ pub fn load_for_inference(path: &Path) -> Result<(Model, Option<(RunConfig, u64)
     };
     let progress: Progress = serde_json::from_value(read_state(&file)?)
         .with_context(|| format!("{}: metadata `state` has the wrong fields", file.display()))?;
-    let config = config::parse(
-        &progress.config,
-        &format!("{} (embedded config)", file.display()),
-        &[],
-    )?;
+    let origin = format!("{} (embedded config)", file.display());
+    let config = config::parse(&progress.config, &origin, &[])?;
+    let model_config = config.model_config();
+    model_config.validate().with_context(|| origin.clone())?;
+    crate::limits::check_inference(&model_config, &origin)?;
+    ssm::io::check_weights_fit(&model_config, &file, 4)?;
     let mut model = Model::new(&config)?;
     load_params(&file, model.module())?;
+    model.check_finite(&file.display().to_string())?;
     Ok((model, Some((config, progress.step))))
 }

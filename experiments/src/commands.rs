@@ -119,6 +119,7 @@ pub fn eval(
             path: out.to_path_buf(),
             header: EVAL_HEADER.iter().map(|s| s.to_string()).collect(),
             rows,
+            torn: false,
         }
         .write(out)?;
     }

@@ -501,8 +501,10 @@ pub fn validate(c: &RunConfig) -> Result<()> {
     if c.name.is_empty() || c.name.contains(['/', '\\']) || c.name == "." || c.name == ".." {
         bail!("config key `name`: {:?} is not a plain folder name", c.name);
     }
+    crate::limits::check_sizes(c)?;
     validate_task(c)?;
-    c.model_config()
+    let model = c.model_config();
+    model
         .validate()
         .map_err(|e| anyhow!("config key `model.{}`: {e}", c.model.arch.name()))?;
     let t = &c.train;
@@ -549,7 +551,8 @@ pub fn validate(c: &RunConfig) -> Result<()> {
             a.weight_decay
         );
     }
-    positive("eval.batches", c.eval.batches)
+    positive("eval.batches", c.eval.batches)?;
+    crate::limits::check_run(c, &model)
 }
 
 fn validate_task(c: &RunConfig) -> Result<()> {

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use ssm::Device;
 
 use crate::config::{self, RunConfig};
@@ -22,7 +22,8 @@ pub const DEMO_ARCHS: &[&str] = &["mamba", "transformer"];
 
 /// Written into a compare folder with the config it ran; such a folder may be replaced by the
 /// next compare of the same name.
-const MARKER: &str = "compare.toml";
+/// The file that marks a folder written by compare or demo.
+pub const MARKER: &str = "compare.toml";
 
 /// The demo: `compare` of `DEMO_ARCHS` with the built-in config, into `out_dir/demo`.
 pub fn demo(out_dir: &Path, overrides: &[String], device: Device) -> Result<PathBuf> {
@@ -78,10 +79,17 @@ pub fn compare(
                 dir.display()
             );
         }
-        std::fs::remove_dir_all(dir)
-            .with_context(|| format!("cannot remove the previous {}", dir.display()))?;
+        // Renamed aside first: a kill while removing never leaves a folder without its marker.
+        let old = dir.with_file_name(format!(
+            ".{}.removing",
+            dir.file_name()
+                .map_or("compare".into(), |n| n.to_string_lossy())
+        ));
+        ssm::io::remove_dir_all(&old)?;
+        ssm::io::rename(dir, &old)?;
+        ssm::io::remove_dir_all(&old)?;
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    ssm::io::create_dir_all(dir)?;
     ssm::io::atomic_write(&dir.join(MARKER), config_text.as_bytes())?;
     let outcomes = configs
         .iter()

@@ -13,7 +13,9 @@ use ssm::Device;
 use ssm::backend::cuda::describe;
 use ssm::parity::{Check, ParityPlan, decode_parity, op_parity, train_step_parity};
 
-use crate::bench::{BenchOptions, BenchReport, bench};
+use crate::bench::{
+    BenchOptions, BenchReport, bench, scan_header, scan_line, train_header, train_line,
+};
 
 #[derive(Clone, Debug)]
 pub struct GpuCheckOptions {
@@ -57,6 +59,7 @@ pub fn gpu_check(o: &GpuCheckOptions) -> Result<bool> {
         }
         let _ = std::io::stdout().flush();
     };
+    println!("{}", ssm::parity::header());
     let mut checks = op_parity(o.device, &plan, &mut sink);
     checks.extend(train_step_parity(o.device, plan.train, &mut sink));
     checks.extend(decode_parity(o.device, &mut sink));
@@ -67,7 +70,9 @@ pub fn gpu_check(o: &GpuCheckOptions) -> Result<bool> {
     let worst = checks
         .iter()
         .max_by(|a, b| (a.rel_err() / a.tol).total_cmp(&(b.rel_err() / b.tol)));
-    println!(
+    // The summary: printed again at the end and saved, so that the last lines of the output
+    // (all that a remote runner may return) hold every failure and the benchmark table.
+    let mut summary = vec![format!(
         "parity on {}: {} checks, {} failed, in {:.1} s{}",
         o.device,
         checks.len(),
@@ -79,16 +84,17 @@ pub fn gpu_check(o: &GpuCheckOptions) -> Result<bool> {
             w.rel_err(),
             w.tol
         ))
-    );
-    for c in &failed {
-        println!(
+    )];
+    summary.extend(failed.iter().map(|c| {
+        format!(
             "  FAIL {}: max |diff| {:.3e}, rel {:.2e}, tol {:.0e}",
             c.name,
             c.max_abs_diff,
             c.rel_err(),
             c.tol
-        );
-    }
+        )
+    }));
+    println!("{}", summary.join("\n"));
     let mut options = if o.quick {
         BenchOptions::tiny(o.device)
     } else {
@@ -96,23 +102,33 @@ pub fn gpu_check(o: &GpuCheckOptions) -> Result<bool> {
     };
     options.out = Some(o.out.clone());
     let report = bench(&options)?;
+    summary.push(format!(
+        "{}: copy bandwidth {:.1} GB/s",
+        report.device, report.copy_gbps
+    ));
+    summary.push(scan_header());
+    summary.extend(report.scans.iter().map(|r| scan_line(r, report.copy_gbps)));
+    summary.push(train_header());
+    summary.extend(report.train.iter().map(train_line));
     if !o.quick {
-        print_targets(&report);
+        summary.extend(targets(&report));
     }
-    if !report.errors.is_empty() {
-        println!("bench: {} rows failed", report.errors.len());
-    }
-    println!(
+    summary.extend(report.errors.iter().map(|e| format!("  bench ERROR {e}")));
+    summary.push(format!(
         "gpu-check done in {:.1} s; CSVs in {}",
         started.elapsed().as_secs_f64(),
         o.out.display()
-    );
+    ));
+    let text = summary.join("\n") + "\n";
+    println!("\n== gpu-check summary\n{text}");
+    ssm::io::atomic_write(&o.out.join("summary.txt"), text.as_bytes())?;
     Ok(failed.is_empty())
 }
 
 /// The speed targets: scan forward >= 50% and backward >= 30% of the copy bandwidth at b = 8,
 /// l >= 4096; Mamba training not slower per token at the longest length than at the shortest.
-fn print_targets(r: &BenchReport) {
+fn targets(r: &BenchReport) -> Vec<String> {
+    let mut lines = Vec::new();
     let long = r.scans.iter().filter(|s| s.b == 8 && s.l >= 4096);
     let (fwd, bwd) = long.fold((f64::INFINITY, f64::INFINITY), |(f, b), s| {
         (f.min(s.fwd_gbps), b.min(s.bwd_gbps))
@@ -120,26 +136,27 @@ fn print_targets(r: &BenchReport) {
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     if fwd.is_finite() {
         let (f, b) = (fwd / r.copy_gbps, bwd / r.copy_gbps);
-        println!(
+        lines.push(format!(
             "target scan fwd >= 50% of copy at b=8, l>=4096: worst {:.0}%: {}",
             100.0 * f,
             verdict(f >= 0.5)
-        );
-        println!(
+        ));
+        lines.push(format!(
             "target scan bwd >= 30% of copy at b=8, l>=4096: worst {:.0}%: {}",
             100.0 * b,
             verdict(b >= 0.3)
-        );
+        ));
     }
     let mamba: Vec<_> = r.train.iter().filter(|t| t.arch == "mamba").collect();
     if let (Some(first), Some(last)) = (mamba.first(), mamba.last()) {
         let ratio = last.tokens_per_s / first.tokens_per_s;
-        println!(
+        lines.push(format!(
             "target Mamba tokens/s at l={} vs l={}: {:.2}x: {}",
             last.l,
             first.l,
             ratio,
             verdict(ratio >= 0.95)
-        );
+        ));
     }
+    lines
 }

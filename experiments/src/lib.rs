@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod eval;
 pub mod gpu_check;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod plot;

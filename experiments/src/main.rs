@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use experiments::bench::{BenchOptions, bench};
-use experiments::checkpoint::CONFIG_FILE;
 use experiments::commands::{self, GenerateOptions, Prompt};
 use experiments::config::{self, RunConfig};
 use experiments::gpu_check::{GpuCheckOptions, gpu_check};
@@ -33,14 +32,31 @@ enum Cmd {
     Train {
         /// A TOML config (see experiments/configs/); the run goes to `out_dir/name` of the config
         /// (default runs/<name>).
-        #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+        #[arg(
+            long,
+            required_unless_present_any = ["resume", "extend"],
+            conflicts_with_all = ["resume", "extend"]
+        )]
         config: Option<PathBuf>,
         /// Override any config key, e.g. --set train.lr=3e-3 --set model.mamba.d_model=128.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// Continue the run in this folder from its latest checkpoint, bit-identically.
-        #[arg(long, value_name = "RUN_DIR", conflicts_with = "set")]
+        /// Continue the run in this folder from its latest checkpoint, bit-identically (a finished
+        /// run only has its final export checked and repaired).
+        #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["set", "extend"])]
         resume: Option<PathBuf>,
+        /// Continue the (finished) run in this folder to --steps steps in all; the cosine schedule
+        /// is recomputed over the new total.
+        #[arg(
+            long,
+            value_name = "RUN_DIR",
+            conflicts_with = "set",
+            requires = "steps"
+        )]
+        extend: Option<PathBuf>,
+        /// The new total of steps for --extend.
+        #[arg(long, value_name = "N", requires = "extend")]
+        steps: Option<u64>,
         /// Stop right after this step as a kill would, without a final checkpoint (tests resume).
         #[arg(long, value_name = "STEP")]
         stop_after: Option<u64>,
@@ -255,15 +271,18 @@ fn run(cli: Cli) -> Result<()> {
             config,
             set,
             resume,
+            extend,
+            steps,
             stop_after,
             device,
         } => {
             let options = TrainOptions { stop_after, device };
             if let Some(dir) = resume {
-                let c = config::load(&dir.join(CONFIG_FILE), &[])
-                    .with_context(|| format!("cannot resume {}", dir.display()))?;
-                init_threads(c.threads)?;
+                init_threads(train::run_config(&dir)?.threads)?;
                 train::resume(&dir, &options)?;
+            } else if let Some(dir) = extend {
+                init_threads(train::run_config(&dir)?.threads)?;
+                train::extend(&dir, steps.expect("clap requires --steps"), &options)?;
             } else {
                 let c: RunConfig =
                     config::load(&config.expect("clap requires --config or --resume"), &set)?;

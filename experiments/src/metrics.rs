@@ -2,7 +2,7 @@
 //! back for plots and summaries, and the peak resident memory of the process.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -32,7 +32,10 @@ pub const EVAL_HEADER: [&str; 6] = [
 /// Columns of metrics.csv that depend on the machine's speed, not on the computation.
 pub const TIMING_COLUMNS: [&str; 3] = ["tokens_per_s", "elapsed_s", "peak_mem_mb"];
 
-/// A CSV file opened for appending rows.
+/// A CSV file opened for appending rows. The file appears with its whole header at once (written
+/// aside and renamed into place), and each row is a single write ending in a newline, so a kill
+/// leaves complete rows and at worst a torn last line without its newline, which [`Table::read`]
+/// ignores and the next [`CsvWriter::open`] cuts off.
 pub struct CsvWriter {
     path: PathBuf,
     file: File,
@@ -42,8 +45,7 @@ pub struct CsvWriter {
 impl CsvWriter {
     /// Creates `path` with `header`, or reopens it for appending after checking its header.
     pub fn open(path: &Path, header: &[&str]) -> Result<Self> {
-        let exists = path.exists();
-        if exists {
+        if path.exists() {
             let table = Table::read(path)?;
             if table.header != header {
                 bail!(
@@ -53,16 +55,16 @@ impl CsvWriter {
                     header
                 );
             }
+            if table.torn {
+                table.write(path)?;
+            }
+        } else {
+            ssm::io::atomic_write(path, (header.join(",") + "\n").as_bytes())?;
         }
-        let mut file = OpenOptions::new()
-            .create(true)
+        let file = OpenOptions::new()
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        if !exists {
-            writeln!(file, "{}", header.join(","))
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
         Ok(CsvWriter {
             path: path.to_path_buf(),
             file,
@@ -72,10 +74,9 @@ impl CsvWriter {
 
     pub fn row(&mut self, cells: &[String]) -> Result<()> {
         assert_eq!(cells.len(), self.columns, "one cell per column");
-        writeln!(self.file, "{}", cells.join(","))
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        ssm::io::fault::point("write", &self.path);
         self.file
-            .flush()
+            .write_all((cells.join(",") + "\n").as_bytes())
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 }
@@ -86,23 +87,28 @@ pub struct Table {
     pub path: PathBuf,
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
+    /// The file ended in a line without its newline: a row torn by a kill, left out of `rows`.
+    pub torn: bool,
 }
 
 impl Table {
     pub fn read(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let mut lines = BufReader::new(file).lines();
-        let header: Vec<String> = match lines.next() {
-            Some(h) => h
-                .with_context(|| format!("cannot read {}", path.display()))?
-                .split(',')
-                .map(str::to_string)
-                .collect(),
-            None => bail!("{}: empty file, expected a CSV header", path.display()),
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let torn = !text.is_empty() && !text.ends_with('\n');
+        let complete = match text.rfind('\n') {
+            Some(end) => &text[..end],
+            None => bail!("{}: empty file, expected a CSV header line", path.display()),
         };
+        let mut lines = complete.split('\n');
+        let header: Vec<String> = lines
+            .next()
+            .expect("split yields a first piece")
+            .split(',')
+            .map(str::to_string)
+            .collect();
         let mut rows = Vec::new();
         for (i, line) in lines.enumerate() {
-            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
             if line.is_empty() {
                 continue;
             }
@@ -122,6 +128,7 @@ impl Table {
             path: path.to_path_buf(),
             header,
             rows,
+            torn,
         })
     }
 
@@ -183,7 +190,7 @@ pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
     table
         .rows
         .retain(|_| s.next().is_some_and(|x| x <= step as f64));
-    if table.rows.len() != before {
+    if table.rows.len() != before || table.torn {
         table.write(path)?;
     }
     Ok(())

@@ -49,25 +49,42 @@ impl Model {
     /// byte-level model.
     pub fn load_folder(dir: &Path) -> Result<Model> {
         let cfg_path = dir.join(hf::CONFIG_FILE);
-        let text = std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("{}: cannot read", cfg_path.display()))?;
-        let mut value: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
+        let origin = cfg_path.display().to_string();
+        let text =
+            std::fs::read_to_string(&cfg_path).with_context(|| format!("{origin}: cannot read"))?;
+        let mut value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{origin}: invalid JSON"))?;
         let vocabulary = match value.as_object_mut().and_then(|o| o.remove(TOKENIZER_KEY)) {
             None => Vocabulary::Ids,
             Some(v) if v == "bytes" => Vocabulary::Bytes,
-            Some(v) => bail!(
-                "{}: field `{TOKENIZER_KEY}`: expected \"bytes\" or no field, got {v}",
-                cfg_path.display()
+            Some(v) => {
+                bail!("{origin}: field `{TOKENIZER_KEY}`: expected \"bytes\" or no field, got {v}")
+            }
+        };
+        let config: ModelConfig = if value.get("arch").is_none() {
+            hf::parse_config(&value, &cfg_path)?.into()
+        } else {
+            serde_json::from_value(value)
+                .with_context(|| format!("{origin}: not an ssm model config"))?
+        };
+        config.validate().with_context(|| origin.clone())?;
+        crate::limits::check_inference(&config, &origin)?;
+        let mut model = match config {
+            ModelConfig::Mamba(_) => Model(AnyLM::Mamba(hf::load_mamba(dir)?), vocabulary),
+            other => Model(
+                Model::load_ssm_folder(other, &dir.join(hf::WEIGHTS_FILE))?,
+                vocabulary,
             ),
         };
-        if value.get("arch").is_none() {
-            return Ok(Model(AnyLM::Mamba(hf::load_mamba(dir)?), vocabulary));
-        }
-        let config: ModelConfig = serde_json::from_value(value)
-            .with_context(|| format!("{}: not an ssm model config", cfg_path.display()))?;
-        let mut model = AnyLM::new(config, 0).with_context(|| format!("{}", cfg_path.display()))?;
-        let file = TensorFile::open(&dir.join(hf::WEIGHTS_FILE))?;
+        model.check_finite(&dir.display().to_string())?;
+        Ok(model)
+    }
+
+    /// The parameters of an `export` of a non-Mamba architecture, under their ssm names.
+    fn load_ssm_folder(config: ModelConfig, weights: &Path) -> Result<AnyLM<f32>> {
+        ssm::io::check_weights_fit(&config, weights, 4)?;
+        let mut model = AnyLM::new(config, 0)?;
+        let file = TensorFile::open(weights)?;
         let mut err = None;
         model.visit_params(&mut |name, p| {
             if err.is_some() {
@@ -88,7 +105,29 @@ impl Model {
         });
         match err {
             Some(e) => Err(e),
-            None => Ok(Model(model, vocabulary)),
+            None => Ok(model),
+        }
+    }
+
+    /// The first parameter (or gradient, with `grads`) holding a NaN or an infinity.
+    pub fn first_non_finite(&mut self, grads: bool) -> Option<String> {
+        let mut found = None;
+        self.0.visit_params(&mut |name, p| {
+            let t = if grads { &p.grad } else { &p.value };
+            if found.is_none() && t.to_vec().iter().any(|x| !x.is_finite()) {
+                found = Some(name.to_string());
+            }
+        });
+        found
+    }
+
+    /// Refuses weights with a NaN or an infinity for inference, naming the tensor.
+    pub fn check_finite(&mut self, origin: &str) -> Result<()> {
+        match self.first_non_finite(false) {
+            Some(name) => bail!(
+                "{origin}: parameter `{name}` holds NaN or infinite values; these weights cannot be used"
+            ),
+            None => Ok(()),
         }
     }
 

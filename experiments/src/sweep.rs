@@ -19,6 +19,8 @@ use crate::metrics::{EVAL_FILE, METRICS_FILE, Table, cell};
 use crate::train::RUN_INFO_FILE;
 
 pub const SUMMARY_FILE: &str = "summary.csv";
+/// The grid of a sweep, in the sweep folder.
+pub const SWEEP_FILE: &str = "sweep.toml";
 
 /// One axis of the grid: a dotted config key and its values.
 #[derive(Clone, Debug)]
@@ -157,12 +159,6 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
     let base = config::parse(&base_text, &origin, &o.set)?;
     let name = o.name.clone().unwrap_or_else(|| base.name.clone());
     let sweep_dir = base.out_dir.join(&name);
-    if sweep_dir.exists() {
-        bail!(
-            "{}: already exists; choose another --name",
-            sweep_dir.display()
-        );
-    }
     let threads_given =
         table.contains_key("threads") || o.set.iter().any(|s| s.starts_with("threads="));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -195,7 +191,15 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
         });
     }
     print_grid(&sweep_dir, &axes, &origins, &points);
-    create_sweep_dir(&sweep_dir, &axes, &points)?;
+    if sweep_dir.exists() {
+        check_same_sweep(&sweep_dir, &points)?;
+        info!(
+            "{}: exists with the same points; continuing it (finished points are only checked)",
+            sweep_dir.display()
+        );
+    } else {
+        create_sweep_dir(&sweep_dir, &axes, &points)?;
+    }
     let failed = run_points(&sweep_dir, &points, o.jobs, o.device)?;
     let keys: Vec<String> = axes.iter().map(|a| a.key.clone()).collect();
     let rows: Vec<(String, Vec<String>)> = points
@@ -272,6 +276,36 @@ fn file_axes(table: &mut toml::Table, path: &Path) -> Result<Vec<Axis>> {
         .collect()
 }
 
+/// A sweep folder can be continued (after a kill, say) only by the very same points.
+fn check_same_sweep(dir: &Path, points: &[Point]) -> Result<()> {
+    let d = dir.display();
+    if !dir.join(SWEEP_FILE).exists() {
+        bail!("{d}: exists and is not a sweep folder (no {SWEEP_FILE}); choose another --name");
+    }
+    let configs = dir.join("configs");
+    let mut stored: Vec<String> = std::fs::read_dir(&configs)
+        .with_context(|| format!("cannot read {}", configs.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml") && !n.starts_with('.'))
+        .collect();
+    stored.sort();
+    let mut wanted: Vec<String> = points.iter().map(|p| format!("{}.toml", p.name)).collect();
+    wanted.sort();
+    let same_configs = || {
+        points.iter().all(|p| {
+            std::fs::read_to_string(configs.join(format!("{}.toml", p.name)))
+                .is_ok_and(|t| t == p.config.to_toml())
+        })
+    };
+    if stored != wanted || !same_configs() {
+        bail!(
+            "{d}: a sweep with other points or settings exists there; choose another --name to start a new one"
+        );
+    }
+    Ok(())
+}
+
 fn create_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
     let parent = dir
         .parent()
@@ -302,15 +336,15 @@ fn create_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
     let mut sweep = toml::Table::new();
     sweep.insert("grid".into(), toml::Value::Table(grid));
     ssm::io::atomic_write(
-        &staging.join("sweep.toml"),
+        &staging.join(SWEEP_FILE),
         toml::to_string_pretty(&toml::Table::from_iter([(
             "sweep".to_string(),
             toml::Value::Table(sweep),
         )]))?
         .as_bytes(),
     )?;
-    std::fs::rename(&staging, dir)
-        .with_context(|| format!("cannot rename {} to {}", staging.display(), dir.display()))
+    ssm::io::rename(&staging, dir)?;
+    Ok(())
 }
 
 /// Runs every point as `ssm-lab train --config configs/<point>.toml`, `jobs` at a time; returns
@@ -325,11 +359,21 @@ fn run_points(dir: &Path, points: &[Point], jobs: usize, device: Device) -> Resu
             && let Some(p) = queue.next()
         {
             let log_path = dir.join("logs").join(format!("{}.log", p.name));
-            let log = std::fs::File::create(&log_path)
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
                 .with_context(|| format!("cannot create {}", log_path.display()))?;
-            let child = Command::new(&exe)
-                .args(["train", "--config"])
-                .arg(dir.join("configs").join(format!("{}.toml", p.name)))
+            // A point whose run folder exists (a sweep killed and started again) resumes.
+            let run_dir = dir.join(&p.name);
+            let mut cmd = Command::new(&exe);
+            if run_dir.exists() {
+                cmd.args(["train", "--resume"]).arg(&run_dir);
+            } else {
+                cmd.args(["train", "--config"])
+                    .arg(dir.join("configs").join(format!("{}.toml", p.name)));
+            }
+            let child = cmd
                 .args(["--device", &device.to_string()])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
@@ -420,6 +464,7 @@ pub fn write_summary(dir: &Path, keys: &[String], runs: &[(String, Vec<String>)]
         path: dir.join(SUMMARY_FILE),
         header,
         rows,
+        torn: false,
     }
     .write(&dir.join(SUMMARY_FILE))
 }

@@ -58,22 +58,14 @@ pub struct Outcome {
 pub fn start(config: &RunConfig, options: &TrainOptions) -> Result<Outcome> {
     let run_dir = config.run_dir();
     if run_dir.exists() {
-        bail!(
-            "{}: already exists; continue it with `ssm-lab train --resume {}` or choose another `name`",
-            run_dir.display(),
-            run_dir.display()
-        );
+        bail!("{}", occupied(&run_dir));
     }
     let task = Task::new(config)?;
     let mut model = Model::new(config)?;
     model.to_device(options.device)?;
     let staging = config.out_dir.join(format!(".{}.creating", config.name));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)
-            .with_context(|| format!("cannot remove {}", staging.display()))?;
-    }
-    std::fs::create_dir_all(staging.join(CHECKPOINT_DIR))
-        .with_context(|| format!("cannot create {}", staging.display()))?;
+    ssm::io::remove_dir_all(&staging)?;
+    ssm::io::create_dir_all(&staging.join(CHECKPOINT_DIR))?;
     ssm::io::atomic_write(&staging.join(CONFIG_FILE), config.to_toml().as_bytes())?;
     let info = json!({
         "arch": model.arch(),
@@ -92,13 +84,7 @@ pub fn start(config: &RunConfig, options: &TrainOptions) -> Result<Outcome> {
         &staging.join(RUN_INFO_FILE),
         serde_json::to_string_pretty(&info)?.as_bytes(),
     )?;
-    std::fs::rename(&staging, &run_dir).with_context(|| {
-        format!(
-            "cannot rename {} to {}",
-            staging.display(),
-            run_dir.display()
-        )
-    })?;
+    ssm::io::rename(&staging, &run_dir)?;
     let opt = AdamW::new(config.train.adamw);
     let progress = Progress {
         step: 0,
@@ -110,13 +96,13 @@ pub fn start(config: &RunConfig, options: &TrainOptions) -> Result<Outcome> {
     run(config, &run_dir, &task, &mut model, opt, progress, options)
 }
 
-/// Continues the run in `run_dir` from its latest checkpoint (from the start if it has none).
+/// Continues the run in `run_dir` from its latest checkpoint (from the start if it has none). A
+/// run that reached `train.steps` only has its final export checked and, if a kill interrupted
+/// it, redone.
 pub fn resume(run_dir: &Path, options: &TrainOptions) -> Result<Outcome> {
     let config_path = run_dir.join(CONFIG_FILE);
-    if !config_path.exists() {
-        bail!("{}: not a run folder (no {CONFIG_FILE})", run_dir.display());
-    }
-    let config = config::load(&config_path, &[])?;
+    let config = run_config(run_dir)?;
+    remove_temporaries(run_dir)?;
     let task = Task::new(&config)?;
     let mut model = Model::new(&config)?;
     let mut opt = AdamW::new(config.train.adamw);
@@ -129,12 +115,20 @@ pub fn resume(run_dir: &Path, options: &TrainOptions) -> Result<Outcome> {
         );
     }
     let progress = if checkpoint::latest_path(run_dir).exists() {
-        let p = checkpoint::restore(run_dir, &mut model, &mut opt)?;
-        if p.config != config.to_toml() {
+        let mut p = checkpoint::restore(run_dir, &mut model, &mut opt)?;
+        if !same_but_steps(&p.config, &config)? {
             bail!(
                 "{}: the checkpoint was written with another config than {}",
                 checkpoint::latest_path(run_dir).display(),
                 config_path.display()
+            );
+        }
+        if p.step > config.train.steps {
+            bail!(
+                "{}: train.steps = {} is below the {} steps the checkpoint has done",
+                config_path.display(),
+                config.train.steps,
+                p.step
             );
         }
         if p.threads != threads {
@@ -143,6 +137,7 @@ pub fn resume(run_dir: &Path, options: &TrainOptions) -> Result<Outcome> {
                 p.threads
             );
         }
+        p.config = config.to_toml();
         p
     } else {
         info!(
@@ -162,6 +157,106 @@ pub fn resume(run_dir: &Path, options: &TrainOptions) -> Result<Outcome> {
         truncate_after(&run_dir.join(file), progress.step)?;
     }
     run(&config, run_dir, &task, &mut model, opt, progress, options)
+}
+
+/// Continues the run in `run_dir` to `steps` steps in all (more than it has): its config.toml
+/// gets the new `train.steps`, and the cosine schedule is recomputed over the new total, so the
+/// learning rate rises again from where the finished schedule ended (stated in the log).
+pub fn extend(run_dir: &Path, steps: u64, options: &TrainOptions) -> Result<Outcome> {
+    let config_path = run_dir.join(CONFIG_FILE);
+    let mut config = run_config(run_dir)?;
+    let t = &config.train;
+    if steps <= t.steps {
+        bail!(
+            "--steps {steps}: the run already has train.steps = {}; extending needs more",
+            t.steps
+        );
+    }
+    let ended = cosine_lr(t.steps - 1, t.warmup_steps, t.steps, t.lr, t.min_lr);
+    let next = cosine_lr(t.steps, t.warmup_steps, steps, t.lr, t.min_lr);
+    info!(
+        "{}: extending from {} to {steps} steps; the cosine schedule now runs over {steps} steps, so step {} trains at lr {next:.3e} (the schedule ended at {ended:.3e})",
+        run_dir.display(),
+        t.steps,
+        t.steps + 1
+    );
+    config.train.steps = steps;
+    config::validate(&config)?;
+    ssm::io::atomic_write(&config_path, config.to_toml().as_bytes())?;
+    resume(run_dir, options)
+}
+
+/// Removes what a kill inside an atomic write left: `.NAME.tmp` files of the run and its
+/// checkpoints folder (the staged final export is redone by `export_final`).
+fn remove_temporaries(run_dir: &Path) -> Result<()> {
+    for dir in [run_dir.to_path_buf(), run_dir.join(CHECKPOINT_DIR)] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") && entry.path().is_file() {
+                ssm::io::fault::point("remove", &entry.path());
+                std::fs::remove_file(entry.path())
+                    .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The config of the run in `run_dir`, validated.
+pub fn run_config(run_dir: &Path) -> Result<RunConfig> {
+    let config_path = run_dir.join(CONFIG_FILE);
+    if !config_path.exists() {
+        bail!("{}", not_a_run(run_dir));
+    }
+    config::load(&config_path, &[])
+}
+
+/// Whether the config a checkpoint embeds equals `config` but perhaps for `train.steps` (which
+/// `extend` raises).
+fn same_but_steps(embedded: &str, config: &RunConfig) -> Result<bool> {
+    let mut theirs = config::parse(embedded, "the checkpoint's config", &[])?;
+    theirs.train.steps = config.train.steps;
+    Ok(theirs.to_toml() == config.to_toml())
+}
+
+/// What is in the way of a new run at `dir`, and what to do about it.
+fn occupied(dir: &Path) -> String {
+    let d = dir.display();
+    if dir.join(CONFIG_FILE).exists() && dir.join(RUN_INFO_FILE).exists() {
+        format!(
+            "{d}: a run of that name exists; continue it with `ssm-lab train --resume {d}`, extend it with `ssm-lab train --extend {d} --steps N`, or choose another name (--set name=...)"
+        )
+    } else {
+        format!(
+            "{d}: exists and is not a run folder ({}); choose another name (--set name=...)",
+            folder_kind(dir)
+        )
+    }
+}
+
+/// Why `dir` cannot be resumed.
+fn not_a_run(dir: &Path) -> String {
+    format!(
+        "{}: not a run folder (no {CONFIG_FILE}; {})",
+        dir.display(),
+        folder_kind(dir)
+    )
+}
+
+/// What kind of folder of ours `dir` is, for error messages.
+fn folder_kind(dir: &Path) -> &'static str {
+    if dir.join(crate::sweep::SWEEP_FILE).exists() {
+        "it is a sweep folder"
+    } else if dir.join(crate::demo::MARKER).exists() {
+        "it is a compare or demo folder"
+    } else if !dir.exists() {
+        "it does not exist"
+    } else {
+        "it holds something else"
+    }
 }
 
 /// The device recorded in the run's run.json (runs from before devices trained on the CPU).
@@ -197,22 +292,10 @@ fn progress_bar(total: u64, done: u64) -> ProgressBar {
     bar
 }
 
-/// Locates the first parameter (or gradient, with `grads`) holding a NaN or an infinity.
-fn first_non_finite(model: &mut Model, grads: bool) -> Option<String> {
-    let mut found = None;
-    model.module().visit_params(&mut |name, p| {
-        let t = if grads { &p.grad } else { &p.value };
-        if found.is_none() && t.to_vec().iter().any(|x| !x.is_finite()) {
-            found = Some(name.to_string());
-        }
-    });
-    found
-}
-
 /// Why a forward pass produced a non-finite loss: the first non-finite parameter, or else the
 /// parameter of largest magnitude (a diverging run overflows the activations first).
 fn diagnose_forward(model: &mut Model) -> String {
-    if let Some(name) = first_non_finite(model, false) {
+    if let Some(name) = model.first_non_finite(false) {
         return format!("parameter `{name}` is not finite");
     }
     let mut largest = (String::new(), 0.0f32);
@@ -242,6 +325,9 @@ fn run(
     let mut evals_csv = CsvWriter::open(&run_dir.join(EVAL_FILE), &EVAL_HEADER)?;
     let per_step = tokens_per_step(config, task);
     let seq = config.task.seq_len;
+    if progress.step >= t.steps {
+        return finish_complete(run_dir, model, &progress);
+    }
     info!(
         "{}: {} with {} parameters on {} (input length {}), {} tokens/step, steps {}..{}",
         run_dir.display(),
@@ -292,13 +378,20 @@ fn run(
         };
         let grad_norm = clip_grad_norm(model.module(), max_norm)?;
         if !grad_norm.is_finite() {
-            let name = first_non_finite(model, true).unwrap_or_else(|| "?".into());
+            let name = model.first_non_finite(true).unwrap_or_else(|| "?".into());
             bail!(
                 "step {step}: the gradient norm is {grad_norm}; first non-finite gradient: `{name}`; stopping, {}",
                 last_checkpoint(config, step - 1)
             );
         }
         opt.update(model.module(), lr)?;
+        if let Some(name) = non_finite_param(model)? {
+            bail!(
+                "step {step}: the update made parameter `{name}` non-finite (learning rate {lr:e}, gradient norm {grad_norm:e} before clipping); lower `train.lr` or set `train.clip_grad_norm` (now {}); nothing of this step was saved, {}",
+                t.clip_grad_norm,
+                last_checkpoint(config, step - 1)
+            );
+        }
         // The step's last launches finish before the clock is read.
         synchronize(options.device)?;
         progress.step = step;
@@ -352,9 +445,6 @@ fn run(
         if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || step == t.steps {
             progress.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
             checkpoint::save(run_dir, model, &opt, &progress)?;
-            if step == t.steps {
-                checkpoint::export_final(run_dir, model)?;
-            }
         }
         if options.stop_after == Some(step) && step < t.steps {
             bar.abandon();
@@ -373,6 +463,7 @@ fn run(
         }
     }
     bar.finish_and_clear();
+    checkpoint::export_final(run_dir, model)?;
     let elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
     info!(
         "{}: done, {} steps in {elapsed_s:.1} s",
@@ -387,6 +478,43 @@ fn run(
         evals: last_evals,
         elapsed_s,
     })
+}
+
+/// A run resumed after its last step: its final export is checked against the last checkpoint
+/// and redone if a kill interrupted it.
+fn finish_complete(run_dir: &Path, model: &mut Model, progress: &Progress) -> Result<Outcome> {
+    let export = match checkpoint::verify_final(run_dir, model) {
+        Ok(()) => "its final export is complete",
+        Err(e) => {
+            warn!("{e:#}; exporting again");
+            checkpoint::export_final(run_dir, model)?;
+            "its final export was redone"
+        }
+    };
+    info!(
+        "{}: already complete at step {} of {}; {export}. Train further with `ssm-lab train --extend {} --steps N`",
+        run_dir.display(),
+        progress.step,
+        progress.step,
+        run_dir.display()
+    );
+    Ok(Outcome {
+        run_dir: run_dir.to_path_buf(),
+        step: progress.step,
+        finished: true,
+        last_loss: f64::NAN,
+        evals: Vec::new(),
+        elapsed_s: progress.elapsed_s,
+    })
+}
+
+/// The first parameter holding a NaN or an infinity after an update. The common case costs one
+/// sum of squares over the parameters (on their device); only a non-finite sum is located.
+fn non_finite_param(model: &mut Model) -> Result<Option<String>> {
+    if ssm::optim::sum_squares(model.module(), ssm::optim::Of::Values)?.is_finite() {
+        return Ok(None);
+    }
+    Ok(model.first_non_finite(false))
 }
 
 /// Where a stopped run can continue from: the newest checkpoint at or before `step`.

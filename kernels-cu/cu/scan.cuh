@@ -6,7 +6,7 @@
 //   y_t = C_t . h_t + D u_t;   y_t *= silu(z_t) if z is given
 //
 // Layouts: u, delta, z, y, dy: (b, l, d); A: (d, n); B, C: (b, l, g, n), channel c uses group
-// c / (d / g); D, delta_bias: (d,); h0, last state: (b, d, n).
+// c / (d / g); D, delta_bias: (d,); last state: (b, d, n); h0: (b, segments, d, n).
 //
 // Work split: a block of kThreads threads handles one sequence bi (blockIdx.y) and dc consecutive
 // channels (blockIdx.x), dc in {1, 2, 4} dividing d / g so that all of them share one group of B/C.
@@ -19,14 +19,22 @@
 // the contiguous channel (or state) dimension. States are processed kFwdStates (kBwdStates) at a
 // time, which bounds registers and shared memory for any n <= kMaxState.
 //
+// Long sequences in small batches (too few blocks for the GPU) are split into segments of
+// consecutive chunks, blockIdx.z of gridDim.z, in three launches (kernels-cu/src/scan.rs): a map
+// pass in which each block runs its segment from zeros without producing y, which leaves V of the
+// segment's map h -> exp(a sum dt) h + V; chain_segments, which runs the segments' maps in order to
+// give each one its starting state; and the full pass from those states. The backward's map
+// from the gradient at a segment's end to the one at its start has the same form (the same decay
+// times the end gradient, plus what the segment's own dy contributes), so it splits the same way.
+//
 // Saved for the backward (`chunk_states`, (b, nchunks, d, n) with nchunks = ceil(l / kChunk)):
 // the state before each chunk, h at step k kChunk - 1 for chunk k (h0 or zeros for chunk 0).
 //
 // The backward walks chunks from last to first: it recomputes the states inside the chunk from
 // the saved one, runs the reverse recurrence  g_t = dh_t + C_t dy'_t,  dh_{t-1} = exp(dt_t A) g_t
 // as a reverse block scan of the same kind, and reads off every gradient. Reductions: dD,
-// d_delta_bias and dA are summed inside the block in a fixed order and written per sequence into a
-// workspace that sum_rows_into_f32 (reduce.cu) adds up over the batch, so they are deterministic;
+// d_delta_bias and dA are summed inside the block in a fixed order and written per sequence and
+// segment into a workspace that sum_rows_into_f32 (reduce.cu) adds up, so they are deterministic;
 // dB and dC, summed over the channels of a group, are reduced over the block's channels in
 // registers and then added with one atomicAdd per block and element (their order across blocks
 // is not fixed).
@@ -45,42 +53,56 @@ constexpr int kMaxState = 64;
 constexpr int kFwdStates = 8;
 constexpr int kBwdStates = 4;
 
+// Tiles are (time x channel) or (time x state) arrays whose element e sits at pad(e): one unused
+// word after every 32. Thread tid reads step tid * kItems + i, so a warp reads at a stride of
+// kItems * dc or kItems * S words (a power of two from 4 to 32); unpadded, that stride puts the 32
+// lanes on 32 / stride banks, a stride-way conflict (32-way for the forward's B/C tiles). Padded,
+// lane j = q (32 / stride) + r reads bank r stride + q (mod 32) plus an offset common to the warp:
+// 32 distinct banks. The staging and output loops access 32 consecutive e from a multiple of 32,
+// which stay 32 consecutive words.
+__device__ __forceinline__ int pad(int e) { return e + (e >> 5); }
+__host__ __device__ constexpr int padded(int len) { return len + len / 32; }
+constexpr int kTileCh = padded(kChunk * kMaxChannels);
+
 struct FwdShared {
-    float u[kChunk * kMaxChannels];   // (kChunk, dc)
-    float dt[kChunk * kMaxChannels];  // (kChunk, dc) after delta_bias and softplus
-    float y[kChunk * kMaxChannels];   // (kChunk, dc) sum over states of C h
-    float b[kChunk * kFwdStates];     // (kChunk, kFwdStates) B for the current batch of states
-    float c[kChunk * kFwdStates];
+    float u[kTileCh];   // (kChunk, dc), padded
+    float dt[kTileCh];  // (kChunk, dc) after delta_bias and softplus
+    float y[kTileCh];   // (kChunk, dc) sum over states of C h
+    float b[padded(kChunk * kFwdStates)];  // (kChunk, kFwdStates) B for the current batch of states
+    float c[padded(kChunk * kFwdStates)];
     float slot_p[kMaxChannels][kWarps][kFwdStates];  // warp totals of the block scan
     float slot_v[kMaxChannels][kWarps][kFwdStates];
-    float carry[2][kMaxChannels][kMaxState];  // state before the chunk, double-buffered by parity
+    float carry[2][kMaxChannels * kMaxState];  // (dc, n) state before the chunk, double-buffered by parity
+    float part[kThreads];
 };
 
 struct BwdShared {
-    float u[kChunk * kMaxChannels];
-    float dt[kChunk * kMaxChannels];
-    float dy[kChunk * kMaxChannels];   // dy, then dy * silu(z) when z is given
-    float acc[kChunk * kMaxChannels];  // C . h + D u for dz, then d(dt)
-    float du[kChunk * kMaxChannels];
-    float b[kChunk * kBwdStates];
-    float c[kChunk * kBwdStates];
+    float u[kTileCh];
+    float dt[kTileCh];
+    float dy[kTileCh];   // dy, then dy * silu(z) when z is given
+    float acc[kTileCh];  // C . h + D u for dz, then d(dt)
+    float du[kTileCh];
+    float b[padded(kChunk * kBwdStates)];
+    float c[padded(kChunk * kBwdStates)];
     float slot_p[kMaxChannels][kWarps][kBwdStates];
     float slot_v[kMaxChannels][kWarps][kBwdStates];
     float rslot_p[kMaxChannels][kWarps][kBwdStates];
     float rslot_v[kMaxChannels][kWarps][kBwdStates];
     float red[kMaxChannels][kWarps][kBwdStates];
-    float dh[2][kMaxChannels][kMaxState];  // gradient w.r.t. the state before the chunk
-    float da[kMaxChannels][kMaxState];
+    float dh[2][kMaxChannels * kMaxState];  // (dc, n) gradient w.r.t. the state before the chunk
+    float da[kMaxChannels * kMaxState];  // (dc, n)
     float part[2][kThreads];
 };
 
 // Stages u and dt of channels c0 .. c0+dc for steps t0 .. t0+kChunk, coalesced along channels.
 // Steps past l get dt = 0 and u = 0: the identity step, so the carried state passes unchanged.
-// `zero` (a third (kChunk, dc) tile) is cleared for the caller's accumulation.
+// `zero` (a third (kChunk, dc) tile) is cleared for the caller's accumulation. Returns the sum of
+// the thread's dt values, all of channel tid % dc.
 template <typename Tin>
-__device__ __forceinline__ void stage_u_dt(float* su, float* sdt, float* zero, const Tin* u, const Tin* delta,
+__device__ __forceinline__ float stage_u_dt(float* su, float* sdt, float* zero, const Tin* u, const Tin* delta,
                                            const float* delta_bias, int softplus, int bi, int t0, int l, int d,
                                            int c0, int dc) {
+    float dt_sum = 0.0f;
     for (int e = threadIdx.x; e < kChunk * dc; e += kThreads) {
         const int t = e / dc, c = e - t * dc, gt = t0 + t;
         float uu = 0.0f, dtv = 0.0f;
@@ -90,14 +112,29 @@ __device__ __forceinline__ void stage_u_dt(float* su, float* sdt, float* zero, c
             const float x = to_f32(delta[idx]) + (delta_bias ? delta_bias[c0 + c] : 0.0f);
             dtv = softplus ? softplus_f32(x) : x;
         }
-        su[e] = uu;
-        sdt[e] = dtv;
-        zero[e] = 0.0f;
+        su[pad(e)] = uu;
+        sdt[pad(e)] = dtv;
+        zero[pad(e)] = 0.0f;
+        dt_sum += dtv;
+    }
+    return dt_sum;
+}
+
+// Sums `v` over the threads of each channel (thread tid stages and writes channel tid % dc), in a
+// fixed order, into out[c] for c < dc when `out` is given. `part` (kThreads,) must be free.
+__device__ __forceinline__ void write_channel_sums(float v, float* part, float* out, int dc) {
+    const int tid = threadIdx.x;
+    part[tid] = v;
+    __syncthreads();
+    if (out && tid < dc) {
+        float sum = 0.0f;
+        for (int j = tid; j < kThreads; j += dc) sum += part[j];
+        out[tid] = sum;
     }
 }
 
 // Stages B and C of group gi for states sb .. sb+S of steps t0 .. t0+kChunk, coalesced along
-// states; zeros past l and past n.
+// states; zeros past l and past n, and for C when it is null.
 template <int S, typename Tin>
 __device__ __forceinline__ void stage_bc(float* sb_tile, float* sc_tile, const Tin* B, const Tin* C, int bi, int t0,
                                          int l, int g, int gi, int n, int sb) {
@@ -107,10 +144,10 @@ __device__ __forceinline__ void stage_bc(float* sb_tile, float* sc_tile, const T
         if (gt < l && sb + s < n) {
             const long long idx = (((long long)bi * l + gt) * g + gi) * n + sb + s;
             bv = to_f32(B[idx]);
-            cv = to_f32(C[idx]);
+            cv = C ? to_f32(C[idx]) : 0.0f;
         }
-        sb_tile[e] = bv;
-        sc_tile[e] = cv;
+        sb_tile[pad(e)] = bv;
+        sc_tile[pad(e)] = cv;
     }
 }
 
@@ -135,12 +172,12 @@ __device__ __forceinline__ void chunk_prefix(const float* sdt, const float* su, 
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
         const int t = tid * kItems + i;
-        const float dtv = sdt[t * dc + c], du = dtv * su[t * dc + c];
+        const float dtv = sdt[pad(t * dc + c)], du = dtv * su[pad(t * dc + c)];
 #pragma unroll
         for (int s = 0; s < S; ++s) {
             const float e = __expf(dtv * a[s]);
             P[s] *= e;
-            V[s] = e * V[s] + du * sb_tile[t * S + s];
+            V[s] = e * V[s] + du * sb_tile[pad(t * S + s)];
         }
     }
 #pragma unroll
@@ -221,6 +258,11 @@ __device__ __forceinline__ void load_a(float (&a)[S], const float* A, int ch, in
     for (int s = 0; s < S; ++s) a[s] = sb + s < n ? A[(long long)ch * n + sb + s] : 0.0f;
 }
 
+// Segment `blockIdx.z` of `gridDim.z` (chunks [z seg_chunks, (z+1) seg_chunks) of the sequence)
+// from the state h0 (b, segments, d, n) or zeros. With `seg_map` given, the block only composes the
+// segment's map h -> exp(a sum dt) h + V from zeros: it writes V into seg_map (b, segments, d, n) and
+// sum dt into dt_sum (b, segments, d), and nothing else. Otherwise it writes y, the chunk states of
+// its chunks and, in the last segment, last_state (b, d, n).
 template <typename Tin, bool kDropBarrier>
 __device__ __forceinline__ void selective_scan_fwd(const Tin* __restrict__ u, const Tin* __restrict__ delta,
                                                    const float* __restrict__ A, const Tin* __restrict__ B,
@@ -228,64 +270,81 @@ __device__ __forceinline__ void selective_scan_fwd(const Tin* __restrict__ u, co
                                                    const Tin* __restrict__ z, const float* __restrict__ delta_bias,
                                                    const float* __restrict__ h0, Tin* __restrict__ y,
                                                    float* __restrict__ last_state, float* __restrict__ chunk_states,
-                                                   int l, int d, int n, int g, int dc, int softplus) {
+                                                   float* __restrict__ seg_map, float* __restrict__ dt_sum, int l,
+                                                   int d, int n, int g, int dc, int seg_chunks, int softplus) {
     constexpr int S = kFwdStates;
     __shared__ FwdShared sh;
     const int tid = threadIdx.x, bi = blockIdx.y, c0 = blockIdx.x * dc, gi = c0 / (d / g);
-    const int nchunks = (l + kChunk - 1) / kChunk;
-    const long long state0 = ((long long)bi * d + c0) * n;  // (b, d, n) offset of (bi, c0, 0)
-    for (int i = tid; i < dc * n; i += kThreads) sh.carry[0][i / n][i % n] = h0 ? h0[state0 + i] : 0.0f;
-    for (int k = 0; k < nchunks; ++k) {
+    const int nchunks = (l + kChunk - 1) / kChunk, seg = blockIdx.z, nseg = gridDim.z;
+    const int k0 = seg * seg_chunks, k1 = min(nchunks, k0 + seg_chunks);
+    const bool map_only = seg_map != nullptr;
+    const long long seg0 = (((long long)bi * nseg + seg) * d + c0) * n;  // (b, nseg, d, n) offset of (bi, seg, c0, 0)
+    for (int i = tid; i < dc * n; i += kThreads) sh.carry[k0 & 1][i] = h0 ? h0[seg0 + i] : 0.0f;
+    float dt_acc = 0.0f;
+    for (int k = k0; k < k1; ++k) {
         const int p = k & 1, t0 = k * kChunk;
         __syncthreads();  // the previous chunk is done with the tiles, and carry[p] is complete
         if (chunk_states) {
             const long long base = (((long long)bi * nchunks + k) * d + c0) * n;
-            for (int i = tid; i < dc * n; i += kThreads) chunk_states[base + i] = sh.carry[p][i / n][i % n];
+            for (int i = tid; i < dc * n; i += kThreads) chunk_states[base + i] = sh.carry[p][i];
         }
-        stage_u_dt(sh.u, sh.dt, sh.y, u, delta, delta_bias, softplus, bi, t0, l, d, c0, dc);
+        dt_acc += stage_u_dt(sh.u, sh.dt, sh.y, u, delta, delta_bias, softplus, bi, t0, l, d, c0, dc);
         for (int sb = 0; sb < n; sb += S) {
             const int valid = min(S, n - sb);
             __syncthreads();  // the previous batch is done with the B/C tiles
-            stage_bc<S>(sh.b, sh.c, B, C, bi, t0, l, g, gi, n, sb);
+            stage_bc<S>(sh.b, sh.c, B, map_only ? nullptr : C, bi, t0, l, g, gi, n, sb);
             __syncthreads();
             for (int c = 0; c < dc; ++c) {
                 float a[S], hc[S], h[S];
                 load_a(a, A, c0 + c, n, sb);
 #pragma unroll
-                for (int s = 0; s < S; ++s) hc[s] = s < valid ? sh.carry[p][c][sb + s] : 0.0f;
+                for (int s = 0; s < S; ++s) hc[s] = s < valid ? sh.carry[p][c * n + sb + s] : 0.0f;
                 chunk_prefix<S, kDropBarrier>(sh.dt, sh.u, sh.b, dc, c, a, hc, sh.slot_p[c], sh.slot_v[c], h,
-                                              sh.carry[1 - p][c] + sb, valid);
+                                              sh.carry[1 - p] + c * n + sb, valid);
+                if (map_only) continue;
 #pragma unroll
                 for (int i = 0; i < kItems; ++i) {
                     const int t = tid * kItems + i;
-                    const float dtv = sh.dt[t * dc + c], du = dtv * sh.u[t * dc + c];
+                    const float dtv = sh.dt[pad(t * dc + c)], du = dtv * sh.u[pad(t * dc + c)];
                     float acc = 0.0f;
 #pragma unroll
                     for (int s = 0; s < S; ++s) {
-                        h[s] = __expf(dtv * a[s]) * h[s] + du * sh.b[t * S + s];
-                        acc += sh.c[t * S + s] * h[s];
+                        h[s] = __expf(dtv * a[s]) * h[s] + du * sh.b[pad(t * S + s)];
+                        acc += sh.c[pad(t * S + s)] * h[s];
                     }
-                    sh.y[t * dc + c] += acc;
+                    sh.y[pad(t * dc + c)] += acc;
                 }
             }
         }
         __syncthreads();
+        if (map_only) continue;
         for (int e = tid; e < kChunk * dc; e += kThreads) {
             const int t = e / dc, c = e - t * dc, gt = t0 + t;
             if (gt >= l) continue;
             const long long idx = ((long long)bi * l + gt) * d + c0 + c;
-            float out = sh.y[e] + (Dskip ? Dskip[c0 + c] * sh.u[e] : 0.0f);
+            float out = sh.y[pad(e)] + (Dskip ? Dskip[c0 + c] * sh.u[pad(e)] : 0.0f);
             if (z) out *= silu_f32(to_f32(z[idx]));
             y[idx] = from_f32<Tin>(out);
         }
     }
     __syncthreads();
-    if (last_state)
-        for (int i = tid; i < dc * n; i += kThreads) last_state[state0 + i] = sh.carry[nchunks & 1][i / n][i % n];
+    const float* end = sh.carry[k1 & 1];
+    if (map_only) {
+        for (int i = tid; i < dc * n; i += kThreads) seg_map[seg0 + i] = end[i];
+        write_channel_sums(dt_acc, sh.part, dt_sum + ((long long)bi * nseg + seg) * d + c0, dc);
+    } else if (last_state && seg == nseg - 1) {
+        const long long state0 = ((long long)bi * d + c0) * n;  // (b, d, n) offset of (bi, c0, 0)
+        for (int i = tid; i < dc * n; i += kThreads) last_state[state0 + i] = end[i];
+    }
 }
 
-// Gradients: du, ddelta, dz (b, l, d) += ; dB, dC (b, l, g, n) += (atomically); dh0 (b, d, n) +=;
-// dA_part (b, d, n), dD_part and ddb_part (b, d) are written (=), one row per sequence.
+// Gradients: du, ddelta, dz (b, l, d) += ; dB, dC (b, l, g, n) += (atomically); dh0 (b, d, n) +=
+// (by segment 0); dA_part (b, segments, d, n), dD_part and ddb_part (b, segments, d) are written
+// (=), one row per sequence and segment. Segments as in the forward, walked from the gradient
+// dlast (b, segments, d, n) at the segment's end, or zeros. With `seg_map` given, the block only
+// composes the segment's map from the gradient at its end to the one at its start,
+// x -> exp(a sum dt) x + W, from zeros: it writes W into seg_map (b, segments, d, n) and sum dt into
+// dt_sum (b, segments, d), and nothing else (no states needed).
 template <typename Tin>
 __device__ __forceinline__ void selective_scan_bwd(
     const Tin* __restrict__ u, const Tin* __restrict__ delta, const float* __restrict__ A, const Tin* __restrict__ B,
@@ -293,31 +352,35 @@ __device__ __forceinline__ void selective_scan_bwd(
     const float* __restrict__ delta_bias, const float* __restrict__ chunk_states, const Tin* __restrict__ dy,
     const float* __restrict__ dlast, Tin* __restrict__ du, Tin* __restrict__ ddelta, float* __restrict__ dB,
     float* __restrict__ dC, Tin* __restrict__ dz, float* __restrict__ dh0, float* __restrict__ dA_part,
-    float* __restrict__ dD_part, float* __restrict__ ddb_part, int l, int d, int n, int g, int dc, int softplus) {
+    float* __restrict__ dD_part, float* __restrict__ ddb_part, float* __restrict__ seg_map, float* __restrict__ dt_sum,
+    int l, int d, int n, int g, int dc, int seg_chunks, int softplus) {
     constexpr int S = kBwdStates;
     __shared__ BwdShared sh;
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int bi = blockIdx.y, c0 = blockIdx.x * dc, gi = c0 / (d / g);
-    const int nchunks = (l + kChunk - 1) / kChunk;
-    const long long state0 = ((long long)bi * d + c0) * n;
+    const int nchunks = (l + kChunk - 1) / kChunk, seg = blockIdx.z, nseg = gridDim.z;
+    const int k0 = seg * seg_chunks, k1 = min(nchunks, k0 + seg_chunks);
+    const bool map_only = seg_map != nullptr;
+    const long long seg_row = (long long)bi * nseg + seg, seg0 = (seg_row * d + c0) * n;  // (b, nseg, d, n)
     for (int i = tid; i < dc * n; i += kThreads) {
-        sh.dh[(nchunks - 1) & 1][i / n][i % n] = dlast ? dlast[state0 + i] : 0.0f;
-        sh.da[i / n][i % n] = 0.0f;
+        sh.dh[(k1 - 1) & 1][i] = dlast ? dlast[seg0 + i] : 0.0f;
+        sh.da[i] = 0.0f;
     }
-    float dD_acc = 0.0f, ddb_acc = 0.0f;  // for channel tid % dc: the output loop's e % dc is fixed
-    for (int k = nchunks - 1; k >= 0; --k) {
+    // For channel tid % dc: the staging and output loops' e % dc is fixed.
+    float dD_acc = 0.0f, ddb_acc = 0.0f, dt_acc = 0.0f;
+    for (int k = k1 - 1; k >= k0; --k) {
         const int p = k & 1, t0 = k * kChunk;
         const float* hk = chunk_states + (((long long)bi * nchunks + k) * d + c0) * n;  // (dc, n)
         __syncthreads();
-        stage_u_dt(sh.u, sh.dt, sh.acc, u, delta, delta_bias, softplus, bi, t0, l, d, c0, dc);
+        dt_acc += stage_u_dt(sh.u, sh.dt, sh.acc, u, delta, delta_bias, softplus, bi, t0, l, d, c0, dc);
         for (int e = tid; e < kChunk * dc; e += kThreads) {
             const int t = e / dc, gt = t0 + t;
-            sh.dy[e] = gt < l ? to_f32(dy[((long long)bi * l + gt) * d + c0 + e - t * dc]) : 0.0f;
-            sh.du[e] = 0.0f;
+            sh.dy[pad(e)] = gt < l ? to_f32(dy[((long long)bi * l + gt) * d + c0 + e - t * dc]) : 0.0f;
+            sh.du[pad(e)] = 0.0f;
         }
         if (z) {
             // Recompute y before the gate (C . h + D u) for dz, then gate dy.
-            for (int sb = 0; sb < n; sb += S) {
+            for (int sb = 0; sb < n && !map_only; sb += S) {
                 const int valid = min(S, n - sb);
                 __syncthreads();
                 stage_bc<S>(sh.b, sh.c, B, C, bi, t0, l, g, gi, n, sb);
@@ -331,14 +394,14 @@ __device__ __forceinline__ void selective_scan_bwd(
 #pragma unroll
                     for (int i = 0; i < kItems; ++i) {
                         const int t = tid * kItems + i;
-                        const float dtv = sh.dt[t * dc + c], dtu = dtv * sh.u[t * dc + c];
+                        const float dtv = sh.dt[pad(t * dc + c)], dtu = dtv * sh.u[pad(t * dc + c)];
                         float acc = 0.0f;
 #pragma unroll
                         for (int s = 0; s < S; ++s) {
-                            h[s] = __expf(dtv * a[s]) * h[s] + dtu * sh.b[t * S + s];
-                            acc += sh.c[t * S + s] * h[s];
+                            h[s] = __expf(dtv * a[s]) * h[s] + dtu * sh.b[pad(t * S + s)];
+                            acc += sh.c[pad(t * S + s)] * h[s];
                         }
-                        sh.acc[t * dc + c] += acc;
+                        sh.acc[pad(t * dc + c)] += acc;
                     }
                 }
             }
@@ -347,12 +410,12 @@ __device__ __forceinline__ void selective_scan_bwd(
                 const int t = e / dc, c = e - t * dc, gt = t0 + t;
                 if (gt < l) {
                     const long long idx = ((long long)bi * l + gt) * d + c0 + c;
-                    const float zz = to_f32(z[idx]), gy = sh.dy[e];
-                    const float ypre = sh.acc[e] + (Dskip ? Dskip[c0 + c] * sh.u[e] : 0.0f);
-                    dz[idx] = from_f32<Tin>(to_f32(dz[idx]) + gy * ypre * silu_grad_f32(zz));
-                    sh.dy[e] = gy * silu_f32(zz);
+                    const float zz = to_f32(z[idx]), gy = sh.dy[pad(e)];
+                    const float ypre = sh.acc[pad(e)] + (Dskip ? Dskip[c0 + c] * sh.u[pad(e)] : 0.0f);
+                    if (!map_only) dz[idx] = from_f32<Tin>(to_f32(dz[idx]) + gy * ypre * silu_grad_f32(zz));
+                    sh.dy[pad(e)] = gy * silu_f32(zz);
                 }
-                sh.acc[e] = 0.0f;
+                sh.acc[pad(e)] = 0.0f;
             }
         }
         for (int sb = 0; sb < n; sb += S) {
@@ -366,21 +429,26 @@ __device__ __forceinline__ void selective_scan_bwd(
 #pragma unroll
                 for (int s = 0; s < S; ++s) db_acc[i][s] = dc_acc[i][s] = 0.0f;
             for (int c = 0; c < dc; ++c) {
-                float a[S], hc[S], h[S];
+                float a[S], h[S];
                 load_a(a, A, c0 + c, n, sb);
+                if (!map_only) {
+                    float hc[S];
 #pragma unroll
-                for (int s = 0; s < S; ++s) hc[s] = s < valid ? hk[c * n + sb + s] : 0.0f;
-                chunk_prefix<S, false>(sh.dt, sh.u, sh.b, dc, c, a, hc, sh.slot_p[c], sh.slot_v[c], h, nullptr, 0);
+                    for (int s = 0; s < S; ++s) hc[s] = s < valid ? hk[c * n + sb + s] : 0.0f;
+                    chunk_prefix<S, false>(sh.dt, sh.u, sh.b, dc, c, a, hc, sh.slot_p[c], sh.slot_v[c], h, nullptr,
+                                           0);
+                }
                 float hp[kItems][S], dec[kItems][S];  // h_{t-1} and exp(dt_t a) of the run
 #pragma unroll
                 for (int i = 0; i < kItems; ++i) {
                     const int t = tid * kItems + i;
-                    const float dtv = sh.dt[t * dc + c], dtu = dtv * sh.u[t * dc + c];
+                    const float dtv = sh.dt[pad(t * dc + c)], dtu = dtv * sh.u[pad(t * dc + c)];
 #pragma unroll
                     for (int s = 0; s < S; ++s) {
                         dec[i][s] = __expf(dtv * a[s]);
+                        if (map_only) continue;
                         hp[i][s] = h[s];
-                        h[s] = dec[i][s] * h[s] + dtu * sh.b[t * S + s];
+                        h[s] = dec[i][s] * h[s] + dtu * sh.b[pad(t * S + s)];
                     }
                 }
                 // The run's reverse map: x -> dec (x + C dy'), from the last step to the first.
@@ -389,30 +457,31 @@ __device__ __forceinline__ void selective_scan_bwd(
                 for (int s = 0; s < S; ++s) {
                     P[s] = 1.0f;
                     V[s] = 0.0f;
-                    xe[s] = s < valid ? sh.dh[p][c][sb + s] : 0.0f;
+                    xe[s] = s < valid ? sh.dh[p][c * n + sb + s] : 0.0f;
                 }
 #pragma unroll
                 for (int i = kItems - 1; i >= 0; --i) {
                     const int t = tid * kItems + i;
-                    const float dyp = sh.dy[t * dc + c];
+                    const float dyp = sh.dy[pad(t * dc + c)];
 #pragma unroll
                     for (int s = 0; s < S; ++s) {
-                        V[s] = dec[i][s] * (V[s] + sh.c[t * S + s] * dyp);
+                        V[s] = dec[i][s] * (V[s] + sh.c[pad(t * S + s)] * dyp);
                         P[s] *= dec[i][s];
                     }
                 }
-                chunk_suffix<S>(P, V, xe, sh.rslot_p[c], sh.rslot_v[c], x, sh.dh[1 - p][c] + sb, valid);
+                chunk_suffix<S>(P, V, xe, sh.rslot_p[c], sh.rslot_v[c], x, sh.dh[1 - p] + c * n + sb, valid);
+                if (map_only) continue;
                 float da[S];
 #pragma unroll
                 for (int s = 0; s < S; ++s) da[s] = 0.0f;
 #pragma unroll
                 for (int i = kItems - 1; i >= 0; --i) {
                     const int t = tid * kItems + i;
-                    const float dtv = sh.dt[t * dc + c], uu = sh.u[t * dc + c], dyp = sh.dy[t * dc + c];
+                    const float dtv = sh.dt[pad(t * dc + c)], uu = sh.u[pad(t * dc + c)], dyp = sh.dy[pad(t * dc + c)];
                     float ddt = 0.0f, dui = 0.0f;
 #pragma unroll
                     for (int s = 0; s < S; ++s) {
-                        const float bv = sh.b[t * S + s], gv = x[s] + sh.c[t * S + s] * dyp;
+                        const float bv = sh.b[pad(t * S + s)], gv = x[s] + sh.c[pad(t * S + s)] * dyp;
                         const float decayed = dec[i][s] * hp[i][s];  // d h_t / d(dt a) = exp(dt a) h_{t-1}
                         dc_acc[i][s] += dyp * (decayed + dtv * bv * uu);
                         db_acc[i][s] += gv * dtv * uu;
@@ -421,8 +490,8 @@ __device__ __forceinline__ void selective_scan_bwd(
                         da[s] += gv * dtv * decayed;
                         x[s] = dec[i][s] * gv;
                     }
-                    sh.acc[t * dc + c] += ddt;
-                    sh.du[t * dc + c] += dui;
+                    sh.acc[pad(t * dc + c)] += ddt;
+                    sh.du[pad(t * dc + c)] += dui;
                 }
 #pragma unroll
                 for (int s = 0; s < S; ++s) {
@@ -433,9 +502,10 @@ __device__ __forceinline__ void selective_scan_bwd(
                 if (tid < valid) {
                     float total = 0.0f;
                     for (int w = 0; w < kWarps; ++w) total += sh.red[c][w][tid];
-                    sh.da[c][sb + tid] += total;
+                    sh.da[c * n + sb + tid] += total;
                 }
             }
+            if (map_only) continue;
 #pragma unroll
             for (int i = 0; i < kItems; ++i) {
                 const int gt = t0 + tid * kItems + i;
@@ -451,34 +521,56 @@ __device__ __forceinline__ void selective_scan_bwd(
             }
         }
         __syncthreads();
+        if (map_only) continue;
         for (int e = tid; e < kChunk * dc; e += kThreads) {
             const int t = e / dc, c = e - t * dc, gt = t0 + t;
             if (gt >= l) continue;
             const long long idx = ((long long)bi * l + gt) * d + c0 + c;
-            const float dyp = sh.dy[e];
-            du[idx] = from_f32<Tin>(to_f32(du[idx]) + sh.du[e] + (Dskip ? dyp * Dskip[c0 + c] : 0.0f));
+            const float dyp = sh.dy[pad(e)];
+            du[idx] = from_f32<Tin>(to_f32(du[idx]) + sh.du[pad(e)] + (Dskip ? dyp * Dskip[c0 + c] : 0.0f));
             const float raw = to_f32(delta[idx]) + (delta_bias ? delta_bias[c0 + c] : 0.0f);
-            const float dx = softplus ? sh.acc[e] * softplus_grad_f32(raw) : sh.acc[e];
+            const float dx = softplus ? sh.acc[pad(e)] * softplus_grad_f32(raw) : sh.acc[pad(e)];
             ddelta[idx] = from_f32<Tin>(to_f32(ddelta[idx]) + dx);
-            dD_acc += dyp * sh.u[e];
+            dD_acc += dyp * sh.u[pad(e)];
             ddb_acc += dx;
         }
     }
-    sh.part[0][tid] = dD_acc;
-    sh.part[1][tid] = ddb_acc;
     __syncthreads();
-    for (int i = tid; i < dc * n; i += kThreads) {
-        if (dh0) dh0[state0 + i] += sh.dh[1][i / n][i % n];  // chunk 0 left its carry in dh[1 - 0]
-        dA_part[state0 + i] = sh.da[i / n][i % n];
+    const float* start = sh.dh[1 - (k0 & 1)];  // chunk k0 left its carry in dh[1 - (k0 & 1)]
+    if (map_only) {
+        for (int i = tid; i < dc * n; i += kThreads) seg_map[seg0 + i] = start[i];
+        write_channel_sums(dt_acc, sh.part[0], dt_sum + seg_row * d + c0, dc);
+        return;
     }
-    if (tid < dc) {
-        float sum_d = 0.0f, sum_b = 0.0f;
-        for (int j = tid; j < kThreads; j += dc) {
-            sum_d += sh.part[0][j];
-            sum_b += sh.part[1][j];
+    const long long state0 = ((long long)bi * d + c0) * n;  // (b, d, n) offset of (bi, c0, 0)
+    for (int i = tid; i < dc * n; i += kThreads) {
+        if (dh0 && seg == 0) dh0[state0 + i] += start[i];
+        dA_part[seg0 + i] = sh.da[i];
+    }
+    write_channel_sums(dD_acc, sh.part[0], dD_part ? dD_part + seg_row * d + c0 : nullptr, dc);
+    write_channel_sums(ddb_acc, sh.part[1], ddb_part ? ddb_part + seg_row * d + c0 : nullptr, dc);
+}
+
+// Chains the segments of a split scan, one thread per (sequence, channel, state) of the
+// (b, d, n) range: seg (b, segments, d, n) holds each segment's map offset (V or W of the map
+// passes) and becomes in place what each segment starts from. Forward: the state entering segment j,
+// from init = h0 (or zeros) through h -> exp(a sum dt_j) h + V_j. Reverse: the gradient at the end of
+// segment j, from init = dlast (or zeros) at the end of the last, through the same form of map.
+__device__ __forceinline__ void chain_segments(const float* __restrict__ A, const float* __restrict__ dt_sum,
+                                               const float* __restrict__ init, float* __restrict__ seg, int b, int d,
+                                               int n, int nseg, int reverse) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)b * d * n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long bi = i / ((long long)d * n), cs = i - bi * d * n, c = cs / n;
+        const float a = A[cs];
+        float h = init ? init[i] : 0.0f;
+        for (int k = 0; k < nseg; ++k) {
+            const int j = reverse ? nseg - 1 - k : k;
+            const long long at = (bi * nseg + j) * d * n + cs;
+            const float v = seg[at];
+            seg[at] = h;
+            h = expf(a * dt_sum[(bi * nseg + j) * d + c]) * h + v;
         }
-        if (dD_part) dD_part[(long long)bi * d + c0 + tid] = sum_d;
-        if (ddb_part) ddb_part[(long long)bi * d + c0 + tid] = sum_b;
     }
 }
 

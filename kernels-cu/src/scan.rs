@@ -1,8 +1,18 @@
 //! Launches of the selective scan (cu/scan.cuh, cu/scan.cu), forward and backward, in the layouts
 //! of `ssm::ops::scan`: u, delta, z, y (b, l, d); A (d, n); B, C (b, l, g, n); D, delta_bias (d);
 //! initial and last state (b, d, n). Optional inputs and outputs are `None`.
+//!
+//! One block walks the chunks of one sequence for a few channels, so `b · d / dc` blocks must fill
+//! the GPU. When they cannot (small batches), each sequence is split into segments of consecutive
+//! chunks ([`ScanDims::segments`]) and a scan is three launches: a map pass in which every
+//! (channel group, sequence, segment) block composes its segment into the affine map
+//! h -> exp(A Σdt) h + V per channel and state; a chain over the segments in order (in reverse for
+//! the backward, whose map from the gradient at a segment's end to the one at its start has the same
+//! form), which turns the V into each segment's starting state; and the full pass, in which every
+//! segment replays itself from that state. Partial sums stay per sequence and segment, so dA, dD
+//! and d_delta_bias are still added up in a fixed order.
 
-use crate::launch::{DevicePtr, KernelArgs, Launch, LaunchConfig, to_i32};
+use crate::launch::{DevicePtr, KernelArgs, Launch, LaunchConfig, grid_1d, to_i32};
 use crate::reduce::sum_rows_into;
 use crate::{Error, Result};
 
@@ -12,6 +22,8 @@ pub const CHUNK: usize = 256;
 pub const MAX_STATE: usize = 64;
 const THREADS: u32 = 64;
 const MAX_CHANNELS_PER_BLOCK: usize = 4;
+/// Scan blocks one SM holds at once: ~33 KB of static shared memory each in 228 KB (H100, H200).
+const BLOCKS_PER_SM: usize = 6;
 
 /// Sizes of one scan: batch, length, channels, state size, groups of B/C.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,10 +45,45 @@ impl ScanDims {
         self.b * self.chunks() * self.d * self.n
     }
 
-    /// Elements of the f32 workspace the backward needs: per-sequence partials of dA (b, d, n),
-    /// dD (b, d) and d_delta_bias (b, d).
-    pub fn bwd_workspace_len(&self) -> usize {
-        self.b * self.d * (self.n + 2)
+    /// Segments per sequence for a GPU of `sms` multiprocessors: 1 while the `b · d / dc` blocks
+    /// of an unsplit launch fill half of its block slots or more (a split costs a map pass of about
+    /// half the work, so it only pays when it at least doubles the blocks); else as many as one wave
+    /// of blocks holds, at most one per chunk.
+    pub fn segments(&self, sms: usize) -> usize {
+        if self.g == 0 || !self.d.is_multiple_of(self.g) {
+            return 1;
+        }
+        let blocks = (self.b * self.d / self.channels_per_block()).max(1);
+        let slots = BLOCKS_PER_SM * sms;
+        if 2 * blocks > slots {
+            return 1;
+        }
+        self.split(slots / blocks).1
+    }
+
+    /// (chunks per segment, segments) when `segments` are asked for: equal runs of chunks, the
+    /// last one possibly shorter, none empty.
+    fn split(&self, segments: usize) -> (usize, usize) {
+        let chunks = self.chunks().max(1);
+        let per = chunks.div_ceil(segments.clamp(1, chunks));
+        (per, chunks.div_ceil(per))
+    }
+
+    /// Elements of the f32 workspace a forward in `segments` needs: none unsplit, else the
+    /// segment maps and states (b, segments, d, n) and the sums of dt (b, segments, d).
+    pub fn fwd_workspace_len(&self, segments: usize) -> usize {
+        match self.split(segments).1 {
+            1 => 0,
+            s => self.b * s * self.d * (self.n + 1),
+        }
+    }
+
+    /// Elements of the f32 workspace the backward in `segments` needs: per sequence and segment
+    /// partials of dA (b, segments, d, n), dD (b, segments, d) and d_delta_bias (b, segments, d),
+    /// then what a split forward needs.
+    pub fn bwd_workspace_len(&self, segments: usize) -> usize {
+        let s = self.split(segments).1;
+        self.b * s * self.d * (self.n + 2) + self.fwd_workspace_len(segments)
     }
 
     /// Channels per block: the largest of 4, 2, 1 dividing d / g, so that a block's channels share
@@ -49,7 +96,7 @@ impl ScanDims {
             .unwrap_or(1)
     }
 
-    fn check(&self, kernel: &'static str) -> Result<LaunchConfig> {
+    fn check(&self, kernel: &'static str, segments: usize) -> Result<LaunchConfig> {
         let ScanDims { b, l, d, n, g } = *self;
         let bad = |reason: String| Err(Error::Unsupported { kernel, reason });
         if b == 0 || l == 0 || d == 0 || n == 0 || g == 0 || d % g != 0 {
@@ -65,11 +112,15 @@ impl ScanDims {
         if b > 65535 {
             return bad(format!("batch {b} exceeds the grid's y limit of 65535"));
         }
+        let z = self.split(segments).1;
+        if z > 65535 {
+            return bad(format!("{z} segments exceed the grid's z limit of 65535"));
+        }
         to_i32(kernel, "b * l * d", b * l * d)?;
         to_i32(kernel, "b * l * g * n", b * l * g * n)?;
         let dc = self.channels_per_block();
         Ok(LaunchConfig {
-            grid_dim: ((d / dc) as u32, b as u32, 1),
+            grid_dim: ((d / dc) as u32, b as u32, z as u32),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         })
@@ -79,6 +130,7 @@ impl ScanDims {
         &self,
         args: KernelArgs,
         kernel: &'static str,
+        segments: usize,
         delta_softplus: bool,
     ) -> Result<KernelArgs> {
         Ok(args
@@ -87,8 +139,67 @@ impl ScanDims {
             .i32(self.n as i32)
             .i32(to_i32(kernel, "g", self.g)?)
             .i32(self.channels_per_block() as i32)
+            .i32(to_i32(
+                kernel,
+                "chunks per segment",
+                self.split(segments).0,
+            )?)
             .i32(delta_softplus as i32))
     }
+
+    /// Where a split scan keeps its segments from `workspace` on: the maps, then starting states
+    /// (b, segments, d, n), and the sums of dt (b, segments, d).
+    fn segment_buffers(&self, segments: usize, workspace: DevicePtr) -> (DevicePtr, DevicePtr) {
+        let maps = self.b * self.split(segments).1 * self.d * self.n;
+        (workspace, workspace + 4 * maps as u64)
+    }
+
+    /// The chain over the segments of every sequence: `seg` holds the maps' offsets and receives
+    /// the starting states (forward, from `init` = h0) or the gradients at the segments' ends
+    /// (reverse, from `init` = dlast).
+    fn chain(
+        &self,
+        segments: usize,
+        (seg, dt_sum): (DevicePtr, DevicePtr),
+        a: DevicePtr,
+        init: Option<DevicePtr>,
+        reverse: bool,
+    ) -> Result<Launch> {
+        const K: &str = "selective_scan_chain_f32";
+        let bdn = self.b * self.d * self.n;
+        Ok(Launch {
+            kernel: K,
+            config: grid_1d(bdn, 128, 132 * 8),
+            args: KernelArgs::new()
+                .ptr(a)
+                .ptr(dt_sum)
+                .ptr(opt(init))
+                .ptr(seg)
+                .i32(to_i32(K, "b", self.b)?)
+                .i32(to_i32(K, "d", self.d)?)
+                .i32(self.n as i32)
+                .i32(to_i32(K, "segments", self.split(segments).1)?)
+                .i32(reverse as i32),
+        })
+    }
+}
+
+/// How a launch splits each sequence: `segments` as [`ScanDims::segments`] chooses (any count is
+/// accepted and rounded to equal runs of chunks), and the f32 workspace of
+/// [`ScanDims::fwd_workspace_len`] or [`ScanDims::bwd_workspace_len`] floats (unused when a
+/// forward has one segment).
+#[derive(Clone, Copy, Debug)]
+pub struct ScanSplit {
+    pub segments: usize,
+    pub workspace: DevicePtr,
+}
+
+impl ScanSplit {
+    /// One segment per sequence: the plain launch, no workspace for the forward.
+    pub const NONE: ScanSplit = ScanSplit {
+        segments: 1,
+        workspace: 0,
+    };
 }
 
 /// Device addresses of the scan inputs.
@@ -132,9 +243,29 @@ pub struct ScanOutputs {
     pub chunk_states: Option<DevicePtr>,
 }
 
-/// The forward launch.
-pub fn selective_scan_fwd(inp: &ScanInputs, out: &ScanOutputs, dims: ScanDims) -> Result<Launch> {
-    fwd_launch("selective_scan_fwd_f32", inp, out, dims)
+/// The forward launches: one, or for a split scan the map pass, the chain and the full pass.
+pub fn selective_scan_fwd(
+    inp: &ScanInputs,
+    out: &ScanOutputs,
+    dims: ScanDims,
+    split: ScanSplit,
+) -> Result<Vec<Launch>> {
+    const K: &str = "selective_scan_fwd_f32";
+    let segments = dims.split(split.segments).1;
+    if segments == 1 {
+        return Ok(vec![fwd_launch(K, inp, out, dims, 1, (0, 0))?]);
+    }
+    let bufs = dims.segment_buffers(segments, split.workspace);
+    let from_zero = ScanInputs { h0: None, ..*inp };
+    let from_chain = ScanInputs {
+        h0: Some(bufs.0),
+        ..*inp
+    };
+    Ok(vec![
+        fwd_launch(K, &from_zero, &ScanOutputs::default(), dims, segments, bufs)?,
+        dims.chain(segments, bufs, inp.a, inp.h0, false)?,
+        fwd_launch(K, &from_chain, out, dims, segments, (0, 0))?,
+    ])
 }
 
 /// The forward with a barrier removed (cu/tests/scan_broken.cu), for the test that proves the
@@ -144,26 +275,31 @@ pub fn selective_scan_fwd_broken(
     out: &ScanOutputs,
     dims: ScanDims,
 ) -> Result<Launch> {
-    fwd_launch("selective_scan_fwd_broken_f32", inp, out, dims)
+    fwd_launch("selective_scan_fwd_broken_f32", inp, out, dims, 1, (0, 0))
 }
 
+/// One forward launch; `(seg_map, dt_sum)` non-null makes it the map pass.
 fn fwd_launch(
     kernel: &'static str,
     inp: &ScanInputs,
     out: &ScanOutputs,
     dims: ScanDims,
+    segments: usize,
+    (seg_map, dt_sum): (DevicePtr, DevicePtr),
 ) -> Result<Launch> {
-    let config = dims.check(kernel)?;
+    let config = dims.check(kernel, segments)?;
     let args = inp
         .push(KernelArgs::new())
         .ptr(opt(inp.h0))
         .ptr(out.y)
         .ptr(opt(out.last_state))
-        .ptr(opt(out.chunk_states));
+        .ptr(opt(out.chunk_states))
+        .ptr(seg_map)
+        .ptr(dt_sum);
     Ok(Launch {
         kernel,
         config,
-        args: dims.tail(args, kernel, inp.delta_softplus)?,
+        args: dims.tail(args, kernel, segments, inp.delta_softplus)?,
     })
 }
 
@@ -181,19 +317,22 @@ pub struct ScanGrads {
     pub dh0: Option<DevicePtr>,
 }
 
-/// The backward launches: the scan, then the batch reductions of dA, dD and d_delta_bias.
-/// `chunk_states` comes from the forward; `workspace` holds `dims.bwd_workspace_len()` floats.
+/// The backward launches: the scan (the map pass, the reverse chain and the full pass when split),
+/// then the reductions of dA, dD and d_delta_bias over the batch and the segments. `chunk_states`
+/// comes from the forward, split or not; `split.workspace` holds `dims.bwd_workspace_len(segments)`
+/// floats.
 pub fn selective_scan_bwd(
     inp: &ScanInputs,
     chunk_states: DevicePtr,
     dy: DevicePtr,
     dlast: Option<DevicePtr>,
     grads: &ScanGrads,
-    workspace: DevicePtr,
     dims: ScanDims,
+    split: ScanSplit,
 ) -> Result<Vec<Launch>> {
     const K: &str = "selective_scan_bwd_f32";
-    let config = dims.check(K)?;
+    let segments = dims.split(split.segments).1;
+    let config = dims.check(K, segments)?;
     let mismatch = [
         (
             "dz without z, or z without dz",
@@ -214,37 +353,58 @@ pub fn selective_scan_bwd(
             reason: format!("gradient buffers must follow the inputs: {what}"),
         });
     }
-    let (bd, bdn) = (dims.b * dims.d, dims.b * dims.d * dims.n);
-    let (ws_da, ws_dd, ws_ddb) = (
-        workspace,
-        workspace + 4 * bdn as u64,
-        workspace + 4 * (bdn + bd) as u64,
-    );
-    let args = inp
-        .push(KernelArgs::new())
-        .ptr(chunk_states)
-        .ptr(dy)
-        .ptr(opt(dlast))
-        .ptr(grads.du)
-        .ptr(grads.ddelta)
-        .ptr(grads.db)
-        .ptr(grads.dc)
-        .ptr(opt(grads.dz))
-        .ptr(opt(grads.dh0))
-        .ptr(ws_da)
-        .ptr(grads.dd_skip.map_or(0, |_| ws_dd))
-        .ptr(grads.ddelta_bias.map_or(0, |_| ws_ddb));
-    let mut launches = vec![Launch {
-        kernel: K,
-        config,
-        args: dims.tail(args, K, inp.delta_softplus)?,
-    }];
-    launches.push(sum_rows_into(ws_da, dims.b, dims.d * dims.n, grads.da)?);
+    let rows = dims.b * segments;
+    let (rd, rdn) = (rows * dims.d, rows * dims.d * dims.n);
+    let ws = split.workspace;
+    let (ws_da, ws_dd, ws_ddb) = (ws, ws + 4 * rdn as u64, ws + 4 * (rdn + rd) as u64);
+    let bufs = dims.segment_buffers(segments, ws + 4 * (rdn + 2 * rd) as u64);
+    let launch = |dlast: Option<DevicePtr>,
+                  g: &ScanGrads,
+                  parts: [DevicePtr; 3],
+                  (seg_map, dt_sum): (DevicePtr, DevicePtr)|
+     -> Result<Launch> {
+        let args = inp
+            .push(KernelArgs::new())
+            .ptr(chunk_states)
+            .ptr(dy)
+            .ptr(opt(dlast))
+            .ptr(g.du)
+            .ptr(g.ddelta)
+            .ptr(g.db)
+            .ptr(g.dc)
+            .ptr(opt(g.dz))
+            .ptr(opt(g.dh0))
+            .ptr(parts[0])
+            .ptr(parts[1])
+            .ptr(parts[2])
+            .ptr(seg_map)
+            .ptr(dt_sum);
+        Ok(Launch {
+            kernel: K,
+            config,
+            args: dims.tail(args, K, segments, inp.delta_softplus)?,
+        })
+    };
+    let parts = [
+        ws_da,
+        grads.dd_skip.map_or(0, |_| ws_dd),
+        grads.ddelta_bias.map_or(0, |_| ws_ddb),
+    ];
+    let mut launches = if segments == 1 {
+        vec![launch(dlast, grads, parts, (0, 0))?]
+    } else {
+        vec![
+            launch(None, &ScanGrads::default(), [0; 3], bufs)?,
+            dims.chain(segments, bufs, inp.a, dlast, true)?,
+            launch(Some(bufs.0), grads, parts, (0, 0))?,
+        ]
+    };
+    launches.push(sum_rows_into(ws_da, rows, dims.d * dims.n, grads.da)?);
     if let Some(dd) = grads.dd_skip {
-        launches.push(sum_rows_into(ws_dd, dims.b, dims.d, dd)?);
+        launches.push(sum_rows_into(ws_dd, rows, dims.d, dd)?);
     }
     if let Some(ddb) = grads.ddelta_bias {
-        launches.push(sum_rows_into(ws_ddb, dims.b, dims.d, ddb)?);
+        launches.push(sum_rows_into(ws_ddb, rows, dims.d, ddb)?);
     }
     Ok(launches)
 }

@@ -1,12 +1,14 @@
 //! The selective scan kernels through the emulation against ssm's f64 reference
 //! (`selective_scan_ref`, `selective_scan_ref_bwd`): L = 1, odd lengths, lengths over two and
 //! three chunks, G = 1 and 2, 1, 2 and 4 channels per block, every option on and off, three
-//! schedules. Also the broken copy of the forward that the emulation must catch.
+//! schedules, each sequence in one block or split into segments (one chunk each, or uneven runs);
+//! a 65536-step sequence split as a small batch is on a GPU. Also the broken copy of the forward
+//! that the emulation must catch.
 
 use ssm::Tensor;
 use ssm::ops::scan as cpu;
 use ssm_kernels::emu::Schedule;
-use ssm_kernels::scan::{self as k, ScanDims};
+use ssm_kernels::scan::{self as k, ScanDims, ScanSplit};
 use ssm_kernels::{host_ptr as p, host_ptr_mut as pm};
 
 use crate::common::{SEEDS, assert_close_rel, rng, run, schedules, uniform};
@@ -236,8 +238,15 @@ fn inputs(data: &Data) -> k::ScanInputs {
     }
 }
 
-/// Forward only: y and the last state.
-fn forward(data: &Data, schedule: Schedule, broken: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+/// Which forward runs: the kernel in `segments` per sequence, or its broken copy.
+#[derive(Clone, Copy, Debug)]
+enum Fwd {
+    Segments(usize),
+    Broken,
+}
+
+/// Forward only: y, the last state and the chunk states.
+fn forward(data: &Data, schedule: Schedule, fwd: Fwd) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let dims = data.dims;
     let mut y = vec![0.0f32; dims.b * dims.l * dims.d];
     let mut last = vec![0.0f32; dims.b * dims.d * dims.n];
@@ -247,21 +256,30 @@ fn forward(data: &Data, schedule: Schedule, broken: bool) -> (Vec<f32>, Vec<f32>
         last_state: Some(pm(&mut last)),
         chunk_states: Some(pm(&mut states)),
     };
-    let fwd = if broken {
-        k::selective_scan_fwd_broken
-    } else {
-        k::selective_scan_fwd
+    let segments = match fwd {
+        Fwd::Segments(s) => s,
+        Fwd::Broken => 1,
     };
-    let launch = fwd(&inputs(data), &out, dims).unwrap();
-    // SAFETY: every buffer has the length of its layout for `dims`.
-    unsafe { run(&[launch], schedule) };
+    let mut ws = vec![f32::NAN; dims.fwd_workspace_len(segments)];
+    let split = ScanSplit {
+        segments,
+        workspace: pm(&mut ws),
+    };
+    let launches = match fwd {
+        Fwd::Segments(_) => k::selective_scan_fwd(&inputs(data), &out, dims, split).unwrap(),
+        Fwd::Broken => vec![k::selective_scan_fwd_broken(&inputs(data), &out, dims).unwrap()],
+    };
+    // SAFETY: every buffer has the length of its layout for `dims`, the workspace that of
+    // fwd_workspace_len.
+    unsafe { run(&launches, schedule) };
     (y, last, states)
 }
 
-fn kernels(data: &Data, schedule: Schedule) -> (Results, Vec<f32>) {
-    let (y, last, states) = forward(data, schedule, false);
+/// Forward and backward in `segments` per sequence.
+fn kernels(data: &Data, schedule: Schedule, segments: usize) -> (Results, Vec<f32>) {
+    let (y, last, states) = forward(data, schedule, Fwd::Segments(segments));
     let mut grads = grad_init(data);
-    let mut ws = vec![f32::NAN; data.dims.bwd_workspace_len()];
+    let mut ws = vec![f32::NAN; data.dims.bwd_workspace_len(segments)];
     let mut ptr = |name: &str| {
         grads
             .iter_mut()
@@ -286,8 +304,11 @@ fn kernels(data: &Data, schedule: Schedule) -> (Results, Vec<f32>) {
         p(&data.dy),
         dlast,
         &g,
-        pm(&mut ws),
         data.dims,
+        ScanSplit {
+            segments,
+            workspace: pm(&mut ws),
+        },
     )
     .unwrap();
     // SAFETY: as in `forward`; the workspace has bwd_workspace_len() floats.
@@ -319,22 +340,37 @@ fn state_at(data: &Data, t: usize) -> Vec<f32> {
     reference(&short).last
 }
 
+/// Asserts the kernels' results against the reference's.
+fn assert_results(ctx: &str, got: &Results, want: &Results) {
+    assert_close_rel(&format!("y, {ctx}"), &got.y, &want.y, REL);
+    assert_close_rel(&format!("last state, {ctx}"), &got.last, &want.last, REL);
+    for ((name, g), (_, w)) in got.grads.iter().zip(&want.grads) {
+        assert_close_rel(&format!("{name}, {ctx}"), g, w, REL);
+    }
+}
+
 #[test]
 fn forward_and_backward_match_the_reference() {
     for (si, &(b, l, d, n, g)) in SHAPES.iter().enumerate() {
         let dims = ScanDims { b, l, d, n, g };
+        // Unsplit, two segments (uneven over three chunks) and one chunk per segment.
+        let mut splits = vec![1, 2, dims.chunks()];
+        splits.retain(|&s| s <= dims.chunks());
+        splits.dedup();
         for (oi, &opts) in OPTION_SETS.iter().enumerate() {
             let data = make(dims, opts, (si * 10 + oi) as u64);
             let want = reference(&data);
-            for schedule in schedules() {
-                let (got, states) = kernels(&data, schedule);
-                let ctx = format!("{dims:?} {opts:?} {schedule:?}");
-                assert_close_rel(&format!("y, {ctx}"), &got.y, &want.y, REL);
-                assert_close_rel(&format!("last state, {ctx}"), &got.last, &want.last, REL);
-                for ((name, g), (_, w)) in got.grads.iter().zip(&want.grads) {
-                    assert_close_rel(&format!("{name}, {ctx}"), g, w, REL);
-                }
-                for chunk in 1..dims.chunks() {
+            let want_states: Vec<Vec<f32>> = (1..dims.chunks())
+                .map(|chunk| state_at(&data, chunk * k::CHUNK))
+                .collect();
+            for (schedule, &segments) in schedules()
+                .into_iter()
+                .flat_map(|s| splits.iter().map(move |x| (s, x)))
+            {
+                let (got, states) = kernels(&data, schedule, segments);
+                let ctx = format!("{dims:?} {opts:?} {schedule:?} segments {segments}");
+                assert_results(&ctx, &got, &want);
+                for (chunk, want_state) in (1..dims.chunks()).zip(&want_states) {
                     let saved: Vec<f32> = (0..b)
                         .flat_map(|bi| {
                             states[(bi * dims.chunks() + chunk) * d * n..][..d * n].to_vec()
@@ -343,13 +379,58 @@ fn forward_and_backward_match_the_reference() {
                     assert_close_rel(
                         &format!("state before chunk {chunk}, {ctx}"),
                         &saved,
-                        &state_at(&data, chunk * k::CHUNK),
+                        want_state,
                         REL,
                     );
                 }
             }
         }
     }
+}
+
+/// A small batch of long sequences, which a GPU runs split: one 65536-step sequence (256 chunks)
+/// of 4 channels in the segments that a 2-SM device gets (12 uneven runs: 11 of 22 chunks and one
+/// of 14), with every option and with none.
+#[test]
+fn a_long_sequence_split_into_segments_matches_the_reference() {
+    let dims = ScanDims {
+        b: 1,
+        l: 65536,
+        d: 4,
+        n: 16,
+        g: 1,
+    };
+    let segments = dims.segments(2);
+    assert_eq!(segments, 12);
+    for (oi, opts) in [OPTION_SETS[0], OPTION_SETS[1]].into_iter().enumerate() {
+        let data = make(dims, opts, 100 + oi as u64);
+        let (got, _) = kernels(&data, Schedule::Random(SEEDS[oi]), segments);
+        assert_results(
+            &format!("{dims:?} {opts:?} segments {segments}"),
+            &got,
+            &reference(&data),
+        );
+    }
+}
+
+/// The split is for batches that leave the GPU's block slots half empty, and never makes a
+/// segment of less than a chunk.
+#[test]
+fn sequences_split_only_when_the_batch_leaves_the_gpu_idle() {
+    let dims = |b, l, d| ScanDims {
+        b,
+        l,
+        d,
+        n: 16,
+        g: 1,
+    };
+    // H200: 132 SMs, 6 scan blocks each; 4 channels per block.
+    assert_eq!(dims(8, 65536, 1536).segments(132), 1);
+    assert_eq!(dims(2, 65536, 1536).segments(132), 1);
+    assert_eq!(dims(1, 16384, 1536).segments(132), 2);
+    assert_eq!(dims(1, 65536, 32).segments(132), 86);
+    assert_eq!(dims(1, 300, 32).segments(132), 2);
+    assert_eq!(dims(1, 1, 4).segments(132), 1);
 }
 
 #[test]
@@ -373,20 +454,20 @@ fn the_harness_catches_a_missing_barrier() {
             .all(|(g, w)| (g - w).abs() <= REL * scale)
     };
     assert!(
-        agrees(&forward(&data, Schedule::InOrder, false).0),
+        agrees(&forward(&data, Schedule::InOrder, Fwd::Segments(1)).0),
         "the intact kernel agrees in order"
     );
     assert!(
-        agrees(&forward(&data, Schedule::InOrder, true).0),
+        agrees(&forward(&data, Schedule::InOrder, Fwd::Broken).0),
         "in order, warp 0 runs ahead and hides the race"
     );
     for seed in SEEDS {
         assert!(
-            agrees(&forward(&data, Schedule::Random(seed), false).0),
+            agrees(&forward(&data, Schedule::Random(seed), Fwd::Segments(1)).0),
             "the intact kernel agrees under seed {seed}"
         );
         assert!(
-            !agrees(&forward(&data, Schedule::Random(seed), true).0),
+            !agrees(&forward(&data, Schedule::Random(seed), Fwd::Broken).0),
             "seed {seed} must expose the missing barrier"
         );
     }
@@ -404,7 +485,7 @@ fn unsupported_shapes_are_errors() {
         g: 1,
     };
     assert!(
-        k::selective_scan_fwd(&inp, &out, too_big)
+        k::selective_scan_fwd(&inp, &out, too_big, ScanSplit::NONE)
             .unwrap_err()
             .to_string()
             .contains("state size")
@@ -416,7 +497,24 @@ fn unsupported_shapes_are_errors() {
         n: 4,
         g: 4,
     };
-    assert!(k::selective_scan_fwd(&inp, &out, bad_groups).is_err());
+    assert!(k::selective_scan_fwd(&inp, &out, bad_groups, ScanSplit::NONE).is_err());
+    let chunk_per_segment = ScanSplit {
+        segments: 70000,
+        workspace: 0,
+    };
+    let long = ScanDims {
+        b: 1,
+        l: 70000 * k::CHUNK,
+        d: 4,
+        n: 4,
+        g: 1,
+    };
+    assert!(
+        k::selective_scan_fwd(&inp, &out, long, chunk_per_segment)
+            .unwrap_err()
+            .to_string()
+            .contains("grid's z limit")
+    );
     let grads = k::ScanGrads {
         dz: Some(1),
         ..Default::default()
@@ -429,7 +527,7 @@ fn unsupported_shapes_are_errors() {
         g: 1,
     };
     assert!(
-        k::selective_scan_bwd(&inp, 0, 0, None, &grads, 0, dims)
+        k::selective_scan_bwd(&inp, 0, 0, None, &grads, dims, ScanSplit::NONE)
             .unwrap_err()
             .to_string()
             .contains("dz")

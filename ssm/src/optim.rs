@@ -119,16 +119,26 @@ impl<T: Float> AdamW<T> {
     }
 }
 
-/// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
-/// before clipping. A non-finite norm is returned as is, with gradients left untouched. On a GPU
-/// the squares are summed there (in f32, in a fixed order) and only the total comes back.
-pub fn clip_grad_norm<T: Float>(model: &mut dyn Module<T>, max_norm: f64) -> Result<f64> {
+/// Which tensor of every parameter [`sum_squares`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Of {
+    Values,
+    Grads,
+}
+
+/// The sum of squares over every parameter's values or gradients: non-finite exactly when some
+/// element is (or, on a GPU, when the f32 sum overflows). On a GPU the squares are summed there
+/// (in f32, in a fixed order) and only the total comes back; on the CPU in f64.
+pub fn sum_squares<T: Float>(model: &mut dyn Module<T>, of: Of) -> Result<f64> {
     let mut sq = 0.0f64;
     let mut on_gpu: Option<(Arc<Gpu>, GpuBuffer, GpuBuffer)> = None;
     model.try_visit_params(&mut |_, p| {
-        let Some(gpu) = gpu_of("clip_grad_norm", &p.grad, &[])? else {
-            sq += p
-                .grad
+        let t = match of {
+            Of::Values => &p.value,
+            Of::Grads => &p.grad,
+        };
+        let Some(gpu) = gpu_of("sum_squares", t, &[])? else {
+            sq += t
                 .host()?
                 .iter()
                 .map(|g| g.to_f64() * g.to_f64())
@@ -141,14 +151,14 @@ pub fn clip_grad_norm<T: Float>(model: &mut dyn Module<T>, max_norm: f64) -> Res
         };
         if first.device() != gpu.device() {
             return Err(Error::DeviceMismatch {
-                op: "clip_grad_norm",
+                op: "sum_squares",
                 a: first.device().to_string(),
                 b: gpu.device().to_string(),
             });
         }
         gpu.launch_all(&sum_squares_into(
-            dptr(&p.grad)?,
-            p.grad.numel(),
+            dptr(t)?,
+            t.numel(),
             parts.ptr(),
             total.ptr(),
         )?)
@@ -156,7 +166,13 @@ pub fn clip_grad_norm<T: Float>(model: &mut dyn Module<T>, max_norm: f64) -> Res
     if let Some((_, _, total)) = &on_gpu {
         sq += total.to_host()?[0] as f64;
     }
-    let norm = sq.sqrt();
+    Ok(sq)
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
+/// before clipping. A non-finite norm is returned as is, with gradients left untouched.
+pub fn clip_grad_norm<T: Float>(model: &mut dyn Module<T>, max_norm: f64) -> Result<f64> {
+    let norm = sum_squares(model, Of::Grads)?.sqrt();
     if norm.is_finite() && norm > max_norm {
         let s = max_norm / (norm + 1e-6);
         model.try_visit_params(&mut |_, p| scale_(&mut p.grad, s))?;

@@ -7,10 +7,10 @@
 extern "C" __global__ void __launch_bounds__(scan::kThreads)
     selective_scan_fwd_broken_f32(const float* u, const float* delta, const float* A, const float* B, const float* C,
                                   const float* D, const float* z, const float* delta_bias, const float* h0, float* y,
-                                  float* last_state, float* chunk_states, int l, int d, int n, int g, int dc,
-                                  int softplus) {
-    scan::selective_scan_fwd<float, true>(u, delta, A, B, C, D, z, delta_bias, h0, y, last_state, chunk_states, l, d,
-                                          n, g, dc, softplus);
+                                  float* last_state, float* chunk_states, float* seg_map, float* dt_sum, int l, int d,
+                                  int n, int g, int dc, int seg_chunks, int softplus) {
+    scan::selective_scan_fwd<float, true>(u, delta, A, B, C, D, z, delta_bias, h0, y, last_state, chunk_states,
+                                          seg_map, dt_sum, l, d, n, g, dc, seg_chunks, softplus);
 }
 
 #ifdef CUDA_CPU_EMULATION

@@ -231,7 +231,12 @@ pub fn load_mamba(dir: &Path) -> Result<MambaLM<f32>> {
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| Error::checkpoint(&cfg_path, format!("invalid JSON: {e}")))?;
     let config = parse_config(&v, &cfg_path)?;
-    let file = TensorFile::open(&dir.join(WEIGHTS_FILE))?;
+    config
+        .validate()
+        .map_err(|e| Error::checkpoint(&cfg_path, e.to_string()))?;
+    let weights = dir.join(WEIGHTS_FILE);
+    super::check_weights_fit(&config.clone().into(), &weights, 2)?;
+    let file = TensorFile::open(&weights)?;
     let path = file.path().to_path_buf();
     let mut model = MambaLM::<f32>::new(config, 0)?;
     let emb_name = if file.contains(EMBEDDING) || !file.contains(EMBEDDING_STATE_SPACES) {
@@ -300,7 +305,7 @@ fn split_rows<T: Float>(t: &Tensor<T>, rows: usize) -> (Tensor<T>, Tensor<T>) {
 
 /// Saves `model` as a transformers-compatible folder; each file is written atomically.
 pub fn save_mamba(model: &MambaLM<f32>, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    super::create_dir_all(dir)?;
     write_tensors(
         &dir.join(WEIGHTS_FILE),
         &named_tensors(model, Part::Value)?,

@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::generate::Decoder;
+use super::limits;
 use super::mamba::MambaConfig;
 use super::mamba_block_params;
 use super::transformer::{INIT_STD, TransformerBlock, TransformerConfig};
@@ -181,6 +182,7 @@ impl HybridConfig {
     /// Rejects impossible values, naming the field (the same names as in the two models).
     pub fn validate(&self) -> Result<()> {
         self.kinds()?;
+        limits::size("pattern (layers)", self.pattern.len(), limits::MAX_LAYERS)?;
         self.mamba_config().validate()?;
         self.transformer_config().validate()
     }

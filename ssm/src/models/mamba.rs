@@ -6,6 +6,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
+use super::limits;
 use super::trunk::Trunk;
 use crate::error::{Error, Result};
 use crate::nn::init::normal;
@@ -83,34 +84,30 @@ impl MambaConfig {
 
     /// Rejects impossible values, naming the field.
     pub fn validate(&self) -> Result<()> {
-        let positive = [
-            ("d_model", self.d_model),
-            ("n_layer", self.n_layer),
-            ("vocab_size", self.vocab_size),
-            ("d_state", self.d_state),
-            ("d_conv", self.d_conv),
-            ("expand", self.expand),
-            ("dt_rank", self.dt_rank()),
-            ("pad_vocab_size_multiple", self.pad_vocab_size_multiple),
+        let sizes = [
+            ("d_model", self.d_model, limits::MAX_WIDTH),
+            ("n_layer", self.n_layer, limits::MAX_LAYERS),
+            ("vocab_size", self.vocab_size, limits::MAX_VOCAB),
+            ("d_state", self.d_state, limits::MAX_STATE),
+            ("d_conv", self.d_conv, limits::MAX_CONV),
+            ("expand", self.expand, limits::MAX_EXPAND),
+            ("dt_rank", self.dt_rank(), limits::MAX_WIDTH),
+            (
+                "pad_vocab_size_multiple",
+                self.pad_vocab_size_multiple,
+                limits::MAX_VOCAB,
+            ),
         ];
-        for (field, v) in positive {
-            if v == 0 {
-                return Err(Error::config(field, "must be at least 1"));
-            }
+        for (field, v, max) in sizes {
+            limits::size(field, v, max)?;
         }
-        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
+        limits::float_in("norm_eps", self.norm_eps, 0.0, 1.0)?;
+        limits::float_in("dt_max", self.dt_max, 0.0, 1e3)?;
+        limits::float_in("dt_min", self.dt_min, 0.0, self.dt_max)?;
+        if !(self.dt_init_floor.is_finite() && self.dt_init_floor >= 0.0) {
             return Err(Error::config(
-                "norm_eps",
-                format!("must be positive, got {}", self.norm_eps),
-            ));
-        }
-        if self.dt_min.is_nan() || self.dt_min <= 0.0 || self.dt_min > self.dt_max {
-            return Err(Error::config(
-                "dt_min",
-                format!(
-                    "need 0 < dt_min <= dt_max, got {} and {}",
-                    self.dt_min, self.dt_max
-                ),
+                "dt_init_floor",
+                format!("must be a finite number >= 0, got {}", self.dt_init_floor),
             ));
         }
         Ok(())

@@ -14,6 +14,7 @@
 
 pub mod generate;
 pub mod hybrid;
+pub mod limits;
 pub mod mamba;
 pub mod transformer;
 mod trunk;
@@ -84,6 +85,59 @@ impl ModelConfig {
             ModelConfig::Mamba(c) => c.validate(),
             ModelConfig::Transformer(c) => c.validate(),
             ModelConfig::Hybrid(c) => c.validate(),
+        }?;
+        let n = self.num_params();
+        if n > limits::MAX_PARAMS {
+            return Err(Error::config(
+                "num_params",
+                format!(
+                    "the sizes give {n} parameters, beyond reason (at most {})",
+                    limits::MAX_PARAMS
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A lower bound on the f32 values a training forward keeps per token for its backward: the
+    /// inputs of each layer's projections and the logits with their gradient. Enough to refuse
+    /// a configuration that cannot fit before allocating it, never more than the model needs.
+    pub fn training_floats_per_token(&self) -> usize {
+        let mamba = |c: &MambaConfig| 4 * c.d_inner() + 2 * c.d_model;
+        let attention = |c: &TransformerConfig| 4 * c.d_model + 2 * c.mlp_hidden();
+        let (layers, vocab) = match self {
+            ModelConfig::Mamba(c) => (c.n_layer * mamba(c), c.padded_vocab()),
+            ModelConfig::Transformer(c) => (c.n_layer * attention(c), c.padded_vocab()),
+            ModelConfig::Hybrid(c) => {
+                let (m, t) = (c.mamba_config(), c.transformer_config());
+                let kinds = c.kinds().unwrap_or_default();
+                let per = |k: &hybrid::LayerKind| match k {
+                    hybrid::LayerKind::Mamba => mamba(&m),
+                    hybrid::LayerKind::Attention => attention(&t),
+                };
+                (kinds.iter().map(per).sum(), t.padded_vocab())
+            }
+        };
+        layers + 2 * vocab
+    }
+
+    /// The longest sequence the model can read: `max_seq_len` of a learned position table, none
+    /// for RoPE or no positions.
+    pub fn max_positions(&self) -> Option<usize> {
+        use crate::nn::attention::PosEncoding::Learned;
+        match self {
+            ModelConfig::Mamba(_) => None,
+            ModelConfig::Transformer(c) => (c.pos_encoding == Learned).then_some(c.max_seq_len),
+            ModelConfig::Hybrid(c) => (c.pos_encoding == Learned).then_some(c.max_seq_len),
+        }
+    }
+
+    /// The width of the residual stream.
+    pub fn d_model(&self) -> usize {
+        match self {
+            ModelConfig::Mamba(c) => c.d_model,
+            ModelConfig::Transformer(c) => c.d_model,
+            ModelConfig::Hybrid(c) => c.d_model,
         }
     }
 

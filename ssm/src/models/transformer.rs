@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::generate::Decoder;
+use super::limits;
 use super::trunk::Trunk;
 use crate::error::{Error, Result};
 use crate::nn::attention::{
@@ -113,21 +114,24 @@ impl TransformerConfig {
 
     /// Rejects impossible values, naming the field.
     pub fn validate(&self) -> Result<()> {
-        let positive = [
-            ("d_model", self.d_model),
-            ("n_layer", self.n_layer),
-            ("n_heads", self.n_heads),
-            ("n_kv_heads", self.n_kv_heads()),
-            ("mlp_hidden", self.mlp_hidden()),
-            ("mlp_multiple_of", self.mlp_multiple_of),
-            ("max_seq_len", self.max_seq_len),
-            ("vocab_size", self.vocab_size),
-            ("pad_vocab_size_multiple", self.pad_vocab_size_multiple),
+        // d_model and the rounding first: the derived MLP width is computed from them.
+        limits::size("d_model", self.d_model, limits::MAX_WIDTH)?;
+        limits::size("mlp_multiple_of", self.mlp_multiple_of, limits::MAX_WIDTH)?;
+        let sizes = [
+            ("n_layer", self.n_layer, limits::MAX_LAYERS),
+            ("n_heads", self.n_heads, limits::MAX_WIDTH),
+            ("n_kv_heads", self.n_kv_heads(), limits::MAX_WIDTH),
+            ("mlp_hidden", self.mlp_hidden(), limits::MAX_HIDDEN),
+            ("max_seq_len", self.max_seq_len, limits::MAX_POSITIONS),
+            ("vocab_size", self.vocab_size, limits::MAX_VOCAB),
+            (
+                "pad_vocab_size_multiple",
+                self.pad_vocab_size_multiple,
+                limits::MAX_VOCAB,
+            ),
         ];
-        for (field, v) in positive {
-            if v == 0 {
-                return Err(Error::config(field, "must be at least 1"));
-            }
+        for (field, v, max) in sizes {
+            limits::size(field, v, max)?;
         }
         if !self.d_model.is_multiple_of(self.n_heads) {
             return Err(Error::config(
@@ -163,13 +167,7 @@ impl TransformerConfig {
                 format!("must be finite and above 1, got {}", self.rope_base),
             ));
         }
-        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
-            return Err(Error::config(
-                "norm_eps",
-                format!("must be positive, got {}", self.norm_eps),
-            ));
-        }
-        Ok(())
+        limits::float_in("norm_eps", self.norm_eps, 0.0, 1.0)
     }
 
     /// Parameters of one block: two norms, the four attention projections (and their biases),

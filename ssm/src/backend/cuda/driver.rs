@@ -30,6 +30,7 @@ pub struct Driver {
     blas: CudaBlas,
     name: String,
     arch: String,
+    sms: usize,
     kernels: Mutex<Kernels>,
 }
 
@@ -83,6 +84,9 @@ impl Driver {
             .compute_capability()
             .map_err(|e| err(format!("compute capability: {e}")))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let sms = ctx
+            .attribute(cu_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| err(format!("multiprocessor count: {e}")))?;
         Ok(Driver {
             device,
             ctx,
@@ -90,6 +94,7 @@ impl Driver {
             blas,
             name,
             arch: format!("sm_{major}{minor}"),
+            sms: sms.max(1) as usize,
             kernels: Mutex::default(),
         })
     }
@@ -111,6 +116,11 @@ impl Driver {
             driver / 1000,
             driver % 1000 / 10
         )
+    }
+
+    /// Streaming multiprocessors, which launch planning fills.
+    pub fn sm_count(&self) -> usize {
+        self.sms
     }
 
     fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {

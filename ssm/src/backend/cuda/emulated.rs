@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 /// Alignment of emulated allocations, as cudaMalloc guarantees at least this much.
 const ALIGN: usize = 256;
 
+/// Multiprocessors the emulated device reports: few, so that the small shapes of the tests take
+/// the launch paths meant for a GPU that one batch does not fill (the split scan).
+pub const SM_COUNT: usize = 2;
+
 #[derive(Default)]
 pub struct Emulated {
     launches: AtomicU64,

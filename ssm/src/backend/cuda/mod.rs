@@ -99,6 +99,14 @@ impl Gpu {
         }
     }
 
+    /// Streaming multiprocessors (a fixed few on the emulated device), for launch planning.
+    pub fn sm_count(&self) -> usize {
+        match &self.engine {
+            Engine::Driver(d) => d.sm_count(),
+            Engine::Emulated(_) => emulated::SM_COUNT,
+        }
+    }
+
     fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -62,7 +62,16 @@ pub fn fwd<T: Float>(
         last_state: Some(dptr(&out.last_state)?),
         chunk_states,
     };
-    g.launch(&k::selective_scan_fwd(&inputs(inp)?, &outputs, kd)?)
+    let segments = kd.segments(g.sm_count());
+    let ws = match kd.fwd_workspace_len(segments) {
+        0 => None,
+        len => Some(g.alloc(len)?),
+    };
+    let split = k::ScanSplit {
+        segments,
+        workspace: ws.as_ref().map_or(0, |w| w.ptr()),
+    };
+    g.launch_all(&k::selective_scan_fwd(&inputs(inp)?, &outputs, kd, split)?)
 }
 
 /// The backward, adding into `grads`.
@@ -92,15 +101,20 @@ pub fn bwd<T: Float>(
         ddelta_bias: opt(grads.ddelta_bias.as_ref())?,
         dh0: opt(grads.dh0.as_ref())?,
     };
-    let ws = g.alloc(kd.bwd_workspace_len())?;
+    let segments = kd.segments(g.sm_count());
+    let ws = g.alloc(kd.bwd_workspace_len(segments))?;
+    let split = k::ScanSplit {
+        segments,
+        workspace: ws.ptr(),
+    };
     let launches = k::selective_scan_bwd(
         &inputs(inp)?,
         dptr(chunk_states)?,
         dptr(dy)?,
         opt(dlast)?,
         &kgrads,
-        ws.ptr(),
         kd,
+        split,
     )?;
     g.launch_all(&launches)
 }

@@ -1,0 +1,297 @@
+//! A kill at every file-changing step of `train` (ssm::io::fault: SIGKILL at the N-th create,
+//! write, fsync, rename or remove), in a first session and in a resumed one; recovering as a user
+//! would (`train --resume`, or `train --config` again when the run folder never appeared) gives
+//! metrics, eval rows, every checkpoint tensor and the final export bit-identical to an
+//! uninterrupted run, and leaves no temporary file behind.
+
+use std::path::Path;
+use std::process::Output;
+
+use experiments::checkpoint::latest_path;
+use experiments::metrics::{TIMING_COLUMNS, Table};
+use ssm::io::fault::{KILL_AT_VAR, LOG_VAR};
+use ssm::io::tensors::TensorFile;
+
+use crate::common::*;
+
+/// Six steps with rows every 2, evaluation every 3 and checkpoints every 2: every kind of write.
+const RUN: &str = r#"
+name = "k"
+threads = 1
+[task]
+kind = "mqar"
+seq_len = 16
+vocab_size = 32
+[task.mqar]
+num_pairs = 2
+[model.mamba]
+d_model = 16
+n_layer = 1
+d_state = 4
+[train]
+steps = 6
+batch_size = 4
+warmup_steps = 2
+log_every = 2
+eval_every = 3
+checkpoint_every = 2
+[eval]
+batches = 1
+"#;
+
+fn train(cwd: &Path, args: &[&str], kill_at: Option<usize>, log: Option<&Path>) -> Output {
+    let mut cmd = bin();
+    cmd.arg("train").args(args).current_dir(cwd);
+    if let Some(n) = kill_at {
+        cmd.env(KILL_AT_VAR, n.to_string());
+    }
+    if let Some(l) = log {
+        cmd.env(LOG_VAR, l);
+    }
+    cmd.output().expect("the binary runs")
+}
+
+/// The rows of a result file without its timing columns.
+fn rows(path: &Path) -> Vec<Vec<String>> {
+    let t = Table::read(path).unwrap_or_else(|e| panic!("{e:#}"));
+    let keep: Vec<usize> = (0..t.header.len())
+        .filter(|&i| !TIMING_COLUMNS.contains(&t.header[i].as_str()))
+        .collect();
+    t.rows
+        .iter()
+        .map(|r| keep.iter().map(|&i| r[i].clone()).collect())
+        .collect()
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
+    let f = TensorFile::open(path).unwrap_or_else(|e| panic!("{e:#}"));
+    f.names()
+        .into_iter()
+        .map(|n| {
+            let bits = f
+                .f32(&n)
+                .unwrap()
+                .to_vec()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
+            (n, bits)
+        })
+        .collect()
+}
+
+/// Every file under `dir`, relative, sorted.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn assert_same(reference: &Path, run: &Path, case: &str) {
+    assert_eq!(files(reference), files(run), "{case}: files differ");
+    for csv in ["metrics.csv", "eval.csv"] {
+        assert_eq!(
+            rows(&reference.join(csv)),
+            rows(&run.join(csv)),
+            "{case}: {csv} differs"
+        );
+    }
+    assert_eq!(
+        tensors(&latest_path(reference)),
+        tensors(&latest_path(run)),
+        "{case}: the last checkpoint differs"
+    );
+    let exported = |d: &Path| d.join("checkpoints/final");
+    assert_eq!(
+        tensors(&exported(reference).join("model.safetensors")),
+        tensors(&exported(run).join("model.safetensors")),
+        "{case}: the final export differs"
+    );
+    assert_eq!(
+        std::fs::read(exported(reference).join("config.json")).unwrap(),
+        std::fs::read(exported(run).join("config.json")).unwrap(),
+        "{case}: the exported config differs"
+    );
+}
+
+/// Kill points a session passes: the lines of its fault log.
+fn points(log: &Path) -> usize {
+    std::fs::read_to_string(log).map_or(0, |t| t.lines().count())
+}
+
+/// Resumes (or restarts, when the folder never appeared) until the run is done.
+fn recover(cwd: &Path, config: &str, case: &str) {
+    for _ in 0..3 {
+        let out = if cwd.join("runs/k").exists() {
+            train(cwd, &["--resume", "runs/k"], None, None)
+        } else {
+            train(cwd, &["--config", config], None, None)
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{case}: recovery failed:\n{stderr}");
+        if stderr.contains("done,") || stderr.contains("already complete") {
+            return;
+        }
+    }
+    panic!("{case}: not done after three recoveries");
+}
+
+#[test]
+fn a_kill_at_every_write_recovers_bit_identically() {
+    let dir = tmp_dir("kill-points");
+    let config = write(&dir, "k.toml", RUN);
+    let reference = dir.join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    let log = dir.join("first.log");
+    assert!(
+        train(&reference, &["--config", &config], None, Some(&log))
+            .status
+            .success()
+    );
+    let first = points(&log);
+    let resumed_log = dir.join("resumed.log");
+    let stopped = dir.join("stopped");
+    std::fs::create_dir_all(&stopped).unwrap();
+    assert!(
+        train(
+            &stopped,
+            &["--config", &config, "--stop-after", "3"],
+            None,
+            None
+        )
+        .status
+        .success()
+    );
+    assert!(
+        train(&stopped, &["--resume", "runs/k"], None, Some(&resumed_log))
+            .status
+            .success()
+    );
+    let resumed = points(&resumed_log);
+    assert!(
+        first > 40 && resumed > 20,
+        "{first} and {resumed} kill points"
+    );
+    let mut tried = 0;
+    for n in 1..=first {
+        let case = format!("first session, kill at point {n}");
+        let cwd = dir.join(format!("first-{n}"));
+        std::fs::create_dir_all(&cwd).unwrap();
+        let out = train(&cwd, &["--config", &config], Some(n), None);
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{case}: the process was not killed"
+        );
+        recover(&cwd, &config, &case);
+        assert_same(&reference.join("runs/k"), &cwd.join("runs/k"), &case);
+        std::fs::remove_dir_all(&cwd).unwrap();
+        tried += 1;
+    }
+    for n in 1..=resumed {
+        let case = format!("resumed session (after --stop-after 3), kill at point {n}");
+        let cwd = dir.join(format!("resumed-{n}"));
+        std::fs::create_dir_all(&cwd).unwrap();
+        assert!(
+            train(
+                &cwd,
+                &["--config", &config, "--stop-after", "3"],
+                None,
+                None
+            )
+            .status
+            .success()
+        );
+        let out = train(&cwd, &["--resume", "runs/k"], Some(n), None);
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{case}: the process was not killed"
+        );
+        recover(&cwd, &config, &case);
+        assert_same(&reference.join("runs/k"), &cwd.join("runs/k"), &case);
+        std::fs::remove_dir_all(&cwd).unwrap();
+        tried += 1;
+    }
+    println!(
+        "kill points tried and recovered bit-identically: {tried}/{tried} ({first} in a first session, {resumed} in a resumed one)"
+    );
+}
+
+/// The summary of a sweep without the columns that measure the machine.
+fn summary(dir: &Path) -> Vec<Vec<String>> {
+    let t = Table::read(&dir.join("summary.csv")).unwrap_or_else(|e| panic!("{e:#}"));
+    let keep: Vec<usize> = (0..t.header.len())
+        .filter(|&i| {
+            let h = t.header[i].as_str();
+            !(h.contains("tokens_per_s") || h.contains("peak") || h.contains("elapsed"))
+        })
+        .collect();
+    t.rows
+        .iter()
+        .map(|r| keep.iter().map(|&i| r[i].clone()).collect())
+        .collect()
+}
+
+#[test]
+fn a_killed_sweep_continues_where_it_stopped() {
+    let dir = tmp_dir("kill-sweep");
+    let config = write(&dir, "k.toml", RUN);
+    let sweep = |cwd: &Path, kill_at: Option<usize>| {
+        let mut cmd = bin();
+        cmd.args([
+            "sweep",
+            "--config",
+            &config,
+            "--grid",
+            "model.mamba.d_model=8,16",
+        ])
+        .args(["--set", "threads=1"])
+        .current_dir(cwd);
+        if let Some(n) = kill_at {
+            cmd.env(KILL_AT_VAR, n.to_string());
+        }
+        cmd.output().expect("the binary runs")
+    };
+    let (straight, killed) = (dir.join("straight"), dir.join("killed"));
+    for d in [&straight, &killed] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    assert!(sweep(&straight, None).status.success());
+    // Point 30 of each child: inside its first checkpoint; the sweep process itself dies at its
+    // own 30th point, after the children have been started or not.
+    let out = sweep(&killed, Some(30));
+    assert!(!out.status.success(), "the killed sweep reported success");
+    let out = sweep(&killed, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the sweep did not continue:\n{err}");
+    assert!(err.contains("continuing it"), "{err}");
+    assert_eq!(
+        summary(&straight.join("runs/k")),
+        summary(&killed.join("runs/k"))
+    );
+    let other = bin()
+        .args([
+            "sweep",
+            "--config",
+            &config,
+            "--grid",
+            "model.mamba.d_model=8,24",
+        ])
+        .current_dir(&killed)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(1), "{err}");
+    assert!(err.contains("other points"), "{err}");
+}
