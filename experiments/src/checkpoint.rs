@@ -134,10 +134,10 @@ fn param_values(model: &mut Model) -> Result<Vec<(String, Vec<f32>)>> {
     Ok(values)
 }
 
-/// A model for inference and the run config it came with, from any of: a Hugging Face folder
-/// (config.json + model.safetensors), a run folder, a run's checkpoints folder, or a training
-/// checkpoint file.
-pub fn load_for_inference(path: &Path) -> Result<(Model, Option<RunConfig>)> {
+/// A model for inference with the run config and the step of its checkpoint, from any of: a
+/// Hugging Face folder (config.json + model.safetensors; no config), a run folder, a run's
+/// checkpoints folder, or a training checkpoint file.
+pub fn load_for_inference(path: &Path) -> Result<(Model, Option<(RunConfig, u64)>)> {
     if path.is_dir() && path.join(ssm::io::hf::CONFIG_FILE).exists() {
         return Ok((Model::load_folder(path)?, None));
     }
@@ -166,5 +166,5 @@ pub fn load_for_inference(path: &Path) -> Result<(Model, Option<RunConfig>)> {
     let mut model = Model::new(&config)?;
     load_params(&file, model.module())?;
     model.check_finite(&file.display().to_string())?;
-    Ok((model, Some(config)))
+    Ok((model, Some((config, progress.step))))
 }

@@ -8,10 +8,10 @@ use ssm::models::generate::Sampling;
 use ssm::{Device, Tensor};
 
 use crate::checkpoint::load_for_inference;
-use crate::config::{self, RunConfig, TaskKind};
+use crate::config::{self, RunConfig};
 use crate::eval::{EvalResult, evaluate};
 use crate::metrics::{EVAL_HEADER, Table, cell};
-use crate::model::Model;
+use crate::model::{Model, Vocabulary};
 use crate::tasks::Task;
 
 /// Token ids from "3,1,4,1,5".
@@ -41,7 +41,7 @@ fn check_vocab(model: &Model, tokens: &[u32]) -> Result<()> {
 }
 
 /// A checkpoint loaded for inference and moved to `device`.
-fn load_on(checkpoint: &Path, device: Device) -> Result<(Model, Option<RunConfig>)> {
+fn load_on(checkpoint: &Path, device: Device) -> Result<(Model, Option<(RunConfig, u64)>)> {
     let (mut model, config) = load_for_inference(checkpoint)?;
     model.to_device(device)?;
     Ok((model, config))
@@ -75,7 +75,7 @@ pub fn eval(
         bail!("--set {o}: eval may only change `eval.*` keys and `task.bytes.path`");
     }
     let (mut model, config) = load_on(checkpoint, device)?;
-    let Some(config) = config else {
+    let Some((config, step)) = config else {
         bail!(
             "{}: a Hugging Face folder has no task to evaluate on; give a run folder",
             checkpoint.display()
@@ -106,7 +106,7 @@ pub fn eval(
             .iter()
             .map(|r| {
                 vec![
-                    String::new(),
+                    step.to_string(),
                     r.split.into(),
                     r.length.to_string(),
                     cell(r.loss),
@@ -126,6 +126,20 @@ pub fn eval(
     Ok(results)
 }
 
+/// How `generate` continues a prompt and what it prints.
+#[derive(Clone, Copy, Debug)]
+pub struct GenerateOptions {
+    /// Tokens to generate.
+    pub max_new: usize,
+    /// Softmax temperature; 0 is greedy.
+    pub temperature: f64,
+    /// Sample among the k most likely tokens; 0 means all.
+    pub top_k: usize,
+    pub seed: u64,
+    /// Print the prompt before the continuation.
+    pub echo: bool,
+}
+
 /// What `generate` continues.
 pub enum Prompt {
     /// Text, for byte-level models.
@@ -133,23 +147,25 @@ pub enum Prompt {
     Tokens(String),
 }
 
-/// Samples `n_new` tokens after the prompt: greedy when `temperature` is 0.
+/// Samples `o.max_new` tokens after the prompt (greedy when the temperature is 0) and shows them
+/// as the prompt was given (text or ids), after the prompt when `o.echo`.
 pub fn generate(
     checkpoint: &Path,
     prompt: Prompt,
-    n_new: usize,
-    temperature: f64,
-    top_k: usize,
-    seed: u64,
+    o: &GenerateOptions,
     device: Device,
 ) -> Result<String> {
-    let (mut model, config) = load_on(checkpoint, device)?;
-    let bytes_model = config
-        .as_ref()
-        .is_some_and(|c| c.task.kind == TaskKind::Bytes);
+    let GenerateOptions {
+        max_new,
+        temperature,
+        top_k,
+        seed,
+        echo,
+    } = *o;
+    let (mut model, _) = load_on(checkpoint, device)?;
     let ids = match &prompt {
-        Prompt::Text(_) if !bytes_model => bail!(
-            "--prompt: text prompts need a byte-level model (task.kind = \"bytes\"); give --tokens"
+        Prompt::Text(_) if model.vocabulary() != Vocabulary::Bytes => bail!(
+            "--prompt: text prompts need a byte-level model (a run of task.kind = \"bytes\" or its export); give --tokens"
         ),
         Prompt::Text(t) => t.bytes().map(u32::from).collect(),
         Prompt::Tokens(t) => parse_tokens(t)?,
@@ -170,12 +186,21 @@ pub fn generate(
             seed,
         }
     };
-    let new = model.generate(&ids, n_new, sampling)?;
+    let new = model.generate(&ids, max_new, sampling)?;
+    let shown: Vec<u32> = if echo {
+        ids.iter().chain(&new).copied().collect()
+    } else {
+        new
+    };
     Ok(match prompt {
-        Prompt::Text(t) => {
-            let bytes: Vec<u8> = new.iter().map(|&b| b.min(255) as u8).collect();
-            format!("{t}{}", String::from_utf8_lossy(&bytes))
+        Prompt::Text(_) => {
+            let bytes: Vec<u8> = shown.iter().map(|&b| b.min(255) as u8).collect();
+            String::from_utf8_lossy(&bytes).into_owned()
         }
-        Prompt::Tokens(_) => new.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+        Prompt::Tokens(_) => shown
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
     })
 }

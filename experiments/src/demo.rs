@@ -1,7 +1,7 @@
-//! `ssm-lab compare` trains several architectures on the same task, data and seed (one run folder
-//! each, summary.csv, plots side by side, a results table); `ssm-lab demo` is a compare of Mamba
-//! and the Transformer baseline with a built-in config that reaches high accuracy in a few
-//! minutes on two cores.
+//! `ssm-lab compare` trains several architectures on the same task, data and seed, sized to about
+//! the same parameter count (see `sizes`), with one run folder each, summary.csv, plots side by
+//! side and a results table; `ssm-lab demo` is a compare of Mamba and the Transformer baseline
+//! with a built-in config that reaches high accuracy in a few minutes on two cores.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,7 @@ use ssm::Device;
 
 use crate::config::{self, RunConfig};
 use crate::plot::plot;
+use crate::sizes::{MAX_MISMATCH, Size, SizeOrigin, match_sizes, thousands};
 use crate::sweep::{SUMMARY_FILE, write_summary};
 use crate::train::{self, Outcome, TrainOptions};
 
@@ -37,8 +38,9 @@ pub fn demo(out_dir: &Path, overrides: &[String], device: Device) -> Result<Path
 }
 
 /// Trains the config once per architecture in `archs` (as `model.arch`), each into `dir/<arch>`,
-/// then writes `dir/summary.csv`, plots them together under `dir/plots` and prints a table. Every
-/// config is resolved and validated before anything is written.
+/// sized to the first one's parameter count unless its `d_model` is given (`sizes`), then writes
+/// `dir/summary.csv`, plots them together under `dir/plots` and prints a table. Every config is
+/// resolved and validated before anything is written.
 pub fn compare(
     config_text: &str,
     origin: &str,
@@ -50,7 +52,7 @@ pub fn compare(
     if archs.is_empty() {
         bail!("--archs: name at least one architecture");
     }
-    let configs = archs
+    let mut configs = archs
         .iter()
         .map(|arch| {
             let mut o = overrides.to_vec();
@@ -65,6 +67,11 @@ pub fn compare(
             Ok(c)
         })
         .collect::<Result<Vec<RunConfig>>>()?;
+    let sizes = match_sizes(&mut configs, config_text, overrides)?;
+    for c in &configs {
+        config::validate(c)?;
+    }
+    print_sizes(&sizes);
     if dir.exists() {
         if !dir.join(MARKER).exists() {
             bail!(
@@ -100,7 +107,7 @@ pub fn compare(
         .collect();
     write_summary(dir, &["model.arch".to_string()], &rows)?;
     let files = plot(&[dir.to_path_buf()], &dir.join("plots"))?;
-    print_table(&configs[0], archs, &outcomes);
+    print_table(&configs[0], &sizes, &outcomes);
     println!(
         "\nresults in {}: {SUMMARY_FILE}, */metrics.csv, */eval.csv, plots/ ({} files)",
         dir.display(),
@@ -109,29 +116,82 @@ pub fn compare(
     Ok(dir.to_path_buf())
 }
 
-fn print_table(config: &RunConfig, archs: &[&str], outcomes: &[Outcome]) {
+/// The sizes and how they were chosen; a loud warning when set sizes are far apart.
+fn print_sizes(sizes: &[Size]) {
+    let reference = &sizes[0];
+    println!(
+        "compare: {} has {} parameters (d_model {}); the others are sized to match unless their d_model is set",
+        reference.arch.name(),
+        thousands(reference.num_params),
+        reference.d_model
+    );
+    for s in &sizes[1..] {
+        let how = match s.origin {
+            SizeOrigin::Explicit => "as set",
+            _ => "matched",
+        };
+        println!(
+            "  {:<12} d_model {:>5} ({how}): {:>12} parameters ({:+.1}%)",
+            s.arch.name(),
+            s.d_model,
+            thousands(s.num_params),
+            100.0 * s.mismatch(reference)
+        );
+    }
+    let unequal: Vec<&Size> = sizes[1..]
+        .iter()
+        .filter(|s| s.mismatch(reference).abs() > MAX_MISMATCH)
+        .collect();
+    for s in unequal {
+        let advice = match s.origin {
+            SizeOrigin::Explicit => format!(
+                "drop `model.{}.d_model` to let compare match the sizes",
+                s.arch.name()
+            ),
+            _ => format!(
+                "even its closest allowed width is that far off; change its depth (`model.{}.n_layer`, or `pattern` of a hybrid)",
+                s.arch.name()
+            ),
+        };
+        let warning = format!(
+            "WARNING: {} has {} parameters, {:+.0}% from {}'s {}: this comparison is not on equal terms; {advice}.",
+            s.arch.name(),
+            thousands(s.num_params),
+            100.0 * s.mismatch(reference),
+            reference.arch.name(),
+            thousands(reference.num_params),
+        );
+        eprintln!("\n{warning}\n");
+    }
+}
+
+/// Parameters, wall time, and the held-out loss and accuracy of the last evaluation at every
+/// test length.
+fn print_table(config: &RunConfig, sizes: &[Size], outcomes: &[Outcome]) {
     let t = &config.task;
     println!(
-        "\ndemo: task {}, trained at length {} for {} steps",
+        "\ncompare: task {}, trained at length {} for {} steps; held-out loss (nats) and accuracy of the last evaluation",
         t.kind.name(),
         t.seq_len,
         config.train.steps
     );
     let lengths = config.eval_lengths();
-    let mut header = format!("{:<12} {:>10} {:>10}", "arch", "time (s)", "loss");
+    let mut header = format!("{:<12} {:>12} {:>9}", "arch", "params", "time (s)");
     for l in &lengths {
-        header += &format!(" {:>9}", format!("acc@{l}"));
+        header += &format!(" {:>9} {:>9}", format!("loss@{l}"), format!("acc@{l}"));
     }
     println!("{header}");
-    for (arch, o) in archs.iter().zip(outcomes) {
-        let mut line = format!("{arch:<12} {:>10.1} {:>10.4}", o.elapsed_s, o.last_loss);
+    for (s, o) in sizes.iter().zip(outcomes) {
+        let mut line = format!(
+            "{:<12} {:>12} {:>9.1}",
+            s.arch.name(),
+            thousands(s.num_params),
+            o.elapsed_s
+        );
         for l in &lengths {
-            let acc = o
-                .evals
-                .iter()
-                .find(|e| e.length == *l)
-                .map_or(f64::NAN, |e| e.accuracy);
-            line += &format!(" {acc:>9.3}");
+            let e = o.evals.iter().find(|e| e.length == *l);
+            let (loss, acc) = e.map_or((f64::NAN, f64::NAN), |e| (e.loss, e.accuracy));
+            line += &format!(" {loss:>9.4} {acc:>9.3}");
         }
         println!("{line}");
     }

@@ -1,5 +1,5 @@
 //! `ssm-lab gpu-check`: everything a GPU machine should be asked, in one run of a few minutes
-//! (DESIGN.md section 5, level 3): parity of every op, of training steps and of decoding with the
+//! (docs/ARCHITECTURE.md §4, level 3): parity of every op, of training steps and of decoding with the
 //! CPU, then the benchmark table with the speed targets of the CUDA issue. Writes parity.csv,
 //! bench_scan.csv and bench_train.csv.
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use experiments::bench::{BenchOptions, bench};
-use experiments::commands::{self, Prompt};
+use experiments::commands::{self, GenerateOptions, Prompt};
 use experiments::config::{self, RunConfig};
 use experiments::gpu_check::{GpuCheckOptions, gpu_check};
 use experiments::sweep::{SweepOptions, sweep};
@@ -30,7 +30,8 @@ struct Cli {
 enum Cmd {
     /// Train a new run from a config, or continue one with --resume.
     Train {
-        /// A TOML config (see experiments/configs/).
+        /// A TOML config (see experiments/configs/); the run goes to `out_dir/name` of the config
+        /// (default runs/<name>).
         #[arg(
             long,
             required_unless_present_any = ["resume", "extend"],
@@ -71,7 +72,7 @@ enum Cmd {
         /// Override eval keys, e.g. --set eval.lengths=[64,256,1024].
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// Also write the results as CSV.
+        /// Also write the results as CSV, with the columns of eval.csv (default: print only).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Device: cpu, cuda, cuda:N, or cuda-emu (the CUDA code path emulated on the CPU; slow).
@@ -80,15 +81,19 @@ enum Cmd {
     },
     /// Continue a prompt with a trained model (greedy, or sampled with --temperature).
     Generate {
-        /// A run folder, training checkpoint file or Hugging Face Mamba folder.
+        /// A run folder, training checkpoint file, or exported folder (checkpoints/final; a Hugging
+        /// Face folder for Mamba).
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Text prompt (byte-level models).
+        /// Text prompt, for byte-level models (runs of task.kind = "bytes" and their exports).
         #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
         prompt: Option<String>,
-        /// Token ids, e.g. 3,1,4.
+        /// Prompt as token ids, e.g. 3,1,4; the output is ids too.
         #[arg(long)]
         tokens: Option<String>,
+        /// Print only the generated continuation, not the prompt before it.
+        #[arg(long)]
+        no_echo: bool,
         /// Tokens to generate.
         #[arg(long, default_value_t = 200)]
         max_new: usize,
@@ -98,6 +103,7 @@ enum Cmd {
         /// Sample among the k most likely tokens; 0 means all.
         #[arg(long, default_value_t = 0)]
         top_k: usize,
+        /// Seed of the sampling (only with --temperature above 0).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Device: cpu, cuda, cuda:N, or cuda-emu (the CUDA code path emulated on the CPU; slow).
@@ -106,7 +112,8 @@ enum Cmd {
     },
     /// Write the logits (L, vocab) of one token sequence as the f32 tensor `logits`.
     Logits {
-        /// A run folder, training checkpoint file or Hugging Face Mamba folder.
+        /// A run folder, training checkpoint file, or exported folder (checkpoints/final; a Hugging
+        /// Face folder for Mamba).
         #[arg(long)]
         checkpoint: PathBuf,
         /// Token ids, e.g. 3,1,4,1,5.
@@ -119,11 +126,15 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         device: Device,
     },
-    /// Train one run per point of a grid over config keys, then write summary.csv.
+    /// Train one run per point of a grid over config keys, then write summary.csv. The grid is
+    /// the product of the config's [sweep.grid] axes and the --grid axes; the points are printed
+    /// before any runs.
     Sweep {
+        /// A TOML config; its optional [sweep.grid] table holds axes ("key" = [values]).
         #[arg(long)]
         config: PathBuf,
-        /// An axis, e.g. --grid model.mamba.d_model=32,64 --grid task.seq_len=64,128.
+        /// An axis, e.g. --grid model.mamba.d_model=32,64 --grid task.seq_len=64,128. An axis on a
+        /// key of the config's [sweep.grid] replaces that axis; the config's other axes stay.
         #[arg(long, value_name = "KEY=V1,V2,...")]
         grid: Vec<String>,
         /// Override config keys for every point.
@@ -149,8 +160,12 @@ enum Cmd {
         out: Option<PathBuf>,
     },
     /// Train the config once per architecture on the same data and seed, side by side: one run
-    /// folder each under OUT/NAME, summary.csv, plots and a results table.
+    /// folder each under OUT/NAME, summary.csv, plots and a results table. The first architecture
+    /// is sized as configured; each other one whose d_model is not set gets the width (a multiple
+    /// of 8 and of 2·n_heads) whose total parameter count is closest to the first's; set sizes more
+    /// than 20% apart draw a warning.
     Compare {
+        /// A TOML config; its [model.<arch>] sections size each architecture.
         #[arg(long)]
         config: PathBuf,
         /// Architectures, comma-separated.
@@ -173,31 +188,34 @@ enum Cmd {
     /// steps of a Mamba and a Transformer; defaults are the GPU table (B 1..8, D 1536, L 2^10..2^16;
     /// 4-layer d_model 512 models at L 1024..16384).
     Bench {
+        /// Device: cpu, cuda, cuda:N, or cuda-emu (the CUDA code path emulated on the CPU; slow).
         #[arg(long, default_value = "cpu")]
         device: Device,
-        /// Scan batch sizes.
-        #[arg(long, value_delimiter = ',')]
-        batches: Option<Vec<usize>>,
-        /// Scan lengths.
-        #[arg(long, value_delimiter = ',')]
-        lengths: Option<Vec<usize>>,
+        /// Scan batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().batches)]
+        batches: Vec<usize>,
+        /// Scan lengths, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().lengths)]
+        lengths: Vec<usize>,
         /// Scan channels (d_inner).
-        #[arg(long)]
-        d: Option<usize>,
-        /// Training lengths (tokens per step stay fixed at --train-tokens).
-        #[arg(long, value_delimiter = ',')]
-        train_lengths: Option<Vec<usize>>,
-        #[arg(long)]
-        train_tokens: Option<usize>,
-        /// Width and depth of both trained models.
-        #[arg(long)]
-        d_model: Option<usize>,
-        #[arg(long)]
-        n_layer: Option<usize>,
+        #[arg(long, default_value_t = gpu_bench().d)]
+        d: usize,
+        /// Training lengths, comma-separated (tokens per step stay fixed at --train-tokens).
+        #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().train_lengths)]
+        train_lengths: Vec<usize>,
+        /// Tokens per training step: batch size = this / length (at least 1).
+        #[arg(long, default_value_t = gpu_bench().train_tokens)]
+        train_tokens: usize,
+        /// Width (d_model) of both trained models.
+        #[arg(long, default_value_t = gpu_bench().d_model)]
+        d_model: usize,
+        /// Depth (layers) of both trained models.
+        #[arg(long, default_value_t = gpu_bench().n_layer)]
+        n_layer: usize,
         /// Timed runs per measurement, after a warm-up (median reported).
-        #[arg(long)]
-        repeats: Option<usize>,
-        /// Folder for bench_scan.csv and bench_train.csv.
+        #[arg(long, default_value_t = gpu_bench().repeats)]
+        repeats: usize,
+        /// Folder for bench_scan.csv and bench_train.csv (default: print the tables only).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -205,17 +223,19 @@ enum Cmd {
     /// benchmark table and the speed targets; writes parity.csv and the bench CSVs to --out.
     /// Exits with failure when a parity check fails.
     GpuCheck {
+        /// Device to check against the CPU: cuda, cuda:N, or cuda-emu (emulated on the CPU; slow).
         #[arg(long, default_value = "cuda")]
         device: Device,
         /// Small shapes, e.g. to try it on `cuda-emu`.
         #[arg(long)]
         quick: bool,
+        /// Folder for parity.csv, bench_scan.csv and bench_train.csv.
         #[arg(long, default_value = "gpu-check")]
         out: PathBuf,
     },
-    /// Train a small Mamba and a Transformer of the same size on induction heads in a few
-    /// minutes, test them at up to 64x the training length, write runs/demo/ (CSVs, plots) and
-    /// print a results table.
+    /// Train a small Mamba and a Transformer of about the same parameter count (sized as by
+    /// compare) on induction heads in a few minutes, test them at up to 64x the training length,
+    /// write runs/demo/ (CSVs, plots) and print a results table.
     Demo {
         /// Parent folder of demo/.
         #[arg(long, default_value = "runs")]
@@ -227,6 +247,11 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         device: Device,
     },
+}
+
+/// The defaults of `bench`: the GPU table.
+fn gpu_bench() -> BenchOptions {
+    BenchOptions::gpu(Device::Cpu)
 }
 
 /// Uses `threads` CPU threads for the rest of the process (0: one per core).
@@ -281,6 +306,7 @@ fn run(cli: Cli) -> Result<()> {
             temperature,
             top_k,
             seed,
+            no_echo,
             device,
         } => {
             let prompt = match (prompt, tokens) {
@@ -288,17 +314,16 @@ fn run(cli: Cli) -> Result<()> {
                 (None, Some(t)) => Prompt::Tokens(t),
                 (None, None) => unreachable!("clap requires --prompt or --tokens"),
             };
+            let options = GenerateOptions {
+                max_new,
+                temperature,
+                top_k,
+                seed,
+                echo: !no_echo,
+            };
             println!(
                 "{}",
-                commands::generate(
-                    &checkpoint,
-                    prompt,
-                    max_new,
-                    temperature,
-                    top_k,
-                    seed,
-                    device
-                )?
+                commands::generate(&checkpoint, prompt, &options, device)?
             );
         }
         Cmd::Logits {
@@ -375,16 +400,19 @@ fn run(cli: Cli) -> Result<()> {
             repeats,
             out,
         } => {
-            let mut o = BenchOptions::gpu(device);
-            o.batches = batches.unwrap_or(o.batches);
-            o.lengths = lengths.unwrap_or(o.lengths);
-            o.d = d.unwrap_or(o.d);
-            o.train_lengths = train_lengths.unwrap_or(o.train_lengths);
-            o.train_tokens = train_tokens.unwrap_or(o.train_tokens);
-            o.d_model = d_model.unwrap_or(o.d_model);
-            o.n_layer = n_layer.unwrap_or(o.n_layer);
-            o.repeats = repeats.unwrap_or(o.repeats);
-            o.out = out;
+            let o = BenchOptions {
+                device,
+                batches,
+                lengths,
+                d,
+                train_lengths,
+                train_tokens,
+                d_model,
+                n_layer,
+                repeats,
+                out,
+                ..gpu_bench()
+            };
             let report = bench(&o)?;
             if !report.errors.is_empty() {
                 anyhow::bail!(

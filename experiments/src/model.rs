@@ -12,27 +12,55 @@ use ssm::models::generate::Sampling;
 use ssm::models::{AnyLM, Decoder, ModelConfig};
 use ssm::nn::Module;
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, TaskKind};
 
-pub struct Model(AnyLM<f32>);
+/// The key of an exported config.json that says what the token ids stand for; ours, so
+/// transformers ignores it. Absent means task symbols.
+pub const TOKENIZER_KEY: &str = "ssm_tokenizer";
+
+/// What a model's token ids stand for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vocabulary {
+    /// Symbols of a synthetic task, given and shown as ids.
+    Ids,
+    /// The bytes of a text (task.kind = "bytes"): `TOKENIZER_KEY` = "bytes" in exports.
+    Bytes,
+}
+
+pub struct Model(AnyLM<f32>, Vocabulary);
 
 impl Model {
     /// A freshly initialised model of the run's architecture.
     pub fn new(c: &RunConfig) -> Result<Model> {
         let key = format!("config key `model.{}`", c.model.arch.name());
-        Ok(Model(AnyLM::new(c.model_config(), c.seed).context(key)?))
+        let vocabulary = match c.task.kind {
+            TaskKind::Bytes => Vocabulary::Bytes,
+            _ => Vocabulary::Ids,
+        };
+        Ok(Model(
+            AnyLM::new(c.model_config(), c.seed).context(key)?,
+            vocabulary,
+        ))
     }
 
     /// Loads an exported folder: a Hugging Face Mamba folder (config.json with transformers'
     /// fields + model.safetensors), or one that `export` wrote for another architecture (its
-    /// config.json holds ssm's `ModelConfig`, tagged by `arch`).
+    /// config.json holds ssm's `ModelConfig`, tagged by `arch`). `TOKENIZER_KEY` tells a
+    /// byte-level model.
     pub fn load_folder(dir: &Path) -> Result<Model> {
         let cfg_path = dir.join(hf::CONFIG_FILE);
         let origin = cfg_path.display().to_string();
         let text =
             std::fs::read_to_string(&cfg_path).with_context(|| format!("{origin}: cannot read"))?;
-        let value: serde_json::Value =
+        let mut value: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{origin}: invalid JSON"))?;
+        let vocabulary = match value.as_object_mut().and_then(|o| o.remove(TOKENIZER_KEY)) {
+            None => Vocabulary::Ids,
+            Some(v) if v == "bytes" => Vocabulary::Bytes,
+            Some(v) => {
+                bail!("{origin}: field `{TOKENIZER_KEY}`: expected \"bytes\" or no field, got {v}")
+            }
+        };
         let config: ModelConfig = if value.get("arch").is_none() {
             hf::parse_config(&value, &cfg_path)?.into()
         } else {
@@ -42,15 +70,18 @@ impl Model {
         config.validate().with_context(|| origin.clone())?;
         crate::limits::check_inference(&config, &origin)?;
         let mut model = match config {
-            ModelConfig::Mamba(_) => Model(AnyLM::Mamba(hf::load_mamba(dir)?)),
-            other => Model::load_ssm_folder(other, &dir.join(hf::WEIGHTS_FILE))?,
+            ModelConfig::Mamba(_) => Model(AnyLM::Mamba(hf::load_mamba(dir)?), vocabulary),
+            other => Model(
+                Model::load_ssm_folder(other, &dir.join(hf::WEIGHTS_FILE))?,
+                vocabulary,
+            ),
         };
         model.check_finite(&dir.display().to_string())?;
         Ok(model)
     }
 
     /// The parameters of an `export` of a non-Mamba architecture, under their ssm names.
-    fn load_ssm_folder(config: ModelConfig, weights: &Path) -> Result<Model> {
+    fn load_ssm_folder(config: ModelConfig, weights: &Path) -> Result<AnyLM<f32>> {
         ssm::io::check_weights_fit(&config, weights, 4)?;
         let mut model = AnyLM::new(config, 0)?;
         let file = TensorFile::open(weights)?;
@@ -74,7 +105,7 @@ impl Model {
         });
         match err {
             Some(e) => Err(e),
-            None => Ok(Model(model)),
+            None => Ok(model),
         }
     }
 
@@ -107,6 +138,10 @@ impl Model {
 
     pub fn arch(&self) -> &'static str {
         self.0.arch()
+    }
+
+    pub fn vocabulary(&self) -> Vocabulary {
+        self.1
     }
 
     pub fn module(&mut self) -> &mut dyn Module<f32> {
@@ -158,8 +193,26 @@ impl Model {
     }
 
     /// Saves the weights alone where other tools read them: a Hugging Face folder for Mamba; for
-    /// the others ssm's config (config.json) and the parameters under their ssm names.
+    /// the others ssm's config (config.json) and the parameters under their ssm names. A
+    /// byte-level model's config.json also gets `TOKENIZER_KEY`.
     pub fn export(&mut self, dir: &Path) -> Result<()> {
+        self.export_weights(dir)?;
+        if self.1 == Vocabulary::Bytes {
+            let path = dir.join(hf::CONFIG_FILE);
+            let mut config: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(&path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?,
+            )?;
+            config
+                .as_object_mut()
+                .with_context(|| format!("{}: not a JSON object", path.display()))?
+                .insert(TOKENIZER_KEY.into(), "bytes".into());
+            ssm::io::atomic_write(&path, serde_json::to_string_pretty(&config)?.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn export_weights(&mut self, dir: &Path) -> Result<()> {
         if let AnyLM::Mamba(m) = &self.0 {
             return Ok(hf::save_mamba(m, dir)?);
         }
@@ -178,6 +231,3 @@ impl Model {
         Ok(())
     }
 }
-
-/// How the plots count training FLOPs per token (DESIGN.md section 8).
-pub const FLOPS_CONVENTION: &str = "training FLOPs/token: Mamba 6N + 27·n_layer·d_inner·d_state; Transformer 6N + 6·n_layer·L·d (N = all parameters, tied embedding once)";

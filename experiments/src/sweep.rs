@@ -1,6 +1,8 @@
 //! Sweeps: a grid over any config keys, one run folder per point under `runs/<sweep>/`, each
 //! trained by a child process of this binary (`--jobs` at a time), and `summary.csv` with one row
-//! per point. Every point's config is resolved and validated before anything is written.
+//! per point. The grid is the product of the config's `[sweep.grid]` axes and the `--grid` axes,
+//! a `--grid` axis replacing the config's axis of the same key. Every point's config is resolved
+//! and validated before anything is written.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -126,11 +128,22 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
         .with_context(|| format!("cannot read config file {}", o.config.display()))?;
     let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("{}: invalid TOML", o.config.display()))?;
+    // A --grid axis replaces the config's axis of the same key; the other axes of the config
+    // stay, and the sweep runs their product.
     let mut axes = file_axes(&mut table, &o.config)?;
+    let mut origins = vec!["[sweep.grid] of the config"; axes.len()];
     for g in &o.grid {
         let axis = parse_axis(g)?;
-        axes.retain(|a| a.key != axis.key);
+        let origin = match axes.iter().position(|a| a.key == axis.key) {
+            Some(i) => {
+                axes.remove(i);
+                origins.remove(i);
+                "--grid, replacing the config's axis"
+            }
+            None => "--grid",
+        };
         axes.push(axis);
+        origins.push(origin);
     }
     if axes.is_empty() {
         bail!(
@@ -177,6 +190,7 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
             config,
         });
     }
+    print_grid(&sweep_dir, &axes, &origins, &points);
     if sweep_dir.exists() {
         check_same_sweep(&sweep_dir, &points)?;
         info!(
@@ -209,6 +223,23 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
         );
     }
     Ok(sweep_dir)
+}
+
+/// The axes, where each came from, and the points about to run.
+fn print_grid(dir: &Path, axes: &[Axis], origins: &[&str], points: &[Point]) {
+    println!(
+        "sweep {}: {} points, the product of {} axes:",
+        dir.display(),
+        points.len(),
+        axes.len()
+    );
+    for (a, origin) in axes.iter().zip(origins) {
+        let values: Vec<String> = a.values.iter().map(plain).collect();
+        println!("  {} = [{}]  ({origin})", a.key, values.join(", "));
+    }
+    for p in points {
+        println!("  point {}", p.name);
+    }
 }
 
 /// Takes the `[sweep]` table (`grid = { "key" = [values] }`) out of a config file.

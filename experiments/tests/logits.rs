@@ -116,7 +116,22 @@ fn run_folder_and_exported_folder_give_the_same_logits() {
             "5",
         ],
     );
-    assert_eq!(out.trim().split(',').count(), 5, "{out}");
+    assert_eq!(out.trim().split(',').count(), 3 + 5, "{out}");
+    assert!(out.starts_with("3,1,4,"), "the prompt is echoed: {out}");
+    let new = run_ok(
+        &dir,
+        &[
+            "generate",
+            "--checkpoint",
+            "runs/tiny",
+            "--tokens",
+            "3,1,4",
+            "--max-new",
+            "5",
+            "--no-echo",
+        ],
+    );
+    assert_eq!(format!("3,1,4,{}", new.trim()), out.trim());
     let sampled = [
         "generate",
         "--checkpoint",
@@ -143,7 +158,103 @@ fn run_folder_and_exported_folder_give_the_same_logits() {
             "runs/tiny",
             "--set",
             "eval.lengths=[32,40]",
+            "--out",
+            "eval-out.csv",
         ],
     );
     assert!(eval.contains("40"), "{eval}");
+    let table = experiments::metrics::Table::read(&dir.join("eval-out.csv")).unwrap();
+    assert_eq!(
+        table.f64s("step").unwrap(),
+        [3.0, 3.0],
+        "the checkpoint's step"
+    );
+}
+
+/// A byte-level model exported to checkpoints/final keeps its tokenizer kind, so `generate
+/// --prompt` takes the exported folder (Mamba: a Hugging Face folder; Transformer: ssm's) and
+/// prints what the run folder prints; text and id prompts print alike, with the prompt or without.
+#[test]
+fn byte_level_export_round_trips_through_generate_prompt() {
+    let dir = tmp_dir("bytes-export");
+    let text = "To be, or not to be, that is the question. ".repeat(40);
+    std::fs::write(dir.join("corpus.txt"), text).unwrap();
+    let cfg = write(
+        &dir,
+        "b.toml",
+        r#"
+name = "bytes"
+threads = 1
+[task]
+kind = "bytes"
+seq_len = 32
+[task.bytes]
+path = "corpus.txt"
+[model.mamba]
+d_model = 16
+n_layer = 1
+d_state = 4
+[model.transformer]
+d_model = 16
+n_layer = 1
+n_heads = 2
+[train]
+steps = 3
+batch_size = 2
+[eval]
+batches = 1
+"#,
+    );
+    for arch in ["mamba", "transformer"] {
+        let name = format!("name={arch}");
+        let set_arch = format!("model.arch={arch}");
+        run_ok(
+            &dir,
+            &[
+                "train", "--config", &cfg, "--set", &name, "--set", &set_arch,
+            ],
+        );
+        let run = format!("runs/{arch}");
+        let exported = format!("{run}/checkpoints/final");
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(&exported).join("config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config["ssm_tokenizer"], "bytes", "{config}");
+        let generate = |checkpoint: &str, extra: &[&str]| {
+            let mut args = vec!["generate", "--checkpoint", checkpoint, "--max-new", "6"];
+            args.extend(extra);
+            run_ok(&dir, &args)
+        };
+        let from_run = generate(&run, &["--prompt", "To be"]);
+        let from_export = generate(&exported, &["--prompt", "To be"]);
+        assert_eq!(from_run, from_export, "{arch}");
+        assert!(from_export.starts_with("To be"), "{from_export:?}");
+        let new = generate(&exported, &["--prompt", "To be", "--no-echo"]);
+        assert_eq!(format!("To be{new}"), from_export);
+        // The same prompt as byte ids prints the same continuation as ids.
+        let ids = generate(&exported, &["--tokens", "84,111,32,98,101"]);
+        let bytes: Vec<u8> = ids.trim().split(',').map(|t| t.parse().unwrap()).collect();
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            from_export.trim_end_matches('\n')
+        );
+    }
+    // A model of task symbols still refuses text.
+    let tiny = write(&dir, "t.toml", TINY_MQAR);
+    run_ok(
+        &dir,
+        &["train", "--config", &tiny, "--set", "train.steps=1"],
+    );
+    let err = run_err(
+        &dir,
+        &[
+            "generate",
+            "--checkpoint",
+            "runs/tiny/checkpoints/final",
+            "--prompt",
+            "hi",
+        ],
+    );
+    assert!(err.contains("byte-level"), "{err}");
 }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod common;
+mod compare;
 mod configs;
 mod device;
 mod end_to_end;
@@ -12,4 +13,6 @@ mod kill_points;
 mod limits;
 mod logits;
 mod plot;
+mod readme;
 mod resume;
+mod svg_plots;

@@ -110,3 +110,40 @@ fn plots_of_a_sweep_and_clear_failure_without_metrics() {
     );
     assert!(!dir.join("runs/bad").exists());
 }
+
+/// The grid is the product of the config's [sweep.grid] and the --grid axes; a --grid axis on a
+/// key of [sweep.grid] replaces that axis, and the points are printed before they run.
+#[test]
+fn sweep_grid_axes_from_the_config_and_the_command_line() {
+    let dir = tmp_dir("sweep-grid");
+    let text = format!(
+        "{TINY_MQAR}\n[sweep.grid]\n\"model.mamba.d_model\" = [16, 32]\n\"task.seq_len\" = [16, 32]\n"
+    );
+    let cfg = write(&dir, "g.toml", &text);
+    let out = run_ok(
+        &dir,
+        &[
+            "sweep",
+            "--config",
+            &cfg,
+            "--grid",
+            "task.seq_len=16,24,32",
+            "--set",
+            "train.steps=1",
+            "--set",
+            "eval.lengths=[]",
+        ],
+    );
+    assert!(out.contains("6 points, the product of 2 axes"), "{out}");
+    assert!(
+        out.contains("model.mamba.d_model = [16, 32]  ([sweep.grid] of the config)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("task.seq_len = [16, 24, 32]  (--grid, replacing the config's axis)"),
+        "{out}"
+    );
+    assert!(out.contains("point d_model=32_seq_len=24"), "{out}");
+    let summary = Table::read(&dir.join("runs/tiny/summary.csv")).unwrap();
+    assert_eq!(summary.rows.len(), 6);
+}

@@ -1,4 +1,4 @@
-// CUDA C++ on the CPU, for testing kernels without a GPU (DESIGN.md section 5, level 1).
+// CUDA C++ on the CPU, for testing kernels without a GPU (docs/ARCHITECTURE.md §4, level 1).
 //
 // A `.cu` file compiles with
 //     g++ -std=c++20 -x c++ -include emu/cuda_emu.h -DCUDA_CPU_EMULATION

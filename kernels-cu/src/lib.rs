@@ -5,7 +5,7 @@
 //!   [`NVRTC_OPTIONS`] plus the device's architecture.
 //! - One module per kernel family builds the [`Launch`]es of an op (geometry and packed
 //!   arguments) from device addresses and sizes; the CUDA backend and the emulation share them.
-//! - [`emu`]: runs a [`Launch`] on the CPU (DESIGN.md section 5, level 1).
+//! - [`emu`]: runs a [`Launch`] on the CPU (docs/ARCHITECTURE.md §4, level 1).
 //!
 //! Every kernel uses the token-major layouts of the `ssm` ops, so a CUDA backend implements the
 //! same op API without transposes. Dimension letters as in `ssm`: `b` batch, `l` length, `d`

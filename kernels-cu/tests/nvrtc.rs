@@ -1,4 +1,4 @@
-//! Level 2 of DESIGN.md section 5: every kernel source compiles with the real NVRTC (13.0.88 from
+//! Level 2 of docs/ARCHITECTURE.md §4: every kernel source compiles with the real NVRTC (13.0.88 from
 //! PyPI) for sm_90, and ptxas reports registers, shared memory and spills per kernel. A compile
 //! error or warning fails, and so does any spill in the scan kernels. No GPU or CUDA toolkit is
 //! needed, but the NVRTC library is: this test fails (it never skips) when it cannot be loaded.

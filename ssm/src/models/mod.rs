@@ -2,7 +2,7 @@
 //! architecture switch: [`ModelConfig`] (`arch = "mamba" | "transformer" | "hybrid"`) builds an
 //! [`AnyLM`], which a training loop drives without naming the architecture.
 //!
-//! Compute is counted in training FLOPs per token (forward + backward, DESIGN.md section 8), with
+//! Compute is counted in training FLOPs per token (forward + backward, docs/ARCHITECTURE.md §5), with
 //! N = every trainable value (the tied embedding once: it is the lm_head's matrix) and L the
 //! sequence length:
 //!

@@ -1,0 +1,173 @@
+//! Model sizes for `compare` on equal terms. The first architecture is the reference, sized as
+//! its config says. Every other architecture whose `model.<arch>.d_model` the user did not set
+//! (in the config file or with `--set`) gets the width, a multiple of 8 and of 2·n_heads (whole,
+//! even attention heads for RoPE), whose total parameter count (tied embedding included, as in
+//! run.json and summary.csv) is closest to the reference's; depth, heads and every other field
+//! stay as configured. Widths the user set are kept, with a loud warning when their count differs
+//! from the reference's by more than [`MAX_MISMATCH`].
+
+use anyhow::Result;
+use ssm::models::MambaConfig;
+use ssm::models::ModelConfig as AnyConfig;
+use ssm::models::hybrid::HybridConfig;
+use ssm::models::transformer::TransformerConfig;
+
+use crate::config::{self, Arch, RunConfig};
+
+/// Relative difference of parameter counts above which explicit sizes are reported as unequal.
+pub const MAX_MISMATCH: f64 = 0.2;
+/// Widest model the matching considers.
+const MAX_D_MODEL: usize = 8192;
+
+/// The size of one architecture of a comparison.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Size {
+    pub arch: Arch,
+    pub d_model: usize,
+    pub num_params: usize,
+    /// How the width was decided.
+    pub origin: SizeOrigin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SizeOrigin {
+    /// The first architecture: as configured.
+    Reference,
+    /// Set by the user, kept as is.
+    Explicit,
+    /// Chosen to match the reference's parameter count.
+    Matched,
+}
+
+impl Size {
+    /// Relative difference of the parameter count from `reference`'s.
+    pub fn mismatch(&self, reference: &Size) -> f64 {
+        self.num_params as f64 / reference.num_params as f64 - 1.0
+    }
+}
+
+/// Sizes `configs` (one per architecture, the first the reference) by the rule above and sets the
+/// chosen widths in them. `config_text` and `overrides` tell which widths the user set.
+pub fn match_sizes(
+    configs: &mut [RunConfig],
+    config_text: &str,
+    overrides: &[String],
+) -> Result<Vec<Size>> {
+    let mut given: toml::Table = toml::from_str(config_text)?;
+    for o in overrides {
+        config::apply_override(&mut given, o)?;
+    }
+    let explicit = |arch: Arch| {
+        given
+            .get("model")
+            .and_then(|m| m.get(arch.name()))
+            .and_then(|a| a.get("d_model"))
+            .is_some()
+    };
+    let mut sizes: Vec<Size> = Vec::with_capacity(configs.len());
+    for (i, c) in configs.iter_mut().enumerate() {
+        let arch = c.model.arch;
+        let origin = match i {
+            0 => SizeOrigin::Reference,
+            _ if explicit(arch) => SizeOrigin::Explicit,
+            _ => SizeOrigin::Matched,
+        };
+        if origin == SizeOrigin::Matched {
+            let target = sizes[0].num_params;
+            let step = width_step(c);
+            let best = (1..=MAX_D_MODEL / step)
+                .map(|k| k * step)
+                .min_by_key(|&d| params_at(c, d).abs_diff(target))
+                .expect("at least one width");
+            set_d_model(c, best);
+        }
+        let model = c.model_config();
+        sizes.push(Size {
+            arch,
+            d_model: d_model(&model),
+            num_params: model.num_params(),
+            origin,
+        });
+    }
+    Ok(sizes)
+}
+
+/// Widths the architecture allows: multiples of 8, and of 2·n_heads where there is attention.
+fn width_step(c: &RunConfig) -> usize {
+    let heads = match c.model_config() {
+        AnyConfig::Mamba(_) => 1,
+        AnyConfig::Transformer(t) => t.n_heads,
+        AnyConfig::Hybrid(h) => h.n_heads,
+    };
+    let multiple = 2 * heads.max(1);
+    8 * multiple / gcd(8, multiple)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn d_model(model: &AnyConfig) -> usize {
+    match model {
+        AnyConfig::Mamba(m) => m.d_model,
+        AnyConfig::Transformer(t) => t.d_model,
+        AnyConfig::Hybrid(h) => h.d_model,
+    }
+}
+
+fn set_d_model(c: &mut RunConfig, d: usize) {
+    let m = &mut c.model;
+    match m.arch {
+        Arch::Mamba => m.mamba.get_or_insert_with(MambaConfig::default).d_model = d,
+        Arch::Transformer => {
+            m.transformer
+                .get_or_insert_with(TransformerConfig::default)
+                .d_model = d
+        }
+        Arch::Hybrid => m.hybrid.get_or_insert_with(HybridConfig::default).d_model = d,
+    }
+}
+
+fn params_at(c: &RunConfig, d: usize) -> usize {
+    let mut c = c.clone();
+    set_d_model(&mut c, d);
+    c.model_config().num_params()
+}
+
+/// "1,234,567".
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(81856), "81,856");
+        assert_eq!(thousands(3279104), "3,279,104");
+        assert_eq!(thousands(512), "512");
+    }
+
+    #[test]
+    fn widths_respect_heads() {
+        let mut c = RunConfig::default();
+        c.model.arch = Arch::Transformer;
+        c.model.transformer = Some(TransformerConfig {
+            n_heads: 6,
+            ..TransformerConfig::default()
+        });
+        assert_eq!(width_step(&c), 24);
+        c.model.arch = Arch::Mamba;
+        assert_eq!(width_step(&c), 8);
+    }
+}
