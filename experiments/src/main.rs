@@ -140,7 +140,7 @@ enum Cmd {
         /// Override config keys for every point.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// Sweep folder name under out_dir (default: the config's name).
+        /// Sweep folder name under out_dir (default: the config's name, then "-sweep").
         #[arg(long)]
         name: Option<String>,
         /// Points trained in parallel, each a child process.

@@ -157,7 +157,11 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
     let base_text = toml::to_string(&table).expect("tables serialize");
     let origin = o.config.display().to_string();
     let base = config::parse(&base_text, &origin, &o.set)?;
-    let name = o.name.clone().unwrap_or_else(|| base.name.clone());
+    // Not the config's own name: that is where `train` puts its run of the same config.
+    let name = o
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-sweep", base.name));
     let sweep_dir = base.out_dir.join(&name);
     let threads_given =
         table.contains_key("threads") || o.set.iter().any(|s| s.starts_with("threads="));

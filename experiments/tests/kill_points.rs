@@ -277,8 +277,8 @@ fn a_killed_sweep_continues_where_it_stopped() {
     assert!(out.status.success(), "the sweep did not continue:\n{err}");
     assert!(err.contains("continuing it"), "{err}");
     assert_eq!(
-        summary(&straight.join("runs/k")),
-        summary(&killed.join("runs/k"))
+        summary(&straight.join("runs/k-sweep")),
+        summary(&killed.join("runs/k-sweep"))
     );
     let other = bin()
         .args([

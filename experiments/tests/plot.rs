@@ -144,6 +144,6 @@ fn sweep_grid_axes_from_the_config_and_the_command_line() {
         "{out}"
     );
     assert!(out.contains("point d_model=32_seq_len=24"), "{out}");
-    let summary = Table::read(&dir.join("runs/tiny/summary.csv")).unwrap();
+    let summary = Table::read(&dir.join("runs/tiny-sweep/summary.csv")).unwrap();
     assert_eq!(summary.rows.len(), 6);
 }

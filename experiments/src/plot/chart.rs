@@ -64,26 +64,29 @@ pub trait Chart {
     ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>;
 }
 
-/// Draws `chart` into `out/<stem>.png` and `out/<stem>.svg`.
+/// Draws `chart` into `out/<stem>.png` and `out/<stem>.svg`. Each file is drawn under a hidden
+/// name and renamed into place, so a kill never leaves half a plot.
 pub fn save(chart: &impl Chart, out: &Path, stem: &str) -> Result<Vec<PathBuf>> {
-    let (png, svg) = (
-        out.join(format!("{stem}.png")),
-        out.join(format!("{stem}.svg")),
-    );
+    let path = |ext: &str| out.join(format!("{stem}.{ext}"));
+    // The hidden names keep their extension: plotters picks the image format from it.
+    let drawing = |ext: &str| out.join(format!(".{stem}.drawing.{ext}"));
+    let (png, svg) = (path("png"), path("svg"));
     {
-        let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
+        let root = BitMapBackend::new(&drawing("png"), SIZE).into_drawing_area();
         root.fill(&WHITE)
             .and_then(|_| chart.draw(&root))
             .and_then(|_| root.present())
             .map_err(|e| anyhow!("{}: {e}", png.display()))?;
     }
     {
-        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
+        let root = SVGBackend::new(&drawing("svg"), SIZE).into_drawing_area();
         root.fill(&WHITE)
             .and_then(|_| chart.draw(&root))
             .and_then(|_| root.present())
             .map_err(|e| anyhow!("{}: {e}", svg.display()))?;
     }
+    ssm::io::rename(&drawing("png"), &png)?;
+    ssm::io::rename(&drawing("svg"), &svg)?;
     Ok(vec![png, svg])
 }
 
