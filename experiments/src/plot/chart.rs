@@ -71,22 +71,23 @@ pub fn save(chart: &impl Chart, out: &Path, stem: &str) -> Result<Vec<PathBuf>> 
     // The hidden names keep their extension: plotters picks the image format from it.
     let drawing = |ext: &str| out.join(format!(".{stem}.drawing.{ext}"));
     let (png, svg) = (path("png"), path("svg"));
+    let (png_drawing, svg_drawing) = (drawing("png"), drawing("svg"));
     {
-        let root = BitMapBackend::new(&drawing("png"), SIZE).into_drawing_area();
+        let root = BitMapBackend::new(&png_drawing, SIZE).into_drawing_area();
         root.fill(&WHITE)
             .and_then(|_| chart.draw(&root))
             .and_then(|_| root.present())
             .map_err(|e| anyhow!("{}: {e}", png.display()))?;
     }
     {
-        let root = SVGBackend::new(&drawing("svg"), SIZE).into_drawing_area();
+        let root = SVGBackend::new(&svg_drawing, SIZE).into_drawing_area();
         root.fill(&WHITE)
             .and_then(|_| chart.draw(&root))
             .and_then(|_| root.present())
             .map_err(|e| anyhow!("{}: {e}", svg.display()))?;
     }
-    ssm::io::rename(&drawing("png"), &png)?;
-    ssm::io::rename(&drawing("svg"), &svg)?;
+    ssm::io::rename(&png_drawing, &png)?;
+    ssm::io::rename(&svg_drawing, &svg)?;
     Ok(vec![png, svg])
 }
 
