@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use ssm::backend::cuda::{Gpu, describe, synchronize};
@@ -41,6 +41,48 @@ pub struct BenchOptions {
 }
 
 impl BenchOptions {
+    /// Refuses sizes of zero and sizes beyond reason before anything is allocated: every scan
+    /// tensor (b, l, d) within 2^32 values, training steps within `limits::MAX_TOKENS` tokens.
+    pub fn validate(&self) -> Result<()> {
+        let one_to = |flag: &str, v: usize, max: usize| {
+            if (1..=max).contains(&v) {
+                Ok(())
+            } else {
+                bail!("--{flag}: {v} must lie in 1..={max}")
+            }
+        };
+        let ceiling = |flag: &str, values: &[usize]| -> Result<usize> {
+            if values.is_empty() {
+                bail!("--{flag}: give at least one value");
+            }
+            for &v in values {
+                one_to(flag, v, crate::limits::MAX_LEN)?;
+            }
+            Ok(*values.iter().max().expect("not empty"))
+        };
+        let (b, l) = (
+            ceiling("batches", &self.batches)?,
+            ceiling("lengths", &self.lengths)?,
+        );
+        one_to("d", self.d, ssm::models::limits::MAX_WIDTH)?;
+        one_to("n", self.n, ssm::models::limits::MAX_STATE)?;
+        if (b as u128) * (l as u128) * (self.d as u128) > 1 << 32 {
+            bail!(
+                "--batches, --lengths, --d: {b} × {l} × {} values per scan tensor are beyond reason (at most 2^32)",
+                self.d
+            );
+        }
+        ceiling("train-lengths", &self.train_lengths)?;
+        one_to(
+            "train-tokens",
+            self.train_tokens,
+            crate::limits::MAX_TOKENS as usize,
+        )?;
+        one_to("d-model", self.d_model, ssm::models::limits::MAX_WIDTH)?;
+        one_to("n-layer", self.n_layer, ssm::models::limits::MAX_LAYERS)?;
+        one_to("repeats", self.repeats, 1000)
+    }
+
     pub fn gpu(device: Device) -> Self {
         BenchOptions {
             device,
@@ -279,6 +321,7 @@ pub struct BenchReport {
 
 /// Runs the measurements of `o`, printing each row as it comes, and writes the CSVs.
 pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
+    o.validate()?;
     let device = describe(o.device)?;
     let copy_gbps = copy_bandwidth(o.device, o.repeats)?;
     println!("{device}: copy bandwidth {copy_gbps:.1} GB/s (read + write)");

@@ -73,6 +73,14 @@ pub fn save(
     Ok(())
 }
 
+/// The step of the run's latest checkpoint, if it has a readable one.
+pub fn saved_step(run_dir: &Path) -> Option<u64> {
+    let state = read_state(&latest_path(run_dir)).ok()?;
+    serde_json::from_value::<Progress>(state)
+        .ok()
+        .map(|p| p.step)
+}
+
 /// Restores model and optimizer from the run's latest checkpoint.
 pub fn restore(run_dir: &Path, model: &mut Model, opt: &mut AdamW<f32>) -> Result<Progress> {
     let path = latest_path(run_dir);

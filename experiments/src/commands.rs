@@ -174,6 +174,13 @@ pub fn generate(
         bail!("--prompt: needs at least one byte");
     }
     check_vocab(&model, &ids)?;
+    let max = model.max_positions().unwrap_or(crate::limits::MAX_LEN);
+    if ids.len().saturating_add(max_new) > max {
+        bail!(
+            "--max-new: {} prompt tokens and {max_new} new ones exceed the {max} positions the model can read",
+            ids.len()
+        );
+    }
     if temperature.is_nan() || temperature < 0.0 {
         bail!("--temperature: must be >= 0 (0 is greedy), got {temperature}");
     }

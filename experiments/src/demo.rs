@@ -20,10 +20,17 @@ pub const DEMO_CONFIG: &str = include_str!("../configs/demo.toml");
 /// The architectures the demo compares: same task, data, seed, optimizer and schedule.
 pub const DEMO_ARCHS: &[&str] = &["mamba", "transformer"];
 
-/// Written into a compare folder with the config it ran; such a folder may be replaced by the
-/// next compare of the same name.
-/// The file that marks a folder written by compare or demo.
+/// Written into a compare folder with the config it ran: it marks a folder written by compare or
+/// demo, which the next compare of the same name may replace.
 pub const MARKER: &str = "compare.toml";
+
+/// The hidden sibling `.NAME.what` of `dir`, where it is assembled or taken apart.
+fn aside(dir: &Path, what: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map_or("compare".into(), |n| n.to_string_lossy());
+    dir.with_file_name(format!(".{name}.{what}"))
+}
 
 /// The demo: `compare` of `DEMO_ARCHS` with the built-in config, into `out_dir/demo`.
 pub fn demo(out_dir: &Path, overrides: &[String], device: Device) -> Result<PathBuf> {
@@ -52,6 +59,13 @@ pub fn compare(
     if archs.is_empty() {
         bail!("--archs: name at least one architecture");
     }
+    if let Some(a) = archs
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| archs[..i].contains(a).then_some(a))
+    {
+        bail!("--archs: `{a}` is named twice; each architecture gets one run folder");
+    }
     let mut configs = archs
         .iter()
         .map(|arch| {
@@ -62,9 +76,7 @@ pub fn compare(
                 toml::Value::String(dir.display().to_string())
             ));
             o.push(format!("name={arch}"));
-            let c = config::resolve(config_text, origin, &o)?;
-            config::validate(&c)?;
-            Ok(c)
+            config::resolve(config_text, origin, &o)
         })
         .collect::<Result<Vec<RunConfig>>>()?;
     let sizes = match_sizes(&mut configs, config_text, overrides)?;
@@ -80,17 +92,18 @@ pub fn compare(
             );
         }
         // Renamed aside first: a kill while removing never leaves a folder without its marker.
-        let old = dir.with_file_name(format!(
-            ".{}.removing",
-            dir.file_name()
-                .map_or("compare".into(), |n| n.to_string_lossy())
-        ));
+        let old = aside(dir, "removing");
         ssm::io::remove_dir_all(&old)?;
         ssm::io::rename(dir, &old)?;
         ssm::io::remove_dir_all(&old)?;
     }
-    ssm::io::create_dir_all(dir)?;
-    ssm::io::atomic_write(&dir.join(MARKER), config_text.as_bytes())?;
+    // Assembled aside with its marker and renamed into place: a kill never leaves a folder
+    // without the marker, which the next compare would refuse to replace.
+    let staging = aside(dir, "creating");
+    ssm::io::remove_dir_all(&staging)?;
+    ssm::io::create_dir_all(&staging)?;
+    ssm::io::atomic_write(&staging.join(MARKER), config_text.as_bytes())?;
+    ssm::io::rename(&staging, dir)?;
     let outcomes = configs
         .iter()
         .map(|c| {

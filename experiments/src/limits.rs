@@ -22,6 +22,8 @@ pub const MAX_BATCH: usize = 1 << 20;
 pub const MAX_GRAD_ACCUM: usize = 1 << 12;
 /// Tokens of one optimizer step, and of one whole evaluation over every length.
 pub const MAX_TOKENS: u128 = 1 << 27;
+/// Steps of the MQAR generator for one batch (K·L per sequence): about ten seconds.
+pub const MAX_GENERATOR_WORK: u128 = 1 << 34;
 /// CPU threads.
 pub const MAX_THREADS: usize = 1 << 10;
 /// Selective copying's data tokens.
@@ -101,6 +103,18 @@ pub fn check_run(c: &RunConfig, model: &ModelConfig) -> Result<()> {
         }
     }
     let eval_len = eval_lens.iter().copied().max().unwrap_or(train_len);
+    if let Some(m) = &c.task.mqar {
+        // Drawing K gaps without replacement from a space of about L costs K·L per sequence.
+        let work = |tokens: usize| tokens as u128 * m.num_pairs as u128;
+        let worst = work(t.batch_size * train_len).max(work(eval_b * eval_len));
+        if worst > MAX_GENERATOR_WORK {
+            bail!(
+                "config keys `task.mqar.num_pairs` × length × batch: generating one batch of {} key-value pairs at length {} costs {worst} steps, beyond reason (at most {MAX_GENERATOR_WORK})",
+                m.num_pairs,
+                train_len.max(eval_len)
+            );
+        }
+    }
     check_memory(c, model, train_len, eval_b, eval_len)
 }
 

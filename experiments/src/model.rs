@@ -110,20 +110,21 @@ impl Model {
     }
 
     /// The first parameter (or gradient, with `grads`) holding a NaN or an infinity.
-    pub fn first_non_finite(&mut self, grads: bool) -> Option<String> {
+    pub fn first_non_finite(&mut self, grads: bool) -> Result<Option<String>> {
         let mut found = None;
-        self.0.visit_params(&mut |name, p| {
+        self.0.try_visit_params(&mut |name, p| {
             let t = if grads { &p.grad } else { &p.value };
-            if found.is_none() && t.to_vec().iter().any(|x| !x.is_finite()) {
+            if found.is_none() && t.to_host_vec()?.iter().any(|x| !x.is_finite()) {
                 found = Some(name.to_string());
             }
-        });
-        found
+            Ok(())
+        })?;
+        Ok(found)
     }
 
     /// Refuses weights with a NaN or an infinity for inference, naming the tensor.
     pub fn check_finite(&mut self, origin: &str) -> Result<()> {
-        match self.first_non_finite(false) {
+        match self.first_non_finite(false)? {
             Some(name) => bail!(
                 "{origin}: parameter `{name}` holds NaN or infinite values; these weights cannot be used"
             ),
@@ -146,6 +147,11 @@ impl Model {
 
     pub fn module(&mut self) -> &mut dyn Module<f32> {
         &mut self.0
+    }
+
+    /// The longest sequence the model reads: its learned position table, else none.
+    pub fn max_positions(&self) -> Option<usize> {
+        self.0.config().max_positions()
     }
 
     /// Columns of the logits (the padded vocabulary).

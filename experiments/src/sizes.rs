@@ -78,7 +78,13 @@ pub fn match_sizes(
             let best = (1..=MAX_D_MODEL / step)
                 .map(|k| k * step)
                 .min_by_key(|&d| params_at(c, d).abs_diff(target))
-                .expect("at least one width");
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "compare: no width of {} is a multiple of {step} within {MAX_D_MODEL}; set model.{}.d_model",
+                        arch.name(),
+                        arch.name()
+                    )
+                })?;
             set_d_model(c, best);
         }
         let model = c.model_config();

@@ -296,10 +296,18 @@ fn check_same_sweep(dir: &Path, points: &[Point]) -> Result<()> {
     stored.sort();
     let mut wanted: Vec<String> = points.iter().map(|p| format!("{}.toml", p.name)).collect();
     wanted.sort();
+    // The thread count may differ (another --jobs or machine): each point keeps the count it
+    // started with, stored in its config, so that it continues bit-identically.
     let same_configs = || {
         points.iter().all(|p| {
-            std::fs::read_to_string(configs.join(format!("{}.toml", p.name)))
-                .is_ok_and(|t| t == p.config.to_toml())
+            let path = configs.join(format!("{}.toml", p.name));
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| config::parse(&t, &path.display().to_string(), &[]).ok())
+                .is_some_and(|mut c| {
+                    c.threads = p.config.threads;
+                    c == p.config
+                })
         })
     };
     if stored != wanted || !same_configs() {
@@ -319,13 +327,9 @@ fn create_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
         ".{}.creating",
         dir.file_name().expect("named").to_string_lossy()
     ));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)
-            .with_context(|| format!("cannot remove {}", staging.display()))?;
-    }
+    ssm::io::remove_dir_all(&staging)?;
     for sub in ["configs", "logs"] {
-        std::fs::create_dir_all(staging.join(sub))
-            .with_context(|| format!("cannot create {}", staging.display()))?;
+        ssm::io::create_dir_all(&staging.join(sub))?;
     }
     for p in points {
         ssm::io::atomic_write(

@@ -85,6 +85,7 @@ pub fn start(config: &RunConfig, options: &TrainOptions) -> Result<Outcome> {
         serde_json::to_string_pretty(&info)?.as_bytes(),
     )?;
     ssm::io::rename(&staging, &run_dir)?;
+    let _lock = lock(&run_dir)?;
     let opt = AdamW::new(config.train.adamw);
     let progress = Progress {
         step: 0,
@@ -100,6 +101,13 @@ pub fn start(config: &RunConfig, options: &TrainOptions) -> Result<Outcome> {
 /// run that reached `train.steps` only has its final export checked and, if a kill interrupted
 /// it, redone.
 pub fn resume(run_dir: &Path, options: &TrainOptions) -> Result<Outcome> {
+    run_config(run_dir)?;
+    let _lock = lock(run_dir)?;
+    resume_locked(run_dir, options)
+}
+
+/// `resume` by the process that holds the run's lock.
+fn resume_locked(run_dir: &Path, options: &TrainOptions) -> Result<Outcome> {
     let config_path = run_dir.join(CONFIG_FILE);
     let config = run_config(run_dir)?;
     remove_temporaries(run_dir)?;
@@ -180,10 +188,42 @@ pub fn extend(run_dir: &Path, steps: u64, options: &TrainOptions) -> Result<Outc
         t.steps,
         t.steps + 1
     );
+    let (before, old_steps) = (config.to_toml(), t.steps);
     config.train.steps = steps;
     config::validate(&config)?;
+    let _lock = lock(run_dir)?;
     ssm::io::atomic_write(&config_path, config.to_toml().as_bytes())?;
-    resume(run_dir, options)
+    let outcome = resume_locked(run_dir, options);
+    // A run that could not continue past its old end (a corrupt checkpoint, say) keeps the steps
+    // it had; one that trained further keeps the new total its checkpoints now need.
+    if outcome.is_err() && checkpoint::saved_step(run_dir).is_none_or(|s| s <= old_steps) {
+        ssm::io::atomic_write(&config_path, before.as_bytes())?;
+    }
+    outcome
+}
+
+/// Holds the run folder for this process until the returned file is dropped: two processes
+/// training one run (a sweep continued while a killed sweep's child still runs, say) would
+/// interleave its rows and checkpoints. The lock is the kernel's, so it dies with its process.
+fn lock(run_dir: &Path) -> Result<std::fs::File> {
+    let path = run_dir.join(".lock");
+    ssm::io::fault::point("create", &path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{}: another ssm-lab process is training this run; wait for it or stop it first",
+            run_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// Removes what a kill inside an atomic write left: `.NAME.tmp` files of the run and its
@@ -294,21 +334,26 @@ fn progress_bar(total: u64, done: u64) -> ProgressBar {
 
 /// Why a forward pass produced a non-finite loss: the first non-finite parameter, or else the
 /// parameter of largest magnitude (a diverging run overflows the activations first).
-fn diagnose_forward(model: &mut Model) -> String {
-    if let Some(name) = model.first_non_finite(false) {
-        return format!("parameter `{name}` is not finite");
+fn diagnose_forward(model: &mut Model) -> Result<String> {
+    if let Some(name) = model.first_non_finite(false)? {
+        return Ok(format!("parameter `{name}` is not finite"));
     }
     let mut largest = (String::new(), 0.0f32);
-    model.module().visit_params(&mut |name, p| {
-        let m = p.value.to_vec().iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    model.module().try_visit_params(&mut |name, p| {
+        let m = p
+            .value
+            .to_host_vec()?
+            .iter()
+            .fold(0.0f32, |m, x| m.max(x.abs()));
         if m > largest.1 {
             largest = (name.to_string(), m);
         }
-    });
-    format!(
+        Ok(())
+    })?;
+    Ok(format!(
         "every parameter is finite; the largest is `{}` with |value| up to {:e}, so the forward pass overflowed",
         largest.0, largest.1
-    )
+    ))
 }
 
 fn run(
@@ -326,7 +371,7 @@ fn run(
     let per_step = tokens_per_step(config, task);
     let seq = config.task.seq_len;
     if progress.step >= t.steps {
-        return finish_complete(run_dir, model, &progress);
+        return finish_complete(run_dir, model, &progress, t.steps);
     }
     info!(
         "{}: {} with {} parameters on {} (input length {}), {} tokens/step, steps {}..{}",
@@ -358,7 +403,7 @@ fn run(
             if !l.is_finite() {
                 bail!(
                     "step {step}: the loss is {l} ({}); stopping, {}",
-                    diagnose_forward(model),
+                    diagnose_forward(model)?,
                     last_checkpoint(config, step - 1)
                 );
             }
@@ -378,7 +423,7 @@ fn run(
         };
         let grad_norm = clip_grad_norm(model.module(), max_norm)?;
         if !grad_norm.is_finite() {
-            let name = model.first_non_finite(true).unwrap_or_else(|| "?".into());
+            let name = model.first_non_finite(true)?.unwrap_or_else(|| "?".into());
             bail!(
                 "step {step}: the gradient norm is {grad_norm}; first non-finite gradient: `{name}`; stopping, {}",
                 last_checkpoint(config, step - 1)
@@ -482,7 +527,12 @@ fn run(
 
 /// A run resumed after its last step: its final export is checked against the last checkpoint
 /// and redone if a kill interrupted it.
-fn finish_complete(run_dir: &Path, model: &mut Model, progress: &Progress) -> Result<Outcome> {
+fn finish_complete(
+    run_dir: &Path,
+    model: &mut Model,
+    progress: &Progress,
+    steps: u64,
+) -> Result<Outcome> {
     let export = match checkpoint::verify_final(run_dir, model) {
         Ok(()) => "its final export is complete",
         Err(e) => {
@@ -495,7 +545,7 @@ fn finish_complete(run_dir: &Path, model: &mut Model, progress: &Progress) -> Re
         "{}: already complete at step {} of {}; {export}. Train further with `ssm-lab train --extend {} --steps N`",
         run_dir.display(),
         progress.step,
-        progress.step,
+        steps,
         run_dir.display()
     );
     Ok(Outcome {
@@ -514,7 +564,7 @@ fn non_finite_param(model: &mut Model) -> Result<Option<String>> {
     if ssm::optim::sum_squares(model.module(), ssm::optim::Of::Values)?.is_finite() {
         return Ok(None);
     }
-    Ok(model.first_non_finite(false))
+    model.first_non_finite(false)
 }
 
 /// Where a stopped run can continue from: the newest checkpoint at or before `step`.

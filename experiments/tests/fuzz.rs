@@ -162,7 +162,7 @@ fn mutated_configs_never_crash_hang_or_leave_files() {
             0 => {
                 let s = toml::to_string(&t).unwrap();
                 let cut = rng.random_range(0..s.len());
-                ("truncated", s[..cut].to_string())
+                ("truncated", s.as_bytes()[..cut].to_vec())
             }
             1 => {
                 let mut s = toml::to_string(&t).unwrap().into_bytes();
@@ -170,25 +170,28 @@ fn mutated_configs_never_crash_hang_or_leave_files() {
                     let at = rng.random_range(0..s.len());
                     s[at] = rng.random();
                 }
-                ("garbage bytes", String::from_utf8_lossy(&s).into_owned())
+                ("garbage bytes", s)
             }
             2 => {
                 let key = &keys[rng.random_range(0..keys.len())];
                 set(&mut t, &format!("{key}_typo"), toml::Value::Integer(1));
-                ("unknown key", toml::to_string(&t).unwrap())
+                ("unknown key", toml::to_string(&t).unwrap().into_bytes())
             }
             _ => {
                 let key = keys[rng.random_range(0..keys.len())].clone();
                 let (class, v) = vals[rng.random_range(0..vals.len())].clone();
                 set(&mut t, &key, v);
-                (class, toml::to_string(&t).unwrap())
+                (class, toml::to_string(&t).unwrap().into_bytes())
             }
         };
         let case_dir = dir.join(format!("case-{i}"));
         std::fs::create_dir_all(&case_dir).unwrap();
         let cfg = case_dir.join("c.toml");
         std::fs::write(&cfg, &text).unwrap();
-        let case = format!("case {i} ({class}, from {base_name}):\n{text}");
+        let case = format!(
+            "case {i} ({class}, from {base_name}):\n{}",
+            String::from_utf8_lossy(&text)
+        );
         let verdict = run_case(
             &case_dir,
             &[
@@ -245,6 +248,16 @@ fn run_name(t: &toml::Table) -> String {
         .unwrap_or("run")
         .to_string()
 }
+
+/// Corruptions that no reader may accept; the others may be (docs/ARCHITECTURE.md, "What is
+/// accepted on purpose").
+const MUST_REFUSE: [&str; 5] = [
+    "truncated",
+    "non-finite data",
+    "lying header",
+    "huge header length",
+    "huge embedded config",
+];
 
 /// A finished tiny run: its training checkpoint and its exported Hugging Face folder.
 fn trained(dir: &Path) -> (PathBuf, PathBuf) {
@@ -322,6 +335,20 @@ fn corrupt_tensors(bytes: &[u8], rng: &mut StdRng) -> Vec<(&'static str, Vec<u8>
     ];
     for lie in lies {
         out.push(("lying header", with_header(bytes, &lie)));
+    }
+    // The config a training checkpoint embeds (TOML inside its JSON metadata).
+    for (from, to) in [
+        ("d_model = 32", "d_model = 1000000000000"),
+        ("d_model = 32", "d_model = 8192"),
+        ("n_layer = 2", "n_layer = 1000000"),
+        ("vocab_size = 64", "vocab_size = 4611686018427387904"),
+    ] {
+        if header.contains(from) {
+            out.push((
+                "huge embedded config",
+                with_header(bytes, &header.replacen(from, to, 1)),
+            ));
+        }
     }
     out
 }
@@ -417,7 +444,7 @@ fn corrupted_checkpoints_are_clean_errors() {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let case = format!("training checkpoint, case {i} ({class}): {args:?}");
             let v = run_case(&dir, &args, &case);
-            if class == "non-finite data" || class == "truncated" {
+            if MUST_REFUSE.contains(&class) {
                 assert!(matches!(v, Verdict::Refused(_)), "{case}: accepted");
             }
             record(class, v);
@@ -434,7 +461,7 @@ fn corrupted_checkpoints_are_clean_errors() {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let case = format!("exported weights, case {i} ({class}): {args:?}");
             let v = run_case(&dir, &args, &case);
-            if class == "non-finite data" || class == "truncated" {
+            if MUST_REFUSE.contains(&class) {
                 assert!(matches!(v, Verdict::Refused(_)), "{case}: accepted");
             }
             record(class, v);
@@ -449,6 +476,57 @@ fn corrupted_checkpoints_are_clean_errors() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let case = format!("config.json, case {i} ({class}): {text}");
         record(class, run_case(&dir, &args, &case));
+    }
+    // The ssm config.json of an exported Transformer: every size wrong or huge.
+    run_ok(
+        &dir,
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--set",
+            "name=tf",
+            "--set",
+            "model.arch=transformer",
+            "--set",
+            "model.transformer.d_model=16",
+            "--set",
+            "model.transformer.n_layer=1",
+            "--set",
+            "train.steps=2",
+            "--set",
+            "eval.lengths=[32]",
+        ],
+    );
+    let tf = dir.join("runs/tf/checkpoints/final");
+    let path = tf.display().to_string();
+    let original: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tf.join("config.json")).unwrap()).unwrap();
+    for field in [
+        "d_model",
+        "n_layer",
+        "n_heads",
+        "mlp_multiple_of",
+        "max_seq_len",
+        "vocab_size",
+    ] {
+        for value in [
+            serde_json::json!(1_000_000_000_000u64),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(0),
+            serde_json::json!(-1),
+            serde_json::json!("x"),
+        ] {
+            let mut v = original.clone();
+            v[field] = value.clone();
+            std::fs::write(tf.join("config.json"), v.to_string()).unwrap();
+            let args = inference(&path).remove(0);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let case = format!("transformer config.json, {field} = {value}");
+            let verdict = run_case(&dir, &args, &case);
+            assert!(matches!(verdict, Verdict::Refused(_)), "{case}: accepted");
+            record("huge or wrong size (ssm config.json)", verdict);
+        }
     }
     for (class, (ran, refused)) in &classes {
         println!("checkpoint fuzz, {class}: {ran} accepted, {refused} refused cleanly");

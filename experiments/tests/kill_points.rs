@@ -160,6 +160,11 @@ fn kill_and_recover(
     );
     recover(cwd, config, case);
     assert_same(reference, &cwd.join("runs/k"), case);
+    assert_eq!(
+        entries(&cwd.join("runs")),
+        ["k"],
+        "{case}: left beside the run"
+    );
     std::fs::remove_dir_all(cwd).unwrap();
 }
 
@@ -246,8 +251,9 @@ fn summary(dir: &Path) -> Vec<Vec<String>> {
 #[test]
 fn a_killed_sweep_continues_where_it_stopped() {
     let dir = tmp_dir("kill-sweep");
-    let config = write(&dir, "k.toml", RUN);
-    let sweep = |cwd: &Path, kill_at: Option<usize>| {
+    // Without `threads` in the config each point gets the cores divided by --jobs.
+    let config = write(&dir, "sweep.toml", &RUN.replace("threads = 1\n", ""));
+    let sweep = |cwd: &Path, kill_at: Option<usize>, jobs: &str| {
         let mut cmd = bin();
         cmd.args([
             "sweep",
@@ -255,8 +261,9 @@ fn a_killed_sweep_continues_where_it_stopped() {
             &config,
             "--grid",
             "model.mamba.d_model=8,16",
+            "--jobs",
+            jobs,
         ])
-        .args(["--set", "threads=1"])
         .current_dir(cwd);
         if let Some(n) = kill_at {
             cmd.env(KILL_AT_VAR, n.to_string());
@@ -267,12 +274,13 @@ fn a_killed_sweep_continues_where_it_stopped() {
     for d in [&straight, &killed] {
         std::fs::create_dir_all(d).unwrap();
     }
-    assert!(sweep(&straight, None).status.success());
-    // Point 30 of each child: inside its first checkpoint; the sweep process itself dies at its
-    // own 30th point, after the children have been started or not.
-    let out = sweep(&killed, Some(30));
-    assert!(!out.status.success(), "the killed sweep reported success");
-    let out = sweep(&killed, None);
+    assert!(sweep(&straight, None, "1").status.success());
+    // Every process dies at its own 20th kill point: each child while it creates eval.csv, the
+    // sweep itself (19 points to create its folder) while it writes summary.csv.
+    let out = sweep(&killed, Some(20), "1");
+    assert_eq!(out.status.code(), None, "the sweep process was not killed");
+    // Continued with another --jobs: each point keeps the thread count it started with.
+    let out = sweep(&killed, None, "2");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the sweep did not continue:\n{err}");
     assert!(err.contains("continuing it"), "{err}");

@@ -292,8 +292,21 @@ fn resume_of_a_finished_run_says_so_and_extend_continues_it() {
         err.contains("extending from 4 to 6 steps") && err.contains("steps 5..6"),
         "{err}"
     );
-    let metrics = std::fs::read_to_string(dir.join("runs/tiny/metrics.csv")).unwrap();
-    assert!(metrics.lines().any(|l| l.starts_with("6,")), "{metrics}");
+    let metrics = experiments::metrics::Table::read(&dir.join("runs/tiny/metrics.csv")).unwrap();
+    let (steps, lrs) = (metrics.f64s("step").unwrap(), metrics.f64s("lr").unwrap());
+    assert_eq!(steps, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    // Steps 5 and 6 follow the cosine schedule over the new total (warm-up 5 of TINY_MQAR).
+    for (i, step) in [(4usize, 5u64), (5, 6)] {
+        let want = ssm::optim::cosine_lr(step - 1, 5, 6, 3e-3, 1e-4);
+        assert_eq!(lrs[i], want, "lr of step {step}");
+    }
+    // The export was redone at step 6: a resume finds it equal to the last checkpoint.
+    let out = run(&dir, &["train", "--resume", "runs/tiny"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("at step 6 of 6; its final export is complete"),
+        "{err}"
+    );
     let err = run_err(&dir, &["train", "--extend", "runs/tiny", "--steps", "3"]);
     assert!(err.contains("--steps 3"), "{err}");
 }
@@ -312,6 +325,97 @@ fn hints_never_point_at_a_folder_of_another_kind() {
     let err = run_err(&dir, &["train", "--resume", "runs/tiny"]);
     assert!(
         err.contains("not a run folder") && err.contains("sweep folder"),
+        "{err}"
+    );
+}
+
+#[test]
+fn absurd_command_line_values_are_refused() {
+    let dir = tmp_dir("absurd-flags");
+    let cfg = write(&dir, "c.toml", TINY_MQAR);
+    run_ok(&dir, &["train", "--config", &cfg, "--set", "train.steps=2"]);
+    let err = run_err(
+        &dir,
+        &[
+            "generate",
+            "--checkpoint",
+            "runs/tiny",
+            "--tokens",
+            "1,2",
+            "--max-new",
+            "18446744073709551615",
+        ],
+    );
+    assert!(err.contains("--max-new"), "{err}");
+    for (flag, value) in [
+        ("--batches", "0"),
+        ("--lengths", "4611686018427387904"),
+        ("--repeats", "0"),
+    ] {
+        let err = run_err(&dir, &["bench", "--device", "cpu", flag, value]);
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+    let err = run_err(
+        &dir,
+        &[
+            "compare",
+            "--config",
+            &cfg,
+            "--archs",
+            "mamba,mamba",
+            "--out",
+            "cmp",
+        ],
+    );
+    assert!(err.contains("named twice"), "{err}");
+    assert!(!dir.join("cmp").exists());
+}
+
+#[test]
+fn mqar_generation_beyond_reason_is_refused() {
+    refused(
+        &[
+            "task.vocab_size=16384",
+            "task.seq_len=8192",
+            "task.mqar.num_pairs=2048",
+            "train.batch_size=2048",
+            "eval.lengths=[8192]",
+        ],
+        &["task.mqar.num_pairs", "beyond reason"],
+    );
+}
+
+#[test]
+fn a_run_is_trained_by_one_process_at_a_time() {
+    let dir = tmp_dir("lock");
+    let cfg = write(&dir, "c.toml", TINY_MQAR);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_ssm-lab"))
+        .args([
+            "train",
+            "--config",
+            &cfg,
+            "--set",
+            "train.steps=100000",
+            "--set",
+            "train.checkpoint_every=0",
+        ])
+        .current_dir(&*dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !dir.join("runs/tiny/.lock").exists() {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the first run did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let err = run_err(&dir, &["train", "--resume", "runs/tiny"]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        err.contains("another ssm-lab process is training this run"),
         "{err}"
     );
 }

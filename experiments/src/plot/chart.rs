@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
 use plotters::prelude::*;
@@ -86,8 +86,12 @@ pub fn save(chart: &impl Chart, out: &Path, stem: &str) -> Result<Vec<PathBuf>> 
             .and_then(|_| root.present())
             .map_err(|e| anyhow!("{}: {e}", svg.display()))?;
     }
-    ssm::io::rename(&png_drawing, &png)?;
-    ssm::io::rename(&svg_drawing, &svg)?;
+    for (drawn, path) in [(&png_drawing, &png), (&svg_drawing, &svg)] {
+        std::fs::File::open(drawn)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot write {}", drawn.display()))?;
+        ssm::io::rename(drawn, path)?;
+    }
     Ok(vec![png, svg])
 }
 

@@ -122,7 +122,8 @@ pub fn generate<T: Float, M: Decoder<T> + ?Sized>(
     let v = model.vocab();
     let logits = model.forward_state(prompt, 1, &mut state)?;
     let last = logits.to_host_vec()?[(prompt.len() - 1) * v..].to_vec();
-    let mut out = Vec::with_capacity(n_new);
+    // Reserved up to a bound: a huge `n_new` fails at the first error, not in the allocator.
+    let mut out = Vec::with_capacity(n_new.min(1 << 16));
     let mut next = pick(&last, sampling, &mut rng);
     for i in 0..n_new {
         out.push(next);

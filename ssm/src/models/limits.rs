@@ -12,7 +12,7 @@ pub const MAX_WIDTH: usize = 1 << 16;
 pub const MAX_EXPAND: usize = 64;
 /// Layers (a hybrid's pattern letters).
 pub const MAX_LAYERS: usize = 1 << 10;
-/// vocab_size (after padding).
+/// vocab_size and its padding multiple (the padded vocabulary stays within twice this).
 pub const MAX_VOCAB: usize = 1 << 22;
 /// d_state (Mamba-2 uses up to 256).
 pub const MAX_STATE: usize = 1 << 12;
@@ -20,6 +20,8 @@ pub const MAX_STATE: usize = 1 << 12;
 pub const MAX_CONV: usize = 1 << 8;
 /// Positions of a learned table.
 pub const MAX_POSITIONS: usize = 1 << 24;
+/// MLP hidden widths.
+pub const MAX_HIDDEN: usize = 4 * MAX_WIDTH;
 /// Trainable values: 2^36 is 275 GB in f32 before gradients and optimizer state.
 pub const MAX_PARAMS: usize = 1 << 36;
 
@@ -36,9 +38,6 @@ pub(crate) fn size(field: &str, value: usize, max: usize) -> Result<()> {
     }
     Ok(())
 }
-
-/// MLP hidden widths.
-pub const MAX_HIDDEN: usize = 4 * MAX_WIDTH;
 
 /// `value` is finite and lies in (low, high].
 pub(crate) fn float_in(field: &str, value: f64, low: f64, high: f64) -> Result<()> {

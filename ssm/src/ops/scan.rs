@@ -57,8 +57,13 @@ impl<'a, T: Float> ScanInputs<'a, T> {
                 ));
             }
         };
-        if l == 0 {
-            return Err(Error::shape(OP, "u", "a length l >= 1", self.u.dims()));
+        if l == 0 || b == 0 || d == 0 || n == 0 {
+            return Err(Error::shape(
+                OP,
+                "u and A",
+                "b, l, d, n >= 1",
+                &[b, l, d, n],
+            ));
         }
         self.delta.expect_dims(OP, "delta", &[b, l, d])?;
         self.c.expect_dims(OP, "C", &[b, l, g, n])?;
