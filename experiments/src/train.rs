@@ -437,6 +437,13 @@ fn run(
                 last_checkpoint(config, step - 1)
             );
         }
+        if !ssm::optim::moments_finite(&opt)? {
+            bail!(
+                "step {step}: the gradient (norm {grad_norm:e} before clipping) overflowed AdamW's second moment, which would stop all learning; set `train.clip_grad_norm` (now {}) or lower `train.lr`; nothing of this step was saved, {}",
+                t.clip_grad_norm,
+                last_checkpoint(config, step - 1)
+            );
+        }
         // The step's last launches finish before the clock is read.
         synchronize(options.device)?;
         progress.step = step;

@@ -126,28 +126,29 @@ pub enum Of {
     Grads,
 }
 
-/// The sum of squares over every parameter's values or gradients: non-finite exactly when some
-/// element is (or, on a GPU, when the f32 sum overflows). On a GPU the squares are summed there
+/// A running sum of squares over tensors on one device: on a GPU the squares are summed there
 /// (in f32, in a fixed order) and only the total comes back; on the CPU in f64.
-pub fn sum_squares<T: Float>(model: &mut dyn Module<T>, of: Of) -> Result<f64> {
-    let mut sq = 0.0f64;
-    let mut on_gpu: Option<(Arc<Gpu>, GpuBuffer, GpuBuffer)> = None;
-    model.try_visit_params(&mut |_, p| {
-        let t = match of {
-            Of::Values => &p.value,
-            Of::Grads => &p.grad,
-        };
+#[derive(Default)]
+struct SquareSum {
+    host: f64,
+    gpu: Option<(Arc<Gpu>, GpuBuffer, GpuBuffer)>,
+}
+
+impl SquareSum {
+    fn add<T: Float>(&mut self, t: &Tensor<T>) -> Result<()> {
         let Some(gpu) = gpu_of("sum_squares", t, &[])? else {
-            sq += t
+            self.host += t
                 .host()?
                 .iter()
                 .map(|g| g.to_f64() * g.to_f64())
                 .sum::<f64>();
             return Ok(());
         };
-        let (first, parts, total) = match &on_gpu {
+        let (first, parts, total) = match &self.gpu {
             Some(state) => state,
-            None => on_gpu.insert((gpu.clone(), gpu.alloc(SUM_SQUARES_PARTS)?, gpu.zeros(1)?)),
+            None => self
+                .gpu
+                .insert((gpu.clone(), gpu.alloc(SUM_SQUARES_PARTS)?, gpu.zeros(1)?)),
         };
         if first.device() != gpu.device() {
             return Err(Error::DeviceMismatch {
@@ -162,11 +163,47 @@ pub fn sum_squares<T: Float>(model: &mut dyn Module<T>, of: Of) -> Result<f64> {
             parts.ptr(),
             total.ptr(),
         )?)
-    })?;
-    if let Some((_, _, total)) = &on_gpu {
-        sq += total.to_host()?[0] as f64;
     }
-    Ok(sq)
+
+    fn total(self) -> Result<f64> {
+        Ok(match &self.gpu {
+            Some((_, _, total)) => self.host + total.to_host()?[0] as f64,
+            None => self.host,
+        })
+    }
+}
+
+/// The sum of squares over every parameter's values or gradients: non-finite exactly when some
+/// element is (or, on a GPU, when the f32 sum overflows).
+pub fn sum_squares<T: Float>(model: &mut dyn Module<T>, of: Of) -> Result<f64> {
+    let mut sum = SquareSum::default();
+    model.try_visit_params(&mut |_, p| {
+        sum.add(match of {
+            Of::Values => &p.value,
+            Of::Grads => &p.grad,
+        })
+    })?;
+    sum.total()
+}
+
+/// Whether every AdamW moment is finite. A finite gradient beyond ~1.8e19 overflows the second
+/// moment in f32 while the update stays finite (and zero from then on): a run that silently
+/// stopped learning. Only a non-finite sum is confirmed element by element (a GPU's f32 sum
+/// overflows before its elements do).
+pub fn moments_finite<T: Float>(opt: &AdamW<T>) -> Result<bool> {
+    let mut sum = SquareSum::default();
+    for t in opt.m.iter().chain(&opt.v) {
+        sum.add(t)?;
+    }
+    if sum.total()?.is_finite() {
+        return Ok(true);
+    }
+    for t in opt.m.iter().chain(&opt.v) {
+        if t.to_host_vec()?.iter().any(|x| !x.to_f64().is_finite()) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
@@ -191,4 +228,26 @@ pub fn cosine_lr(step: u64, warmup: u64, total: u64, max_lr: f64, min_lr: f64) -
     }
     let progress = (step - warmup) as f64 / (total - warmup) as f64;
     min_lr + 0.5 * (max_lr - min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overflowed_second_moment_is_found() {
+        let tensor = |v: Vec<f32>| Tensor::from_vec([v.len()], v).unwrap();
+        let mut opt = AdamW::<f32>::new(AdamWConfig::default());
+        opt.m = vec![tensor(vec![1.0, -2.0]), tensor(vec![3.0])];
+        opt.v = vec![tensor(vec![1e30, 4.0]), tensor(vec![9.0])];
+        assert!(
+            moments_finite(&opt).unwrap(),
+            "large but finite moments pass"
+        );
+        opt.v[1] = tensor(vec![f32::INFINITY]);
+        assert!(!moments_finite(&opt).unwrap());
+        opt.v[1] = tensor(vec![9.0]);
+        opt.m[0] = tensor(vec![f32::NAN, 0.0]);
+        assert!(!moments_finite(&opt).unwrap());
+    }
 }
