@@ -430,19 +430,22 @@ fn run(
             );
         }
         opt.update(model.module(), lr)?;
-        if let Some(name) = non_finite_param(model)? {
-            bail!(
-                "step {step}: the update made parameter `{name}` non-finite (learning rate {lr:e}, gradient norm {grad_norm:e} before clipping); lower `train.lr` or set `train.clip_grad_norm` (now {}); nothing of this step was saved, {}",
-                t.clip_grad_norm,
-                last_checkpoint(config, step - 1)
-            );
-        }
-        if !ssm::optim::moments_finite(&opt)? {
-            bail!(
-                "step {step}: the gradient (norm {grad_norm:e} before clipping) overflowed AdamW's second moment, which would stop all learning; set `train.clip_grad_norm` (now {}) or lower `train.lr`; nothing of this step was saved, {}",
-                t.clip_grad_norm,
-                last_checkpoint(config, step - 1)
-            );
+        // One sum over the weights and AdamW's moments; only a non-finite one is located.
+        if !ssm::optim::state_sum_squares(model.module(), &opt)?.is_finite() {
+            if let Some(name) = model.first_non_finite(false)? {
+                bail!(
+                    "step {step}: the update made parameter `{name}` non-finite (learning rate {lr:e}, gradient norm {grad_norm:e} before clipping); lower `train.lr` or set `train.clip_grad_norm` (now {}); nothing of this step was saved, {}",
+                    t.clip_grad_norm,
+                    last_checkpoint(config, step - 1)
+                );
+            }
+            if !ssm::optim::moments_finite(&opt)? {
+                bail!(
+                    "step {step}: the gradient (norm {grad_norm:e} before clipping) overflowed AdamW's second moment, which would stop all learning; set `train.clip_grad_norm` (now {}) or lower `train.lr`; nothing of this step was saved, {}",
+                    t.clip_grad_norm,
+                    last_checkpoint(config, step - 1)
+                );
+            }
         }
         // The step's last launches finish before the clock is read.
         synchronize(options.device)?;
@@ -563,15 +566,6 @@ fn finish_complete(
         evals: Vec::new(),
         elapsed_s: progress.elapsed_s,
     })
-}
-
-/// The first parameter holding a NaN or an infinity after an update. The common case costs one
-/// sum of squares over the parameters (on their device); only a non-finite sum is located.
-fn non_finite_param(model: &mut Model) -> Result<Option<String>> {
-    if ssm::optim::sum_squares(model.module(), ssm::optim::Of::Values)?.is_finite() {
-        return Ok(None);
-    }
-    model.first_non_finite(false)
 }
 
 /// Where a stopped run can continue from: the newest checkpoint at or before `step`.

@@ -119,13 +119,6 @@ impl<T: Float> AdamW<T> {
     }
 }
 
-/// Which tensor of every parameter [`sum_squares`] reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Of {
-    Values,
-    Grads,
-}
-
 /// A running sum of squares over tensors on one device: on a GPU the squares are summed there
 /// (in f32, in a fixed order) and only the total comes back; on the CPU in f64.
 #[derive(Default)]
@@ -173,31 +166,22 @@ impl SquareSum {
     }
 }
 
-/// The sum of squares over every parameter's values or gradients: non-finite exactly when some
-/// element is (or, on a GPU, when the f32 sum overflows).
-pub fn sum_squares<T: Float>(model: &mut dyn Module<T>, of: Of) -> Result<f64> {
+/// The sum of squares over every parameter's value and both AdamW moments, in one pass (one
+/// device read-back): non-finite when any of them is, or when a GPU's f32 sum overflows. A
+/// training loop checks it after every update; only a non-finite sum needs locating.
+pub fn state_sum_squares<T: Float>(model: &mut dyn Module<T>, opt: &AdamW<T>) -> Result<f64> {
     let mut sum = SquareSum::default();
-    model.try_visit_params(&mut |_, p| {
-        sum.add(match of {
-            Of::Values => &p.value,
-            Of::Grads => &p.grad,
-        })
-    })?;
-    sum.total()
-}
-
-/// Whether every AdamW moment is finite. A finite gradient beyond ~1.8e19 overflows the second
-/// moment in f32 while the update stays finite (and zero from then on): a run that silently
-/// stopped learning. Only a non-finite sum is confirmed element by element (a GPU's f32 sum
-/// overflows before its elements do).
-pub fn moments_finite<T: Float>(opt: &AdamW<T>) -> Result<bool> {
-    let mut sum = SquareSum::default();
+    model.try_visit_params(&mut |_, p| sum.add(&p.value))?;
     for t in opt.m.iter().chain(&opt.v) {
         sum.add(t)?;
     }
-    if sum.total()?.is_finite() {
-        return Ok(true);
-    }
+    sum.total()
+}
+
+/// Whether every AdamW moment is finite, element by element. A finite gradient beyond ~1.8e19
+/// overflows the second moment in f32 while the update stays finite (and zero from then on): a
+/// run that silently stopped learning.
+pub fn moments_finite<T: Float>(opt: &AdamW<T>) -> Result<bool> {
     for t in opt.m.iter().chain(&opt.v) {
         if t.to_host_vec()?.iter().any(|x| !x.to_f64().is_finite()) {
             return Ok(false);
@@ -209,7 +193,9 @@ pub fn moments_finite<T: Float>(opt: &AdamW<T>) -> Result<bool> {
 /// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
 /// before clipping. A non-finite norm is returned as is, with gradients left untouched.
 pub fn clip_grad_norm<T: Float>(model: &mut dyn Module<T>, max_norm: f64) -> Result<f64> {
-    let norm = sum_squares(model, Of::Grads)?.sqrt();
+    let mut sum = SquareSum::default();
+    model.try_visit_params(&mut |_, p| sum.add(&p.grad))?;
+    let norm = sum.total()?.sqrt();
     if norm.is_finite() && norm > max_norm {
         let s = max_norm / (norm + 1e-6);
         model.try_visit_params(&mut |_, p| scale_(&mut p.grad, s))?;
@@ -244,8 +230,11 @@ mod tests {
             moments_finite(&opt).unwrap(),
             "large but finite moments pass"
         );
+        let mut model = crate::nn::norm::RmsNorm::<f32>::new(2, 1e-5);
+        assert!(state_sum_squares(&mut model, &opt).unwrap().is_finite());
         opt.v[1] = tensor(vec![f32::INFINITY]);
         assert!(!moments_finite(&opt).unwrap());
+        assert!(!state_sum_squares(&mut model, &opt).unwrap().is_finite());
         opt.v[1] = tensor(vec![9.0]);
         opt.m[0] = tensor(vec![f32::NAN, 0.0]);
         assert!(!moments_finite(&opt).unwrap());

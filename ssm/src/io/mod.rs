@@ -34,15 +34,14 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// Refuses a config whose parameters cannot all be in the weights file `weights` (each value
-/// takes at least `min_bytes` there: 2 for files that may hold f16/bf16), before the model is
-/// allocated: a config.json that lies about its sizes is an error, not an allocation failure.
+/// Refuses a validated config whose parameters cannot all be in the weights file `weights` (each
+/// value takes at least `min_bytes` there: 2 for files that may hold f16/bf16), before the model
+/// is allocated: a config.json that lies about its sizes is an error, not an allocation failure.
 pub fn check_weights_fit(
     config: &crate::models::ModelConfig,
     weights: &Path,
     min_bytes: u64,
 ) -> Result<()> {
-    config.validate()?;
     let size = std::fs::metadata(weights)
         .map_err(|e| Error::io(weights, e))?
         .len();
