@@ -161,6 +161,13 @@ pub enum Arch {
 }
 
 impl Arch {
+    pub const ALL: [Arch; 3] = [Arch::Mamba, Arch::Transformer, Arch::Hybrid];
+
+    /// The architecture of a config name ("mamba", ...).
+    pub fn parse(name: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Arch::Mamba => "mamba",
@@ -347,11 +354,17 @@ pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<RunConfig
     for o in overrides {
         apply_override(&mut table, o)?;
     }
+    if table.remove("seeds").is_some() {
+        tracing::debug!("{origin}: ignoring the `seeds` key, which `compare` and `demo` read");
+    }
     let arch = table
         .get("model")
         .and_then(|m| m.get("arch"))
         .and_then(toml::Value::as_str)
-        .unwrap_or("mamba");
+        .unwrap_or("mamba")
+        .to_string();
+    crate::recipes::merge_train_sections(&mut table, &arch, overrides, origin)?;
+    let arch = arch.as_str();
     let explicit_vocab = table
         .get("model")
         .and_then(|m| m.get(arch))
@@ -371,15 +384,26 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig> {
 
 /// Deserializes `table`, reporting the dotted key path of the first problem.
 pub fn from_table<T: DeserializeOwned>(table: toml::Table, origin: &str) -> Result<T> {
+    from_table_at(table, origin, "")
+}
+
+/// `from_table` of the table found at the dotted key `prefix` ("" for the whole config).
+pub fn from_table_at<T: DeserializeOwned>(
+    table: toml::Table,
+    origin: &str,
+    prefix: &str,
+) -> Result<T> {
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let inner = inner.message().trim();
-        if path == "." {
-            anyhow!("{origin}: {inner}")
-        } else {
-            anyhow!("{origin}: config key `{path}`: {inner}")
-        }
+        let path = match (prefix, path.as_str()) {
+            ("", ".") => return anyhow!("{origin}: {inner}"),
+            (p, ".") => p.to_string(),
+            ("", path) => path.to_string(),
+            (p, path) => format!("{p}.{path}"),
+        };
+        anyhow!("{origin}: config key `{path}`: {inner}")
     })
 }
 

@@ -5,11 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use ssm::Device;
 
-use crate::config::{self, RunConfig};
+use crate::config::{self, RunConfig, TrainConfig};
 use crate::plot::plot;
+use crate::recipes;
 use crate::sizes::{MAX_MISMATCH, Size, SizeOrigin, match_sizes, thousands};
 use crate::sweep::{SUMMARY_FILE, write_summary};
 use crate::train::{self, Outcome, TrainOptions};
@@ -33,12 +34,18 @@ fn aside(dir: &Path, what: &str) -> PathBuf {
 }
 
 /// The demo: `compare` of `DEMO_ARCHS` with the built-in config, into `out_dir/demo`.
-pub fn demo(out_dir: &Path, overrides: &[String], device: Device) -> Result<PathBuf> {
+pub fn demo(
+    out_dir: &Path,
+    seeds: Option<&str>,
+    overrides: &[String],
+    device: Device,
+) -> Result<PathBuf> {
     compare(
         DEMO_CONFIG,
         "configs/demo.toml (built in)",
         &out_dir.join("demo"),
         DEMO_ARCHS,
+        seeds,
         overrides,
         device,
     )
@@ -53,6 +60,7 @@ pub fn compare(
     origin: &str,
     dir: &Path,
     archs: &[&str],
+    seeds: Option<&str>,
     overrides: &[String],
     device: Device,
 ) -> Result<PathBuf> {
@@ -66,6 +74,12 @@ pub fn compare(
     {
         bail!("--archs: `{a}` is named twice; each architecture gets one run folder");
     }
+    let mut table: toml::Table =
+        toml::from_str(config_text).with_context(|| format!("{origin}: invalid TOML"))?;
+    for o in overrides {
+        config::apply_override(&mut table, o)?;
+    }
+    let seeds = recipes::seeds(&table, seeds, origin)?;
     let mut configs = archs
         .iter()
         .map(|arch| {
@@ -80,7 +94,19 @@ pub fn compare(
         })
         .collect::<Result<Vec<RunConfig>>>()?;
     let sizes = match_sizes(&mut configs, config_text, overrides)?;
-    for c in &configs {
+    // Every architecture at every seed, seed by seed; the sizes do not depend on the seed.
+    let n_seeds = seeds.len();
+    let runs: Vec<RunConfig> = seeds
+        .iter()
+        .flat_map(|&seed| {
+            configs.iter().map(move |c| RunConfig {
+                seed,
+                name: run_name(c.model.arch.name(), seed, n_seeds),
+                ..c.clone()
+            })
+        })
+        .collect();
+    for c in &runs {
         config::validate(c)?;
     }
     print_sizes(&sizes);
@@ -104,7 +130,7 @@ pub fn compare(
     ssm::io::create_dir_all(&staging)?;
     ssm::io::atomic_write(&staging.join(MARKER), config_text.as_bytes())?;
     ssm::io::rename(&staging, dir)?;
-    let outcomes = configs
+    let outcomes = runs
         .iter()
         .map(|c| {
             let options = TrainOptions {
@@ -114,13 +140,23 @@ pub fn compare(
             train::start(c, &options)
         })
         .collect::<Result<Vec<Outcome>>>()?;
-    let rows: Vec<(String, Vec<String>)> = archs
+    let mut keys = vec!["model.arch".to_string()];
+    if seeds.len() > 1 {
+        keys.push("seed".into());
+    }
+    let rows: Vec<(String, Vec<String>)> = runs
         .iter()
-        .map(|a| (a.to_string(), vec![a.to_string()]))
+        .map(|c| {
+            let mut values = vec![c.model.arch.name().to_string()];
+            if seeds.len() > 1 {
+                values.push(c.seed.to_string());
+            }
+            (c.name.clone(), values)
+        })
         .collect();
-    write_summary(dir, &["model.arch".to_string()], &rows)?;
+    write_summary(dir, &keys, &rows)?;
     let files = plot(&[dir.to_path_buf()], &dir.join("plots"))?;
-    print_table(&configs[0], &sizes, &outcomes);
+    print_table(&configs, &sizes, &seeds, &outcomes);
     println!(
         "\nresults in {}: {SUMMARY_FILE}, */metrics.csv, */eval.csv, plots/ ({} files)",
         dir.display(),
@@ -178,34 +214,93 @@ fn print_sizes(sizes: &[Size]) {
     }
 }
 
+/// The run folder of `arch` at `seed`: `<arch>`, or `<arch>-seed<k>` when there are several seeds.
+fn run_name(arch: &str, seed: u64, seeds: usize) -> String {
+    if seeds > 1 {
+        format!("{arch}-seed{seed}")
+    } else {
+        arch.to_string()
+    }
+}
+
 /// Parameters, wall time, and the held-out loss and accuracy of the last evaluation at every
-/// test length.
-fn print_table(config: &RunConfig, sizes: &[Size], outcomes: &[Outcome]) {
+/// test length: one line per run, and with several seeds the mean and the range [min, max] of
+/// each architecture. The `[train]` keys that differ between the architectures are listed.
+fn print_table(configs: &[RunConfig], sizes: &[Size], seeds: &[u64], outcomes: &[Outcome]) {
+    let config = &configs[0];
     let t = &config.task;
     println!(
-        "\ncompare: task {}, trained at length {} for {} steps; held-out loss (nats) and accuracy of the last evaluation",
+        "\ncompare: task {}, trained at length {} for {} steps, seeds {seeds:?}; held-out loss (nats) and accuracy of the last evaluation",
         t.kind.name(),
         t.seq_len,
         config.train.steps
     );
+    let trains: Vec<&TrainConfig> = configs.iter().map(|c| &c.train).collect();
+    let differ = recipes::differences(&trains);
+    if !differ.is_empty() {
+        let order: Vec<&str> = configs.iter().map(|c| c.model.arch.name()).collect();
+        println!("training recipes differ ({}):", order.join(" / "));
+        for d in differ {
+            println!("  {d}");
+        }
+    }
     let lengths = config.eval_lengths();
-    let mut header = format!("{:<12} {:>12} {:>9}", "arch", "params", "time (s)");
+    let mut header = format!("{:<20} {:>12} {:>9}", "run", "params", "time (s)");
     for l in &lengths {
         header += &format!(" {:>9} {:>9}", format!("loss@{l}"), format!("acc@{l}"));
     }
     println!("{header}");
-    for (s, o) in sizes.iter().zip(outcomes) {
-        let mut line = format!(
-            "{:<12} {:>12} {:>9.1}",
-            s.arch.name(),
-            thousands(s.num_params),
-            o.elapsed_s
-        );
+    // Per run: wall time, then (loss, accuracy) at each length.
+    let cells = |o: &Outcome| -> Vec<f64> {
+        let mut v = vec![o.elapsed_s];
         for l in &lengths {
             let e = o.evals.iter().find(|e| e.length == *l);
-            let (loss, acc) = e.map_or((f64::NAN, f64::NAN), |e| (e.loss, e.accuracy));
-            line += &format!(" {loss:>9.4} {acc:>9.3}");
+            v.extend(e.map_or([f64::NAN; 2], |e| [e.loss, e.accuracy]));
+        }
+        v
+    };
+    let line = |name: &str, params: &str, v: &[f64]| {
+        let mut line = format!("{name:<20} {params:>12} {:>9.1}", v[0]);
+        for pair in v[1..].chunks(2) {
+            line += &format!(" {:>9.4} {:>9.3}", pair[0], pair[1]);
         }
         println!("{line}");
+    };
+    for (i, o) in outcomes.iter().enumerate() {
+        let s = &sizes[i % sizes.len()];
+        let name = run_name(s.arch.name(), seeds[i / sizes.len()], seeds.len());
+        line(&name, &thousands(s.num_params), &cells(o));
+    }
+    if seeds.len() < 2 {
+        return;
+    }
+    println!("over {} seeds: mean, and [min, max] below it", seeds.len());
+    for (a, s) in sizes.iter().enumerate() {
+        let runs: Vec<Vec<f64>> = outcomes
+            .iter()
+            .skip(a)
+            .step_by(sizes.len())
+            .map(cells)
+            .collect();
+        let column = |j: usize| runs.iter().map(|r| r[j]).collect::<Vec<f64>>();
+        let n = runs[0].len();
+        let mean: Vec<f64> = (0..n)
+            .map(|j| column(j).iter().sum::<f64>() / runs.len() as f64)
+            .collect();
+        line(
+            &format!("{} mean", s.arch.name()),
+            &thousands(s.num_params),
+            &mean,
+        );
+        let mut range = format!("{:<20} {:>12} {:>9}", "", "", "");
+        for j in 1..n {
+            let c = column(j);
+            let (lo, hi) = (
+                c.iter().copied().fold(f64::INFINITY, f64::min),
+                c.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            );
+            range += &format!(" {:>9}", format!("{lo:.2}-{hi:.2}"));
+        }
+        println!("{range}");
     }
 }

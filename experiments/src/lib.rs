@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod recipes;
 pub mod sizes;
 pub mod sweep;
 pub mod tasks;

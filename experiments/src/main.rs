@@ -171,6 +171,10 @@ enum Cmd {
         /// Architectures, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "mamba,transformer")]
         archs: Vec<String>,
+        /// Seeds, comma-separated: every architecture is trained at each (default: the config's
+        /// `seeds` key, else its `seed`).
+        #[arg(long)]
+        seeds: Option<String>,
         /// Override config keys.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -240,6 +244,9 @@ enum Cmd {
         /// Parent folder of demo/.
         #[arg(long, default_value = "runs")]
         out: PathBuf,
+        /// Seeds, comma-separated: both architectures are trained at each (default: 0).
+        #[arg(long)]
+        seeds: Option<String>,
         /// Override demo config keys, e.g. --set train.steps=100.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -364,6 +371,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Compare {
             config,
             archs,
+            seeds,
             set,
             out,
             name,
@@ -381,12 +389,18 @@ fn run(cli: Cli) -> Result<()> {
                 &config.display().to_string(),
                 &dir,
                 &archs,
+                seeds.as_deref(),
                 &set,
                 device,
             )?;
         }
-        Cmd::Demo { out, set, device } => {
-            demo::demo(&out, &set, device)?;
+        Cmd::Demo {
+            out,
+            seeds,
+            set,
+            device,
+        } => {
+            demo::demo(&out, seeds.as_deref(), &set, device)?;
         }
         Cmd::Bench {
             device,

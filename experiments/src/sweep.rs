@@ -426,7 +426,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Writes `summary.csv` of the runs `dir/<name>` (one row each, with the grid `keys` and their
-/// values): final training loss, median throughput (first row, the warm-up, excluded), peak
+/// values; with a `seed` key also `mean`, `min` and `max` rows over the seeds): final training loss, median throughput (first row, the warm-up, excluded), peak
 /// training memory, size and FLOPs, and the last evaluation at every length.
 pub fn write_summary(dir: &Path, keys: &[String], runs: &[(String, Vec<String>)]) -> Result<()> {
     let mut lengths = BTreeSet::new();
@@ -457,7 +457,7 @@ pub fn write_summary(dir: &Path, keys: &[String], runs: &[(String, Vec<String>)]
     for l in &lengths {
         header.extend([format!("loss@{l}"), format!("accuracy@{l}")]);
     }
-    let rows = rows
+    let mut rows: Vec<Vec<String>> = rows
         .into_iter()
         .map(|(mut row, evals)| {
             for l in &lengths {
@@ -468,6 +468,10 @@ pub fn write_summary(dir: &Path, keys: &[String], runs: &[(String, Vec<String>)]
             row
         })
         .collect();
+    if let Some(seed) = keys.iter().position(|k| k == "seed") {
+        let aggregates = seed_aggregates(&rows, 1 + seed, 1 + keys.len());
+        rows.extend(aggregates);
+    }
     Table {
         path: dir.join(SUMMARY_FILE),
         header,
@@ -475,6 +479,54 @@ pub fn write_summary(dir: &Path, keys: &[String], runs: &[(String, Vec<String>)]
         torn: false,
     }
     .write(&dir.join(SUMMARY_FILE))
+}
+
+/// Rows `mean`, `min` and `max` (in the status column) over the seeds of every setting of the
+/// other keys that finished at two seeds or more: numbers are aggregated over the runs with
+/// status `ok`, text kept where all agree. `seed` and `status` are the columns of the seed and
+/// the status.
+fn seed_aggregates(rows: &[Vec<String>], seed: usize, status: usize) -> Vec<Vec<String>> {
+    let mut groups: Vec<(Vec<&String>, Vec<&Vec<String>>)> = Vec::new();
+    for row in rows.iter().filter(|r| r[status] == "ok") {
+        let key: Vec<&String> = (1..status)
+            .filter(|&i| i != seed)
+            .map(|i| &row[i])
+            .collect();
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.1.push(row),
+            None => groups.push((key, vec![row])),
+        }
+    }
+    let mut out = Vec::new();
+    for (key, runs) in groups.iter().filter(|g| g.1.len() > 1) {
+        let label = key.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("_");
+        for (what, pick) in [
+            (
+                "mean",
+                (|v: &[f64]| v.iter().sum::<f64>() / v.len() as f64) as fn(&[f64]) -> f64,
+            ),
+            ("min", |v| v.iter().copied().fold(f64::INFINITY, f64::min)),
+            ("max", |v| {
+                v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+            }),
+        ] {
+            let mut row = runs[0].clone();
+            row[0] = format!("{label}_{what}");
+            row[seed] = format!("{} seeds", runs.len());
+            row[status] = what.into();
+            for (i, c) in row.iter_mut().enumerate().skip(status + 1) {
+                let numbers: Option<Vec<f64>> =
+                    runs.iter().map(|r| r[i].parse::<f64>().ok()).collect();
+                *c = match numbers {
+                    Some(v) => cell(pick(&v)),
+                    None if runs.iter().all(|r| r[i] == runs[0][i]) => runs[0][i].clone(),
+                    None => String::new(),
+                };
+            }
+            out.push(row);
+        }
+    }
+    out
 }
 
 const RUN_COLUMNS: [&str; 10] = [

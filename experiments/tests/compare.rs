@@ -157,3 +157,68 @@ fn run_ok_stderr(cwd: &std::path::Path, args: &[&str]) -> String {
     assert!(out.status.success(), "ssm-lab {args:?} failed:\n{stderr}");
     stderr
 }
+
+#[test]
+fn compare_runs_every_architecture_at_every_seed_with_its_own_recipe() {
+    let dir = tmp_dir("compare-seeds");
+    let text = format!("seeds = [3, 5]\n{TINY_MQAR}\n[train.transformer]\nlr = 2.5e-4\n");
+    let cfg = write(&dir, "c.toml", &text);
+    let stdout = run_ok(
+        &dir,
+        &["compare", "--config", &cfg, "--set", "train.steps=2"],
+    );
+    assert!(
+        stdout.contains("seeds [3, 5]") && stdout.contains("train.lr: "),
+        "{stdout}"
+    );
+    let root = dir.join("runs/c-compare");
+    let summary = Table::read(&root.join("summary.csv")).unwrap();
+    let (points, status) = (
+        summary.strings("point").unwrap(),
+        summary.strings("status").unwrap(),
+    );
+    assert_eq!(
+        points,
+        [
+            "mamba-seed3",
+            "transformer-seed3",
+            "mamba-seed5",
+            "transformer-seed5",
+            "mamba_mean",
+            "mamba_min",
+            "mamba_max",
+            "transformer_mean",
+            "transformer_min",
+            "transformer_max"
+        ]
+    );
+    // Each run trained at its seed with its architecture's recipe, saved in its folder.
+    for (point, seed, lr) in [("mamba-seed3", 3, 0.0), ("transformer-seed5", 5, 2.5e-4)] {
+        let c = config::parse(
+            &std::fs::read_to_string(root.join(point).join("config.toml")).unwrap(),
+            point,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.seed, seed, "{point}");
+        if lr > 0.0 {
+            assert_eq!(c.train.lr, lr, "{point}");
+        } else {
+            assert_ne!(c.train.lr, 2.5e-4, "{point}");
+        }
+    }
+    // Different seeds give different runs, and the aggregate rows are their mean, min and max.
+    let loss = summary.f64s("final_loss").unwrap();
+    assert_ne!(loss[0], loss[2]);
+    for (arch, runs, first) in [("mamba", [0, 2], 4), ("transformer", [1, 3], 7)] {
+        assert_eq!(status[first..first + 3], ["mean", "min", "max"], "{arch}");
+        let (a, b) = (loss[runs[0]], loss[runs[1]]);
+        let want = [(a + b) / 2.0, a.min(b), a.max(b)];
+        for (k, w) in want.iter().enumerate() {
+            assert!(
+                (loss[first + k] - w).abs() <= 1e-12 * w.abs(),
+                "{arch}: {loss:?}"
+            );
+        }
+    }
+}
