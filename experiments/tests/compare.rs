@@ -207,6 +207,17 @@ fn compare_runs_every_architecture_at_every_seed_with_its_own_recipe() {
             assert_ne!(c.train.lr, 2.5e-4, "{point}");
         }
     }
+    // The plots draw one line per architecture: the mean over the seeds, its range shaded.
+    let svg = std::fs::read_to_string(root.join("plots/loss.svg")).unwrap();
+    for label in ["mamba (mean of 2 seeds)", "transformer (mean of 2 seeds)"] {
+        assert!(svg.contains(label), "{label}");
+    }
+    assert!(!svg.contains("mamba-seed3"));
+    assert_eq!(
+        svg.matches("<polygon").count(),
+        2,
+        "one band per architecture"
+    );
     // Different seeds give different runs, and the aggregate rows are their mean, min and max.
     let loss = summary.f64s("final_loss").unwrap();
     assert_ne!(loss[0], loss[2]);

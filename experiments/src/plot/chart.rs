@@ -50,6 +50,9 @@ pub fn register_font() {
     });
 }
 
+/// The shaded range (x, low, high) under the series of a given index.
+pub type Band = (usize, Vec<(f64, f64, f64)>);
+
 /// A series of (x, y) points with a legend label.
 pub struct Series {
     pub label: String,
@@ -151,13 +154,21 @@ pub struct Lines {
     pub y_max: Option<f64>,
     /// Footnote lines under the chart.
     pub note: Vec<String>,
+    /// Shaded ranges (x, low, high) drawn under the series of the same index, in its colour:
+    /// the min-max band of a mean over seeds.
+    pub bands: Vec<Band>,
 }
 
 impl Lines {
     fn points(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        let bands = self
+            .bands
+            .iter()
+            .flat_map(|b| b.1.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]));
         self.series
             .iter()
             .flat_map(|s| s.points.iter().copied())
+            .chain(bands)
             .filter(|(x, y)| x.is_finite() && y.is_finite())
     }
 
@@ -229,6 +240,18 @@ impl Lines {
             .y_label_formatter(&y_label)
             .label_style((FONT, LABEL_FONT))
             .draw()?;
+        for (i, band) in &self.bands {
+            let shown: Vec<&(f64, f64, f64)> = band
+                .iter()
+                .filter(|&&(x, lo, hi)| x_axis.shows(x) && y_axis.shows(lo) && y_axis.shows(hi))
+                .collect();
+            let outline: Vec<(f64, f64)> = shown
+                .iter()
+                .map(|p| (p.0, p.1))
+                .chain(shown.iter().rev().map(|p| (p.0, p.2)))
+                .collect();
+            chart.draw_series([Polygon::new(outline, color(*i).mix(0.2).filled())])?;
+        }
         for (i, s) in self.series.iter().enumerate() {
             let c = color(i);
             let pts: Vec<(f64, f64)> = s

@@ -2,7 +2,8 @@
 //! overlaid, accuracy vs test length, loss vs training FLOPs (log-log curves, no fit: a power law
 //! belongs to the final losses of a family of model sizes, not to one training curve), held-out
 //! bits per byte of byte-level runs, and throughput and peak memory vs sequence length from a
-//! sweep's summary.csv. Text uses the DejaVu Sans font embedded in the binary, so no system font
+//! sweep's summary.csv. Runs that differ only by their seed are drawn in the loss and accuracy
+//! charts as one line, their mean, with the min-max range shaded. Text uses the DejaVu Sans font embedded in the binary, so no system font
 //! is needed.
 
 mod chart;
@@ -13,10 +14,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::checkpoint::CONFIG_FILE;
+use crate::config;
 use crate::metrics::{EVAL_FILE, METRICS_FILE, Table};
 use crate::sweep::{SUMMARY_FILE, is_run, sweep_runs};
 use crate::train::RUN_INFO_FILE;
-use chart::{Lines, Pair, Series, register_font, save};
+use chart::{Band, Lines, Pair, Series, register_font, save};
 use ticks::Scale;
 
 /// The result files of one run.
@@ -34,6 +37,8 @@ struct Run {
     accuracy: Vec<(f64, f64)>,
     /// Per eval length: (step, held-out bits per byte) of every evaluation; byte-level runs only.
     bits_per_byte: BTreeMap<u64, Vec<(f64, f64)>>,
+    /// The run's config with its seed and name blanked: runs that share it differ only by seed.
+    setting: Option<String>,
 }
 
 impl Run {
@@ -80,8 +85,92 @@ impl Run {
             flops_convention: text("flops_convention"),
             accuracy,
             bits_per_byte,
+            setting: setting(dir),
         })
     }
+}
+
+fn setting(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(CONFIG_FILE)).ok()?;
+    let mut c = config::parse(&text, "", &[]).ok()?;
+    (c.seed, c.name) = (0, String::new());
+    Some(c.to_toml())
+}
+
+/// One line of a chart: a run, or the runs of one setting at several seeds.
+struct Line<'a> {
+    label: String,
+    runs: Vec<&'a Run>,
+}
+
+/// Runs that differ only by their seed become one line (their mean, with the min-max range
+/// shaded), labelled by the first run's label without its `-seed<k>` suffix.
+fn seed_lines<'a>(runs: impl IntoIterator<Item = &'a Run>) -> Vec<Line<'a>> {
+    let mut out: Vec<Line> = Vec::new();
+    for r in runs {
+        match out
+            .iter_mut()
+            .find(|l| r.setting.is_some() && l.runs[0].setting == r.setting)
+        {
+            Some(l) => l.runs.push(r),
+            None => out.push(Line {
+                label: r.label.clone(),
+                runs: vec![r],
+            }),
+        }
+    }
+    for l in &mut out {
+        if l.runs.len() > 1 {
+            let base = l
+                .label
+                .rsplit_once("-seed")
+                .map_or(l.label.as_str(), |b| b.0);
+            l.label = format!("{base} (mean of {} seeds)", l.runs.len());
+        }
+    }
+    out
+}
+
+/// The mean and the (x, min, max) range over `runs` of the points `of` gives, at the x values
+/// all of them have.
+fn mean_and_band(runs: &[&Run], of: fn(&Run) -> Vec<(f64, f64)>) -> (Series, Vec<(f64, f64, f64)>) {
+    let first = of(runs[0]);
+    let others: Vec<BTreeMap<u64, f64>> = runs[1..]
+        .iter()
+        .map(|r| of(r).into_iter().map(|(x, y)| (x.to_bits(), y)).collect())
+        .collect();
+    let mut points = Vec::new();
+    let mut band = Vec::new();
+    for &(x, y) in &first {
+        let ys: Option<Vec<f64>> = std::iter::once(Some(y))
+            .chain(others.iter().map(|o| o.get(&x.to_bits()).copied()))
+            .collect();
+        if let Some(ys) = ys {
+            points.push((x, ys.iter().sum::<f64>() / ys.len() as f64));
+            let lo = ys.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            band.push((x, lo, hi));
+        }
+    }
+    let series = Series {
+        label: String::new(),
+        points,
+    };
+    (series, band)
+}
+
+/// A chart's series and bands: one per line, a mean with a band for several seeds.
+fn seed_series(lines: &[Line], of: fn(&Run) -> Vec<(f64, f64)>) -> (Vec<Series>, Vec<Band>) {
+    let (mut series, mut bands) = (Vec::new(), Vec::new());
+    for (i, l) in lines.iter().enumerate() {
+        let (mut s, band) = mean_and_band(&l.runs, of);
+        s.label = l.label.clone();
+        if l.runs.len() > 1 {
+            bands.push((i, band));
+        }
+        series.push(s);
+    }
+    (series, bands)
 }
 
 /// What `plot` was given: runs to overlay and sweep summaries.
@@ -177,42 +266,36 @@ fn lines(
         y_scale: axes.1,
         y_max: None,
         note: Vec::new(),
+        bands: Vec::new(),
     }
 }
 
 fn loss_chart(runs: &[Run]) -> Lines {
-    let series = runs
-        .iter()
-        .map(|r| Series {
-            label: r.label.clone(),
-            points: r
-                .steps
-                .iter()
-                .copied()
-                .zip(r.loss.iter().copied())
-                .collect(),
-        })
-        .collect();
-    lines(
-        "training loss",
-        "step",
-        "loss (nats)",
-        (Scale::Linear, Scale::Log10),
-        series,
-    )
+    let (series, bands) = seed_series(&seed_lines(runs), |r| {
+        r.steps
+            .iter()
+            .copied()
+            .zip(r.loss.iter().copied())
+            .collect()
+    });
+    Lines {
+        bands,
+        ..lines(
+            "training loss",
+            "step",
+            "loss (nats)",
+            (Scale::Linear, Scale::Log10),
+            series,
+        )
+    }
 }
 
 fn accuracy_chart(runs: &[Run]) -> Lines {
-    let series = runs
-        .iter()
-        .filter(|r| !r.accuracy.is_empty())
-        .map(|r| Series {
-            label: r.label.clone(),
-            points: r.accuracy.clone(),
-        })
-        .collect();
+    let with_accuracy = seed_lines(runs.iter().filter(|r| !r.accuracy.is_empty()));
+    let (series, bands) = seed_series(&with_accuracy, |r| r.accuracy.clone());
     Lines {
         y_max: Some(1.05),
+        bands,
         ..lines(
             "accuracy vs test length (last evaluation)",
             "test length (tokens)",
