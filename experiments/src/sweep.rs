@@ -499,7 +499,10 @@ fn seed_aggregates(rows: &[Vec<String>], seed: usize, status: usize) -> Vec<Vec<
     }
     let mut out = Vec::new();
     for (key, runs) in groups.iter().filter(|g| g.1.len() > 1) {
-        let label = key.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("_");
+        let label = match key.is_empty() {
+            true => "seeds".to_string(),
+            false => key.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("_"),
+        };
         for (what, pick) in [
             (
                 "mean",
