@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use ssm::Device;
 
 use crate::config::{self, RunConfig, TrainConfig};
+use crate::metrics::Table;
 use crate::plot::plot;
 use crate::recipes;
 use crate::sizes::{MAX_MISMATCH, Size, SizeOrigin, match_sizes, thousands};
@@ -67,11 +68,7 @@ pub fn compare(
     if archs.is_empty() {
         bail!("--archs: name at least one architecture");
     }
-    if let Some(a) = archs
-        .iter()
-        .enumerate()
-        .find_map(|(i, a)| archs[..i].contains(a).then_some(a))
-    {
+    if let Some(a) = recipes::first_repeat(archs) {
         bail!("--archs: `{a}` is named twice; each architecture gets one run folder");
     }
     let mut table: toml::Table =
@@ -156,7 +153,7 @@ pub fn compare(
         .collect();
     write_summary(dir, &keys, &rows)?;
     let files = plot(&[dir.to_path_buf()], &dir.join("plots"))?;
-    print_table(&configs, &sizes, &seeds, &outcomes);
+    print_table(dir, &configs, &sizes, &seeds, &outcomes)?;
     println!(
         "\nresults in {}: {SUMMARY_FILE}, */metrics.csv, */eval.csv, plots/ ({} files)",
         dir.display(),
@@ -225,8 +222,14 @@ fn run_name(arch: &str, seed: u64, seeds: usize) -> String {
 
 /// Parameters, wall time, and the held-out loss and accuracy of the last evaluation at every
 /// test length: one line per run, and with several seeds the mean and the range [min, max] of
-/// each architecture. The `[train]` keys that differ between the architectures are listed.
-fn print_table(configs: &[RunConfig], sizes: &[Size], seeds: &[u64], outcomes: &[Outcome]) {
+/// each architecture (from summary.csv). The `[train]` keys that differ between the architectures are listed.
+fn print_table(
+    dir: &Path,
+    configs: &[RunConfig],
+    sizes: &[Size],
+    seeds: &[u64],
+    outcomes: &[Outcome],
+) -> Result<()> {
     let config = &configs[0];
     let t = &config.task;
     println!(
@@ -272,35 +275,39 @@ fn print_table(configs: &[RunConfig], sizes: &[Size], seeds: &[u64], outcomes: &
         line(&name, &thousands(s.num_params), &cells(o));
     }
     if seeds.len() < 2 {
-        return;
+        return Ok(());
     }
-    println!("over {} seeds: mean, and [min, max] below it", seeds.len());
-    for (a, s) in sizes.iter().enumerate() {
-        let runs: Vec<Vec<f64>> = outcomes
-            .iter()
-            .skip(a)
-            .step_by(sizes.len())
-            .map(cells)
-            .collect();
-        let column = |j: usize| runs.iter().map(|r| r[j]).collect::<Vec<f64>>();
-        let n = runs[0].len();
-        let mean: Vec<f64> = (0..n)
-            .map(|j| column(j).iter().sum::<f64>() / runs.len() as f64)
-            .collect();
+    // The aggregates are summary.csv's mean, min and max rows.
+    let summary = Table::read(&dir.join(SUMMARY_FILE))?;
+    let status = summary.strings("status")?;
+    let column = |name: &str| summary.f64s(name);
+    let mut columns = vec![column("elapsed_s")?];
+    for l in &lengths {
+        columns.push(column(&format!("loss@{l}"))?);
+        columns.push(column(&format!("accuracy@{l}"))?);
+    }
+    let row = |i: usize| columns.iter().map(|c| c[i]).collect::<Vec<f64>>();
+    let at = |arch: &str, what: &str| {
+        (0..status.len()).find(|&i| status[i] == what && summary.rows[i][1] == arch)
+    };
+    println!("over {} seeds: mean, and [min-max] below it", seeds.len());
+    for s in sizes {
+        let arch = s.arch.name();
+        let (Some(mean), Some(min), Some(max)) =
+            (at(arch, "mean"), at(arch, "min"), at(arch, "max"))
+        else {
+            continue;
+        };
         line(
-            &format!("{} mean", s.arch.name()),
+            &format!("{arch} mean"),
             &thousands(s.num_params),
-            &mean,
+            &row(mean),
         );
         let mut range = format!("{:<20} {:>12} {:>9}", "", "", "");
-        for j in 1..n {
-            let c = column(j);
-            let (lo, hi) = (
-                c.iter().copied().fold(f64::INFINITY, f64::min),
-                c.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            );
+        for (lo, hi) in row(min).iter().zip(row(max)).skip(1) {
             range += &format!(" {:>9}", format!("{lo:.2}-{hi:.2}"));
         }
         println!("{range}");
     }
+    Ok(())
 }

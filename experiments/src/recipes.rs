@@ -130,14 +130,17 @@ pub fn seeds(table: &toml::Table, flag: Option<&str>, origin: &str) -> Result<Ve
     if seeds.is_empty() {
         bail!("{what}: name at least one seed");
     }
-    if let Some(s) = seeds
-        .iter()
-        .enumerate()
-        .find_map(|(i, s)| seeds[..i].contains(s).then_some(s))
-    {
+    if let Some(s) = first_repeat(&seeds) {
         bail!("{what}: seed {s} is named twice");
     }
     Ok(seeds)
+}
+
+/// The first element of `xs` that an earlier one equals.
+pub fn first_repeat<T: PartialEq>(xs: &[T]) -> Option<&T> {
+    xs.iter()
+        .enumerate()
+        .find_map(|(i, x)| xs[..i].contains(x).then_some(x))
 }
 
 /// The `[train]` keys whose resolved values differ between `trains`, as "key: v1 / v2 / ...".

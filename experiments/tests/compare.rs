@@ -207,6 +207,12 @@ fn compare_runs_every_architecture_at_every_seed_with_its_own_recipe() {
             assert_ne!(c.train.lr, 2.5e-4, "{point}");
         }
     }
+    // The printed means are summary.csv's.
+    let mean32 = summary.f64s("loss@32").unwrap()[4];
+    assert!(
+        stdout.contains("mamba mean") && stdout.contains(&format!("{mean32:.4}")),
+        "{mean32} in\n{stdout}"
+    );
     // The plots draw one line per architecture: the mean over the seeds, its range shaded.
     let svg = std::fs::read_to_string(root.join("plots/loss.svg")).unwrap();
     for label in ["mamba (mean of 2 seeds)", "transformer (mean of 2 seeds)"] {

@@ -3,8 +3,8 @@
 //! belongs to the final losses of a family of model sizes, not to one training curve), held-out
 //! bits per byte of byte-level runs, and throughput and peak memory vs sequence length from a
 //! sweep's summary.csv. Runs that differ only by their seed are drawn in the loss and accuracy
-//! charts as one line, their mean, with the min-max range shaded. Text uses the DejaVu Sans font embedded in the binary, so no system font
-//! is needed.
+//! charts as one line, their mean, with the min-max range shaded. Text uses the DejaVu Sans font
+//! embedded in the binary, so no system font is needed.
 
 mod chart;
 pub mod ticks;
