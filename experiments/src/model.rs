@@ -199,7 +199,8 @@ impl Model {
     }
 
     /// Saves the weights alone where other tools read them: a Hugging Face folder for Mamba; for
-    /// the others ssm's config (config.json) and the parameters under their ssm names. A
+    /// the others (and the non-selective ablation, which transformers has no layout for) ssm's
+    /// config (config.json) and the parameters under their ssm names. A
     /// byte-level model's config.json also gets `TOKENIZER_KEY`.
     pub fn export(&mut self, dir: &Path) -> Result<()> {
         self.export_weights(dir)?;
@@ -219,7 +220,9 @@ impl Model {
     }
 
     fn export_weights(&mut self, dir: &Path) -> Result<()> {
-        if let AnyLM::Mamba(m) = &self.0 {
+        if let AnyLM::Mamba(m) = &self.0
+            && m.config.selective
+        {
             return Ok(hf::save_mamba(m, dir)?);
         }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -1,8 +1,8 @@
-//! Central finite-difference checks in f64 of GELU, and of tiny Transformer and hybrid language
-//! models end to end (every parameter), through `AnyLM`.
+//! Central finite-difference checks in f64 of GELU, and of tiny Transformer, hybrid and
+//! non-selective Mamba language models end to end (every parameter), through `AnyLM`.
 
 use ssm::Tensor;
-use ssm::models::{AnyLM, HybridConfig, ModelConfig, TransformerConfig};
+use ssm::models::{AnyLM, HybridConfig, MambaConfig, ModelConfig, TransformerConfig};
 use ssm::nn::Module;
 use ssm::nn::attention::PosEncoding;
 use ssm::nn::mlp::MlpKind;
@@ -10,6 +10,7 @@ use ssm::ops::activation::{gelu_bwd, gelu_fwd};
 use ssm::ops::loss::IGNORE_INDEX;
 
 use crate::common::*;
+use crate::gradcheck_ops::tiny_config;
 
 const H: f64 = 1e-4;
 const TOL: f64 = 1e-6;
@@ -168,4 +169,29 @@ fn hybrid_end_to_end() {
         ..HybridConfig::default()
     };
     check_model(c.into(), 34);
+}
+
+/// The non-selective ablation: Δ, B and C are learned constants (their gradients are sums over
+/// every position), with the hybrid's Mamba layers non-selective as well.
+#[test]
+fn mamba_non_selective_end_to_end() {
+    let c = MambaConfig {
+        selective: false,
+        ..tiny_config()
+    };
+    check_model(c.into(), 35);
+    let h = HybridConfig {
+        pattern: "MA".into(),
+        d_model: 8,
+        vocab_size: 13,
+        d_state: 4,
+        d_conv: 3,
+        dt_min: 0.1,
+        dt_max: 1.0,
+        n_heads: 2,
+        mlp_hidden: Some(12),
+        selective: false,
+        ..HybridConfig::default()
+    };
+    check_model(h.into(), 36);
 }

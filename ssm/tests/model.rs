@@ -1,9 +1,14 @@
-//! MambaLM behaviour: recurrent decoding against the parallel forward, deterministic training,
-//! generation, and the optimizer.
+//! MambaLM behaviour: recurrent decoding against the parallel forward, the non-selective ablation
+//! against the selective path, deterministic training, generation, and the optimizer.
 
+use std::collections::HashMap;
+
+use ssm::Tensor;
+use ssm::io::hf::{Part, named_tensors};
 use ssm::models::generate::Sampling;
 use ssm::models::{Decoder, MambaConfig, MambaLM};
 use ssm::nn::Module;
+use ssm::nn::mamba::Selection;
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm, cosine_lr};
 
 use crate::common::*;
@@ -34,7 +39,17 @@ fn perturbed(config: MambaConfig, seed: u64) -> MambaLM {
 
 #[test]
 fn step_matches_parallel_forward_at_every_position() {
-    let mut model = perturbed(small(), 3);
+    for selective in [true, false] {
+        println!("selective = {selective}");
+        step_matches_parallel_forward(MambaConfig {
+            selective,
+            ..small()
+        });
+    }
+}
+
+fn step_matches_parallel_forward(config: MambaConfig) {
+    let mut model = perturbed(config, 3);
     let (b, l) = (2, 150);
     let ids: Vec<u32> = (0..b * l).map(|i| ((i * 31 + 7) % 50) as u32).collect();
     let v = model.vocab();
@@ -73,6 +88,120 @@ fn step_matches_parallel_forward_at_every_position() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(d < 1e-5, "step after prefill {d}");
+}
+
+/// The non-selective ablation is the selective path fed constants. With in_proj_x's row j zero
+/// (and no in_proj bias), channel j of the convolution's output is c0 = silu(conv_b[j]) at every
+/// position; an x_proj that reads only channel j, with B/c0 and C/c0 in its B and C rows and zero
+/// dt rows, gives the selective path Δ = softplus(dt_proj.bias) and the fixed B and C. The loss
+/// and every gradient agree (but those of channel j's input path, which x_proj also reads), and
+/// the fixed B's and C's gradients are those of x_proj's column j over c0.
+#[test]
+fn non_selective_is_the_selective_path_fed_constants() {
+    let config = small();
+    let (d, di, n, r, j) = (
+        config.d_model,
+        config.d_inner(),
+        config.d_state,
+        config.dt_rank(),
+        5,
+    );
+    let fixed_config = MambaConfig {
+        selective: false,
+        ..config.clone()
+    };
+    let mut fixed = perturbed(fixed_config, 11).cast::<f64>();
+    let mut sel = MambaLM::<f32>::new(config, 0).unwrap().cast::<f64>();
+    let c0 = 1.0 / (1.0 + (-1.0f64).exp());
+    let mut fixed_bc = Vec::new();
+    for layer in &mut fixed.layers {
+        let m = &mut layer.mixer;
+        m.in_proj_x.value.host_mut().unwrap()[j * d..(j + 1) * d].fill(0.0);
+        m.conv_b.as_mut().unwrap().value.host_mut().unwrap()[j] = 1.0;
+        let Selection::Fixed { b, c } = &m.selection else {
+            panic!("selective = false builds a fixed selection");
+        };
+        fixed_bc.push((b.value.to_vec(), c.value.to_vec()));
+    }
+    let mut shared = HashMap::new();
+    fixed.visit_params(&mut |name, p| {
+        shared.insert(name.to_string(), p.value.clone());
+    });
+    sel.visit_params(&mut |name, p| {
+        if let Some(v) = shared.get(name) {
+            p.value = v.clone();
+        }
+    });
+    for (layer, (bv, cv)) in sel.layers.iter_mut().zip(&fixed_bc) {
+        let Selection::Selective { x_proj, .. } = &mut layer.mixer.selection else {
+            panic!("the default is selective");
+        };
+        let mut w = vec![0.0; (r + 2 * n) * di];
+        for k in 0..n {
+            w[(r + k) * di + j] = bv[k] / c0;
+            w[(r + n + k) * di + j] = cv[k] / c0;
+        }
+        x_proj.value = Tensor::from_vec([r + 2 * n, di], w).unwrap();
+    }
+
+    let b = 2;
+    let ids: Vec<u32> = (0..b * 40).map(|i| ((i * 17 + 3) % 50) as u32).collect();
+    let targets: Vec<i64> = ids.iter().map(|&t| ((t + 1) % 50) as i64).collect();
+    let mut losses = [0.0; 2];
+    for (loss, model) in losses.iter_mut().zip([&mut fixed, &mut sel]) {
+        model.zero_grad().unwrap();
+        *loss = model.forward_loss(&ids, &targets, b).unwrap();
+        model.backward().unwrap();
+    }
+    println!("loss fixed {:.12} selective {:.12}", losses[0], losses[1]);
+    assert!((losses[0] - losses[1]).abs() < 1e-12, "{losses:?}");
+
+    // Channel j's input path differs: x_proj reads xc_j in the selective model only.
+    let channel_j = |name: &str, g: &mut [f64]| {
+        let width = if name.ends_with("in_proj_x") {
+            d
+        } else if name.ends_with("conv1d.weight") {
+            small().d_conv
+        } else if name.ends_with("conv1d.bias") {
+            1
+        } else {
+            return;
+        };
+        g[j * width..(j + 1) * width].fill(0.0);
+    };
+    let mut fixed_grads = HashMap::new();
+    fixed.visit_params(&mut |name, p| {
+        let mut g = p.grad.to_vec();
+        channel_j(name, &mut g);
+        fixed_grads.insert(name.to_string(), g);
+    });
+    let mut compared = 0;
+    sel.visit_params(&mut |name, p| {
+        let mut g = p.grad.to_vec();
+        channel_j(name, &mut g);
+        if let Some(want) = fixed_grads.get(name) {
+            let e = rel_err(&g, want);
+            assert!(e < 1e-10, "{name}: relative error {e:e}");
+            compared += 1;
+        }
+    });
+    assert_eq!(compared, fixed_grads.len() - 2 * small().n_layer);
+    for (i, layer) in sel.layers.iter().enumerate() {
+        let Selection::Selective { x_proj, .. } = &layer.mixer.selection else {
+            unreachable!("checked above");
+        };
+        let gx = x_proj.grad.to_vec();
+        for (row0, which) in [(r, "B"), (r + n, "C")] {
+            let want: Vec<f64> = (0..n).map(|k| gx[(row0 + k) * di + j] / c0).collect();
+            let got = &fixed_grads[&format!("layers.{i}.mixer.{which}")];
+            let e = rel_err(got, &want);
+            println!("layer {i} d{which}: relative error {e:.2e}");
+            assert!(e < 1e-10, "layer {i} {which}: relative error {e:e}");
+        }
+    }
+    // transformers' Mamba is always selective: no Hugging Face layout to write the ablation in.
+    let err = named_tensors(&fixed, Part::Value).unwrap_err().to_string();
+    assert!(err.contains("selective"), "{err}");
 }
 
 fn train_losses(seed: u64, steps: usize) -> Vec<f64> {

@@ -250,12 +250,19 @@ fn param_and_flop_counts_by_hand() {
         ..HybridConfig::default()
     };
     let n_h = 128 + 2 * mblock + block + 8;
-    let cases: [(ModelConfig, usize, f64); 4] = [
+    // Non-selective: B 4 and C 4 in place of x_proj and dt_proj's weight; dt_proj.bias stays.
+    let mf = MambaConfig {
+        selective: false,
+        ..m.clone()
+    };
+    let n_mf = 128 + 2 * (8 + 256 + 64 + 8 + 16 + 64 + 16 + 128) + 8;
+    let cases: [(ModelConfig, usize, f64); 5] = [
         // 6N + 6·n_layer·L·d at L = 32.
         (t.into(), n_t, (6 * n_t + 6 * 2 * 32 * 8) as f64),
         (tl.into(), n_tl, (6 * n_tl + 6 * 2 * 32 * 8) as f64),
         // 6N + 27·n_layer·d_inner·d_state.
         (m.into(), n_m, (6 * n_m + 27 * 2 * 16 * 4) as f64),
+        (mf.into(), n_mf, (6 * n_mf + 27 * 2 * 16 * 4) as f64),
         // One attention layer, two Mamba layers.
         (
             h.into(),
@@ -276,7 +283,7 @@ fn param_and_flop_counts_by_hand() {
         assert_eq!(model.num_params(), params, "{} model", config.arch());
         assert_eq!(model.flops_per_token(32), flops, "{} FLOPs", config.arch());
     }
-    assert_eq!((n_t, n_tl, n_m, n_h), (1320, 1272, 1624, 2216));
+    assert_eq!((n_t, n_tl, n_m, n_mf, n_h), (1320, 1272, 1624, 1256, 2216));
 }
 
 #[test]

@@ -12,6 +12,7 @@ use super::tensors::{TensorFile, write_tensors};
 use crate::error::{Error, Result};
 use crate::models::mamba::{MambaConfig, MambaLM};
 use crate::nn::Param;
+use crate::nn::mamba::Selection;
 use crate::tensor::{Device, Float, Tensor};
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -46,11 +47,18 @@ fn concat_rows<T: Float>(a: Tensor<T>, b: Tensor<T>) -> Result<Tensor<T>> {
 }
 
 /// Every parameter (or gradient) of `model` under its transformers name, in transformers' shapes:
-/// in_proj halves concatenated, conv1d weight as (di, 1, k).
+/// in_proj halves concatenated, conv1d weight as (di, 1, k). The non-selective ablation has no
+/// such layout and is refused.
 pub fn named_tensors<T: Float>(
     model: &MambaLM<T>,
     which: Part,
 ) -> Result<Vec<(String, Tensor<T>)>> {
+    if !model.config.selective {
+        return Err(Error::config(
+            "selective",
+            "false has no Hugging Face layout: transformers' Mamba is always selective",
+        ));
+    }
     let mut out = vec![(EMBEDDING.to_string(), part(&model.embedding, which)?)];
     for (i, layer) in model.layers.iter().enumerate() {
         let m = &layer.mixer;
@@ -72,8 +80,10 @@ pub fn named_tensors<T: Float>(
         if let Some(cb) = &m.conv_b {
             out.push((p("mixer.conv1d.bias"), part(cb, which)?));
         }
-        out.push((p("mixer.x_proj.weight"), part(&m.x_proj, which)?));
-        out.push((p("mixer.dt_proj.weight"), part(&m.dt_proj_w, which)?));
+        if let Selection::Selective { x_proj, dt_proj_w } = &m.selection {
+            out.push((p("mixer.x_proj.weight"), part(x_proj, which)?));
+            out.push((p("mixer.dt_proj.weight"), part(dt_proj_w, which)?));
+        }
         out.push((p("mixer.dt_proj.bias"), part(&m.dt_proj_b, which)?));
         out.push((p("mixer.A_log"), part(&m.a_log, which)?));
         out.push((p("mixer.D"), part(&m.d_skip, which)?));
@@ -202,6 +212,7 @@ pub fn parse_config(v: &Value, path: &Path) -> Result<MambaConfig> {
         dt_min: float("time_step_min", defaults.dt_min)?,
         dt_max: float("time_step_max", defaults.dt_max)?,
         dt_init_floor: float("time_step_floor", defaults.dt_init_floor)?,
+        selective: true,
     };
     config
         .validate()
@@ -279,8 +290,10 @@ pub fn load_mamba(dir: &Path) -> Result<MambaLM<f32>> {
         if let Some(cb) = &mut m.conv_b {
             cb.value = next();
         }
-        m.x_proj.value = next();
-        m.dt_proj_w.value = next();
+        if let Selection::Selective { x_proj, dt_proj_w } = &mut m.selection {
+            x_proj.value = next();
+            dt_proj_w.value = next();
+        }
         m.dt_proj_b.value = next();
         m.a_log.value = next();
         m.d_skip.value = next();

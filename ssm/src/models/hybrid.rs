@@ -61,6 +61,8 @@ pub struct HybridConfig {
     pub dt_min: f64,
     pub dt_max: f64,
     pub dt_init_floor: f64,
+    /// Mamba blocks: Δ, B and C depend on the input (true); false is the non-selective ablation.
+    pub selective: bool,
     /// Attention blocks: query heads (4); head_dim = d_model / n_heads.
     pub n_heads: usize,
     /// Attention blocks: key/value heads dividing n_heads; `None` means n_heads.
@@ -100,6 +102,7 @@ impl Default for HybridConfig {
             dt_min: m.dt_min,
             dt_max: m.dt_max,
             dt_init_floor: m.dt_init_floor,
+            selective: m.selective,
             n_heads: t.n_heads,
             n_kv_heads: t.n_kv_heads,
             attn_bias: t.attn_bias,
@@ -155,6 +158,7 @@ impl HybridConfig {
             dt_min: self.dt_min,
             dt_max: self.dt_max,
             dt_init_floor: self.dt_init_floor,
+            selective: self.selective,
         }
     }
 

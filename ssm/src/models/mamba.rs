@@ -45,6 +45,9 @@ pub struct MambaConfig {
     pub dt_min: f64,
     pub dt_max: f64,
     pub dt_init_floor: f64,
+    /// Δ, B and C depend on the input (S6, true); false is the non-selective ablation, where
+    /// they are learned constants (the LTI S4D-real case, Mamba paper Table 1's S4 row).
+    pub selective: bool,
 }
 
 impl Default for MambaConfig {
@@ -64,6 +67,7 @@ impl Default for MambaConfig {
             dt_min: 1e-3,
             dt_max: 0.1,
             dt_init_floor: 1e-4,
+            selective: true,
         }
     }
 }
@@ -122,6 +126,7 @@ impl MambaConfig {
             dt_rank: self.dt_rank(),
             bias: self.bias,
             conv_bias: self.conv_bias,
+            selective: self.selective,
         }
     }
 }

@@ -35,10 +35,14 @@ pub fn mamba_block_params(c: &MambaConfig) -> usize {
     let (d, di, n, k, r) = (c.d_model, c.d_inner(), c.d_state, c.d_conv, c.dt_rank());
     let in_proj = 2 * di * d + if c.bias { 2 * di } else { 0 };
     let conv = di * k + if c.conv_bias { di } else { 0 };
-    let x_proj = (r + 2 * n) * di;
-    let dt_proj = di * r + di;
+    // x_proj and dt_proj's weight when selective, else the fixed B and C; dt_proj's bias always.
+    let selection = if c.selective {
+        (r + 2 * n) * di + di * r
+    } else {
+        2 * n
+    };
     let out_proj = d * di + if c.bias { d } else { 0 };
-    d + in_proj + conv + x_proj + dt_proj + di * n + di + out_proj
+    d + in_proj + conv + selection + di + di * n + di + out_proj
 }
 
 /// A model configuration with its architecture: `arch = "mamba" | "transformer" | "hybrid"` next

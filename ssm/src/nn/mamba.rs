@@ -10,16 +10,20 @@
 //!
 //! `in_proj` is kept as its two halves (x and z) so each half is one contiguous matrix product;
 //! checkpoints store the concatenation under the usual name.
+//!
+//! The non-selective ablation ([`Selection::Fixed`], the paper's Table 1 "S4" row) has no x_proj
+//! or dt_proj weight: B and C are learned vectors (n) broadcast over every position, and
+//! Δ = softplus(dt_proj.bias), so the layer is linear time-invariant (S4D-real with shared B, C).
 
 use rand::rngs::StdRng;
 
-use super::init::{full, torch_default, uniform};
+use super::init::{full, normal, torch_default, uniform};
 use super::norm::RmsNorm;
 use super::{Module, Param};
 use crate::error::Result;
 use crate::ops::activation::{add_into, mul_add_into, neg_exp, silu_bwd, silu_fwd};
 use crate::ops::conv1d::{causal_conv1d_bwd, causal_conv1d_fwd, causal_conv1d_next_state};
-use crate::ops::copy::copy_cols;
+use crate::ops::copy::{add_broadcast, copy_cols, sum_leading_into};
 use crate::ops::linear::{linear_bwd, linear_fwd};
 use crate::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
 use crate::tensor::{Float, Tensor};
@@ -36,6 +40,37 @@ pub struct MixerDims {
     pub bias: bool,
     /// Bias on the convolution (`use_conv_bias`).
     pub conv_bias: bool,
+    /// Δ, B and C depend on the input (S6); false gives [`Selection::Fixed`].
+    pub selective: bool,
+}
+
+/// Where the scan's Δ, B and C come from.
+#[derive(Clone, Debug)]
+pub enum Selection<T: Float = f32> {
+    /// Functions of the input (S6): x_proj (r + 2n, di) maps xc to dt_low (r), B and C (n);
+    /// Δ = softplus(dt_proj_w · dt_low + dt_proj.bias).
+    Selective {
+        x_proj: Param<T>,
+        dt_proj_w: Param<T>,
+    },
+    /// Learned and input-independent: B and C (n), shared by every channel as in the selective
+    /// case, at every position; Δ = softplus(dt_proj.bias).
+    Fixed { b: Param<T>, c: Param<T> },
+}
+
+impl<T: Float> Selection<T> {
+    fn cast<U: Float>(&self) -> Selection<U> {
+        match self {
+            Selection::Selective { x_proj, dt_proj_w } => Selection::Selective {
+                x_proj: x_proj.cast(),
+                dt_proj_w: dt_proj_w.cast(),
+            },
+            Selection::Fixed { b, c } => Selection::Fixed {
+                b: b.cast(),
+                c: c.cast(),
+            },
+        }
+    }
 }
 
 /// Initialisation ranges of dt (mamba_simple defaults: 1e-3, 0.1, floor 1e-4).
@@ -93,8 +128,7 @@ pub struct MambaMixer<T: Float = f32> {
     pub in_bias_z: Option<Param<T>>,
     pub conv_w: Param<T>,
     pub conv_b: Option<Param<T>>,
-    pub x_proj: Param<T>,
-    pub dt_proj_w: Param<T>,
+    pub selection: Selection<T>,
     pub dt_proj_b: Param<T>,
     pub a_log: Param<T>,
     pub d_skip: Param<T>,
@@ -113,7 +147,8 @@ impl<T: Float> MambaMixer<T> {
     /// mamba_simple's initialisation: PyTorch defaults for the projections and the convolution,
     /// dt_proj weight uniform in ±dt_rank^-½, dt_proj bias = softplus⁻¹(dt) with dt log-uniform in
     /// [dt.min, dt.max] floored at dt.floor, A_log = ln(1..n) per channel (S4D-real), D = 1.
-    /// `out_scale` multiplies out_proj (1/√n_layer for the prenorm-residual rescaling).
+    /// `out_scale` multiplies out_proj (1/√n_layer for the prenorm-residual rescaling). The fixed
+    /// B and C start as S4D's: B = 1, C ~ N(0, 1).
     pub fn new(dims: MixerDims, dt: DtInit, out_scale: f64, rng: &mut StdRng) -> Self {
         let MixerDims {
             d_model: d,
@@ -128,8 +163,17 @@ impl<T: Float> MambaMixer<T> {
         let conv_b = dims
             .conv_bias
             .then(|| Param::new(torch_default(rng, &[di], k), false));
-        let x_proj = torch_default(rng, &[r + 2 * n, di], di);
-        let dt_w = uniform(rng, &[di, r], (r as f64).powf(-0.5));
+        let selection = if dims.selective {
+            Selection::Selective {
+                x_proj: Param::new(torch_default(rng, &[r + 2 * n, di], di), true),
+                dt_proj_w: Param::new(uniform(rng, &[di, r], (r as f64).powf(-0.5)), true),
+            }
+        } else {
+            Selection::Fixed {
+                b: Param::new(full(&[n], 1.0), false),
+                c: Param::new(normal(rng, &[n], 1.0), false),
+            }
+        };
         let dt_b: Vec<T> = uniform::<f64>(rng, &[di], 0.5)
             .to_vec()
             .into_iter()
@@ -159,8 +203,7 @@ impl<T: Float> MambaMixer<T> {
             in_bias_z: bias(di),
             conv_w: Param::new(conv_w, true),
             conv_b,
-            x_proj: Param::new(x_proj, true),
-            dt_proj_w: Param::new(dt_w, true),
+            selection,
             dt_proj_b: Param::new(Tensor::from_vec([di], dt_b).expect("sizes"), false),
             a_log: Param::new(Tensor::from_vec([di, n], a_log).expect("sizes"), false),
             d_skip: Param::new(full(&[di], 1.0), false),
@@ -225,15 +268,25 @@ impl<T: Float> MambaMixer<T> {
         )?;
         c.conv_state = conv_state.cloned();
         silu_fwd(&c.conv, &mut c.xc)?;
-        linear_fwd(&c.xc, &self.x_proj.value, None, &mut c.xdbl)?;
-        split_xdbl(
-            &c.xdbl,
-            [&mut c.dt_low, &mut c.bmat, &mut c.cmat],
-            [b, l],
-            r,
-            n,
-        )?;
-        linear_fwd(&c.dt_low, &self.dt_proj_w.value, None, &mut c.delta)?;
+        match &self.selection {
+            Selection::Selective { x_proj, dt_proj_w } => {
+                linear_fwd(&c.xc, &x_proj.value, None, &mut c.xdbl)?;
+                split_xdbl(
+                    &c.xdbl,
+                    [&mut c.dt_low, &mut c.bmat, &mut c.cmat],
+                    [b, l],
+                    r,
+                    n,
+                )?;
+                linear_fwd(&c.dt_low, &dt_proj_w.value, None, &mut c.delta)?;
+            }
+            Selection::Fixed { b: bp, c: cp } => {
+                every_position(&bp.value, [b, l], &mut c.bmat)?;
+                every_position(&cp.value, [b, l], &mut c.cmat)?;
+                // Δ before its bias is zero: the scan adds dt_proj.bias and takes the softplus.
+                c.delta.reset(c.xc.shape().clone(), c.xc.device())?;
+            }
+        }
         neg_exp(&self.a_log.value, &mut c.a)?;
         let mut scan = std::mem::take(&mut c.scan);
         let h0 = state.as_ref().map(|s| &s.ssm);
@@ -296,26 +349,34 @@ impl<T: Float> MambaMixer<T> {
             g.ddelta_bias.as_ref().expect("delta_bias is always given"),
             &mut self.dt_proj_b.grad,
         )?;
-        s.ddt_low.reset_like(&c.dt_low)?;
-        linear_bwd(
-            &c.dt_low,
-            &self.dt_proj_w.value,
-            &g.ddelta,
-            Some(&mut s.ddt_low),
-            &mut self.dt_proj_w.grad,
-            None,
-        )?;
-        join_xdbl([&s.ddt_low, &g.db, &g.dc], &mut s.dxdbl, [b, l], r, n)?;
-        // xc feeds both x_proj and the scan (as u).
+        // xc feeds the scan (as u) and, when selective, x_proj.
         s.dxc.copy_from(&g.du)?;
-        linear_bwd(
-            &c.xc,
-            &self.x_proj.value,
-            &s.dxdbl,
-            Some(&mut s.dxc),
-            &mut self.x_proj.grad,
-            None,
-        )?;
+        match &mut self.selection {
+            Selection::Selective { x_proj, dt_proj_w } => {
+                s.ddt_low.reset_like(&c.dt_low)?;
+                linear_bwd(
+                    &c.dt_low,
+                    &dt_proj_w.value,
+                    &g.ddelta,
+                    Some(&mut s.ddt_low),
+                    &mut dt_proj_w.grad,
+                    None,
+                )?;
+                join_xdbl([&s.ddt_low, &g.db, &g.dc], &mut s.dxdbl, [b, l], r, n)?;
+                linear_bwd(
+                    &c.xc,
+                    &x_proj.value,
+                    &s.dxdbl,
+                    Some(&mut s.dxc),
+                    &mut x_proj.grad,
+                    None,
+                )?;
+            }
+            Selection::Fixed { b: bp, c: cp } => {
+                sum_positions(&mut g.db, &mut bp.grad)?;
+                sum_positions(&mut g.dc, &mut cp.grad)?;
+            }
+        }
         s.dconv.reset_like(&c.conv)?;
         silu_bwd(&c.conv, &s.dxc, &mut s.dconv)?;
         s.dxi.reset_like(&c.xi)?;
@@ -362,8 +423,7 @@ impl<T: Float> MambaMixer<T> {
             in_bias_z: o(&self.in_bias_z),
             conv_w: self.conv_w.cast(),
             conv_b: o(&self.conv_b),
-            x_proj: self.x_proj.cast(),
-            dt_proj_w: self.dt_proj_w.cast(),
+            selection: self.selection.cast(),
             dt_proj_b: self.dt_proj_b.cast(),
             a_log: self.a_log.cast(),
             d_skip: self.d_skip.cast(),
@@ -414,6 +474,26 @@ fn split_xdbl<T: Float>(
     copy_cols(xdbl, cm, b * l, [r + n, 0], n, false)
 }
 
+/// out (b, l, 1, n) = v (n) at every position.
+fn every_position<T: Float>(v: &Tensor<T>, [b, l]: [usize; 2], out: &mut Tensor<T>) -> Result<()> {
+    let n = v.numel();
+    let mut rows = std::mem::take(out);
+    rows.reset([b * l, n], v.device())?;
+    add_broadcast(v, 0, &mut rows)?;
+    *out = rows.reshape([b, l, 1, n])?;
+    Ok(())
+}
+
+/// dv (n) += Σ over the positions of g (b, l, 1, n): the backward of [`every_position`].
+fn sum_positions<T: Float>(g: &mut Tensor<T>, dv: &mut Tensor<T>) -> Result<()> {
+    let shape = g.shape().clone();
+    let n = dv.numel();
+    let rows = std::mem::take(g).reshape([shape.numel() / n, n])?;
+    sum_leading_into(&rows, dv, 0)?;
+    *g = rows.reshape(shape)?;
+    Ok(())
+}
+
 /// The inverse of `split_xdbl`, for the gradients.
 fn join_xdbl<T: Float>(
     parts: [&Tensor<T>; 3],
@@ -442,8 +522,16 @@ impl<T: Float> Module<T> for MambaMixer<T> {
         if let Some(p) = &mut self.conv_b {
             f("conv1d.bias", p);
         }
-        f("x_proj.weight", &mut self.x_proj);
-        f("dt_proj.weight", &mut self.dt_proj_w);
+        match &mut self.selection {
+            Selection::Selective { x_proj, dt_proj_w } => {
+                f("x_proj.weight", x_proj);
+                f("dt_proj.weight", dt_proj_w);
+            }
+            Selection::Fixed { b, c } => {
+                f("B", b);
+                f("C", c);
+            }
+        }
         f("dt_proj.bias", &mut self.dt_proj_b);
         f("A_log", &mut self.a_log);
         f("D", &mut self.d_skip);

@@ -156,7 +156,8 @@ pub fn report(checks: &[Check]) -> String {
 }
 
 /// Tiny configurations of the three architectures, with every option that changes the kernels
-/// used switched on somewhere: biases, GQA, RoPE and learned positions, both MLPs.
+/// used switched on somewhere: biases, GQA, RoPE and learned positions, both MLPs, the
+/// non-selective Mamba.
 pub fn tiny_models() -> Vec<(&'static str, ModelConfig)> {
     use crate::models::{HybridConfig, MambaConfig, TransformerConfig};
     use crate::nn::attention::PosEncoding;
@@ -197,8 +198,13 @@ pub fn tiny_models() -> Vec<(&'static str, ModelConfig)> {
         n_heads: 4,
         ..HybridConfig::default()
     };
+    let fixed = MambaConfig {
+        selective: false,
+        ..mamba.clone()
+    };
     vec![
         ("mamba", mamba.into()),
+        ("mamba-non-selective", fixed.into()),
         ("transformer-rope-swiglu-gqa", transformer.into()),
         ("transformer-learned-gelu", learned.into()),
         ("hybrid-MAM", hybrid.into()),
