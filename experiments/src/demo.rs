@@ -13,8 +13,7 @@ use crate::metrics::Table;
 use crate::plot::plot;
 use crate::recipes;
 use crate::sizes::{MAX_MISMATCH, Size, SizeOrigin, match_sizes, thousands};
-use crate::sweep::{SUMMARY_FILE, write_summary};
-use crate::train::{self, Outcome, TrainOptions};
+use crate::sweep::{Point, SUMMARY_FILE, run_points, threads_per_job, write_summary};
 
 /// The demo's config, built into the binary so that the demo runs from any folder.
 pub const DEMO_CONFIG: &str = include_str!("../configs/demo.toml");
@@ -34,36 +33,40 @@ fn aside(dir: &Path, what: &str) -> PathBuf {
     dir.with_file_name(format!(".{name}.{what}"))
 }
 
+/// How a comparison runs.
+pub struct CompareOptions<'a> {
+    /// `--seeds`: comma-separated seeds (default: the config's `seeds`, else its `seed`).
+    pub seeds: Option<&'a str>,
+    /// `--set` overrides of the config.
+    pub overrides: &'a [String],
+    /// Runs trained side by side, each a child process `ssm-lab train` with the cores shared out
+    /// (unless the config sets `threads`); `None`: one per core on the CPU, one on a GPU.
+    pub jobs: Option<usize>,
+    pub device: Device,
+}
+
 /// The demo: `compare` of `DEMO_ARCHS` with the built-in config, into `out_dir/demo`.
-pub fn demo(
-    out_dir: &Path,
-    seeds: Option<&str>,
-    overrides: &[String],
-    device: Device,
-) -> Result<PathBuf> {
+pub fn demo(out_dir: &Path, o: &CompareOptions) -> Result<PathBuf> {
     compare(
         DEMO_CONFIG,
         "configs/demo.toml (built in)",
         &out_dir.join("demo"),
         DEMO_ARCHS,
-        seeds,
-        overrides,
-        device,
+        o,
     )
 }
 
 /// Trains the config once per architecture in `archs` (as `model.arch`), each into `dir/<arch>`,
 /// sized to the first one's parameter count unless its `d_model` is given (`sizes`), then writes
 /// `dir/summary.csv`, plots them together under `dir/plots` and prints a table. Every config is
-/// resolved and validated before anything is written.
+/// resolved and validated before anything is written; `dir/configs/` keeps them and `dir/logs/`
+/// the output of each run.
 pub fn compare(
     config_text: &str,
     origin: &str,
     dir: &Path,
     archs: &[&str],
-    seeds: Option<&str>,
-    overrides: &[String],
-    device: Device,
+    o: &CompareOptions,
 ) -> Result<PathBuf> {
     if archs.is_empty() {
         bail!("--archs: name at least one architecture");
@@ -71,34 +74,84 @@ pub fn compare(
     if let Some(a) = recipes::first_repeat(archs) {
         bail!("--archs: `{a}` is named twice; each architecture gets one run folder");
     }
+    let entries: Vec<Entry> = archs
+        .iter()
+        .map(|a| Entry {
+            name: a.to_string(),
+            arch: a.to_string(),
+            overrides: Vec::new(),
+        })
+        .collect();
+    compare_entries(config_text, origin, dir, &entries, "model.arch", o)
+}
+
+/// One model of a comparison: its folder name, its architecture, and overrides of its own (an
+/// ablation, another position encoding) on top of the comparison's.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: String,
+    pub arch: String,
+    pub overrides: Vec<String>,
+}
+
+/// [`compare`] of any entries; `key` names the summary.csv column of the entry names.
+pub fn compare_entries(
+    config_text: &str,
+    origin: &str,
+    dir: &Path,
+    entries: &[Entry],
+    key: &str,
+    o: &CompareOptions,
+) -> Result<PathBuf> {
+    let overrides = o.overrides;
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    if let Some(n) = recipes::first_repeat(&names) {
+        bail!("compare: `{n}` is named twice; each entry gets one run folder");
+    }
+    if o.jobs == Some(0) {
+        bail!("--jobs: must be at least 1");
+    }
     let mut table: toml::Table =
         toml::from_str(config_text).with_context(|| format!("{origin}: invalid TOML"))?;
     for o in overrides {
         config::apply_override(&mut table, o)?;
     }
-    let seeds = recipes::seeds(&table, seeds, origin)?;
-    let mut configs = archs
+    let seeds = recipes::seeds(&table, o.seeds, origin)?;
+    let mut configs = entries
         .iter()
-        .map(|arch| {
-            let mut o = overrides.to_vec();
-            o.push(format!("model.arch={arch}"));
+        .map(|e| {
+            // The entry's own keys first: the comparison's overrides (`--set`) win.
+            let mut o = e.overrides.clone();
+            o.extend(overrides.iter().cloned());
+            o.push(format!("model.arch={}", e.arch));
             o.push(format!(
                 "out_dir={}",
                 toml::Value::String(dir.display().to_string())
             ));
-            o.push(format!("name={arch}"));
-            config::resolve(config_text, origin, &o)
+            o.push(format!("name={}", toml::Value::String(e.name.clone())));
+            config::resolve(config_text, origin, &o).with_context(|| format!("entry {}", e.name))
         })
         .collect::<Result<Vec<RunConfig>>>()?;
     let sizes = match_sizes(&mut configs, config_text, overrides)?;
     // Every architecture at every seed, seed by seed; the sizes do not depend on the seed.
     let n_seeds = seeds.len();
+    let jobs = o.jobs.unwrap_or(if o.device.is_cuda() {
+        1
+    } else {
+        threads_per_job(1)
+    });
+    let jobs = jobs.min(n_seeds * configs.len());
+    let threads = match table.contains_key("threads") {
+        true => configs[0].threads,
+        false => threads_per_job(jobs),
+    };
     let runs: Vec<RunConfig> = seeds
         .iter()
         .flat_map(|&seed| {
-            configs.iter().map(move |c| RunConfig {
+            configs.iter().zip(&names).map(move |(c, name)| RunConfig {
                 seed,
-                name: run_name(c.model.arch.name(), seed, n_seeds),
+                threads,
+                name: run_name(name, seed, n_seeds),
                 ..c.clone()
             })
         })
@@ -106,7 +159,7 @@ pub fn compare(
     for c in &runs {
         config::validate(c)?;
     }
-    print_sizes(&sizes);
+    print_sizes(&sizes, &names);
     if dir.exists() {
         if !dir.join(MARKER).exists() {
             bail!(
@@ -124,27 +177,38 @@ pub fn compare(
     // without the marker, which the next compare would refuse to replace.
     let staging = aside(dir, "creating");
     ssm::io::remove_dir_all(&staging)?;
-    ssm::io::create_dir_all(&staging)?;
+    for sub in ["configs", "logs"] {
+        ssm::io::create_dir_all(&staging.join(sub))?;
+    }
+    for c in &runs {
+        let path = staging.join("configs").join(format!("{}.toml", c.name));
+        ssm::io::atomic_write(&path, c.to_toml().as_bytes())?;
+    }
     ssm::io::atomic_write(&staging.join(MARKER), config_text.as_bytes())?;
     ssm::io::rename(&staging, dir)?;
-    let outcomes = runs
+    println!(
+        "{} runs, {jobs} at a time with {threads} thread(s) each; their output in {}",
+        runs.len(),
+        dir.join("logs").display()
+    );
+    let points: Vec<Point> = runs
         .iter()
-        .map(|c| {
-            let options = TrainOptions {
-                device,
-                ..TrainOptions::default()
-            };
-            train::start(c, &options)
+        .map(|c| Point {
+            name: c.name.clone(),
+            values: Vec::new(),
+            config: c.clone(),
         })
-        .collect::<Result<Vec<Outcome>>>()?;
-    let mut keys = vec!["model.arch".to_string()];
+        .collect();
+    let failed = run_points(dir, &points, jobs, o.device)?;
+    let mut keys = vec![key.to_string()];
     if seeds.len() > 1 {
         keys.push("seed".into());
     }
     let rows: Vec<(String, Vec<String>)> = runs
         .iter()
-        .map(|c| {
-            let mut values = vec![c.model.arch.name().to_string()];
+        .enumerate()
+        .map(|(i, c)| {
+            let mut values = vec![names[i % names.len()].to_string()];
             if seeds.len() > 1 {
                 values.push(c.seed.to_string());
             }
@@ -152,8 +216,17 @@ pub fn compare(
         })
         .collect();
     write_summary(dir, &keys, &rows)?;
+    if !failed.is_empty() {
+        bail!(
+            "compare: {} of {} runs failed ({}); see {}",
+            failed.len(),
+            runs.len(),
+            failed.join(", "),
+            dir.join("logs").display()
+        );
+    }
     let files = plot(&[dir.to_path_buf()], &dir.join("plots"))?;
-    print_table(dir, &configs, &sizes, &seeds, &outcomes)?;
+    print_table(dir, &configs, &names, &sizes, &seeds)?;
     println!(
         "\nresults in {}: {SUMMARY_FILE}, */metrics.csv, */eval.csv, plots/ ({} files)",
         dir.display(),
@@ -162,23 +235,24 @@ pub fn compare(
     Ok(dir.to_path_buf())
 }
 
-/// The sizes and how they were chosen; a loud warning when set sizes are far apart.
-fn print_sizes(sizes: &[Size]) {
+/// The sizes of the entries `names` and how they were chosen; a loud warning when set sizes are
+/// far apart.
+fn print_sizes(sizes: &[Size], names: &[&str]) {
     let reference = &sizes[0];
     println!(
         "compare: {} has {} parameters (d_model {}); the others are sized to match unless their d_model is set",
-        reference.arch.name(),
+        names[0],
         thousands(reference.num_params),
         reference.d_model
     );
-    for s in &sizes[1..] {
+    for (s, name) in sizes.iter().zip(names).skip(1) {
         let how = match s.origin {
             SizeOrigin::Explicit => "as set",
             _ => "matched",
         };
         println!(
-            "  {:<12} d_model {:>5} ({how}): {:>12} parameters ({:+.1}%)",
-            s.arch.name(),
+            "  {:<20} d_model {:>5} ({how}): {:>12} parameters ({:+.1}%)",
+            name,
             s.d_model,
             thousands(s.num_params),
             100.0 * s.mismatch(reference)
@@ -211,24 +285,26 @@ fn print_sizes(sizes: &[Size]) {
     }
 }
 
-/// The run folder of `arch` at `seed`: `<arch>`, or `<arch>-seed<k>` when there are several seeds.
-fn run_name(arch: &str, seed: u64, seeds: usize) -> String {
+/// The run folder of entry `name` at `seed`: `<name>`, or `<name>-seed<k>` when there are
+/// several seeds.
+fn run_name(name: &str, seed: u64, seeds: usize) -> String {
     if seeds > 1 {
-        format!("{arch}-seed{seed}")
+        format!("{name}-seed{seed}")
     } else {
-        arch.to_string()
+        name.to_string()
     }
 }
 
-/// Parameters, wall time, and the held-out loss and accuracy of the last evaluation at every
-/// test length: one line per run, and with several seeds the mean and the range [min, max] of
-/// each architecture (from summary.csv). The `[train]` keys that differ between the architectures are listed.
+/// Parameters, training time, and the held-out loss and accuracy of the last evaluation at every
+/// test length, all from summary.csv: one line per run, and with several seeds the mean and the
+/// range [min, max] of each architecture. The `[train]` keys that differ between the
+/// architectures are listed.
 fn print_table(
     dir: &Path,
     configs: &[RunConfig],
+    names: &[&str],
     sizes: &[Size],
     seeds: &[u64],
-    outcomes: &[Outcome],
 ) -> Result<()> {
     let config = &configs[0];
     let t = &config.task;
@@ -241,45 +317,21 @@ fn print_table(
     let trains: Vec<&TrainConfig> = configs.iter().map(|c| &c.train).collect();
     let differ = recipes::differences(&trains);
     if !differ.is_empty() {
-        let order: Vec<&str> = configs.iter().map(|c| c.model.arch.name()).collect();
-        println!("training recipes differ ({}):", order.join(" / "));
+        println!("training recipes differ ({}):", names.join(" / "));
         for d in differ {
             println!("  {d}");
         }
     }
-    let lengths = config.eval_lengths();
-    let mut header = format!("{:<20} {:>12} {:>9}", "run", "params", "time (s)");
+    let mut lengths: Vec<usize> = configs.iter().flat_map(|c| c.eval_lengths()).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let mut header = format!("{:<28} {:>12} {:>9}", "run", "params", "time (s)");
     for l in &lengths {
         header += &format!(" {:>9} {:>9}", format!("loss@{l}"), format!("acc@{l}"));
     }
     println!("{header}");
-    // Per run: wall time, then (loss, accuracy) at each length.
-    let cells = |o: &Outcome| -> Vec<f64> {
-        let mut v = vec![o.elapsed_s];
-        for l in &lengths {
-            let e = o.evals.iter().find(|e| e.length == *l);
-            v.extend(e.map_or([f64::NAN; 2], |e| [e.loss, e.accuracy]));
-        }
-        v
-    };
-    let line = |name: &str, params: &str, v: &[f64]| {
-        let mut line = format!("{name:<20} {params:>12} {:>9.1}", v[0]);
-        for pair in v[1..].chunks(2) {
-            line += &format!(" {:>9.4} {:>9.3}", pair[0], pair[1]);
-        }
-        println!("{line}");
-    };
-    for (i, o) in outcomes.iter().enumerate() {
-        let s = &sizes[i % sizes.len()];
-        let name = run_name(s.arch.name(), seeds[i / sizes.len()], seeds.len());
-        line(&name, &thousands(s.num_params), &cells(o));
-    }
-    if seeds.len() < 2 {
-        return Ok(());
-    }
-    // The aggregates are summary.csv's mean, min and max rows.
     let summary = Table::read(&dir.join(SUMMARY_FILE))?;
-    let status = summary.strings("status")?;
+    let (points, status) = (summary.strings("point")?, summary.strings("status")?);
     let column = |name: &str| summary.f64s(name);
     let mut columns = vec![column("elapsed_s")?];
     for l in &lengths {
@@ -287,25 +339,49 @@ fn print_table(
         columns.push(column(&format!("accuracy@{l}"))?);
     }
     let row = |i: usize| columns.iter().map(|c| c[i]).collect::<Vec<f64>>();
+    let line = |name: &str, params: &str, v: &[f64]| {
+        let mut line = format!("{name:<28} {params:>12} {:>9.1}", v[0]);
+        for pair in v[1..].chunks(2) {
+            line += &match pair[0].is_finite() {
+                true => format!(" {:>9.4} {:>9.3}", pair[0], pair[1]),
+                false => format!(" {:>9} {:>9}", "-", "-"),
+            };
+        }
+        println!("{line}");
+    };
+    let runs = sizes.len() * seeds.len();
+    for i in 0..runs {
+        line(
+            &points[i],
+            &thousands(sizes[i % sizes.len()].num_params),
+            &row(i),
+        );
+    }
+    if seeds.len() < 2 {
+        return Ok(());
+    }
     let at = |arch: &str, what: &str| {
-        (0..status.len()).find(|&i| status[i] == what && summary.rows[i][1] == arch)
+        (runs..status.len()).find(|&i| status[i] == what && summary.rows[i][1] == arch)
     };
     println!("over {} seeds: mean, and [min-max] below it", seeds.len());
-    for s in sizes {
-        let arch = s.arch.name();
+    for (s, name) in sizes.iter().zip(names) {
         let (Some(mean), Some(min), Some(max)) =
-            (at(arch, "mean"), at(arch, "min"), at(arch, "max"))
+            (at(name, "mean"), at(name, "min"), at(name, "max"))
         else {
             continue;
         };
         line(
-            &format!("{arch} mean"),
+            &format!("{name} mean"),
             &thousands(s.num_params),
             &row(mean),
         );
-        let mut range = format!("{:<20} {:>12} {:>9}", "", "", "");
+        let mut range = format!("{:<28} {:>12} {:>9}", "", "", "");
         for (lo, hi) in row(min).iter().zip(row(max)).skip(1) {
-            range += &format!(" {:>9}", format!("{lo:.2}-{hi:.2}"));
+            let cell = match lo.is_finite() {
+                true => format!("{lo:.2}-{hi:.2}"),
+                false => "-".into(),
+            };
+            range += &format!(" {cell:>9}");
         }
         println!("{range}");
     }

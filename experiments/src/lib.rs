@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod plot;
 pub mod recipes;
+pub mod reproduce;
 pub mod sizes;
 pub mod sweep;
 pub mod tasks;

@@ -9,10 +9,11 @@ use clap::{Parser, Subcommand};
 use experiments::bench::{BenchOptions, bench};
 use experiments::commands::{self, GenerateOptions, Prompt};
 use experiments::config::{self, RunConfig};
+use experiments::demo::{self, CompareOptions};
 use experiments::gpu_check::{GpuCheckOptions, gpu_check};
 use experiments::sweep::{SweepOptions, sweep};
 use experiments::train::{self, TrainOptions};
-use experiments::{demo, plot};
+use experiments::{plot, reproduce};
 use ssm::Device;
 
 #[derive(Parser)]
@@ -184,6 +185,31 @@ enum Cmd {
         /// Folder name (default: the config file's stem, then "-compare").
         #[arg(long)]
         name: Option<String>,
+        /// Runs trained side by side, each a child process with the cores shared out (default: one
+        /// per core on the CPU, one on a GPU).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Device of every run: cpu, cuda, cuda:N or cuda-emu.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+    },
+    /// Run a built-in experiment that reproduces a result of the Mamba paper (selective-copying:
+    /// Table 1; induction-heads: Table 2): every model at every seed into OUT/reproduce-SUITE,
+    /// with summary.csv, plots and results.md, our accuracies next to the paper's figures.
+    Reproduce {
+        /// The suite: selective-copying or induction-heads.
+        suite: String,
+        /// A few training steps of the same comparison, to check that it runs (into
+        /// OUT/reproduce-SUITE-quick).
+        #[arg(long)]
+        quick: bool,
+        /// Parent folder of the suite's folder.
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        /// Runs trained side by side, each a child process with the cores shared out (default: one
+        /// per core on the CPU, one on a GPU).
+        #[arg(long)]
+        jobs: Option<usize>,
         /// Device of every run: cpu, cuda, cuda:N or cuda-emu.
         #[arg(long, default_value = "cpu")]
         device: Device,
@@ -250,6 +276,10 @@ enum Cmd {
         /// Override demo config keys, e.g. --set train.steps=100.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Runs trained side by side, each a child process with the cores shared out (default: one
+        /// per core on the CPU, one on a GPU).
+        #[arg(long)]
+        jobs: Option<usize>,
         /// Device of every run: cpu, cuda, cuda:N or cuda-emu.
         #[arg(long, default_value = "cpu")]
         device: Device,
@@ -375,6 +405,7 @@ fn run(cli: Cli) -> Result<()> {
             set,
             out,
             name,
+            jobs,
             device,
         } => {
             let text = std::fs::read_to_string(&config)
@@ -384,23 +415,37 @@ fn run(cli: Cli) -> Result<()> {
                 .map_or("run".into(), |s| s.to_string_lossy().into_owned());
             let dir = out.join(name.unwrap_or(format!("{stem}-compare")));
             let archs: Vec<&str> = archs.iter().map(String::as_str).collect();
-            demo::compare(
-                &text,
-                &config.display().to_string(),
-                &dir,
-                &archs,
-                seeds.as_deref(),
-                &set,
+            let options = CompareOptions {
+                seeds: seeds.as_deref(),
+                overrides: &set,
+                jobs,
                 device,
-            )?;
+            };
+            demo::compare(&text, &config.display().to_string(), &dir, &archs, &options)?;
         }
         Cmd::Demo {
             out,
             seeds,
             set,
+            jobs,
             device,
         } => {
-            demo::demo(&out, seeds.as_deref(), &set, device)?;
+            let options = CompareOptions {
+                seeds: seeds.as_deref(),
+                overrides: &set,
+                jobs,
+                device,
+            };
+            demo::demo(&out, &options)?;
+        }
+        Cmd::Reproduce {
+            suite,
+            quick,
+            out,
+            jobs,
+            device,
+        } => {
+            reproduce::reproduce(reproduce::suite(&suite)?, &out, quick, jobs, device)?;
         }
         Cmd::Bench {
             device,

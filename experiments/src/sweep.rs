@@ -116,11 +116,17 @@ pub struct SweepOptions {
     pub device: Device,
 }
 
-/// A point ready to run.
-struct Point {
-    name: String,
-    values: Vec<String>,
-    config: RunConfig,
+/// A point ready to run: its folder name, its values on the axes, its resolved config.
+pub(crate) struct Point {
+    pub name: String,
+    pub values: Vec<String>,
+    pub config: RunConfig,
+}
+
+/// CPU threads of each of `jobs` runs side by side: the cores shared out, at least one.
+pub(crate) fn threads_per_job(jobs: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / jobs.max(1)).max(1)
 }
 
 pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
@@ -165,7 +171,6 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
     let sweep_dir = base.out_dir.join(&name);
     let threads_given =
         table.contains_key("threads") || o.set.iter().any(|s| s.starts_with("threads="));
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut points = Vec::new();
     for values in grid(&axes) {
         let point = point_name(&axes, &values);
@@ -179,7 +184,7 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
         ));
         overrides.push(format!("name={}", toml::Value::String(point.clone())));
         if !threads_given {
-            overrides.push(format!("threads={}", (cores / o.jobs).max(1)));
+            overrides.push(format!("threads={}", threads_per_job(o.jobs)));
         }
         let config = config::resolve(&base_text, &origin, &overrides)
             .with_context(|| format!("sweep point {point}"))?;
@@ -357,7 +362,12 @@ fn create_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
 
 /// Runs every point as `ssm-lab train --config configs/<point>.toml`, `jobs` at a time; returns
 /// the names of the points that failed.
-fn run_points(dir: &Path, points: &[Point], jobs: usize, device: Device) -> Result<Vec<String>> {
+pub(crate) fn run_points(
+    dir: &Path,
+    points: &[Point],
+    jobs: usize,
+    device: Device,
+) -> Result<Vec<String>> {
     let exe = std::env::current_exe().context("cannot locate the ssm-lab binary")?;
     let mut queue = points.iter();
     let mut running: Vec<(&Point, Child)> = Vec::new();

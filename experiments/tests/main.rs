@@ -14,5 +14,6 @@ mod limits;
 mod logits;
 mod plot;
 mod readme;
+mod reproduce;
 mod resume;
 mod svg_plots;

@@ -85,6 +85,9 @@ fn small(args: &[String], gpu_present: bool) -> Vec<String> {
         .iter()
         .flat_map(|s| ["--set".into(), s.to_string()])
         .collect();
+    if args[0] == "reproduce" {
+        extra.push("--quick".into());
+    }
     if gpu_present {
         let tiny: &[&str] = match args[0].as_str() {
             "bench" => &[
@@ -138,7 +141,16 @@ fn every_readme_command_runs_as_written() {
     let commands = readme_commands(&readme);
     let names: Vec<&str> = commands.iter().map(|c| c[0].as_str()).collect();
     for must in [
-        "demo", "train", "compare", "sweep", "plot", "eval", "logits", "generate", "bench",
+        "demo",
+        "train",
+        "compare",
+        "sweep",
+        "plot",
+        "eval",
+        "logits",
+        "generate",
+        "bench",
+        "reproduce",
     ] {
         assert!(
             names.contains(&must),
