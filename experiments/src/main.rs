@@ -270,7 +270,7 @@ enum Cmd {
         /// Parent folder of demo/.
         #[arg(long, default_value = "runs")]
         out: PathBuf,
-        /// Seeds, comma-separated: both architectures are trained at each (default: 0).
+        /// Seeds, comma-separated: both architectures are trained at each (default: 0, 1, 2).
         #[arg(long)]
         seeds: Option<String>,
         /// Override demo config keys, e.g. --set train.steps=100.

@@ -1,15 +1,24 @@
-//! Every config shipped in experiments/configs/ resolves and validates.
+//! Every config shipped in experiments/configs/ (and the built-in suites of configs/reproduce/)
+//! resolves and validates.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use experiments::config::{self, TaskKind};
 
 #[test]
 fn shipped_configs_resolve() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let files = |d: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v
+    };
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
+    for path in files(&dir).into_iter().chain(files(&dir.join("reproduce"))) {
         let text = std::fs::read_to_string(&path).unwrap();
         let c = config::parse(&text, &path.display().to_string(), &[])
             .unwrap_or_else(|e| panic!("{e:#}"));
@@ -17,9 +26,12 @@ fn shipped_configs_resolve() {
         if c.task.kind != TaskKind::Bytes {
             config::validate(&c).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         }
-        names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        names.push(match path.parent() == Some(dir.as_path()) {
+            true => stem,
+            false => format!("reproduce/{stem}"),
+        });
     }
-    names.sort();
     assert_eq!(
         names,
         [
@@ -27,7 +39,9 @@ fn shipped_configs_resolve() {
             "induction_heads",
             "mqar",
             "selective_copying",
-            "shakespeare"
+            "shakespeare",
+            "reproduce/induction_heads",
+            "reproduce/selective_copying"
         ]
     );
     let demo = config::parse(experiments::demo::DEMO_CONFIG, "demo", &[]).unwrap();

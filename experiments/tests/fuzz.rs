@@ -60,7 +60,12 @@ fn run_case(cwd: &Path, args: &[&str], case: &str) -> Verdict {
 fn shipped(text: &Path) -> Vec<(String, toml::Table)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
     let mut out = Vec::new();
+    // The suites of configs/reproduce/ are built into the binary; the command-line configs are
+    // the files at the top.
     for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if !e.path().is_file() {
+            continue;
+        }
         let name = e.file_name().to_string_lossy().into_owned();
         let mut t: toml::Table =
             toml::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap();

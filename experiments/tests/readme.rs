@@ -125,7 +125,9 @@ fn scratch(name: &str) -> TmpDir {
     std::fs::create_dir_all(&dest).unwrap();
     for entry in std::fs::read_dir(configs).unwrap() {
         let path = entry.unwrap().path();
-        std::fs::copy(&path, dest.join(path.file_name().unwrap())).unwrap();
+        if path.is_file() {
+            std::fs::copy(&path, dest.join(path.file_name().unwrap())).unwrap();
+        }
     }
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let text = "ROMEO: But, soft! what light through yonder window breaks?\n".repeat(600);
