@@ -117,10 +117,10 @@ pub fn compare_entries(
         config::apply_override(&mut table, o)?;
     }
     let seeds = recipes::seeds(&table, o.seeds, origin)?;
-    let mut configs = entries
+    // Per entry: its own keys first, so that the comparison's overrides (`--set`) win.
+    let entry_overrides: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            // The entry's own keys first: the comparison's overrides (`--set`) win.
             let mut o = e.overrides.clone();
             o.extend(overrides.iter().cloned());
             o.push(format!("model.arch={}", e.arch));
@@ -129,10 +129,17 @@ pub fn compare_entries(
                 toml::Value::String(dir.display().to_string())
             ));
             o.push(format!("name={}", toml::Value::String(e.name.clone())));
-            config::resolve(config_text, origin, &o).with_context(|| format!("entry {}", e.name))
+            o
+        })
+        .collect();
+    let mut configs = entries
+        .iter()
+        .zip(&entry_overrides)
+        .map(|(e, o)| {
+            config::resolve(config_text, origin, o).with_context(|| format!("entry {}", e.name))
         })
         .collect::<Result<Vec<RunConfig>>>()?;
-    let sizes = match_sizes(&mut configs, config_text, overrides)?;
+    let sizes = match_sizes(&mut configs, config_text, &entry_overrides)?;
     // Every architecture at every seed, seed by seed; the sizes do not depend on the seed.
     let n_seeds = seeds.len();
     let jobs = o.jobs.unwrap_or(if o.device.is_cuda() {

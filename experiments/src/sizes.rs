@@ -46,30 +46,32 @@ impl Size {
     }
 }
 
-/// Sizes `configs` (one per architecture, the first the reference) by the rule above and sets the
-/// chosen widths in them. `config_text` and `overrides` tell which widths the user set.
+/// Sizes `configs` (one per model of a comparison, the first the reference) by the rule above and
+/// sets the chosen widths in them. `config_text` and each config's `overrides` tell which widths
+/// the user set.
 pub fn match_sizes(
     configs: &mut [RunConfig],
     config_text: &str,
-    overrides: &[String],
+    overrides: &[Vec<String>],
 ) -> Result<Vec<Size>> {
-    let mut given: toml::Table = toml::from_str(config_text)?;
-    for o in overrides {
-        config::apply_override(&mut given, o)?;
-    }
-    let explicit = |arch: Arch| {
-        given
+    let base: toml::Table = toml::from_str(config_text)?;
+    let explicit = |i: usize, arch: Arch| -> Result<bool> {
+        let mut given = base.clone();
+        for o in &overrides[i] {
+            config::apply_override(&mut given, o)?;
+        }
+        Ok(given
             .get("model")
             .and_then(|m| m.get(arch.name()))
             .and_then(|a| a.get("d_model"))
-            .is_some()
+            .is_some())
     };
     let mut sizes: Vec<Size> = Vec::with_capacity(configs.len());
     for (i, c) in configs.iter_mut().enumerate() {
         let arch = c.model.arch;
         let origin = match i {
             0 => SizeOrigin::Reference,
-            _ if explicit(arch) => SizeOrigin::Explicit,
+            _ if explicit(i, arch)? => SizeOrigin::Explicit,
             _ => SizeOrigin::Matched,
         };
         if origin == SizeOrigin::Matched {

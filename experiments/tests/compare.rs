@@ -35,7 +35,8 @@ fn shipped_configs_get_the_closest_matched_widths() {
         let text = std::fs::read_to_string(&path).unwrap();
         let origin = path.display().to_string();
         let mut configs = configs_of(&text, &origin, &[]);
-        let sizes = match_sizes(&mut configs, &text, &[]).unwrap();
+        let none = vec![Vec::new(); configs.len()];
+        let sizes = match_sizes(&mut configs, &text, &none).unwrap();
         let line: Vec<String> = sizes
             .iter()
             .map(|s| format!("{} d{} {}", s.arch.name(), s.d_model, s.num_params))
