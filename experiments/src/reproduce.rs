@@ -211,6 +211,10 @@ fn results(
         .collect();
     lengths.sort_unstable();
     let params = summary.f64s("num_params")?;
+    let accuracy = lengths
+        .iter()
+        .map(|l| summary.f64s(&format!("accuracy@{l}")))
+        .collect::<Result<Vec<_>>>()?;
     let row_of = |name: &str, what: &str| {
         (0..variant.len()).find(|&i| variant[i] == name && status[i] == what)
     };
@@ -248,8 +252,7 @@ fn results(
             bail!("{}: no finished run of {}", dir.display(), m.name);
         };
         out += &format!("| {} | {} |", m.name, thousands(params[mean] as usize));
-        for l in &lengths {
-            let acc = summary.f64s(&format!("accuracy@{l}"))?;
+        for acc in &accuracy {
             let (lo, hi) = (
                 min.map_or(f64::NAN, |i| acc[i]),
                 max.map_or(f64::NAN, |i| acc[i]),
