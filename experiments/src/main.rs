@@ -193,11 +193,12 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         device: Device,
     },
-    /// Run a built-in experiment that reproduces a result of the Mamba paper (selective-copying:
-    /// Table 1; induction-heads: Table 2): every model at every seed into OUT/reproduce-SUITE,
+    /// Run a built-in experiment that reproduces a synthetic result of the Mamba papers
+    /// (selective-copying: Table 1; induction-heads: Table 2; mqar: the Mamba-2 paper's Figure 8
+    /// and zoology's Figure 2): every model at every seed into OUT/reproduce-SUITE,
     /// with summary.csv, plots and results.md, our accuracies next to the paper's figures.
     Reproduce {
-        /// The suite: selective-copying or induction-heads.
+        /// The suite: selective-copying, induction-heads or mqar.
         suite: String,
         /// A few training steps of the same comparison, to check that it runs (into
         /// OUT/reproduce-SUITE-quick).

@@ -41,6 +41,7 @@ fn shipped_configs_resolve() {
             "selective_copying",
             "shakespeare",
             "reproduce/induction_heads",
+            "reproduce/mqar",
             "reproduce/selective_copying"
         ]
     );

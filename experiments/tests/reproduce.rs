@@ -29,10 +29,17 @@ fn every_suite_runs_quick_and_writes_its_results_table() {
         let params = summary.f64s("num_params").unwrap();
         // One row per model in the table, with its mean and range over both seeds, and the
         // paper's figure with where it stands in the paper.
+        // A grid suite has a row per model and width, its run named by both and the length.
         let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
+        let grid = rows[0].starts_with("| model | d_model |");
         assert_eq!(rows.len(), 1 + variant.len() / 5, "{table}");
         for row in &rows[1..] {
-            let name = row.split(" | ").next().unwrap().trim_start_matches("| ");
+            let cols: Vec<&str> = row.trim_start_matches("| ").split(" | ").collect();
+            let name = match grid {
+                true => format!("{}-L64-d{}", cols[0], cols[1]),
+                false => cols[0].to_string(),
+            };
+            let name = name.as_str();
             let at = |what: &str| {
                 (0..variant.len())
                     .find(|&i| variant[i] == name && status[i] == what)
@@ -49,10 +56,11 @@ fn every_suite_runs_quick_and_writes_its_results_table() {
             assert!(row.contains(&cell), "{cell} in {row}");
             let shown = experiments::sizes::thousands(params[mean] as usize);
             assert!(row.contains(&shown), "{shown} in {row}");
-            assert!(row.contains("Table "), "{row}");
+            assert!(row.contains("Table ") || row.contains("Figure "), "{row}");
         }
-        for plot in ["accuracy_vs_length.png", "loss.png"] {
-            assert!(root.join("plots").join(plot).exists(), "{plot}");
+        let by = if grid { "width" } else { "length" };
+        for plot in [format!("accuracy_vs_{by}.png"), "loss.png".into()] {
+            assert!(root.join("plots").join(&plot).exists(), "{plot}");
         }
     }
     // The non-selective ablation trains at the selective Mamba's width.
@@ -69,8 +77,25 @@ fn every_suite_runs_quick_and_writes_its_results_table() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("no suite `copying`") && err.contains("selective-copying, induction-heads"),
+        err.contains("no suite `copying`")
+            && err.contains("selective-copying, induction-heads, mqar"),
         "{err}"
     );
     assert!(!dir.join("runs/reproduce-copying").exists());
+
+    // The grid suite trains every model at every width, its own d_model, length and batch.
+    let c = std::fs::read_to_string(
+        dir.join("runs/reproduce-mqar-quick/attention-L64-d16-seed1/config.toml"),
+    )
+    .unwrap();
+    let c = experiments::config::parse(&c, "", &[]).unwrap();
+    assert_eq!(
+        (
+            c.model.transformer.unwrap().d_model,
+            c.task.seq_len,
+            c.train.batch_size,
+            c.seed
+        ),
+        (16, 64, 64, 1)
+    );
 }

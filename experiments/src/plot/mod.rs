@@ -250,6 +250,39 @@ pub fn plot(inputs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A line of mean accuracy over seeds, (x, mean, min, max) per point, with its legend label.
+pub type BandedCurve = (String, Vec<(f64, f64, f64, f64)>);
+
+/// Accuracy against model width (d_model on a log2 axis), one line per curve with its min-max
+/// range over the seeds shaded, into `out/accuracy_vs_width.{png,svg}`.
+pub fn accuracy_vs_width(curves: Vec<BandedCurve>, out: &Path) -> Result<Vec<PathBuf>> {
+    register_font();
+    ssm::io::create_dir_all(out)?;
+    let mut bands = Vec::new();
+    let mut series = Vec::new();
+    for (i, (label, points)) in curves.into_iter().enumerate() {
+        if points.iter().any(|p| p.2 != p.3) {
+            bands.push((i, points.iter().map(|p| (p.0, p.2, p.3)).collect()));
+        }
+        series.push(Series {
+            label,
+            points: points.iter().map(|p| (p.0, p.1)).collect(),
+        });
+    }
+    let chart = Lines {
+        y_max: Some(1.05),
+        bands,
+        ..lines(
+            "accuracy at the training length vs model width",
+            "d_model",
+            "accuracy",
+            (Scale::Log2, Scale::Linear),
+            series,
+        )
+    };
+    save(&chart, out, "accuracy_vs_width")
+}
+
 fn lines(
     title: &str,
     x_desc: &str,
