@@ -8,14 +8,14 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use ssm::backend::cuda::{Gpu, describe, synchronize};
+use ssm::device::{describe, peak_memory_mb, reset_peak_memory, synchronize, tiled};
 use ssm::models::{AnyLM, MambaConfig, ModelConfig, TransformerConfig};
 use ssm::nn::Module;
 use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use ssm::{Device, Tensor};
 
-use crate::metrics::{Table, peak_mem_mb, reset_peak_mem};
+use crate::metrics::Table;
 
 /// What to measure; the defaults are the GPU table of the CUDA issue.
 #[derive(Clone, Debug)]
@@ -143,20 +143,7 @@ fn random(device: Device, dims: &[usize], lo: f32, hi: f32, seed: u64) -> Result
     let block: Vec<f32> = (0..n.min(BLOCK))
         .map(|_| rng.random_range(lo..hi))
         .collect();
-    if n <= BLOCK || device == Device::Cpu {
-        let v = block.iter().copied().cycle().take(n).collect();
-        return Ok(Tensor::from_vec(dims, v)?.to_device(device)?);
-    }
-    let out = Tensor::zeros(dims, device)?;
-    let gpu = Gpu::get(device)?;
-    let src = gpu.upload(&block)?;
-    for start in (0..n).step_by(BLOCK) {
-        let len = BLOCK.min(n - start);
-        // SAFETY: `src` holds BLOCK values and `out` n, of which [start, start + len) is in
-        // range; the two are different buffers.
-        unsafe { gpu.copy(src.ptr(), out.cuda_ptr()? + 4 * start as u64, len)? };
-    }
-    Ok(out)
+    Ok(tiled(dims, &block, device)?)
 }
 
 /// Device-to-device copy bandwidth in GB/s (bytes read plus bytes written), over 1 GiB on a GPU
@@ -169,20 +156,7 @@ pub fn copy_bandwidth(device: Device, repeats: usize) -> Result<f64> {
     };
     let src = random(device, &[len], -1.0, 1.0, 1)?;
     let mut dst = Tensor::zeros([len], device)?;
-    let s = match device {
-        Device::Cpu => time(repeats, device, &mut || {
-            dst.host_mut()?.copy_from_slice(src.host()?);
-            Ok(())
-        })?,
-        gpu => {
-            let (g, from, to) = (Gpu::get(gpu)?, src.cuda_ptr()?, dst.cuda_ptr()?);
-            time(repeats, device, &mut || {
-                // SAFETY: `src` and `dst` are distinct live tensors of `len` values.
-                unsafe { g.copy(from, to, len) }?;
-                Ok(())
-            })?
-        }
-    };
+    let s = time(repeats, device, &mut || Ok(dst.copy_from(&src)?))?;
     Ok(2.0 * 4.0 * len as f64 / s / 1e9)
 }
 
@@ -290,7 +264,7 @@ fn train_row(
     let ids: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..256)).collect();
     let targets: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let mut opt = AdamW::new(AdamWConfig::default());
-    reset_peak_mem(o.device);
+    reset_peak_memory(o.device);
     let s = time(o.repeats, o.device, &mut || {
         model.zero_grad()?;
         model.forward_loss(&ids, &targets, b)?;
@@ -304,7 +278,7 @@ fn train_row(
         b,
         ms_per_step: s * 1e3,
         tokens_per_s: (b * l) as f64 / s,
-        peak_mem_mb: peak_mem_mb(o.device),
+        peak_mem_mb: peak_memory_mb(o.device),
     })
 }
 

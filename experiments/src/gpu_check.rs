@@ -10,7 +10,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use ssm::Device;
-use ssm::backend::cuda::describe;
+use ssm::device::describe;
 use ssm::parity::{Check, ParityPlan, decode_parity, op_parity, train_step_parity};
 
 use crate::bench::{

@@ -6,8 +6,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use ssm::Device;
-use ssm::backend::cuda::Gpu;
 
 pub const METRICS_FILE: &str = "metrics.csv";
 pub const EVAL_FILE: &str = "eval.csv";
@@ -194,43 +192,6 @@ pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
         table.write(path)?;
     }
     Ok(())
-}
-
-/// Peak memory in MiB of the device a run trains on: the process's resident memory on the CPU,
-/// the CUDA allocator's peak on a GPU.
-pub fn peak_mem_mb(device: Device) -> Option<f64> {
-    match device {
-        Device::Cpu => peak_rss_mb(),
-        gpu => Gpu::get(gpu)
-            .ok()
-            .map(|g| g.memory().peak as f64 / (1024.0 * 1024.0)),
-    }
-}
-
-/// Starts a new peak for [`peak_mem_mb`].
-pub fn reset_peak_mem(device: Device) {
-    match device {
-        Device::Cpu => reset_peak_rss(),
-        gpu => {
-            if let Ok(g) = Gpu::get(gpu) {
-                g.reset_peak();
-            }
-        }
-    }
-}
-
-/// Peak resident memory of this process in MiB (VmHWM), where /proc exists.
-pub fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-/// Resets the peak to the current resident memory (`echo 5 > /proc/self/clear_refs`), so that the
-/// next reading covers only what follows; a no-op where the kernel does not allow it.
-pub fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// A number for a CSV cell: the shortest text that reads back as the same f64, empty for NaN.

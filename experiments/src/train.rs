@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use ssm::Device;
-use ssm::backend::cuda::synchronize;
+use ssm::device::{peak_memory_mb, reset_peak_memory, synchronize};
 use ssm::ops::activation::scale_;
 use ssm::optim::{AdamW, clip_grad_norm, cosine_lr};
 use tracing::{info, warn};
@@ -20,8 +20,7 @@ use crate::checkpoint::{self, CHECKPOINT_DIR, CONFIG_FILE, Interval, Progress};
 use crate::config::{self, RunConfig};
 use crate::eval::{EvalResult, evaluate};
 use crate::metrics::{
-    CsvWriter, EVAL_FILE, EVAL_HEADER, METRICS_FILE, METRICS_HEADER, cell, peak_mem_mb,
-    reset_peak_mem, truncate_after,
+    CsvWriter, EVAL_FILE, EVAL_HEADER, METRICS_FILE, METRICS_HEADER, cell, truncate_after,
 };
 use crate::model::Model;
 use crate::tasks::Task;
@@ -390,7 +389,7 @@ fn run(
     // Training time of the steps since the last row, for tokens/s (evaluation and checkpoints excluded).
     let mut interval_s = 0.0;
     let (mut last_loss, mut last_evals) = (f64::NAN, Vec::new());
-    reset_peak_mem(options.device);
+    reset_peak_memory(options.device);
     while progress.step < t.steps {
         let step = progress.step + 1;
         let started = Instant::now();
@@ -469,10 +468,10 @@ fn run(
                     (progress.interval.steps as usize * per_step) as f64 / interval_s
                 ),
                 format!("{elapsed:.3}"),
-                peak_mem_mb(options.device).map_or(String::new(), |m| format!("{m:.1}")),
+                peak_memory_mb(options.device).map_or(String::new(), |m| format!("{m:.1}")),
             ])?;
             (progress.interval, interval_s) = (Interval::default(), 0.0);
-            reset_peak_mem(options.device);
+            reset_peak_memory(options.device);
         }
         if (t.eval_every > 0 && step.is_multiple_of(t.eval_every)) || step == t.steps {
             last_evals = evaluate(model, task, config)?;
@@ -495,7 +494,7 @@ fn run(
                     )
                 });
             }
-            reset_peak_mem(options.device);
+            reset_peak_memory(options.device);
         }
         if (t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every)) || step == t.steps {
             progress.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();

@@ -6,18 +6,11 @@
 //! d_state 16, vocab 256). Prints the median tokens/s of forward + backward + clipping + AdamW and
 //! the peak resident set (VmHWM).
 
+use ssm::Device;
+use ssm::device::peak_memory_mb;
 use ssm::models::{MambaConfig, MambaLM};
 use ssm::nn::Module;
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm};
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn main() {
     let args: Vec<usize> = std::env::args()
@@ -68,6 +61,6 @@ fn main() {
         model.num_params(),
         rates[0],
         rates[rates.len() - 1],
-        peak_rss_mb()
+        peak_memory_mb(Device::Cpu).unwrap_or(f64::NAN)
     );
 }

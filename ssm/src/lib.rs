@@ -21,6 +21,7 @@
 //! | `lq`, `lk` | query and key lengths of attention (lk >= lq; lq = 1 when decoding) |
 
 pub mod backend;
+pub mod device;
 pub mod error;
 pub mod float;
 pub mod io;

@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::{Check, ParityPlan, Sink, compare};
-use crate::backend::cuda::synchronize;
+use crate::device::synchronize;
 use crate::error::Result;
 use crate::nn::{Module, Param};
 use crate::ops::activation::*;

@@ -291,23 +291,6 @@ impl Gpu {
     }
 }
 
-/// Waits for all work queued on `device`; nothing to wait for on the CPU. Timings read the clock
-/// after this.
-pub fn synchronize(device: Device) -> Result<()> {
-    match device {
-        Device::Cpu => Ok(()),
-        gpu => Gpu::get(gpu)?.synchronize(),
-    }
-}
-
-/// A one-line description of `device` for logs and reports.
-pub fn describe(device: Device) -> Result<String> {
-    Ok(match device {
-        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
-        gpu => format!("{gpu}: {}", Gpu::get(gpu)?.describe()),
-    })
-}
-
 /// Element types whose bytes can be copied to the device as they are.
 pub trait Plain: Copy + private::Sealed {}
 impl Plain for f32 {}
