@@ -7,5 +7,6 @@ mod gradcheck_models;
 mod gradcheck_ops;
 mod hf_fixture;
 mod model;
+mod reference_parity;
 mod scan_parity;
 mod transformer;

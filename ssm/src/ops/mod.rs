@@ -14,6 +14,7 @@ pub mod embedding;
 pub mod linear;
 pub mod loss;
 pub mod norm;
+pub mod reference;
 pub mod rope;
 pub mod scan;
 
