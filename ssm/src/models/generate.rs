@@ -151,4 +151,7 @@ impl<T: Float> Decoder<T> for MambaLM<T> {
     ) -> Result<&Tensor<T>> {
         self.forward(ids, b, Some(state), false)
     }
+    fn step(&mut self, tokens: &[u32], state: &mut MambaState<T>) -> Result<Tensor<T>> {
+        MambaLM::step(self, tokens, state)
+    }
 }

@@ -212,6 +212,29 @@ impl<T: Float> MambaLM<T> {
         self.trunk.head(&mut self.norm_f, &self.embedding.value)
     }
 
+    /// Logits (b, v) for one new token per sequence (`tokens`, b of them), advancing `state`:
+    /// the recurrent step of every layer (mamba_simple's `step`), the same numbers as
+    /// [`MambaLM::forward`] of that token with the state.
+    pub fn step(&mut self, tokens: &[u32], state: &mut MambaState<T>) -> Result<Tensor<T>> {
+        let (b, n_layer) = (tokens.len(), self.layers.len());
+        self.trunk.embed(
+            "MambaLM::step",
+            tokens,
+            b.max(1),
+            n_layer,
+            Some(state.layers.len()),
+            &self.embedding.value,
+        )?;
+        let layers = &mut self.layers;
+        self.trunk
+            .layers(|i, x, out| layers[i].step(x, out, &mut state.layers[i]))?;
+        let v = self.vocab();
+        self.trunk
+            .head(&mut self.norm_f, &self.embedding.value)?
+            .try_clone()?
+            .reshape([b, v])
+    }
+
     /// Mean next-token cross-entropy of a training forward: `targets` (b · l) hold the token to
     /// predict at each position, or `IGNORE_INDEX`.
     pub fn forward_loss(&mut self, ids: &[u32], targets: &[i64], b: usize) -> Result<f64> {

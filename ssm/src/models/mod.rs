@@ -341,4 +341,13 @@ impl<T: Float> Decoder<T> for AnyLM<T> {
     ) -> Result<&Tensor<T>> {
         self.forward(ids, b, Some(state), false)
     }
+    fn step(&mut self, tokens: &[u32], state: &mut AnyState<T>) -> Result<Tensor<T>> {
+        let arch = self.arch();
+        match (self, state) {
+            (AnyLM::Mamba(m), AnyState::Mamba(s)) => m.step(tokens, s),
+            (AnyLM::Transformer(m), AnyState::Transformer(s)) => m.step(tokens, s),
+            (AnyLM::Hybrid(m), AnyState::Hybrid(s)) => m.step(tokens, s),
+            (_, s) => Err(state_mismatch(arch, s)),
+        }
+    }
 }

@@ -15,6 +15,8 @@
 //! or dt_proj weight: B and C are learned vectors (n) broadcast over every position, and
 //! Δ = softplus(dt_proj.bias), so the layer is linear time-invariant (S4D-real with shared B, C).
 
+mod step;
+
 use rand::rngs::StdRng;
 
 use super::init::{full, normal, torch_default, uniform};

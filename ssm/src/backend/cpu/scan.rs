@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::{SharedMut, reduce_parts_into, split, threads};
+use super::{SharedMut, multiversion, reduce_parts_into, split, threads};
 use crate::tensor::Float;
 
 /// Channels processed together by one inner loop.
@@ -167,39 +167,6 @@ fn hsum<T: Float>(v: &[T; TILE]) -> T {
         }
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
-}
-
-/// Defines `$dispatch` with the signature of `$inner` (an `#[inline(always)]` kernel), which runs
-/// `$inner` compiled for AVX-512, for AVX2 with FMA, or for the baseline, whichever the CPU has:
-/// the tile loops vectorize to the widest registers available without a global target-cpu.
-macro_rules! multiversion {
-    ($dispatch:ident => $inner:ident($($arg:ident: $ty:ty),* $(,)?)) => {
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $dispatch<T: Float>($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                #[allow(clippy::too_many_arguments)]
-                unsafe fn avx512<T: Float>($($arg: $ty),*) {
-                    unsafe { $inner($($arg),*) }
-                }
-                #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                unsafe fn avx2<T: Float>($($arg: $ty),*) {
-                    unsafe { $inner($($arg),*) }
-                }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports AVX-512F, checked just above.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            unsafe { $inner($($arg),*) }
-        }
-    };
 }
 
 /// Forward: y (b, l, d); optionally the last state (b, d, n) and the chunk states (b, chunks, n, d).
