@@ -23,6 +23,24 @@ pub struct AttnDims {
 }
 
 impl AttnDims {
+    /// Query heads per kv head.
+    pub fn group(&self) -> usize {
+        self.h / self.hkv
+    }
+
+    /// The first query that sees key `j` (query i sits at position i + lk - lq).
+    pub fn first_query(&self, j: usize) -> usize {
+        j.saturating_sub(self.lk - self.lq)
+    }
+
+    /// How many of the keys `keys` query `i` sees.
+    #[inline(always)]
+    pub fn visible(&self, i: usize, keys: &std::ops::Range<usize>) -> usize {
+        (i + self.lk - self.lq + 1)
+            .saturating_sub(keys.start)
+            .min(keys.len())
+    }
+
     /// Floats of workspace the backward needs: D = rowsum(dO ∘ O), (b, h, lq).
     pub fn bwd_workspace_len(&self) -> usize {
         self.b * self.h * self.lq

@@ -29,10 +29,10 @@ pub enum Error {
     /// The requested device cannot be used.
     #[error("device {device}: {reason}")]
     Device { device: String, reason: String },
-    /// Tensors that must share a device live on different ones.
     /// A shape or size the CUDA kernels do not take (e.g. a state size above their maximum).
     #[error("CUDA kernels: {reason}")]
     Kernel { reason: String },
+    /// Tensors that must share a device live on different ones.
     #[error("{op}: tensors live on different devices ({a} and {b})")]
     DeviceMismatch {
         op: &'static str,

@@ -233,3 +233,24 @@ fn scan_gradients_match_finite_differences() {
         fd_opt!(h0, "dh0", dh0);
     }
 }
+
+/// A backward needs the chunk states of a forward that saved them: after a forward without
+/// them (an evaluation between training steps, say) the states left from an earlier forward of
+/// the same sizes would give wrong gradients, and the backward refuses them instead.
+#[test]
+fn backward_refuses_states_a_forward_did_not_save() {
+    let case = Case::<f32>::random(5, (1, 9, 4, 3, 1), ALL);
+    let inp = case.inputs();
+    let mut out = ScanOutput::default();
+    selective_scan_fwd(&inp, &mut out, true).unwrap();
+    selective_scan_fwd(&inp, &mut out, false).unwrap();
+    let dy = Tensor::<f32>::zeros(out.y.dims(), ssm::Device::Cpu).unwrap();
+    let mut grads = ScanGrads::zeros_like(&inp).unwrap();
+    let e = selective_scan_bwd(&inp, &out, &dy, None, &mut grads).unwrap_err();
+    assert!(
+        e.to_string().contains("saved chunk states (None layout)"),
+        "{e}"
+    );
+    selective_scan_fwd(&inp, &mut out, true).unwrap();
+    selective_scan_bwd(&inp, &out, &dy, None, &mut grads).unwrap();
+}

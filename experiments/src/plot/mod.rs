@@ -228,7 +228,9 @@ pub fn plot(inputs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut files = save(&loss_chart(&runs), out, "loss")?;
-    if runs.iter().any(|r| !r.accuracy.is_empty()) {
+    // A curve needs two test lengths: runs tested at their training length alone (a sweep over
+    // lengths, a reproduce grid) are single points, which the summary's tables show better.
+    if runs.iter().any(|r| r.accuracy.len() > 1) {
         files.extend(save(&accuracy_chart(&runs), out, "accuracy_vs_length")?);
     }
     if runs.iter().any(|r| r.flops_per_token.is_some()) {
@@ -324,7 +326,7 @@ fn loss_chart(runs: &[Run]) -> Lines {
 }
 
 fn accuracy_chart(runs: &[Run]) -> Lines {
-    let with_accuracy = seed_lines(runs.iter().filter(|r| !r.accuracy.is_empty()));
+    let with_accuracy = seed_lines(runs.iter().filter(|r| r.accuracy.len() > 1));
     let (series, bands) = seed_series(&with_accuracy, |r| r.accuracy.clone());
     Lines {
         y_max: Some(1.05),

@@ -52,14 +52,13 @@ pub fn causal_conv1d_fwd<T: Float>(
     let others: Vec<&Tensor<T>> = [Some(w), bias, state].into_iter().flatten().collect();
     if let Some(g) = gpu_of("causal_conv1d_fwd", x, &others)? {
         let (bias, state) = (bias.map(dptr).transpose()?, state.map(dptr).transpose()?);
-        let kd = kernel_dims(dims);
         return g.launch(&k::causal_conv1d_fwd(
             dptr(x)?,
             dptr(w)?,
             bias,
             state,
             dptr(y)?,
-            kd,
+            dims,
             false,
         )?);
     }
@@ -67,15 +66,6 @@ pub fn causal_conv1d_fwd<T: Float>(
     let state = state.map(|s| s.host()).transpose()?;
     conv1d::conv1d_fwd(x.host()?, w.host()?, bias, state, y.host_mut()?, dims);
     Ok(())
-}
-
-fn kernel_dims(d: ConvDims) -> k::ConvDims {
-    k::ConvDims {
-        b: d.b,
-        l: d.l,
-        d: d.d,
-        k: d.k,
-    }
 }
 
 /// Accumulates dx (b, l, d), dw (d, k) and dbias (d, if given); the state gets no gradient.
@@ -100,8 +90,7 @@ pub fn causal_conv1d_bwd<T: Float>(
     others.extend(state);
     others.extend(dbias.as_deref());
     if let Some(g) = gpu_of(OP, x, &others)? {
-        let kd = kernel_dims(dims);
-        let ws = g.alloc(kd.bwd_workspace_len(false))?;
+        let ws = g.alloc(dims.bwd_workspace_len(false))?;
         let state = state.map(dptr).transpose()?;
         let dbias = dbias.map(|t| dptr(t)).transpose()?;
         return g.launch_all(&k::causal_conv1d_bwd(
@@ -114,7 +103,7 @@ pub fn causal_conv1d_bwd<T: Float>(
             dptr(dw)?,
             dbias,
             ws.ptr(),
-            kd,
+            dims,
             false,
         )?);
     }

@@ -13,7 +13,7 @@
 //! D, delta_bias: (d,); initial and last state: (b, d, n).
 
 use super::gpu_of;
-use crate::backend::cpu::elementwise::{silu, silu_grad, softplus, softplus_grad};
+pub use super::reference::{selective_scan_ref, selective_scan_ref_bwd};
 use crate::backend::cpu::scan::{self, ScanArgs, ScanDims, ScanGradsMut};
 use crate::backend::cuda::scan as cuda_scan;
 use crate::error::{Error, Result};
@@ -108,12 +108,28 @@ impl<'a, T: Float> ScanInputs<'a, T> {
 }
 
 /// What a forward produces: y (b, l, d), the last state (b, d, n) and, when asked for, the states
-/// at chunk starts that the backward recomputes from. Reused across calls to avoid allocation.
+/// at chunk starts that the backward recomputes from, in the layout of the device that ran it
+/// (`chunk_layout`). Reused across calls to avoid allocation.
 #[derive(Clone, Debug, Default)]
 pub struct ScanOutput<T: Float> {
     pub y: Tensor<T>,
     pub last_state: Tensor<T>,
     pub chunk_states: Tensor<T>,
+    pub chunk_layout: ChunkLayout,
+}
+
+/// How `ScanOutput::chunk_states` is laid out. Each backend's chunking is its own (the CPU cuts
+/// time into chunks of its tile length, the kernels into theirs), so a backward only accepts the
+/// states of a forward of its own kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChunkLayout {
+    /// No states kept (a forward without `save_for_backward`, or none yet).
+    #[default]
+    None,
+    /// The CPU's (b, chunks, n, d): channels innermost, as its tiles run over channels.
+    Cpu,
+    /// The CUDA kernels' (b, chunks, d, n): one thread's state innermost.
+    Cuda,
 }
 
 /// Gradients of every input, accumulated into; options follow the inputs.
@@ -197,13 +213,18 @@ pub fn selective_scan_fwd<T: Float>(
     out.y.reset_output([dims.b, dims.l, dims.d], device)?;
     out.last_state
         .reset_output([dims.b, dims.d, dims.n], device)?;
+    out.chunk_layout = ChunkLayout::None;
     if let Some(g) = gpu_of(OP, inp.u, &inp.all())? {
-        return cuda_scan::fwd(&g, inp, dims, out, save_for_backward);
+        cuda_scan::fwd(&g, inp, dims, out, save_for_backward)?;
+        if save_for_backward {
+            out.chunk_layout = ChunkLayout::Cuda;
+        }
+        return Ok(());
     }
     let args = inp.args()?;
     let saved = if save_for_backward {
         out.chunk_states
-            .reset_output([dims.b, dims.chunks(), dims.n, dims.d], device)?;
+            .reset_output([dims.b, scan::chunks(dims), dims.n, dims.d], device)?;
         Some(out.chunk_states.host_mut()?)
     } else {
         None
@@ -215,6 +236,9 @@ pub fn selective_scan_fwd<T: Float>(
         Some(out.last_state.host_mut()?),
         saved,
     );
+    if save_for_backward {
+        out.chunk_layout = ChunkLayout::Cpu;
+    }
     Ok(())
 }
 
@@ -238,14 +262,27 @@ pub fn selective_scan_bwd<T: Float>(
     others.extend([&out.chunk_states, dy]);
     others.extend(dlast);
     others.extend(grads.all());
-    if let Some(g) = gpu_of(BWD, inp.u, &others)? {
+    let gpu = gpu_of(BWD, inp.u, &others)?;
+    let want = match gpu {
+        Some(_) => ChunkLayout::Cuda,
+        None => ChunkLayout::Cpu,
+    };
+    if out.chunk_layout != want {
+        return Err(Error::shape(
+            BWD,
+            format!("saved chunk states ({:?} layout)", out.chunk_layout),
+            format!("those of a forward with save_for_backward on this device ({want:?} layout)"),
+            out.chunk_states.dims(),
+        ));
+    }
+    if let Some(g) = gpu {
         return cuda_scan::bwd(&g, inp, dims, &out.chunk_states, dy, dlast, grads);
     }
     let args = inp.args()?;
     out.chunk_states.expect_dims(
         BWD,
         "saved chunk states",
-        &[dims.b, dims.chunks(), dims.n, dims.d],
+        &[dims.b, scan::chunks(dims), dims.n, dims.d],
     )?;
     let g = ScanGradsMut {
         du: grads.du.host_mut()?,
@@ -295,128 +332,4 @@ fn check_grads<T: Float>(inp: &ScanInputs<T>, g: &ScanGrads<T>) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The plain sequential reference: one channel at a time, every state kept, library `exp`.
-/// Returns y (b, l, d) and the last state (b, d, n).
-pub fn selective_scan_ref<T: Float>(inp: &ScanInputs<T>) -> Result<(Tensor<T>, Tensor<T>)> {
-    let dims = inp.dims()?;
-    let a = inp.args()?;
-    let ScanDims { b, l, d, n, g } = dims;
-    let mut y = vec![T::zero(); b * l * d];
-    let mut last = vec![T::zero(); b * d * n];
-    for bi in 0..b {
-        for ch in 0..d {
-            let gi = ch / (d / g);
-            let mut h: Vec<T> = (0..n)
-                .map(|s| a.h0.map_or(T::zero(), |h0| h0[(bi * d + ch) * n + s]))
-                .collect();
-            for t in 0..l {
-                let i = (bi * l + t) * d + ch;
-                let dt = ref_dt(&a, i, ch);
-                let mut acc = a.d_skip.map_or(T::zero(), |ds| ds[ch] * a.u[i]);
-                for (s, hs) in h.iter_mut().enumerate() {
-                    let bc = ((bi * l + t) * g + gi) * n + s;
-                    *hs = (dt * a.a[ch * n + s]).exp() * *hs + dt * a.b[bc] * a.u[i];
-                    acc += a.c[bc] * *hs;
-                }
-                y[i] = a.z.map_or(acc, |z| acc * silu(z[i]));
-            }
-            last[(bi * d + ch) * n..(bi * d + ch + 1) * n].copy_from_slice(&h);
-        }
-    }
-    Ok((
-        Tensor::from_vec([b, l, d], y)?,
-        Tensor::from_vec([b, d, n], last)?,
-    ))
-}
-
-fn ref_dt<T: Float>(a: &ScanArgs<T>, i: usize, ch: usize) -> T {
-    let x = a.delta[i] + a.delta_bias.map_or(T::zero(), |bb| bb[ch]);
-    if a.delta_softplus { softplus(x) } else { x }
-}
-
-/// The reference backward: keeps h for every step of one channel, then runs the reverse
-/// recurrence ∂L/∂h_{t-1} = exp(dt_t A) ∘ (∂L/∂h_t) and reads off every gradient.
-pub fn selective_scan_ref_bwd<T: Float>(
-    inp: &ScanInputs<T>,
-    dy: &Tensor<T>,
-    dlast: Option<&Tensor<T>>,
-) -> Result<ScanGrads<T>> {
-    let dims = inp.dims()?;
-    let a = inp.args()?;
-    let ScanDims { b, l, d, n, g } = dims;
-    dy.expect_dims("selective_scan_ref_bwd", "dy", &[b, l, d])?;
-    let dy = dy.host()?;
-    let dlast = dlast.map(|t| t.host()).transpose()?;
-    let mut gr = ScanGrads::zeros_like(inp)?;
-    let mut hs = vec![T::zero(); (l + 1) * n];
-    for bi in 0..b {
-        for ch in 0..d {
-            let gi = ch / (d / g);
-            let bc = |t: usize, s: usize| ((bi * l + t) * g + gi) * n + s;
-            for s in 0..n {
-                hs[s] = a.h0.map_or(T::zero(), |h0| h0[(bi * d + ch) * n + s]);
-            }
-            for t in 0..l {
-                let i = (bi * l + t) * d + ch;
-                let dt = ref_dt(&a, i, ch);
-                for s in 0..n {
-                    hs[(t + 1) * n + s] =
-                        (dt * a.a[ch * n + s]).exp() * hs[t * n + s] + dt * a.b[bc(t, s)] * a.u[i];
-                }
-            }
-            let mut dh: Vec<T> = (0..n)
-                .map(|s| dlast.map_or(T::zero(), |dl| dl[(bi * d + ch) * n + s]))
-                .collect();
-            for t in (0..l).rev() {
-                let i = (bi * l + t) * d + ch;
-                let raw = a.delta[i] + a.delta_bias.map_or(T::zero(), |bb| bb[ch]);
-                let dt = ref_dt(&a, i, ch);
-                let u = a.u[i];
-                let mut dyp = dy[i];
-                if let Some(z) = a.z {
-                    let mut ypre = a.d_skip.map_or(T::zero(), |ds| ds[ch] * u);
-                    for s in 0..n {
-                        ypre += a.c[bc(t, s)] * hs[(t + 1) * n + s];
-                    }
-                    if let Some(dz) = gr.dz.as_mut() {
-                        dz.host_mut()?[i] += dyp * ypre * silu_grad(z[i]);
-                    }
-                    dyp *= silu(z[i]);
-                }
-                let mut du = T::zero();
-                if let (Some(ds), Some(dd)) = (a.d_skip, gr.dd_skip.as_mut()) {
-                    dd.host_mut()?[ch] += dyp * u;
-                    du += dyp * ds[ch];
-                }
-                let mut ddt = T::zero();
-                for s in 0..n {
-                    let decay = (dt * a.a[ch * n + s]).exp();
-                    let (h_prev, h_t) = (hs[t * n + s], hs[(t + 1) * n + s]);
-                    gr.dc.host_mut()?[bc(t, s)] += dyp * h_t;
-                    let gv = dh[s] + a.c[bc(t, s)] * dyp;
-                    ddt += gv * (a.a[ch * n + s] * decay * h_prev + a.b[bc(t, s)] * u);
-                    gr.da.host_mut()?[ch * n + s] += gv * dt * decay * h_prev;
-                    gr.db.host_mut()?[bc(t, s)] += gv * dt * u;
-                    du += gv * dt * a.b[bc(t, s)];
-                    dh[s] = gv * decay;
-                }
-                let dx = if a.delta_softplus {
-                    ddt * softplus_grad(raw)
-                } else {
-                    ddt
-                };
-                gr.ddelta.host_mut()?[i] += dx;
-                if let Some(db) = gr.ddelta_bias.as_mut() {
-                    db.host_mut()?[ch] += dx;
-                }
-                gr.du.host_mut()?[i] += du;
-            }
-            if let Some(dh0) = gr.dh0.as_mut() {
-                dh0.host_mut()?[(bi * d + ch) * n..(bi * d + ch + 1) * n].copy_from_slice(&dh);
-            }
-        }
-    }
-    Ok(gr)
 }

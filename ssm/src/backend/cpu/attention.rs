@@ -39,36 +39,9 @@ pub const BLOCK_Q: usize = 64;
 /// Key rows per tile.
 pub const BLOCK_K: usize = 64;
 
-/// Sizes: batch, query length, key length (>= lq), query heads, kv heads (dividing h), head dim.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttnDims {
-    pub b: usize,
-    pub lq: usize,
-    pub lk: usize,
-    pub h: usize,
-    pub hkv: usize,
-    pub hd: usize,
-}
-
-impl AttnDims {
-    /// Query heads per kv head.
-    pub fn group(&self) -> usize {
-        self.h / self.hkv
-    }
-
-    /// The first query that sees key `j`.
-    fn first_query(&self, j: usize) -> usize {
-        j.saturating_sub(self.lk - self.lq)
-    }
-
-    /// How many of the keys `keys` query `i` sees.
-    #[inline(always)]
-    fn visible(&self, i: usize, keys: &Range<usize>) -> usize {
-        (i + self.lk - self.lq + 1)
-            .saturating_sub(keys.start)
-            .min(keys.len())
-    }
-}
+/// Sizes: batch, query length, key length (>= lq), query heads, kv heads (dividing h), head dim;
+/// declared once, with the kernels.
+pub use ssm_kernels::attention::AttnDims;
 
 /// Inputs as host slices; layouts as in the module doc.
 #[derive(Clone, Copy)]

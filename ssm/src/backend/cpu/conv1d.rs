@@ -8,14 +8,8 @@ use rayon::prelude::*;
 use super::{parts_for, reduce_parts_into, row_blocks_mut, split};
 use crate::tensor::Float;
 
-/// Sizes of one call: batch, length, channels, kernel width.
-#[derive(Clone, Copy, Debug)]
-pub struct ConvDims {
-    pub b: usize,
-    pub l: usize,
-    pub d: usize,
-    pub k: usize,
-}
+/// Sizes of one call: batch, length, channels, kernel width; declared once, with the kernels.
+pub use ssm_kernels::conv1d::ConvDims;
 
 /// Kernel taps transposed to (k, d) so that the inner loops run over contiguous channels.
 fn taps<T: Float>(w: &[T], d: usize, k: usize) -> Vec<T> {

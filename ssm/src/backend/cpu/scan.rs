@@ -17,20 +17,13 @@ pub const TILE: usize = 32;
 /// Steps between saved states.
 pub const CHUNK: usize = 64;
 
-/// Sizes: batch, length, channels, state size, groups of channels sharing B and C.
-#[derive(Clone, Copy, Debug)]
-pub struct ScanDims {
-    pub b: usize,
-    pub l: usize,
-    pub d: usize,
-    pub n: usize,
-    pub g: usize,
-}
+/// Sizes: batch, length, channels, state size, groups of channels sharing B and C; declared once,
+/// with the kernels (whose `chunks()` counts their own chunks, not these).
+pub use ssm_kernels::scan::ScanDims;
 
-impl ScanDims {
-    pub fn chunks(&self) -> usize {
-        self.l.div_ceil(CHUNK)
-    }
+/// Saved states per sequence on the CPU, one per [`CHUNK`] steps: (b, chunks, n, d).
+pub fn chunks(dims: ScanDims) -> usize {
+    dims.l.div_ceil(CHUNK)
 }
 
 /// Inputs as host slices; layouts as in `ops::scan`.
@@ -221,7 +214,7 @@ unsafe fn fwd_tile<T: Float>(
         if let Some(sv) = saved
             && t % CHUNK == 0
         {
-            let base = (bi * dims.chunks() + t / CHUNK) * n * d;
+            let base = (bi * chunks(dims) + t / CHUNK) * n * d;
             for s in 0..n {
                 // SAFETY: sequence bi, channels d0..d0+w belong to this task.
                 unsafe { sv.slice(base + s * d + d0, w) }
@@ -427,11 +420,11 @@ unsafe fn bwd_tile<T: Float>(
         [T::zero(); TILE],
         [T::zero(); TILE],
     );
-    for c in (0..dims.chunks()).rev() {
+    for c in (0..chunks(dims)).rev() {
         let t0 = c * CHUNK;
         let len = CHUNK.min(l - t0);
         // Recompute the chunk's states from its saved start.
-        let base = (bi * dims.chunks() + c) * n * d;
+        let base = (bi * chunks(dims) + c) * n * d;
         buf.start.fill(T::zero());
         for s in 0..n {
             for i in 0..w {

@@ -6,22 +6,11 @@ use std::sync::Arc;
 use ssm_kernels::attention as k;
 
 use super::Gpu;
-use crate::backend::cpu::attention::AttnDims;
 use crate::error::Result;
 use crate::ops::attention::{AttentionGrads, AttentionOutput};
 use crate::ops::dptr;
 use crate::tensor::{Float, Tensor};
-
-fn kernel_dims(d: AttnDims) -> k::AttnDims {
-    k::AttnDims {
-        b: d.b,
-        lq: d.lq,
-        lk: d.lk,
-        h: d.h,
-        hkv: d.hkv,
-        hd: d.hd,
-    }
-}
+use ssm_kernels::attention::AttnDims;
 
 /// The forward; `out.o` and `out.lse` are already sized on the device and `out.scale` resolved.
 pub fn fwd<T: Float>(
@@ -38,7 +27,7 @@ pub fn fwd<T: Float>(
         dptr(v)?,
         dptr(&out.o)?,
         dptr(&out.lse)?,
-        kernel_dims(dims),
+        dims,
         out.scale as f32,
     )?)
 }
@@ -55,7 +44,7 @@ pub fn bwd<T: Float>(
     d_o: &Tensor<T>,
     grads: &mut AttentionGrads<T>,
 ) -> Result<()> {
-    let kd = kernel_dims(dims);
+    let kd = dims;
     let ws = g.alloc(kd.bwd_workspace_len())?;
     let launches = k::attention_bwd(
         dptr(q)?,

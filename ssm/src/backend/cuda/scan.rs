@@ -6,21 +6,11 @@ use std::sync::Arc;
 use ssm_kernels::scan as k;
 
 use super::Gpu;
-use crate::backend::cpu::scan::ScanDims;
 use crate::error::Result;
 use crate::ops::dptr;
 use crate::ops::scan::{ScanGrads, ScanInputs, ScanOutput};
 use crate::tensor::{Float, Tensor};
-
-fn kernel_dims(d: ScanDims) -> k::ScanDims {
-    k::ScanDims {
-        b: d.b,
-        l: d.l,
-        d: d.d,
-        n: d.n,
-        g: d.g,
-    }
-}
+use ssm_kernels::scan::ScanDims;
 
 fn opt<T: Float>(t: Option<&Tensor<T>>) -> Result<Option<u64>> {
     t.map(dptr).transpose()
@@ -49,10 +39,9 @@ pub fn fwd<T: Float>(
     out: &mut ScanOutput<T>,
     save_for_backward: bool,
 ) -> Result<()> {
-    let kd = kernel_dims(dims);
     let chunk_states = if save_for_backward {
         out.chunk_states
-            .reset_output([dims.b, kd.chunks(), dims.d, dims.n], g.device())?;
+            .reset_output([dims.b, dims.chunks(), dims.d, dims.n], g.device())?;
         Some(dptr(&out.chunk_states)?)
     } else {
         None
@@ -62,8 +51,8 @@ pub fn fwd<T: Float>(
         last_state: Some(dptr(&out.last_state)?),
         chunk_states,
     };
-    let segments = kd.segments(g.sm_count());
-    let ws = match kd.fwd_workspace_len(segments) {
+    let segments = dims.segments(g.sm_count());
+    let ws = match dims.fwd_workspace_len(segments) {
         0 => None,
         len => Some(g.alloc(len)?),
     };
@@ -71,7 +60,12 @@ pub fn fwd<T: Float>(
         segments,
         workspace: ws.as_ref().map_or(0, |w| w.ptr()),
     };
-    g.launch_all(&k::selective_scan_fwd(&inputs(inp)?, &outputs, kd, split)?)
+    g.launch_all(&k::selective_scan_fwd(
+        &inputs(inp)?,
+        &outputs,
+        dims,
+        split,
+    )?)
 }
 
 /// The backward, adding into `grads`.
@@ -84,11 +78,10 @@ pub fn bwd<T: Float>(
     dlast: Option<&Tensor<T>>,
     grads: &mut ScanGrads<T>,
 ) -> Result<()> {
-    let kd = kernel_dims(dims);
     chunk_states.expect_dims(
         "selective_scan_bwd",
         "saved chunk states (of a forward on this device)",
-        &[dims.b, kd.chunks(), dims.d, dims.n],
+        &[dims.b, dims.chunks(), dims.d, dims.n],
     )?;
     let kgrads = k::ScanGrads {
         du: dptr(&grads.du)?,
@@ -101,8 +94,8 @@ pub fn bwd<T: Float>(
         ddelta_bias: opt(grads.ddelta_bias.as_ref())?,
         dh0: opt(grads.dh0.as_ref())?,
     };
-    let segments = kd.segments(g.sm_count());
-    let ws = g.alloc(kd.bwd_workspace_len(segments))?;
+    let segments = dims.segments(g.sm_count());
+    let ws = g.alloc(dims.bwd_workspace_len(segments))?;
     let split = k::ScanSplit {
         segments,
         workspace: ws.ptr(),
@@ -113,7 +106,7 @@ pub fn bwd<T: Float>(
         dptr(dy)?,
         opt(dlast)?,
         &kgrads,
-        kd,
+        dims,
         split,
     )?;
     g.launch_all(&launches)

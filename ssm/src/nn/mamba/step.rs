@@ -1,7 +1,8 @@
 //! The recurrent step of the Mamba mixer (mamba_simple's `step`): one new token per sequence,
-//! the convolution window rolled by one, the SSM state updated in place. On the CPU it is
-//! matrix-vector products and the recurrence over host values: no tensor op, no intermediate
-//! tensor, and no thread dispatch for a single sequence.
+//! the convolution window rolled by one, the SSM state updated in place. On the CPU it works on
+//! host values with no tensor op: the projections as matrix-vector products for one sequence
+//! (no thread dispatch) or one GEMM over a batch, then the convolution and the recurrence per
+//! sequence.
 
 use rayon::prelude::*;
 
@@ -21,7 +22,7 @@ enum Select<'a, T> {
     Fixed { b: &'a [T], c: &'a [T] },
 }
 
-/// The mixer's parameters as host slices, and A = -exp(A_log) (di, n).
+/// The mixer's parameters as host slices.
 struct Weights<'a, T> {
     dims: MixerDims,
     in_x: &'a [T],
@@ -32,7 +33,7 @@ struct Weights<'a, T> {
     conv_b: Option<&'a [T]>,
     select: Select<'a, T>,
     dt_b: &'a [T],
-    a: Vec<T>,
+    a_log: &'a [T],
     d_skip: &'a [T],
     out: &'a [T],
     out_b: Option<&'a [T]>,
@@ -61,7 +62,7 @@ impl<'a, T: Float> Weights<'a, T> {
             conv_b: host(&m.conv_b)?,
             select,
             dt_b: m.dt_proj_b.value.host()?,
-            a: m.a_log.value.host()?.iter().map(|&v| -v.exp()).collect(),
+            a_log: m.a_log.value.host()?,
             d_skip: m.d_skip.value.host()?,
             out: m.out_proj.value.host()?,
             out_b: host(&m.out_bias)?,
@@ -166,15 +167,16 @@ impl<'a, T: Float> Weights<'a, T> {
             })
             .collect();
         // SAFETY: the dispatch runs a target-feature build only on a CPU that has the features.
-        unsafe { recurrence_dispatch(u, z, &dt, bv, cv, &self.a, self.d_skip, h, y) };
+        unsafe { recurrence_dispatch(u, z, &dt, bv, cv, self.a_log, self.d_skip, h, y) };
     }
 }
 
-multiversion!(recurrence_dispatch => recurrence_kernel(u: &[T], z: &[T], dt: &[T], bv: &[T], cv: &[T], a: &[T], d_skip: &[T], h: &mut [T], y: &mut [T]));
+multiversion!(recurrence_dispatch => recurrence_kernel(u: &[T], z: &[T], dt: &[T], bv: &[T], cv: &[T], a_log: &[T], d_skip: &[T], h: &mut [T], y: &mut [T]));
 
 /// For every channel c of u, z, dt, y (di): h_c (n) = exp(dt_c · A_c) ∘ h_c + dt_c · B · u_c and
-/// y_c = (C · h_c + D_c · u_c) · silu(z_c), with A (di, n), B, C (n), h (di, n). The decay's exp
-/// is the fast CPU scan's, and the loops over n vectorize in the target-feature builds.
+/// y_c = (C · h_c + D_c · u_c) · silu(z_c), with A = -exp(A_log) (di, n), B, C (n), h (di, n).
+/// Both exps are the fast CPU scan's (A is recomputed per token rather than cached, so a step
+/// always sees the current A_log), and the loops over n vectorize in the target-feature builds.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn recurrence_kernel<T: Float>(
@@ -183,17 +185,18 @@ unsafe fn recurrence_kernel<T: Float>(
     dt: &[T],
     bv: &[T],
     cv: &[T],
-    a: &[T],
+    a_log: &[T],
     d_skip: &[T],
     h: &mut [T],
     y: &mut [T],
 ) {
     let n = bv.len();
     for (c, yc) in y.iter_mut().enumerate() {
-        let (hc, ac) = (&mut h[c * n..(c + 1) * n], &a[c * n..(c + 1) * n]);
+        let (hc, ac) = (&mut h[c * n..(c + 1) * n], &a_log[c * n..(c + 1) * n]);
         let (dtc, uc) = (dt[c], u[c]);
         for ((hs, &a_s), &b_s) in hc.iter_mut().zip(ac).zip(bv) {
-            *hs = (dtc * a_s).fast_exp_fused() * *hs + dtc * b_s * uc;
+            let decay = (-(dtc * a_s.fast_exp_fused())).fast_exp_fused();
+            *hs = decay * *hs + dtc * b_s * uc;
         }
         *yc = (dot(cv, hc) + d_skip[c] * uc) * silu(z[c]);
     }
