@@ -26,7 +26,9 @@ const LEGEND_ROW_PX: i32 = 20;
 /// Width of the legend strip: the sample line, its spacing and the margins around the text.
 const LEGEND_SAMPLE_PX: f64 = 44.0;
 const LEGEND_MAX_PX: f64 = 320.0;
-const COLORS: [RGBColor; 8] = [
+/// Matplotlib's tab10, then the light halves of tab20: twenty distinct colours before a
+/// comparison of many runs repeats one.
+const COLORS: [RGBColor; 20] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -35,6 +37,18 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(174, 199, 232),
+    RGBColor(255, 187, 120),
+    RGBColor(152, 223, 138),
+    RGBColor(255, 152, 150),
+    RGBColor(197, 176, 213),
+    RGBColor(196, 156, 148),
+    RGBColor(247, 182, 210),
+    RGBColor(199, 199, 199),
+    RGBColor(219, 219, 141),
+    RGBColor(158, 218, 229),
 ];
 
 fn color(i: usize) -> RGBColor {
