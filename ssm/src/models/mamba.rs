@@ -220,7 +220,7 @@ impl<T: Float> MambaLM<T> {
         self.trunk.embed(
             "MambaLM::step",
             tokens,
-            b.max(1),
+            b,
             n_layer,
             Some(state.layers.len()),
             &self.embedding.value,

@@ -3,7 +3,7 @@
 use ssm_kernels::{elementwise as k, reduce};
 
 use super::{dptr, gpu_of, rows_cols, same_dims, with_last};
-use crate::backend::cpu::matmul::{matmul_nn, matmul_nt, matmul_tn_acc};
+use crate::backend::cpu::matmul::{linear_rows, matmul_nn, matmul_tn_acc};
 use crate::backend::cuda::Gemm;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
@@ -41,16 +41,8 @@ pub fn linear_fwd<T: Float>(
         }
         return Ok(());
     }
-    let out = y.host_mut()?;
-    matmul_nt(x.host()?, w.host()?, out, m, k, n, T::zero());
-    if let Some(b) = bias {
-        let b = b.host()?;
-        for row in out.chunks_exact_mut(n) {
-            for (o, &bv) in row.iter_mut().zip(b) {
-                *o += bv;
-            }
-        }
-    }
+    let bias = bias.map(|b| b.host()).transpose()?;
+    linear_rows(x.host()?, w.host()?, bias, y.host_mut()?, [m, k, n]);
     Ok(())
 }
 

@@ -1,9 +1,9 @@
 //! Plain references for RMSNorm, the causal depthwise conv1d, the linear layer and the selective
 //! scan: the textbook formula of each forward and its backward, one output element at a time,
 //! written apart from the fast paths and importing nothing from them (library `exp` and `ln_1p`
-//! throughout). Parity tests hold the CPU kernels and the
-//! CUDA launches (emulated or real) to these. Each takes tensors on any device and returns new
-//! tensors on the CPU; gradients are returned fresh, not accumulated.
+//! throughout). Parity tests hold the CPU kernels and the CUDA launches (emulated or real) to
+//! these. Each takes tensors on any device and returns new tensors on the CPU; gradients are
+//! returned fresh, not accumulated.
 
 use super::scan::{ScanGrads, ScanInputs};
 use crate::error::{Error, Result};

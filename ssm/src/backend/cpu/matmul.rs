@@ -34,6 +34,24 @@ pub fn matmul_nt<T: Float>(x: &[T], w: &[T], y: &mut [T], m: usize, k: usize, n:
     });
 }
 
+/// `y (m, n) = x (m, k) · wᵀ + bias (n)`: a linear layer's forward over host values.
+pub fn linear_rows<T: Float>(
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+    y: &mut [T],
+    [m, k, n]: [usize; 3],
+) {
+    matmul_nt(x, w, y, m, k, n, T::zero());
+    if let Some(bias) = bias {
+        for row in y.chunks_exact_mut(n) {
+            for (o, &bv) in row.iter_mut().zip(bias) {
+                *o += bv;
+            }
+        }
+    }
+}
+
 /// `dx (m, k) = beta * dx + dy (m, n) · w (n, k)`: the input gradient of a linear layer.
 pub fn matmul_nn<T: Float>(dy: &[T], w: &[T], dx: &mut [T], m: usize, n: usize, k: usize, beta: T) {
     let w = view(w, n, k);

@@ -10,7 +10,6 @@ use crate::error::Result;
 use crate::ops::attention::{AttentionGrads, AttentionOutput};
 use crate::ops::dptr;
 use crate::tensor::{Float, Tensor};
-use ssm_kernels::attention::AttnDims;
 
 /// The forward; `out.o` and `out.lse` are already sized on the device and `out.scale` resolved.
 pub fn fwd<T: Float>(
@@ -18,7 +17,7 @@ pub fn fwd<T: Float>(
     q: &Tensor<T>,
     kt: &Tensor<T>,
     v: &Tensor<T>,
-    dims: AttnDims,
+    dims: k::AttnDims,
     out: &mut AttentionOutput<T>,
 ) -> Result<()> {
     g.launch(&k::attention_fwd(
@@ -39,13 +38,12 @@ pub fn bwd<T: Float>(
     q: &Tensor<T>,
     kt: &Tensor<T>,
     v: &Tensor<T>,
-    dims: AttnDims,
+    dims: k::AttnDims,
     out: &AttentionOutput<T>,
     d_o: &Tensor<T>,
     grads: &mut AttentionGrads<T>,
 ) -> Result<()> {
-    let kd = dims;
-    let ws = g.alloc(kd.bwd_workspace_len())?;
+    let ws = g.alloc(dims.bwd_workspace_len())?;
     let launches = k::attention_bwd(
         dptr(q)?,
         dptr(kt)?,
@@ -57,7 +55,7 @@ pub fn bwd<T: Float>(
         dptr(&grads.dk)?,
         dptr(&grads.dv)?,
         ws.ptr(),
-        kd,
+        dims,
         out.scale as f32,
     )?;
     g.launch_all(&launches)

@@ -10,7 +10,6 @@ use crate::error::Result;
 use crate::ops::dptr;
 use crate::ops::scan::{ScanGrads, ScanInputs, ScanOutput};
 use crate::tensor::{Float, Tensor};
-use ssm_kernels::scan::ScanDims;
 
 fn opt<T: Float>(t: Option<&Tensor<T>>) -> Result<Option<u64>> {
     t.map(dptr).transpose()
@@ -35,7 +34,7 @@ fn inputs<T: Float>(inp: &ScanInputs<T>) -> Result<k::ScanInputs> {
 pub fn fwd<T: Float>(
     g: &Arc<Gpu>,
     inp: &ScanInputs<T>,
-    dims: ScanDims,
+    dims: k::ScanDims,
     out: &mut ScanOutput<T>,
     save_for_backward: bool,
 ) -> Result<()> {
@@ -72,7 +71,7 @@ pub fn fwd<T: Float>(
 pub fn bwd<T: Float>(
     g: &Arc<Gpu>,
     inp: &ScanInputs<T>,
-    dims: ScanDims,
+    dims: k::ScanDims,
     chunk_states: &Tensor<T>,
     dy: &Tensor<T>,
     dlast: Option<&Tensor<T>>,

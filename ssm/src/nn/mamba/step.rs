@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::{MambaBlock, MambaMixer, MixerDims, MixerState, Selection};
 use crate::backend::cpu::elementwise::{silu, softplus};
-use crate::backend::cpu::matmul::matmul_nt;
+use crate::backend::cpu::matmul::linear_rows;
 use crate::backend::cpu::multiversion;
 use crate::error::{Error, Result};
 use crate::ops::activation::add_into;
@@ -205,16 +205,9 @@ unsafe fn recurrence_kernel<T: Float>(
 /// y (m, n) = x (m, k) · wᵀ + bias with w (n, k): matrix-vector products for one row, the
 /// engine's GEMM for a batch.
 fn project<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T], [m, k, n]: [usize; 3]) {
-    if m == 1 {
-        return matvec(w, x, bias, y);
-    }
-    matmul_nt(x, w, y, m, k, n, T::zero());
-    if let Some(bias) = bias {
-        for row in y.chunks_exact_mut(n) {
-            for (o, &bv) in row.iter_mut().zip(bias) {
-                *o += bv;
-            }
-        }
+    match m {
+        1 => matvec(w, x, bias, y),
+        _ => linear_rows(x, w, bias, y, [m, k, n]),
     }
 }
 
