@@ -10,13 +10,7 @@ use ssm::nn::Module;
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm};
 
 fn train_step(c: &mut Criterion) {
-    let config = MambaConfig {
-        d_model: 256,
-        n_layer: 4,
-        d_state: 16,
-        vocab_size: 256,
-        ..MambaConfig::default()
-    };
+    let config = MambaConfig::default(); // d_model 256, 4 layers, d_state 16, vocab 256
     let b = 8;
     let mut group = c.benchmark_group("train_step");
     group.sample_size(10);

@@ -15,13 +15,7 @@ fn main() {
     let b = args.first().copied().unwrap_or(1);
     let tokens = args.get(1).copied().unwrap_or(256);
     let repeats = args.get(2).copied().unwrap_or(5);
-    let config = MambaConfig {
-        d_model: 256,
-        n_layer: 4,
-        d_state: 16,
-        vocab_size: 256,
-        ..MambaConfig::default()
-    };
+    let config = MambaConfig::default(); // d_model 256, 4 layers, d_state 16, vocab 256
     let mut model = MambaLM::<f32>::new(config, 0).expect("valid config");
     let prompt: Vec<u32> = (0..16 * b).map(|i| (i * 37 % 256) as u32).collect();
     let mut rates = Vec::new();

@@ -20,13 +20,7 @@ fn main() {
     let l = args.first().copied().unwrap_or(1024);
     let b = args.get(1).copied().unwrap_or(8);
     let steps = args.get(2).copied().unwrap_or(6);
-    let config = MambaConfig {
-        d_model: 256,
-        n_layer: 4,
-        d_state: 16,
-        vocab_size: 256,
-        ..MambaConfig::default()
-    };
+    let config = MambaConfig::default(); // d_model 256, 4 layers, d_state 16, vocab 256
     let mut model = MambaLM::<f32>::new(config, 0).expect("valid config");
     let mut opt = AdamW::new(AdamWConfig::default());
     let ids: Vec<u32> = (0..b * l)
