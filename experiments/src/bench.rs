@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use ssm::device::{describe, peak_memory_mb, reset_peak_memory, synchronize, tiled};
-use ssm::models::{AnyLM, MambaConfig, ModelConfig, TransformerConfig};
+use ssm::models::{AttentionConfig, LanguageModel, MambaConfig, ModelConfig, TransformerConfig};
 use ssm::nn::Module;
 use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm};
@@ -243,8 +243,11 @@ fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 2] {
     let transformer = TransformerConfig {
         d_model: o.d_model,
         n_layer: o.n_layer,
-        n_heads: (o.d_model / 64).max(1),
         vocab_size: 256,
+        block: AttentionConfig {
+            n_heads: (o.d_model / 64).max(1),
+            ..AttentionConfig::default()
+        },
         ..TransformerConfig::default()
     };
     [("mamba", mamba.into()), ("transformer", transformer.into())]
@@ -258,7 +261,7 @@ fn train_row(
     l: usize,
 ) -> Result<TrainRow> {
     let b = (o.train_tokens / l).max(1);
-    let mut model = AnyLM::<f32>::new(config, 0)?;
+    let mut model = LanguageModel::<f32>::new(config, 0)?;
     model.to_device(o.device)?;
     let mut rng = StdRng::seed_from_u64(11);
     let ids: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..256)).collect();

@@ -1,6 +1,6 @@
-//! The model a run trains: ssm's `AnyLM` (Mamba, Transformer or hybrid, chosen by `model.arch`),
-//! plus the runner's file formats for it, so that the training loop, evaluation and the commands
-//! never name an architecture.
+//! The model a run trains: ssm's `LanguageModel` (Mamba, Transformer or hybrid, chosen by
+//! `model.arch`), plus the runner's file formats for it, so that the training loop, evaluation and
+//! the commands never name an architecture.
 
 use std::path::Path;
 
@@ -9,7 +9,7 @@ use ssm::Device;
 use ssm::io::hf;
 use ssm::io::tensors::{TensorFile, write_tensors};
 use ssm::models::generate::Sampling;
-use ssm::models::{AnyLM, Decoder, ModelConfig};
+use ssm::models::{Decoder, LanguageModel, ModelConfig};
 use ssm::nn::Module;
 
 use crate::config::{RunConfig, TaskKind};
@@ -27,7 +27,7 @@ pub enum Vocabulary {
     Bytes,
 }
 
-pub struct Model(AnyLM<f32>, Vocabulary);
+pub struct Model(LanguageModel<f32>, Vocabulary);
 
 impl Model {
     /// A freshly initialised model of the run's architecture.
@@ -38,7 +38,7 @@ impl Model {
             _ => Vocabulary::Ids,
         };
         Ok(Model(
-            AnyLM::new(c.model_config(), c.seed).context(key)?,
+            LanguageModel::new(c.model_config(), c.seed).context(key)?,
             vocabulary,
         ))
     }
@@ -70,7 +70,7 @@ impl Model {
         config.validate().with_context(|| origin.clone())?;
         crate::limits::check_inference(&config, &origin)?;
         let mut model = match config {
-            ModelConfig::Mamba(_) => Model(AnyLM::Mamba(hf::load_mamba(dir)?), vocabulary),
+            ModelConfig::Mamba(_) => Model(hf::load_mamba(dir)?, vocabulary),
             other => Model(
                 Model::load_ssm_folder(other, &dir.join(hf::WEIGHTS_FILE))?,
                 vocabulary,
@@ -81,9 +81,9 @@ impl Model {
     }
 
     /// The parameters of an `export` of a non-Mamba architecture, under their ssm names.
-    fn load_ssm_folder(config: ModelConfig, weights: &Path) -> Result<AnyLM<f32>> {
+    fn load_ssm_folder(config: ModelConfig, weights: &Path) -> Result<LanguageModel<f32>> {
         ssm::io::check_weights_fit(&config, weights, 4)?;
-        let mut model = AnyLM::new(config, 0)?;
+        let mut model = LanguageModel::new(config, 0)?;
         let file = TensorFile::open(weights)?;
         let mut err = None;
         model.visit_params(&mut |name, p| {
@@ -194,7 +194,7 @@ impl Model {
         self.0.flops_per_token(seq_len)
     }
 
-    pub fn flops_convention(&self) -> &'static str {
+    pub fn flops_convention(&self) -> String {
         self.0.flops_convention()
     }
 
@@ -220,10 +220,10 @@ impl Model {
     }
 
     fn export_weights(&mut self, dir: &Path) -> Result<()> {
-        if let AnyLM::Mamba(m) = &self.0
-            && m.config.selective
+        if let ModelConfig::Mamba(c) = self.0.config()
+            && c.mixer.selective
         {
-            return Ok(hf::save_mamba(m, dir)?);
+            return Ok(hf::save_mamba(&self.0, dir)?);
         }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut tensors = Vec::new();

@@ -92,7 +92,7 @@ pub fn match_sizes(
         let model = c.model_config();
         sizes.push(Size {
             arch,
-            d_model: d_model(&model),
+            d_model: model.d_model(),
             num_params: model.num_params(),
             origin,
         });
@@ -104,8 +104,8 @@ pub fn match_sizes(
 fn width_step(c: &RunConfig) -> usize {
     let heads = match c.model_config() {
         AnyConfig::Mamba(_) => 1,
-        AnyConfig::Transformer(t) => t.n_heads,
-        AnyConfig::Hybrid(h) => h.n_heads,
+        AnyConfig::Transformer(t) => t.block.n_heads,
+        AnyConfig::Hybrid(h) => h.mixers.attention.n_heads,
     };
     let multiple = 2 * heads.max(1);
     8 * multiple / gcd(8, multiple)
@@ -113,14 +113,6 @@ fn width_step(c: &RunConfig) -> usize {
 
 fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
-}
-
-fn d_model(model: &AnyConfig) -> usize {
-    match model {
-        AnyConfig::Mamba(m) => m.d_model,
-        AnyConfig::Transformer(t) => t.d_model,
-        AnyConfig::Hybrid(h) => h.d_model,
-    }
 }
 
 fn set_d_model(c: &mut RunConfig, d: usize) {
@@ -158,6 +150,7 @@ pub fn thousands(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ssm::models::AttentionConfig;
 
     #[test]
     fn thousands_separators() {
@@ -171,7 +164,10 @@ mod tests {
         let mut c = RunConfig::default();
         c.model.arch = Arch::Transformer;
         c.model.transformer = Some(TransformerConfig {
-            n_heads: 6,
+            block: AttentionConfig {
+                n_heads: 6,
+                ..AttentionConfig::default()
+            },
             ..TransformerConfig::default()
         });
         assert_eq!(width_step(&c), 24);

@@ -75,7 +75,7 @@ fn plots_of_a_sweep_and_clear_failure_without_metrics() {
     assert!(!figs.join("accuracy_vs_length.png").exists());
     let svg = std::fs::read_to_string(figs.join("loss_vs_flops.svg")).unwrap();
     assert!(
-        svg.contains("6N + 27"),
+        svg.contains("6N + Σ_mamba 27·d_inner·d_state"),
         "the FLOPs convention is on the plot"
     );
 

@@ -1,11 +1,11 @@
 //! One training step (forward, backward, clipping, AdamW) of the reference CPU configuration of
-//! the engine issue: MambaLM d_model 256, 4 layers, d_state 16, vocab 256, batch 8, at L = 1024
-//! and 4096. Throughput is reported in tokens.
+//! the engine issue: the Mamba model, d_model 256, 4 layers, d_state 16, vocab 256, batch 8, at L =
+//! 1024 and 4096. Throughput is reported in tokens.
 //!
 //! `cargo bench -p ssm --bench train_step`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ssm::models::{MambaConfig, MambaLM};
+use ssm::models::{LanguageModel, MambaConfig};
 use ssm::nn::Module;
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm};
 
@@ -15,7 +15,7 @@ fn train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_step");
     group.sample_size(10);
     for l in [1024usize, 4096] {
-        let mut model = MambaLM::<f32>::new(config.clone(), 0).unwrap();
+        let mut model = LanguageModel::<f32>::new(config.clone(), 0).unwrap();
         let mut opt = AdamW::new(AdamWConfig::default());
         let ids: Vec<u32> = (0..b * l)
             .map(|i| ((i * 2654435761usize) >> 7 & 255) as u32)

@@ -1,11 +1,12 @@
-//! Decoding throughput of MambaLM on the CPU: tokens/s of the recurrent `step` after a prefill.
+//! Decoding throughput of the Mamba model on the CPU: tokens/s of the recurrent `step` after a
+//! prefill.
 //!
 //! `cargo run --release -p ssm --example decode_throughput -- [B] [TOKENS] [REPEATS]`
 //! (defaults: batch 1, 256 new tokens, 5 repeats after one warm-up; d_model 256, 4 layers,
 //! d_state 16, vocab 256, a prefill of 16 tokens). Prints the median tokens/s over the repeats
 //! (b · TOKENS tokens each).
 
-use ssm::models::{Decoder, MambaConfig, MambaLM};
+use ssm::models::{Decoder, LanguageModel, MambaConfig};
 
 fn main() {
     let args: Vec<usize> = std::env::args()
@@ -16,7 +17,7 @@ fn main() {
     let tokens = args.get(1).copied().unwrap_or(256);
     let repeats = args.get(2).copied().unwrap_or(5);
     let config = MambaConfig::default(); // d_model 256, 4 layers, d_state 16, vocab 256
-    let mut model = MambaLM::<f32>::new(config, 0).expect("valid config");
+    let mut model = LanguageModel::<f32>::new(config, 0).expect("valid config");
     let prompt: Vec<u32> = (0..16 * b).map(|i| (i * 37 % 256) as u32).collect();
     let mut rates = Vec::new();
     for rep in 0..=repeats {

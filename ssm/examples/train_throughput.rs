@@ -1,5 +1,5 @@
-//! Training throughput and peak memory of MambaLM on the CPU, one configuration per process (so
-//! that the peak resident memory belongs to that configuration alone).
+//! Training throughput and peak memory of the Mamba model on the CPU, one configuration per process
+//! (so that the peak resident memory belongs to that configuration alone).
 //!
 //! `cargo run --release -p ssm --example train_throughput -- [L] [B] [STEPS]`
 //! (defaults: L 1024, B 8, 6 measured steps after 2 warm-up steps; d_model 256, 4 layers,
@@ -8,7 +8,7 @@
 
 use ssm::Device;
 use ssm::device::peak_memory_mb;
-use ssm::models::{MambaConfig, MambaLM};
+use ssm::models::{LanguageModel, MambaConfig};
 use ssm::nn::Module;
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm};
 
@@ -21,7 +21,7 @@ fn main() {
     let b = args.get(1).copied().unwrap_or(8);
     let steps = args.get(2).copied().unwrap_or(6);
     let config = MambaConfig::default(); // d_model 256, 4 layers, d_state 16, vocab 256
-    let mut model = MambaLM::<f32>::new(config, 0).expect("valid config");
+    let mut model = LanguageModel::<f32>::new(config, 0).expect("valid config");
     let mut opt = AdamW::new(AdamWConfig::default());
     let ids: Vec<u32> = (0..b * l)
         .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) & 255) as u32)

@@ -6,7 +6,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use ssm::backend::cuda::Gpu;
-use ssm::models::{AnyLM, MambaConfig};
+use ssm::models::{LanguageModel, MambaConfig, MambaMixerConfig};
 use ssm::nn::Module;
 use ssm::ops::activation::add_into;
 use ssm::parity::{ParityPlan, decode_parity, op_parity, report, train_step_parity};
@@ -125,16 +125,19 @@ fn device_memory_is_reused_across_steps() {
         d_model: 16,
         n_layer: 2,
         vocab_size: 11,
-        d_state: 4,
+        mixer: MambaMixerConfig {
+            d_state: 4,
+            ..MambaMixerConfig::default()
+        },
         ..MambaConfig::default()
     };
-    let mut model = AnyLM::new(config.into(), 3).unwrap();
+    let mut model = LanguageModel::new(config, 3).unwrap();
     model.to_device(Device::CudaEmu).unwrap();
     let gpu = Gpu::get(Device::CudaEmu).unwrap();
     gpu.release_cache().unwrap();
     let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 5 % 11) as u32).collect();
     let targets: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    let step = |model: &mut AnyLM| {
+    let step = |model: &mut LanguageModel| {
         gpu.reset_peak();
         model.zero_grad().unwrap();
         model.forward_loss(&ids, &targets, 2).unwrap();

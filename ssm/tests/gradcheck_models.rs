@@ -1,8 +1,11 @@
 //! Central finite-difference checks in f64 of GELU, and of tiny Transformer, hybrid and
-//! non-selective Mamba language models end to end (every parameter), through `AnyLM`.
+//! non-selective Mamba language models end to end (every parameter), through `LanguageModel`.
 
 use ssm::Tensor;
-use ssm::models::{AnyLM, HybridConfig, MambaConfig, ModelConfig, TransformerConfig};
+use ssm::models::{
+    AttentionConfig, HybridConfig, LanguageModel, MambaConfig, MambaMixerConfig, MixerSettings,
+    ModelConfig, TransformerConfig,
+};
 use ssm::nn::Module;
 use ssm::nn::attention::PosEncoding;
 use ssm::nn::mlp::MlpKind;
@@ -50,7 +53,7 @@ fn gelu() {
 }
 
 /// Moves every parameter off its initial value (ones, zeros, a small std) so each path matters.
-fn perturb(model: &mut AnyLM<f64>, seed: u64, amp: f64) {
+fn perturb(model: &mut LanguageModel<f64>, seed: u64, amp: f64) {
     let mut r = rng(seed);
     model.visit_params(&mut |_, p| {
         let noise = uniform::<f64>(&mut r, p.value.dims(), -amp, amp);
@@ -62,7 +65,9 @@ fn perturb(model: &mut AnyLM<f64>, seed: u64, amp: f64) {
 
 /// Compares ∂loss/∂θ of every parameter tensor with central differences.
 fn check_model(config: ModelConfig, seed: u64) {
-    let mut model = AnyLM::<f32>::new(config, seed).unwrap().cast::<f64>();
+    let mut model = LanguageModel::<f32>::new(config, seed)
+        .unwrap()
+        .cast::<f64>();
     perturb(&mut model, seed + 1, 0.3);
     let (b, l) = (2, 5);
     let ids: Vec<u32> = (0..b * l).map(|i| ((i * 7 + 3) % 13) as u32).collect();
@@ -82,7 +87,7 @@ fn check_model(config: ModelConfig, seed: u64) {
     model.visit_params(&mut |name, p| {
         params.push((name.to_string(), p.grad.clone(), p.value.clone()))
     });
-    let set = |model: &mut AnyLM<f64>, idx: usize, t: &Tensor<f64>| {
+    let set = |model: &mut LanguageModel<f64>, idx: usize, t: &Tensor<f64>| {
         let mut i = 0;
         model.visit_params(&mut |_, p| {
             if i == idx {
@@ -108,10 +113,13 @@ fn tiny_transformer() -> TransformerConfig {
     TransformerConfig {
         d_model: 8,
         n_layer: 2,
-        n_heads: 2,
-        n_kv_heads: Some(1),
-        mlp_hidden: Some(12),
         vocab_size: 13,
+        block: AttentionConfig {
+            n_heads: 2,
+            n_kv_heads: Some(1),
+            mlp_hidden: Some(12),
+            ..AttentionConfig::default()
+        },
         ..TransformerConfig::default()
     }
 }
@@ -120,7 +128,10 @@ fn tiny_transformer() -> TransformerConfig {
 fn transformer_rope_swiglu_gqa_biases() {
     check_model(
         TransformerConfig {
-            attn_bias: true,
+            block: AttentionConfig {
+                attn_bias: true,
+                ..tiny_transformer().block
+            },
             ..tiny_transformer()
         }
         .into(),
@@ -133,7 +144,10 @@ fn transformer_learned_positions_gelu_gqa() {
     let c = TransformerConfig {
         pos_encoding: PosEncoding::Learned,
         max_seq_len: 7,
-        mlp: MlpKind::Gelu,
+        block: AttentionConfig {
+            mlp: MlpKind::Gelu,
+            ..tiny_transformer().block
+        },
         ..tiny_transformer()
     };
     check_model(c.into(), 32);
@@ -157,15 +171,23 @@ fn hybrid_end_to_end() {
         pattern: "AMA".into(),
         d_model: 8,
         vocab_size: 13,
-        d_state: 4,
-        d_conv: 3,
-        dt_rank: Some(2),
-        bias: true,
-        dt_min: 0.1,
-        dt_max: 1.0,
-        n_heads: 2,
-        n_kv_heads: Some(1),
-        mlp_hidden: Some(12),
+        mixers: MixerSettings {
+            mamba: MambaMixerConfig {
+                d_state: 4,
+                d_conv: 3,
+                dt_rank: Some(2),
+                bias: true,
+                dt_min: 0.1,
+                dt_max: 1.0,
+                ..MambaMixerConfig::default()
+            },
+            attention: AttentionConfig {
+                n_heads: 2,
+                n_kv_heads: Some(1),
+                mlp_hidden: Some(12),
+                ..AttentionConfig::default()
+            },
+        },
         ..HybridConfig::default()
     };
     check_model(c.into(), 34);
@@ -176,7 +198,10 @@ fn hybrid_end_to_end() {
 #[test]
 fn mamba_non_selective_end_to_end() {
     let c = MambaConfig {
-        selective: false,
+        mixer: MambaMixerConfig {
+            selective: false,
+            ..tiny_config().mixer
+        },
         ..tiny_config()
     };
     check_model(c.into(), 35);
@@ -184,13 +209,21 @@ fn mamba_non_selective_end_to_end() {
         pattern: "MA".into(),
         d_model: 8,
         vocab_size: 13,
-        d_state: 4,
-        d_conv: 3,
-        dt_min: 0.1,
-        dt_max: 1.0,
-        n_heads: 2,
-        mlp_hidden: Some(12),
-        selective: false,
+        mixers: MixerSettings {
+            mamba: MambaMixerConfig {
+                d_state: 4,
+                d_conv: 3,
+                dt_min: 0.1,
+                dt_max: 1.0,
+                selective: false,
+                ..MambaMixerConfig::default()
+            },
+            attention: AttentionConfig {
+                n_heads: 2,
+                mlp_hidden: Some(12),
+                ..AttentionConfig::default()
+            },
+        },
         ..HybridConfig::default()
     };
     check_model(h.into(), 36);

@@ -1,8 +1,8 @@
-//! Central finite-difference checks in f64 of every op's backward, and of a tiny 2-layer MambaLM
-//! end to end.
+//! Central finite-difference checks in f64 of every op's backward, and of a tiny 2-layer Mamba
+//! model end to end.
 
 use ssm::Tensor;
-use ssm::models::{MambaConfig, MambaLM};
+use ssm::models::{LanguageModel, MambaConfig, MambaMixerConfig};
 use ssm::nn::Module;
 use ssm::ops::activation::*;
 use ssm::ops::conv1d::{causal_conv1d_bwd, causal_conv1d_fwd};
@@ -187,13 +187,16 @@ pub fn tiny_config() -> MambaConfig {
         d_model: 8,
         n_layer: 2,
         vocab_size: 13,
-        d_state: 4,
-        d_conv: 3,
-        expand: 2,
-        dt_rank: Some(2),
-        bias: true,
-        dt_min: 0.1,
-        dt_max: 1.0,
+        mixer: MambaMixerConfig {
+            d_state: 4,
+            d_conv: 3,
+            expand: 2,
+            dt_rank: Some(2),
+            bias: true,
+            dt_min: 0.1,
+            dt_max: 1.0,
+            ..MambaMixerConfig::default()
+        },
         ..MambaConfig::default()
     }
 }
@@ -201,7 +204,9 @@ pub fn tiny_config() -> MambaConfig {
 /// Sets every parameter element in turn and compares ∂loss/∂θ with central differences.
 #[test]
 fn mamba_lm_end_to_end() {
-    let mut model = MambaLM::<f32>::new(tiny_config(), 7).unwrap().cast::<f64>();
+    let mut model = LanguageModel::<f32>::new(tiny_config(), 7)
+        .unwrap()
+        .cast::<f64>();
     // Move every parameter off its special initial value (ones, zeros) so each path matters.
     let mut r = rng(8);
     model.visit_params(&mut |_, p| {

@@ -87,7 +87,7 @@ fn save_load_round_trip_is_exact_and_state_spaces_names_load() {
     let dir = tmp_dir("roundtrip");
     save_mamba(&model, &dir).unwrap();
     let again = load_mamba(&dir).unwrap();
-    assert_eq!(again.config, model.config);
+    assert_eq!(again.config(), model.config());
     for ((n1, a), (n2, b)) in named_tensors(&model, Part::Value)
         .unwrap()
         .into_iter()

@@ -1,12 +1,13 @@
-//! MambaLM behaviour: recurrent decoding against the parallel forward, the non-selective ablation
-//! against the selective path, deterministic training, generation, and the optimizer.
+//! The Mamba model's behaviour: recurrent decoding against the parallel forward, the
+//! non-selective ablation against the selective path, deterministic training, generation, and the
+//! optimizer.
 
 use std::collections::HashMap;
 
 use ssm::Tensor;
 use ssm::io::hf::{Part, named_tensors};
 use ssm::models::generate::Sampling;
-use ssm::models::{Decoder, MambaConfig, MambaLM};
+use ssm::models::{Decoder, LanguageModel, MambaConfig, MambaMixerConfig};
 use ssm::nn::Module;
 use ssm::nn::mamba::Selection;
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm, cosine_lr};
@@ -18,15 +19,18 @@ fn small() -> MambaConfig {
         d_model: 32,
         n_layer: 2,
         vocab_size: 50,
-        d_state: 8,
+        mixer: MambaMixerConfig {
+            d_state: 8,
+            ..MambaMixerConfig::default()
+        },
         ..MambaConfig::default()
     }
 }
 
 /// A model whose parameters are moved off their initial values, so that D, the norms and the
 /// biases all matter.
-fn perturbed(config: MambaConfig, seed: u64) -> MambaLM {
-    let mut model = MambaLM::new(config, seed).unwrap();
+fn perturbed(config: MambaConfig, seed: u64) -> LanguageModel {
+    let mut model = LanguageModel::new(config, seed).unwrap();
     let mut r = rng(seed + 1);
     model.visit_params(&mut |_, p| {
         let noise = uniform::<f32>(&mut r, p.value.dims(), -0.05, 0.05);
@@ -42,7 +46,10 @@ fn step_matches_parallel_forward_at_every_position() {
     for selective in [true, false] {
         println!("selective = {selective}");
         step_matches_parallel_forward(MambaConfig {
-            selective,
+            mixer: MambaMixerConfig {
+                selective,
+                ..small().mixer
+            },
             ..small()
         });
     }
@@ -102,20 +109,23 @@ fn non_selective_is_the_selective_path_fed_constants() {
     let (d, di, n, r, j) = (
         config.d_model,
         config.d_inner(),
-        config.d_state,
+        config.mixer.d_state,
         config.dt_rank(),
         5,
     );
     let fixed_config = MambaConfig {
-        selective: false,
+        mixer: MambaMixerConfig {
+            selective: false,
+            ..config.clone().mixer
+        },
         ..config.clone()
     };
     let mut fixed = perturbed(fixed_config, 11).cast::<f64>();
-    let mut sel = MambaLM::<f32>::new(config, 0).unwrap().cast::<f64>();
+    let mut sel = LanguageModel::<f32>::new(config, 0).unwrap().cast::<f64>();
     let c0 = 1.0 / (1.0 + (-1.0f64).exp());
     let mut fixed_bc = Vec::new();
     for layer in &mut fixed.layers {
-        let m = &mut layer.mixer;
+        let m = &mut layer.as_mamba_mut().unwrap().mixer;
         m.in_proj_x.value.host_mut().unwrap()[j * d..(j + 1) * d].fill(0.0);
         m.conv_b.as_mut().unwrap().value.host_mut().unwrap()[j] = 1.0;
         let Selection::Fixed { b, c } = &m.selection else {
@@ -133,7 +143,9 @@ fn non_selective_is_the_selective_path_fed_constants() {
         }
     });
     for (layer, (bv, cv)) in sel.layers.iter_mut().zip(&fixed_bc) {
-        let Selection::Selective { x_proj, .. } = &mut layer.mixer.selection else {
+        let Selection::Selective { x_proj, .. } =
+            &mut layer.as_mamba_mut().unwrap().mixer.selection
+        else {
             panic!("the default is selective");
         };
         let mut w = vec![0.0; (r + 2 * n) * di];
@@ -161,7 +173,7 @@ fn non_selective_is_the_selective_path_fed_constants() {
         let width = if name.ends_with("in_proj_x") {
             d
         } else if name.ends_with("conv1d.weight") {
-            small().d_conv
+            small().mixer.d_conv
         } else if name.ends_with("conv1d.bias") {
             1
         } else {
@@ -187,7 +199,7 @@ fn non_selective_is_the_selective_path_fed_constants() {
     });
     assert_eq!(compared, fixed_grads.len() - 2 * small().n_layer);
     for (i, layer) in sel.layers.iter().enumerate() {
-        let Selection::Selective { x_proj, .. } = &layer.mixer.selection else {
+        let Selection::Selective { x_proj, .. } = &layer.as_mamba().unwrap().mixer.selection else {
             unreachable!("checked above");
         };
         let gx = x_proj.grad.to_vec();
@@ -205,7 +217,7 @@ fn non_selective_is_the_selective_path_fed_constants() {
 }
 
 fn train_losses(seed: u64, steps: usize) -> Vec<f64> {
-    let mut model = MambaLM::<f32>::new(small(), seed).unwrap();
+    let mut model = LanguageModel::<f32>::new(small(), seed).unwrap();
     let mut opt = AdamW::new(AdamWConfig::default());
     let (b, l) = (2, 70);
     (0..steps)
@@ -240,7 +252,7 @@ fn same_seed_gives_bit_identical_losses_and_training_learns() {
     );
     let c = train_losses(12, 1);
     // backward must follow forward_loss: a decoding step in between invalidates the caches.
-    let mut model = MambaLM::<f32>::new(small(), 1).unwrap();
+    let mut model = LanguageModel::<f32>::new(small(), 1).unwrap();
     assert!(model.backward().is_err());
     model.forward_loss(&[1, 2, 3], &[2, 3, -100], 1).unwrap();
     let mut st = model.zero_state(1).unwrap();
@@ -320,12 +332,15 @@ fn generation_is_greedy_or_seeded() {
 
 #[test]
 fn adamw_matches_its_formula_and_skips_decay_where_flagged() {
-    let mut model = MambaLM::<f64>::new(
+    let mut model = LanguageModel::<f64>::new(
         MambaConfig {
             d_model: 8,
             n_layer: 1,
             vocab_size: 8,
-            d_state: 2,
+            mixer: MambaMixerConfig {
+                d_state: 2,
+                ..MambaMixerConfig::default()
+            },
             ..MambaConfig::default()
         },
         1,
@@ -369,12 +384,15 @@ fn schedule_and_clipping() {
     assert!((cosine_lr(9, 10, 110, 1.0, 0.1) - 1.0).abs() < 1e-12);
     assert!((cosine_lr(60, 10, 110, 1.0, 0.1) - 0.55).abs() < 1e-12);
     assert!((cosine_lr(110, 10, 110, 1.0, 0.1) - 0.1).abs() < 1e-12);
-    let mut model = MambaLM::<f32>::new(
+    let mut model = LanguageModel::<f32>::new(
         MambaConfig {
             d_model: 8,
             n_layer: 1,
             vocab_size: 8,
-            d_state: 2,
+            mixer: MambaMixerConfig {
+                d_state: 2,
+                ..MambaMixerConfig::default()
+            },
             ..MambaConfig::default()
         },
         1,

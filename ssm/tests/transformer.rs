@@ -1,9 +1,10 @@
-//! Transformer and hybrid models through `AnyLM`: KV-cache decoding against the parallel forward,
+//! Transformer and hybrid models: KV-cache decoding against the parallel forward,
 //! generation, training, parameter and FLOP counts by hand, and config errors that name the field.
 
 use ssm::models::generate::Sampling;
 use ssm::models::{
-    AnyLM, Decoder, HybridConfig, MambaConfig, ModelConfig, TransformerConfig, TransformerLM,
+    AttentionConfig, Decoder, HybridConfig, LanguageModel, MambaConfig, MambaMixerConfig,
+    MixerSettings, ModelConfig, TransformerConfig,
 };
 use ssm::nn::Module;
 use ssm::nn::attention::PosEncoding;
@@ -16,12 +17,15 @@ fn small_transformer(pos_encoding: PosEncoding, mlp: MlpKind) -> ModelConfig {
     let c = TransformerConfig {
         d_model: 32,
         n_layer: 2,
-        n_heads: 4,
-        n_kv_heads: Some(2),
-        mlp,
         pos_encoding,
         max_seq_len: 160,
         vocab_size: 50,
+        block: AttentionConfig {
+            n_heads: 4,
+            n_kv_heads: Some(2),
+            mlp,
+            ..AttentionConfig::default()
+        },
         ..TransformerConfig::default()
     };
     c.into()
@@ -31,18 +35,26 @@ fn small_hybrid(pattern: &str) -> ModelConfig {
     let c = HybridConfig {
         pattern: pattern.into(),
         d_model: 32,
-        d_state: 8,
-        n_heads: 4,
-        n_kv_heads: Some(2),
         vocab_size: 50,
+        mixers: MixerSettings {
+            mamba: MambaMixerConfig {
+                d_state: 8,
+                ..MambaMixerConfig::default()
+            },
+            attention: AttentionConfig {
+                n_heads: 4,
+                n_kv_heads: Some(2),
+                ..AttentionConfig::default()
+            },
+        },
         ..HybridConfig::default()
     };
     c.into()
 }
 
 /// A model whose parameters are moved off their initial values, so that every part matters.
-fn perturbed(config: ModelConfig, seed: u64) -> AnyLM {
-    let mut model = AnyLM::new(config, seed).unwrap();
+fn perturbed(config: ModelConfig, seed: u64) -> LanguageModel {
+    let mut model = LanguageModel::new(config, seed).unwrap();
     let mut r = rng(seed + 1);
     model.visit_params(&mut |_, p| {
         let noise = uniform::<f32>(&mut r, p.value.dims(), -0.05, 0.05);
@@ -150,7 +162,7 @@ fn generation_is_greedy_or_seeded() {
 }
 
 fn train_losses(config: ModelConfig, seed: u64, steps: usize) -> Vec<f64> {
-    let mut model = AnyLM::<f32>::new(config, seed).unwrap();
+    let mut model = LanguageModel::<f32>::new(config, seed).unwrap();
     let mut opt = AdamW::new(AdamWConfig::default());
     let (b, l) = (2, 70);
     (0..steps)
@@ -206,10 +218,13 @@ fn param_and_flop_counts_by_hand() {
     let t = TransformerConfig {
         d_model: 8,
         n_layer: 2,
-        n_heads: 2,
-        n_kv_heads: Some(1),
-        mlp_hidden: Some(16),
         vocab_size: 10,
+        block: AttentionConfig {
+            n_heads: 2,
+            n_kv_heads: Some(1),
+            mlp_hidden: Some(16),
+            ..AttentionConfig::default()
+        },
         ..TransformerConfig::default()
     };
     let block = 16 + 64 + 64 + 32 + 32 + 384;
@@ -219,8 +234,11 @@ fn param_and_flop_counts_by_hand() {
     let tl = TransformerConfig {
         pos_encoding: PosEncoding::Learned,
         max_seq_len: 20,
-        attn_bias: true,
-        mlp: MlpKind::Gelu,
+        block: AttentionConfig {
+            attn_bias: true,
+            mlp: MlpKind::Gelu,
+            ..t.clone().block
+        },
         ..t.clone()
     };
     let n_tl = 128 + 160 + 2 * (16 + 192 + 24 + 256) + 8;
@@ -230,9 +248,12 @@ fn param_and_flop_counts_by_hand() {
         d_model: 8,
         n_layer: 2,
         vocab_size: 10,
-        d_state: 4,
-        d_conv: 3,
-        dt_rank: Some(2),
+        mixer: MambaMixerConfig {
+            d_state: 4,
+            d_conv: 3,
+            dt_rank: Some(2),
+            ..MambaMixerConfig::default()
+        },
         ..MambaConfig::default()
     };
     let mblock = 8 + 256 + 64 + 160 + 48 + 64 + 16 + 128;
@@ -241,18 +262,29 @@ fn param_and_flop_counts_by_hand() {
         pattern: "MAM".into(),
         d_model: 8,
         vocab_size: 10,
-        d_state: 4,
-        d_conv: 3,
-        dt_rank: Some(2),
-        n_heads: 2,
-        n_kv_heads: Some(1),
-        mlp_hidden: Some(16),
+        mixers: MixerSettings {
+            mamba: MambaMixerConfig {
+                d_state: 4,
+                d_conv: 3,
+                dt_rank: Some(2),
+                ..MambaMixerConfig::default()
+            },
+            attention: AttentionConfig {
+                n_heads: 2,
+                n_kv_heads: Some(1),
+                mlp_hidden: Some(16),
+                ..AttentionConfig::default()
+            },
+        },
         ..HybridConfig::default()
     };
     let n_h = 128 + 2 * mblock + block + 8;
     // Non-selective: B 4 and C 4 in place of x_proj and dt_proj's weight; dt_proj.bias stays.
     let mf = MambaConfig {
-        selective: false,
+        mixer: MambaMixerConfig {
+            selective: false,
+            ..m.clone().mixer
+        },
         ..m.clone()
     };
     let n_mf = 128 + 2 * (8 + 256 + 64 + 8 + 16 + 64 + 16 + 128) + 8;
@@ -271,7 +303,7 @@ fn param_and_flop_counts_by_hand() {
         ),
     ];
     for (config, params, flops) in cases {
-        let mut model = AnyLM::<f32>::new(config.clone(), 0).unwrap();
+        let mut model = LanguageModel::<f32>::new(config.clone(), 0).unwrap();
         println!(
             "{}: {} params, {} FLOPs/token at L = 32 ({})",
             config.arch(),
@@ -292,7 +324,10 @@ fn default_sizes() {
     // ⌊8·256/3⌋ = 682, rounded up to a multiple of 64.
     assert_eq!((t.head_dim(), t.n_kv_heads(), t.mlp_hidden()), (64, 4, 704));
     let g = TransformerConfig {
-        mlp: MlpKind::Gelu,
+        block: AttentionConfig {
+            mlp: MlpKind::Gelu,
+            ..t.block
+        },
         ..t
     };
     assert_eq!(g.mlp_hidden(), 1024);
@@ -301,7 +336,7 @@ fn default_sizes() {
 fn config_error(config: impl Into<ModelConfig>) -> String {
     let config = config.into();
     let err = config.validate().unwrap_err().to_string();
-    assert!(AnyLM::<f32>::new(config, 0).is_err());
+    assert!(LanguageModel::<f32>::new(config, 0).is_err());
     err
 }
 
@@ -310,10 +345,23 @@ fn config_errors_name_the_field() {
     let t = TransformerConfig::default;
     let cases: [(ModelConfig, &str); 9] = [
         (TransformerConfig { d_model: 0, ..t() }.into(), "d_model"),
-        (TransformerConfig { n_heads: 3, ..t() }.into(), "n_heads"),
         (
             TransformerConfig {
-                n_kv_heads: Some(3),
+                block: AttentionConfig {
+                    n_heads: 3,
+                    ..t().block
+                },
+                ..t()
+            }
+            .into(),
+            "n_heads",
+        ),
+        (
+            TransformerConfig {
+                block: AttentionConfig {
+                    n_kv_heads: Some(3),
+                    ..t().block
+                },
                 ..t()
             }
             .into(),
@@ -322,7 +370,10 @@ fn config_errors_name_the_field() {
         (
             TransformerConfig {
                 d_model: 6,
-                n_heads: 2,
+                block: AttentionConfig {
+                    n_heads: 2,
+                    ..t().block
+                },
                 ..t()
             }
             .into(),
@@ -330,7 +381,10 @@ fn config_errors_name_the_field() {
         ),
         (
             TransformerConfig {
-                rope_base: f64::NAN,
+                block: AttentionConfig {
+                    rope_base: f64::NAN,
+                    ..t().block
+                },
                 ..t()
             }
             .into(),
@@ -354,7 +408,13 @@ fn config_errors_name_the_field() {
         ),
         (
             HybridConfig {
-                d_state: 0,
+                mixers: MixerSettings {
+                    mamba: MambaMixerConfig {
+                        d_state: 0,
+                        ..MambaMixerConfig::default()
+                    },
+                    ..Default::default()
+                },
                 ..HybridConfig::default()
             }
             .into(),
@@ -362,7 +422,13 @@ fn config_errors_name_the_field() {
         ),
         (
             HybridConfig {
-                n_kv_heads: Some(3),
+                mixers: MixerSettings {
+                    attention: AttentionConfig {
+                        n_kv_heads: Some(3),
+                        ..AttentionConfig::default()
+                    },
+                    ..Default::default()
+                },
                 ..HybridConfig::default()
             }
             .into(),
@@ -376,8 +442,11 @@ fn config_errors_name_the_field() {
     // An odd head_dim is fine without RoPE.
     TransformerConfig {
         d_model: 6,
-        n_heads: 2,
         pos_encoding: PosEncoding::None,
+        block: AttentionConfig {
+            n_heads: 2,
+            ..t().block
+        },
         ..t()
     }
     .validate()
@@ -386,7 +455,7 @@ fn config_errors_name_the_field() {
 
 #[test]
 fn architecture_switch_parses_and_rejects_unknown_keys() {
-    let c: ModelConfig = serde_json::from_str(r#"{"arch": "hybrid", "pattern": "MAM", "d_model": 16, "n_heads": 2, "mlp": "gelu", "pos_encoding": "learned"}"#).unwrap();
+    let c: ModelConfig = serde_json::from_str(r#"{"arch": "hybrid", "pattern": "MAM", "d_model": 16, "attention": {"n_heads": 2, "mlp": "gelu"}, "pos_encoding": "learned"}"#).unwrap();
     let ModelConfig::Hybrid(h) = &c else {
         panic!("{c:?}")
     };
@@ -394,9 +463,9 @@ fn architecture_switch_parses_and_rejects_unknown_keys() {
         (
             h.pattern.as_str(),
             h.d_model,
-            h.mlp,
+            h.mixers.attention.mlp,
             h.pos_encoding,
-            h.d_state
+            h.mixers.mamba.d_state
         ),
         ("MAM", 16, MlpKind::Gelu, PosEncoding::Learned, 16)
     );
@@ -410,6 +479,20 @@ fn architecture_switch_parses_and_rejects_unknown_keys() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("d_modle"), "{err}");
+    // Unknown keys are refused inside the mixer settings too, flattened or in a table.
+    for json in [
+        r#"{"arch": "mamba", "d_stat": 8}"#,
+        r#"{"arch": "hybrid", "mamba": {"d_stat": 8}}"#,
+        r#"{"arch": "hybrid", "attention": {"n_head": 2}}"#,
+    ] {
+        let err = serde_json::from_str::<ModelConfig>(json)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("d_stat") || err.contains("n_head"),
+            "{json}: {err}"
+        );
+    }
     let err = serde_json::from_str::<ModelConfig>(r#"{"arch": "rnn"}"#)
         .unwrap_err()
         .to_string();
@@ -426,13 +509,16 @@ fn misuse_gives_errors() {
     let c = TransformerConfig {
         d_model: 16,
         n_layer: 1,
-        n_heads: 2,
         pos_encoding: PosEncoding::Learned,
         max_seq_len: 4,
         vocab_size: 10,
+        block: AttentionConfig {
+            n_heads: 2,
+            ..AttentionConfig::default()
+        },
         ..TransformerConfig::default()
     };
-    let mut model = TransformerLM::<f32>::new(c, 0).unwrap();
+    let mut model = LanguageModel::<f32>::new(c, 0).unwrap();
     let err = model
         .forward(&[1, 2, 3, 4, 5], 1, None, false)
         .unwrap_err()
@@ -454,13 +540,13 @@ fn misuse_gives_errors() {
     model.forward(&[1, 2], 1, Some(&mut state), true).unwrap();
     assert!(model.backward().is_err());
     // A state of another architecture.
-    let mut t =
-        AnyLM::<f32>::new(small_transformer(PosEncoding::Rope, MlpKind::SwiGlu), 0).unwrap();
-    let h = AnyLM::<f32>::new(small_hybrid("MA"), 0).unwrap();
+    let mut t = LanguageModel::<f32>::new(small_transformer(PosEncoding::Rope, MlpKind::SwiGlu), 0)
+        .unwrap();
+    let h = LanguageModel::<f32>::new(small_hybrid("MA"), 0).unwrap();
     let mut wrong = h.zero_state(1).unwrap();
     let err = t.step(&[1], &mut wrong).unwrap_err().to_string();
     assert!(
-        err.contains("hybrid decoding state given to a transformer model"),
+        err.contains("a Mamba decoding state given to an attention layer"),
         "{err}"
     );
     assert!(t.forward(&[1], 1, Some(&mut wrong), false).is_err());

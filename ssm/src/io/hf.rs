@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 use super::atomic_write;
 use super::tensors::{TensorFile, write_tensors};
 use crate::error::{Error, Result};
-use crate::models::mamba::{MambaConfig, MambaLM};
+use crate::models::mamba::{MambaConfig, MambaMixerConfig};
+use crate::models::{LanguageModel, ModelConfig};
 use crate::nn::Param;
-use crate::nn::mamba::Selection;
+use crate::nn::mamba::{MambaBlock, Selection};
 use crate::tensor::{Device, Float, Tensor};
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -46,21 +47,40 @@ fn concat_rows<T: Float>(a: Tensor<T>, b: Tensor<T>) -> Result<Tensor<T>> {
     Tensor::from_vec(dims, v)
 }
 
+/// The config of a Mamba model; other architectures have no Hugging Face Mamba layout.
+fn mamba_config<T: Float>(model: &LanguageModel<T>) -> Result<&MambaConfig> {
+    match model.config() {
+        ModelConfig::Mamba(c) => Ok(c),
+        other => Err(Error::config(
+            "arch",
+            format!(
+                "{} has no Hugging Face Mamba layout (only arch = \"mamba\" has)",
+                other.arch()
+            ),
+        )),
+    }
+}
+
+/// The Mamba blocks of a Mamba model, bottom to top.
+fn mamba_blocks<T: Float>(model: &LanguageModel<T>) -> impl Iterator<Item = &MambaBlock<T>> {
+    model.layers.iter().filter_map(|l| l.as_mamba())
+}
+
 /// Every parameter (or gradient) of `model` under its transformers name, in transformers' shapes:
-/// in_proj halves concatenated, conv1d weight as (di, 1, k). The non-selective ablation has no
-/// such layout and is refused.
+/// in_proj halves concatenated, conv1d weight as (di, 1, k). Models other than Mamba, and the
+/// non-selective ablation, have no such layout and are refused.
 pub fn named_tensors<T: Float>(
-    model: &MambaLM<T>,
+    model: &LanguageModel<T>,
     which: Part,
 ) -> Result<Vec<(String, Tensor<T>)>> {
-    if !model.config.selective {
+    if !mamba_config(model)?.mixer.selective {
         return Err(Error::config(
             "selective",
             "false has no Hugging Face layout: transformers' Mamba is always selective",
         ));
     }
     let mut out = vec![(EMBEDDING.to_string(), part(&model.embedding, which)?)];
-    for (i, layer) in model.layers.iter().enumerate() {
+    for (i, layer) in mamba_blocks(model).enumerate() {
         let m = &layer.mixer;
         let p = |s: &str| format!("backbone.layers.{i}.{s}");
         out.push((p("norm.weight"), part(&layer.norm.weight, which)?));
@@ -107,17 +127,17 @@ pub fn config_json(c: &MambaConfig) -> Value {
         "hidden_size": c.d_model,
         "num_hidden_layers": c.n_layer,
         "vocab_size": c.padded_vocab(),
-        "state_size": c.d_state,
-        "expand": c.expand,
+        "state_size": c.mixer.d_state,
+        "expand": c.mixer.expand,
         "intermediate_size": c.d_inner(),
-        "conv_kernel": c.d_conv,
+        "conv_kernel": c.mixer.d_conv,
         "time_step_rank": c.dt_rank(),
-        "use_bias": c.bias,
-        "use_conv_bias": c.conv_bias,
+        "use_bias": c.mixer.bias,
+        "use_conv_bias": c.mixer.conv_bias,
         "layer_norm_epsilon": c.norm_eps,
-        "time_step_min": c.dt_min,
-        "time_step_max": c.dt_max,
-        "time_step_floor": c.dt_init_floor,
+        "time_step_min": c.mixer.dt_min,
+        "time_step_max": c.mixer.dt_max,
+        "time_step_floor": c.mixer.dt_init_floor,
         "hidden_act": "silu",
         "residual_in_fp32": true,
         "tie_word_embeddings": true,
@@ -196,23 +216,25 @@ pub fn parse_config(v: &Value, path: &Path) -> Result<MambaConfig> {
             "is false, but this engine ties lm_head to the embedding".into(),
         ));
     }
-    let defaults = MambaConfig::default();
+    let defaults = MambaMixerConfig::default();
     let config = MambaConfig {
         d_model,
         n_layer: uint(&["num_hidden_layers", "n_layer"], None)?,
         vocab_size: uint(&["vocab_size"], None)?,
-        d_state: uint(&["state_size", "d_state"], Some(16))?,
-        d_conv: uint(&["conv_kernel", "d_conv"], Some(4))?,
-        expand,
-        dt_rank,
-        conv_bias: boolean("use_conv_bias", true)?,
-        bias: boolean("use_bias", false)?,
         norm_eps: float("layer_norm_epsilon", 1e-5)?,
         pad_vocab_size_multiple: uint(&["pad_vocab_size_multiple"], Some(1))?,
-        dt_min: float("time_step_min", defaults.dt_min)?,
-        dt_max: float("time_step_max", defaults.dt_max)?,
-        dt_init_floor: float("time_step_floor", defaults.dt_init_floor)?,
-        selective: true,
+        mixer: MambaMixerConfig {
+            d_state: uint(&["state_size", "d_state"], Some(16))?,
+            d_conv: uint(&["conv_kernel", "d_conv"], Some(4))?,
+            expand,
+            dt_rank,
+            conv_bias: boolean("use_conv_bias", true)?,
+            bias: boolean("use_bias", false)?,
+            dt_min: float("time_step_min", defaults.dt_min)?,
+            dt_max: float("time_step_max", defaults.dt_max)?,
+            dt_init_floor: float("time_step_floor", defaults.dt_init_floor)?,
+            selective: true,
+        },
     };
     config
         .validate()
@@ -236,7 +258,7 @@ fn assign<T: Float>(dst: &mut Tensor<T>, src: Tensor<f32>, name: &str, path: &Pa
 }
 
 /// Loads a Mamba checkpoint folder (ours, transformers' or state-spaces').
-pub fn load_mamba(dir: &Path) -> Result<MambaLM<f32>> {
+pub fn load_mamba(dir: &Path) -> Result<LanguageModel<f32>> {
     let cfg_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let v: Value = serde_json::from_str(&text)
@@ -249,7 +271,7 @@ pub fn load_mamba(dir: &Path) -> Result<MambaLM<f32>> {
     super::check_weights_fit(&config.clone().into(), &weights, 2)?;
     let file = TensorFile::open(&weights)?;
     let path = file.path().to_path_buf();
-    let mut model = MambaLM::<f32>::new(config, 0)?;
+    let mut model = LanguageModel::<f32>::new(config, 0)?;
     let emb_name = if file.contains(EMBEDDING) || !file.contains(EMBEDDING_STATE_SPACES) {
         EMBEDDING
     } else {
@@ -277,7 +299,7 @@ pub fn load_mamba(dir: &Path) -> Result<MambaLM<f32>> {
     let mut it = loaded.into_iter();
     let mut next = || it.next().expect("one tensor per name");
     model.embedding.value = next();
-    for layer in &mut model.layers {
+    for layer in model.layers.iter_mut().filter_map(|l| l.as_mamba_mut()) {
         let m = &mut layer.mixer;
         let di = m.dims.d_inner;
         layer.norm.weight.value = next();
@@ -317,14 +339,14 @@ fn split_rows<T: Float>(t: &Tensor<T>, rows: usize) -> (Tensor<T>, Tensor<T>) {
 }
 
 /// Saves `model` as a transformers-compatible folder; each file is written atomically.
-pub fn save_mamba(model: &MambaLM<f32>, dir: &Path) -> Result<()> {
+pub fn save_mamba(model: &LanguageModel<f32>, dir: &Path) -> Result<()> {
+    let config = mamba_config(model)?;
     super::create_dir_all(dir)?;
     write_tensors(
         &dir.join(WEIGHTS_FILE),
         &named_tensors(model, Part::Value)?,
         Some([("format".to_string(), "pt".to_string())].into()),
     )?;
-    let text =
-        serde_json::to_string_pretty(&config_json(&model.config)).expect("JSON values serialize");
+    let text = serde_json::to_string_pretty(&config_json(config)).expect("JSON values serialize");
     atomic_write(&dir.join(CONFIG_FILE), text.as_bytes())
 }

@@ -181,16 +181,19 @@ pub fn load_params(path: &Path, model: &mut dyn Module<f32>) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{MambaConfig, MambaLM};
+    use crate::models::{LanguageModel, MambaConfig, MambaMixerConfig};
     use crate::optim::AdamWConfig;
 
-    fn tiny(d_model: usize, seed: u64) -> MambaLM<f32> {
-        MambaLM::new(
+    fn tiny(d_model: usize, seed: u64) -> LanguageModel<f32> {
+        LanguageModel::new(
             MambaConfig {
                 d_model,
                 n_layer: 1,
                 vocab_size: 16,
-                d_state: 4,
+                mixer: MambaMixerConfig {
+                    d_state: 4,
+                    ..MambaMixerConfig::default()
+                },
                 ..MambaConfig::default()
             },
             seed,
@@ -198,7 +201,7 @@ mod tests {
         .unwrap()
     }
 
-    fn values(model: &mut MambaLM<f32>) -> Vec<Vec<u32>> {
+    fn values(model: &mut LanguageModel<f32>) -> Vec<Vec<u32>> {
         let mut out = Vec::new();
         model.visit_params(&mut |_, p| {
             out.push(p.value.to_vec().iter().map(|x| x.to_bits()).collect())

@@ -3,7 +3,6 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::mamba::{MambaLM, MambaState};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
@@ -81,12 +80,7 @@ pub trait Decoder<T: Float> {
         state: &mut Self::State,
     ) -> Result<&Tensor<T>>;
     /// Logits (b, v) for one new token per sequence, advancing `state`.
-    fn step(&mut self, tokens: &[u32], state: &mut Self::State) -> Result<Tensor<T>> {
-        let (b, v) = (tokens.len(), self.vocab());
-        self.forward_state(tokens, b, state)?
-            .try_clone()?
-            .reshape([b, v])
-    }
+    fn step(&mut self, tokens: &[u32], state: &mut Self::State) -> Result<Tensor<T>>;
 
     /// Continues `prompt` by `n_new` tokens (see [`generate`]).
     fn generate(&mut self, prompt: &[u32], n_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
@@ -133,25 +127,4 @@ pub fn generate<T: Float, M: Decoder<T> + ?Sized>(
         }
     }
     Ok(out)
-}
-
-impl<T: Float> Decoder<T> for MambaLM<T> {
-    type State = MambaState<T>;
-    fn vocab(&self) -> usize {
-        MambaLM::vocab(self)
-    }
-    fn zero_state(&self, b: usize) -> Result<MambaState<T>> {
-        MambaLM::zero_state(self, b)
-    }
-    fn forward_state(
-        &mut self,
-        ids: &[u32],
-        b: usize,
-        state: &mut MambaState<T>,
-    ) -> Result<&Tensor<T>> {
-        self.forward(ids, b, Some(state), false)
-    }
-    fn step(&mut self, tokens: &[u32], state: &mut MambaState<T>) -> Result<Tensor<T>> {
-        MambaLM::step(self, tokens, state)
-    }
 }

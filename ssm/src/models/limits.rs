@@ -49,3 +49,22 @@ pub(crate) fn float_in(field: &str, value: f64, low: f64, high: f64) -> Result<(
         format!("must be a finite number in ({low}, {high}], got {value}"),
     ))
 }
+
+/// `vocab` rounded up to a multiple of `multiple`: the rows of an embedding.
+pub(crate) fn padded(vocab: usize, multiple: usize) -> usize {
+    vocab.div_ceil(multiple.max(1)) * multiple.max(1)
+}
+
+/// The sizes every language model has: the width of its residual stream, its vocabulary and
+/// that vocabulary's padding, and the epsilon of its norms.
+pub(crate) fn trunk(
+    d_model: usize,
+    vocab: usize,
+    pad_multiple: usize,
+    norm_eps: f64,
+) -> Result<()> {
+    size("d_model", d_model, MAX_WIDTH)?;
+    size("vocab_size", vocab, MAX_VOCAB)?;
+    size("pad_vocab_size_multiple", pad_multiple, MAX_VOCAB)?;
+    float_in("norm_eps", norm_eps, 0.0, 1.0)
+}

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::error::Result;
-use crate::models::{AnyLM, Decoder, ModelConfig};
+use crate::models::{LanguageModel, ModelConfig};
 use crate::nn::Module;
 use crate::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::tensor::{Device, Tensor};
@@ -159,47 +159,70 @@ pub fn report(checks: &[Check]) -> String {
 /// used switched on somewhere: biases, GQA, RoPE and learned positions, both MLPs, the
 /// non-selective Mamba.
 pub fn tiny_models() -> Vec<(&'static str, ModelConfig)> {
-    use crate::models::{HybridConfig, MambaConfig, TransformerConfig};
+    use crate::models::{
+        AttentionConfig, HybridConfig, MambaConfig, MambaMixerConfig, MixerSettings,
+        TransformerConfig,
+    };
     use crate::nn::attention::PosEncoding;
     use crate::nn::mlp::MlpKind;
     let mamba = MambaConfig {
         d_model: 16,
         n_layer: 2,
         vocab_size: 37,
-        d_state: 8,
-        d_conv: 4,
-        dt_rank: Some(3),
-        bias: true,
+        mixer: MambaMixerConfig {
+            d_state: 8,
+            d_conv: 4,
+            dt_rank: Some(3),
+            bias: true,
+            ..MambaMixerConfig::default()
+        },
         ..MambaConfig::default()
     };
     let transformer = TransformerConfig {
         d_model: 32,
         n_layer: 2,
-        n_heads: 4,
-        n_kv_heads: Some(2),
-        mlp_hidden: Some(48),
         vocab_size: 37,
-        attn_bias: true,
+        block: AttentionConfig {
+            n_heads: 4,
+            n_kv_heads: Some(2),
+            mlp_hidden: Some(48),
+            attn_bias: true,
+            ..AttentionConfig::default()
+        },
         ..TransformerConfig::default()
     };
     let learned = TransformerConfig {
         pos_encoding: PosEncoding::Learned,
         max_seq_len: 4096,
-        mlp: MlpKind::Gelu,
-        n_kv_heads: None,
-        attn_bias: false,
+        block: AttentionConfig {
+            mlp: MlpKind::Gelu,
+            n_kv_heads: None,
+            attn_bias: false,
+            ..transformer.clone().block
+        },
         ..transformer.clone()
     };
     let hybrid = HybridConfig {
         pattern: "MAM".into(),
         d_model: 32,
         vocab_size: 37,
-        d_state: 8,
-        n_heads: 4,
+        mixers: MixerSettings {
+            mamba: MambaMixerConfig {
+                d_state: 8,
+                ..MambaMixerConfig::default()
+            },
+            attention: AttentionConfig {
+                n_heads: 4,
+                ..AttentionConfig::default()
+            },
+        },
         ..HybridConfig::default()
     };
     let fixed = MambaConfig {
-        selective: false,
+        mixer: MambaMixerConfig {
+            selective: false,
+            ..mamba.clone().mixer
+        },
         ..mamba.clone()
     };
     vec![
@@ -255,7 +278,7 @@ fn train_step_checks(
     // the second loss sees the first update. Parameters themselves are not compared after
     // AdamW, which turns round-off in a near-zero gradient into a sizeable step; the update
     // is checked on identical inputs in `op_parity`.
-    let step = |model: &mut AnyLM| -> Result<(Vec<f64>, Vec<Tensor>)> {
+    let step = |model: &mut LanguageModel| -> Result<(Vec<f64>, Vec<Tensor>)> {
         let mut opt = AdamW::new(AdamWConfig::default());
         let mut scalars = Vec::new();
         let mut grads = Vec::new();
@@ -274,8 +297,8 @@ fn train_step_checks(
         }
         Ok((scalars, grads))
     };
-    let mut cpu = AnyLM::new(config.clone(), 1)?;
-    let mut gpu = AnyLM::new(config, 1)?;
+    let mut cpu = LanguageModel::new(config.clone(), 1)?;
+    let mut gpu = LanguageModel::new(config, 1)?;
     gpu.to_device(device)?;
     let (want_s, want_g) = step(&mut cpu)?;
     let (got_s, got_g) = step(&mut gpu)?;
@@ -325,7 +348,7 @@ fn decode_checks(device: Device, name: &str, config: ModelConfig) -> Result<Vec<
     let mut checks = Vec::new();
     let v = config_vocab(&config) as u32;
     let prompt: Vec<u32> = (0..2 * 7).map(|i| (i * 5 + 3) % v).collect();
-    let run = |model: &mut AnyLM| -> Result<Vec<Tensor>> {
+    let run = |model: &mut LanguageModel| -> Result<Vec<Tensor>> {
         let mut state = model.zero_state(2)?;
         let mut out = vec![
             model
@@ -337,8 +360,8 @@ fn decode_checks(device: Device, name: &str, config: ModelConfig) -> Result<Vec<
         }
         out.iter().map(|t| t.to_device(Device::Cpu)).collect()
     };
-    let want = run(&mut AnyLM::new(config.clone(), 5)?)?;
-    let mut gpu = AnyLM::new(config, 5)?;
+    let want = run(&mut LanguageModel::new(config.clone(), 5)?)?;
+    let mut gpu = LanguageModel::new(config, 5)?;
     gpu.to_device(device)?;
     let got = run(&mut gpu)?;
     for (i, (w, g)) in want.iter().zip(&got).enumerate() {
