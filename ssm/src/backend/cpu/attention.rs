@@ -27,7 +27,7 @@ use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
 use super::{SharedMut, threads};
-use crate::tensor::Float;
+use crate::float::Float;
 
 /// Query rows per tile. A 64 x 64 tile of scores is 16 KiB in f32 and the 64-row tiles of q, k,
 /// v and the accumulators are 16 KiB each at hd = 64, so a task's working set stays in L2 while

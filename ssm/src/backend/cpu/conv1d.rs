@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use super::{parts_for, reduce_parts_into, row_blocks_mut, split};
-use crate::tensor::Float;
+use crate::float::Float;
 
 /// Sizes of one call: batch, length, channels, kernel width; declared once, with the kernels.
 pub use ssm_kernels::conv1d::ConvDims;

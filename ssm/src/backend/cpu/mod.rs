@@ -89,11 +89,7 @@ pub(crate) fn row_blocks_mut<'a, T>(
 }
 
 /// Sums per-part partial results `(parts, len)` in part order into `out` (accumulating).
-pub(crate) fn reduce_parts_into<T: crate::tensor::Float>(
-    partials: &[T],
-    len: usize,
-    out: &mut [T],
-) {
+pub(crate) fn reduce_parts_into<T: crate::float::Float>(partials: &[T], len: usize, out: &mut [T]) {
     for part in partials.chunks_exact(len) {
         for (o, p) in out.iter_mut().zip(part) {
             *o += *p;

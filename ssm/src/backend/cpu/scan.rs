@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use super::{SharedMut, multiversion, reduce_parts_into, split, threads};
-use crate::tensor::Float;
+use crate::float::Float;
 
 /// Channels processed together by one inner loop.
 pub const TILE: usize = 32;

@@ -25,8 +25,8 @@ pub use driver::compile_cubin;
 pub(crate) use gemm::Gemm;
 use ssm_kernels::{DevicePtr, Launch};
 
+use super::Device;
 use crate::error::{Error, Result};
-use crate::tensor::Device;
 use pool::Pool;
 
 enum Engine {
