@@ -1,6 +1,9 @@
-//! Device backends. Ops validate shapes and pick the backend from their tensors' device; each
-//! backend has one file per op family. [`Device`] is declared here, with the runtimes that serve
-//! it, so that no backend imports the tensor module that uses them (`crate::tensor` re-exports it).
+//! Device runtimes, below the ops: `cpu` holds what the CPU kernels share (work splits, row
+//! blocks, the `multiversion!` dispatch to AVX-512 or AVX2), `cuda` the CUDA device (driver,
+//! emulation, cuBLAS-style GEMM, caching allocator). The kernels and launch mappings of each op
+//! live with the op, in `crate::ops::<family>`; nothing here imports the ops, the layers or the
+//! tensor module. [`Device`] is declared here, with the runtimes that serve it, and re-exported by
+//! `crate::tensor`.
 
 pub mod cpu;
 pub mod cuda;

@@ -1,7 +1,10 @@
-//! Ops on tensors, one file per family. Each op validates shapes (errors name the op and the
-//! argument), then dispatches to the backend of its tensors' device. Forward and backward sit next
-//! to each other; every backward *adds* into its gradient outputs, so residual branches and tied
-//! weights need no special cases, and callers zero gradient buffers once per step.
+//! Ops on tensors, one folder per family: `mod.rs` is the public API (shapes, validation, the
+//! structs of inputs and gradients, dispatch on the tensors' device), `cpu.rs` the CPU kernels on
+//! host slices, `cuda.rs` the mapping of tensors to the launches of `ssm-kernels`, `reference.rs`
+//! the plain reference; a family has only the files it needs. Each op validates shapes (errors
+//! name the op and the argument), then dispatches to its tensors' device. Forward and backward sit
+//! next to each other; every backward *adds* into its gradient outputs, so residual branches and
+//! tied weights need no special cases, and callers zero gradient buffers once per step.
 //!
 //! Layout: activations are token-major, `(b, l, ...)`, so that a linear layer is one matrix
 //! product over all `b * l` tokens.

@@ -1,18 +1,10 @@
-//! CPU kernels on plain slices, multi-threaded with rayon.
+//! What the CPU kernels of the op families (`crate::ops::<family>::cpu`) share: the split of work
+//! among the rayon threads, mutable row blocks and a shared output buffer for parallel tasks, the
+//! in-order sum of per-part partials, and `multiversion!`.
 //!
 //! Determinism: work is split into a fixed number of contiguous parts that depends only on the
 //! problem size and the thread count, and floating-point reductions across parts are summed in
 //! part order, so the same inputs and thread count give bit-identical results.
-
-pub mod attention;
-pub mod conv1d;
-pub mod elementwise;
-pub mod embedding;
-pub mod loss;
-pub mod matmul;
-pub mod rmsnorm;
-pub mod rope;
-pub mod scan;
 
 use std::ops::Range;
 

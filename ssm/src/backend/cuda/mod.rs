@@ -11,12 +11,10 @@
 //!   that every line above the driver calls (op dispatch, launch planning, the allocator, the
 //!   cuBLAS argument mapping) is tested on machines without a GPU.
 
-pub(crate) mod attention;
 mod driver;
 mod emulated;
 mod gemm;
 mod pool;
-pub(crate) mod scan;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};

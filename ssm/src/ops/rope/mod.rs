@@ -13,8 +13,9 @@
 
 use ssm_kernels::rope::{self as k, RopeDims};
 
+mod cpu;
+
 use super::{dptr, gpu_of, same_dims};
-use crate::backend::cpu::rope;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
@@ -70,8 +71,8 @@ pub fn rope_fwd<T: Float>(
             false,
         )?);
     }
-    let (cos, sin) = rope::rope_table(l, hd, offset, base, false);
-    rope::rope_rotate_add(x.host()?, y.host_mut()?, &cos, &sin, l, h, hd);
+    let (cos, sin) = cpu::rope_table(l, hd, offset, base, false);
+    cpu::rope_rotate_add(x.host()?, y.host_mut()?, &cos, &sin, l, h, hd);
     Ok(())
 }
 
@@ -82,8 +83,8 @@ pub fn rope_fwd_inplace<T: Float>(x: &mut Tensor<T>, offset: usize, base: f64) -
         let (p, dims) = (dptr(x)?, rope_dims(x, (l, h, hd)));
         return g.launch(&k::rope(p, p, dims, offset, base, false, false)?);
     }
-    let (cos, sin) = rope::rope_table(l, hd, offset, base, false);
-    rope::rope_rotate(x.host_mut()?, &cos, &sin, l, h, hd);
+    let (cos, sin) = cpu::rope_table(l, hd, offset, base, false);
+    cpu::rope_rotate(x.host_mut()?, &cos, &sin, l, h, hd);
     Ok(())
 }
 
@@ -109,7 +110,7 @@ pub fn rope_bwd<T: Float>(
             true,
         )?);
     }
-    let (cos, sin) = rope::rope_table(l, hd, offset, base, true);
-    rope::rope_rotate_add(dy.host()?, dx.host_mut()?, &cos, &sin, l, h, hd);
+    let (cos, sin) = cpu::rope_table(l, hd, offset, base, true);
+    cpu::rope_rotate_add(dy.host()?, dx.host_mut()?, &cos, &sin, l, h, hd);
     Ok(())
 }

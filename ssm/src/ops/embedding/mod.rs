@@ -2,8 +2,9 @@
 
 use ssm_kernels::embedding as k;
 
+mod cpu;
+
 use super::{dptr, gpu_of};
-use crate::backend::cpu::embedding;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
@@ -52,7 +53,7 @@ pub fn embedding_fwd<T: Float>(
             d,
         )?);
     }
-    embedding::embedding_fwd(ids, table.host()?, out.host_mut()?, d);
+    cpu::embedding_fwd(ids, table.host()?, out.host_mut()?, d);
     Ok(())
 }
 
@@ -81,6 +82,6 @@ pub fn embedding_bwd<T: Float>(
             d,
         )?);
     }
-    embedding::embedding_bwd(ids, dout.host()?, dtable.host_mut()?, d);
+    cpu::embedding_bwd(ids, dout.host()?, dtable.host_mut()?, d);
     Ok(())
 }

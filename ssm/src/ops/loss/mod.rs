@@ -2,12 +2,13 @@
 
 use ssm_kernels::cross_entropy as k;
 
+mod cpu;
+
 use super::{dptr, gpu_of, rows_cols, same_dims};
-use crate::backend::cpu::loss;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
-pub use loss::IGNORE_INDEX;
+pub use cpu::IGNORE_INDEX;
 
 fn check<T: Float>(
     op: &'static str,
@@ -47,7 +48,7 @@ pub fn cross_entropy_fwd<T: Float>(
     let (m, v) = check("cross_entropy_fwd", logits, targets)?;
     lse.reset_output([m], logits.device())?;
     let (sum, count) = match gpu_of("cross_entropy_fwd", logits, &[])? {
-        None => loss::cross_entropy_fwd(logits.host()?, targets, lse.host_mut()?, v),
+        None => cpu::cross_entropy_fwd(logits.host()?, targets, lse.host_mut()?, v),
         Some(g) => {
             // Per-row losses come back to the host and are summed in f64, as on the CPU.
             let (targets_dev, rows) = (g.upload(targets)?, g.alloc(m)?);
@@ -98,7 +99,7 @@ pub fn cross_entropy_bwd<T: Float>(
         )?);
     }
     let scale = T::from_f64(dloss / count as f64);
-    loss::cross_entropy_bwd(
+    cpu::cross_entropy_bwd(
         logits.host()?,
         targets,
         lse.host()?,

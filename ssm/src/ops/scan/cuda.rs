@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use ssm_kernels::scan as k;
 
-use super::Gpu;
+use super::{ScanGrads, ScanInputs, ScanOutput};
+use crate::backend::cuda::Gpu;
 use crate::error::Result;
 use crate::ops::dptr;
-use crate::ops::scan::{ScanGrads, ScanInputs, ScanOutput};
 use crate::tensor::{Float, Tensor};
 
 fn opt<T: Float>(t: Option<&Tensor<T>>) -> Result<Option<u64>> {

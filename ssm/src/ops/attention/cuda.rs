@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use ssm_kernels::attention as k;
 
-use super::Gpu;
+use super::{AttentionGrads, AttentionOutput};
+use crate::backend::cuda::Gpu;
 use crate::error::Result;
-use crate::ops::attention::{AttentionGrads, AttentionOutput};
 use crate::ops::dptr;
 use crate::tensor::{Float, Tensor};
 

@@ -3,10 +3,12 @@
 use ssm_kernels::conv1d as k;
 use ssm_kernels::elementwise::copy_strided;
 
+mod cpu;
+
 use super::{dptr, gpu_of, same_dims};
-use crate::backend::cpu::conv1d::{self, ConvDims};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
+use cpu::ConvDims;
 
 fn check<T: Float>(
     op: &'static str,
@@ -64,7 +66,7 @@ pub fn causal_conv1d_fwd<T: Float>(
     }
     let bias = bias.map(|b| b.host()).transpose()?;
     let state = state.map(|s| s.host()).transpose()?;
-    conv1d::conv1d_fwd(x.host()?, w.host()?, bias, state, y.host_mut()?, dims);
+    cpu::conv1d_fwd(x.host()?, w.host()?, bias, state, y.host_mut()?, dims);
     Ok(())
 }
 
@@ -112,7 +114,7 @@ pub fn causal_conv1d_bwd<T: Float>(
         Some(db) => Some(db.host_mut()?),
         None => None,
     };
-    conv1d::conv1d_bwd(
+    cpu::conv1d_bwd(
         x.host()?,
         w.host()?,
         state,

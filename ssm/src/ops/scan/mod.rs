@@ -12,12 +12,14 @@
 //! u, delta, z, y: (b, l, d); A: (d, n); B, C: (b, l, g, n), channel c uses group c / (d / g);
 //! D, delta_bias: (d,); initial and last state: (b, d, n).
 
+mod cpu;
+mod cuda;
+
 use super::gpu_of;
 pub use super::reference::{selective_scan_ref, selective_scan_ref_bwd};
-use crate::backend::cpu::scan::{self, ScanArgs, ScanDims, ScanGradsMut};
-use crate::backend::cuda::scan as cuda_scan;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
+use cpu::{ScanArgs, ScanDims, ScanGradsMut};
 
 /// The inputs of one scan; optional parts are `None`.
 #[derive(Clone, Copy)]
@@ -215,7 +217,7 @@ pub fn selective_scan_fwd<T: Float>(
         .reset_output([dims.b, dims.d, dims.n], device)?;
     out.chunk_layout = ChunkLayout::None;
     if let Some(g) = gpu_of(OP, inp.u, &inp.all())? {
-        cuda_scan::fwd(&g, inp, dims, out, save_for_backward)?;
+        cuda::fwd(&g, inp, dims, out, save_for_backward)?;
         if save_for_backward {
             out.chunk_layout = ChunkLayout::Cuda;
         }
@@ -224,12 +226,12 @@ pub fn selective_scan_fwd<T: Float>(
     let args = inp.args()?;
     let saved = if save_for_backward {
         out.chunk_states
-            .reset_output([dims.b, scan::chunks(dims), dims.n, dims.d], device)?;
+            .reset_output([dims.b, cpu::chunks(dims), dims.n, dims.d], device)?;
         Some(out.chunk_states.host_mut()?)
     } else {
         None
     };
-    scan::scan_fwd(
+    cpu::scan_fwd(
         &args,
         dims,
         out.y.host_mut()?,
@@ -276,13 +278,13 @@ pub fn selective_scan_bwd<T: Float>(
         ));
     }
     if let Some(g) = gpu {
-        return cuda_scan::bwd(&g, inp, dims, &out.chunk_states, dy, dlast, grads);
+        return cuda::bwd(&g, inp, dims, &out.chunk_states, dy, dlast, grads);
     }
     let args = inp.args()?;
     out.chunk_states.expect_dims(
         BWD,
         "saved chunk states",
-        &[dims.b, scan::chunks(dims), dims.n, dims.d],
+        &[dims.b, cpu::chunks(dims), dims.n, dims.d],
     )?;
     let g = ScanGradsMut {
         du: grads.du.host_mut()?,
@@ -296,7 +298,7 @@ pub fn selective_scan_bwd<T: Float>(
         dh0: opt_host_mut(&mut grads.dh0)?,
     };
     let dlast = dlast.map(|t| t.host()).transpose()?;
-    scan::scan_bwd(&args, dims, out.chunk_states.host()?, dy.host()?, dlast, g);
+    cpu::scan_bwd(&args, dims, out.chunk_states.host()?, dy.host()?, dlast, g);
     Ok(())
 }
 

@@ -3,8 +3,9 @@
 
 use ssm_kernels::rmsnorm as k;
 
+mod cpu;
+
 use super::{dptr, gpu_of, rows_cols, same_dims};
-use crate::backend::cpu::rmsnorm;
 use crate::error::Result;
 use crate::tensor::{Float, Tensor};
 
@@ -24,7 +25,7 @@ pub fn rmsnorm_fwd<T: Float>(
         let (xp, wp, yp, rp) = (dptr(x)?, dptr(w)?, dptr(y)?, dptr(rstd)?);
         return g.launch(&k::rmsnorm_fwd(xp, wp, yp, rp, m, d, eps as f32)?);
     }
-    rmsnorm::rmsnorm_fwd(
+    cpu::rmsnorm_fwd(
         x.host()?,
         w.host()?,
         T::from_f64(eps),
@@ -56,7 +57,7 @@ pub fn rmsnorm_bwd<T: Float>(
         let launches = k::rmsnorm_bwd(dyp, xp, wp, rp, dptr(dx)?, dptr(dw)?, ws.ptr(), m, d)?;
         return g.launch_all(&launches);
     }
-    rmsnorm::rmsnorm_bwd(
+    cpu::rmsnorm_bwd(
         dy.host()?,
         x.host()?,
         w.host()?,

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::{SharedMut, multiversion, reduce_parts_into, split, threads};
+use crate::backend::cpu::{SharedMut, multiversion, reduce_parts_into, split, threads};
 use crate::float::Float;
 
 /// Channels processed together by one inner loop.

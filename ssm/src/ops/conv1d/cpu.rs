@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::{parts_for, reduce_parts_into, row_blocks_mut, split};
+use crate::backend::cpu::{parts_for, reduce_parts_into, row_blocks_mut, split};
 use crate::float::Float;
 
 /// Sizes of one call: batch, length, channels, kernel width; declared once, with the kernels.

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::{parts_for, reduce_parts_into, row_blocks_mut, split};
+use crate::backend::cpu::{parts_for, reduce_parts_into, row_blocks_mut, split};
 use crate::float::Float;
 
 /// x, y: (m, d); w: (d,); rstd: (m,) receives 1/sqrt(mean(x²) + eps) for the backward.

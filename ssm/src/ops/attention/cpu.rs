@@ -26,7 +26,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
-use super::{SharedMut, threads};
+use crate::backend::cpu::{SharedMut, threads};
 use crate::float::Float;
 
 /// Query rows per tile. A 64 x 64 tile of scores is 16 KiB in f32 and the 64-row tiles of q, k,

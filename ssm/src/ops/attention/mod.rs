@@ -6,13 +6,15 @@
 //! lk >= lq. The queries are the last lq positions, pos(i) = i + lk - lq, so a training forward
 //! (lk = lq) and a decoding step against a KV cache (lq = 1) are the same op. lse: (b, h, lq), the
 //! log-sum-exp of each query's scaled scores, is all the forward keeps for the backward beyond its
-//! inputs and output; the fast path never forms an lq x lk matrix (see `backend::cpu::attention`).
+//! inputs and output; the fast path never forms an lq x lk matrix (see `cpu.rs`).
+
+mod cpu;
+mod cuda;
 
 use super::gpu_of;
-use crate::backend::cpu::attention::{self, AttnArgs, AttnDims, AttnGradsMut};
-use crate::backend::cuda::attention as cuda_attention;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
+use cpu::{AttnArgs, AttnDims, AttnGradsMut};
 
 /// The softmax scale of "Attention is all you need", 1/sqrt(hd): the default.
 pub fn default_scale(hd: usize) -> f64 {
@@ -140,9 +142,9 @@ pub fn attention_fwd<T: Float>(
     out.lse
         .reset_output([dims.b, dims.h, dims.lq], q.device())?;
     if let Some(g) = gpu_of(OP, q, &[k, v])? {
-        return cuda_attention::fwd(&g, q, k, v, dims, out);
+        return cuda::fwd(&g, q, k, v, dims, out);
     }
-    attention::attention_fwd(
+    cpu::attention_fwd(
         &args(q, k, v, dims, out.scale)?,
         out.o.host_mut()?,
         out.lse.host_mut()?,
@@ -172,14 +174,14 @@ pub fn attention_bwd<T: Float>(
     grads.dv.expect_dims(OP, "dv", v.dims())?;
     let others = [k, v, &out.o, &out.lse, d_o, &grads.dq, &grads.dk, &grads.dv];
     if let Some(g) = gpu_of(OP, q, &others)? {
-        return cuda_attention::bwd(&g, q, k, v, dims, out, d_o, grads);
+        return cuda::bwd(&g, q, k, v, dims, out, d_o, grads);
     }
     let g = AttnGradsMut {
         dq: grads.dq.host_mut()?,
         dk: grads.dk.host_mut()?,
         dv: grads.dv.host_mut()?,
     };
-    attention::attention_bwd(
+    cpu::attention_bwd(
         &args(q, k, v, dims, out.scale)?,
         out.o.host()?,
         out.lse.host()?,
@@ -198,7 +200,7 @@ pub fn attention_bwd_workspace_bytes<T: Float>(
     v: &Tensor<T>,
 ) -> Result<usize> {
     let dims = check("attention_bwd_workspace_bytes", q, k, v)?;
-    Ok(attention::bwd_workspace_len(&dims) * std::mem::size_of::<T>())
+    Ok(cpu::bwd_workspace_len(&dims) * std::mem::size_of::<T>())
 }
 
 /// The probabilities (lq, lk) of query head `hq` of sequence `bi`, masked entries zero, and the

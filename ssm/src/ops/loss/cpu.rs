@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::{parts_for, row_blocks_mut, split};
+use crate::backend::cpu::{parts_for, row_blocks_mut, split};
 use crate::float::Float;
 
 /// Targets with this value contribute neither loss nor gradient (PyTorch's default).

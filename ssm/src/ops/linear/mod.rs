@@ -2,11 +2,13 @@
 
 use ssm_kernels::{elementwise as k, reduce};
 
+pub(crate) mod cpu;
+
 use super::{dptr, gpu_of, rows_cols, same_dims, with_last};
-use crate::backend::cpu::matmul::{linear_rows, matmul_nn, matmul_tn_acc};
 use crate::backend::cuda::Gemm;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
+use cpu::{linear_rows, matmul_nn, matmul_tn_acc};
 
 fn check<T: Float>(
     op: &'static str,

@@ -3,8 +3,9 @@
 
 use ssm_kernels::elementwise as k;
 
+pub(crate) mod cpu;
+
 use super::{dptr, gpu_of, same_dims};
-use crate::backend::cpu::elementwise;
 use crate::error::Result;
 use crate::tensor::{Float, Tensor};
 
@@ -12,7 +13,7 @@ use crate::tensor::{Float, Tensor};
 pub fn silu_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
     y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("silu_fwd", x, &[])? {
-        None => elementwise::silu_fwd(x.host()?, y.host_mut()?),
+        None => cpu::silu_fwd(x.host()?, y.host_mut()?),
         Some(g) => g.launch(&k::silu_fwd(dptr(x)?, dptr(y)?, x.numel())?)?,
     }
     Ok(())
@@ -23,7 +24,7 @@ pub fn silu_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> 
     same_dims("silu_bwd", "dy", dy, x.dims())?;
     same_dims("silu_bwd", "dx", dx, x.dims())?;
     match gpu_of("silu_bwd", x, &[dy, dx])? {
-        None => elementwise::silu_bwd(x.host()?, dy.host()?, dx.host_mut()?),
+        None => cpu::silu_bwd(x.host()?, dy.host()?, dx.host_mut()?),
         Some(g) => g.launch(&k::silu_bwd(dptr(x)?, dptr(dy)?, dptr(dx)?, x.numel())?)?,
     }
     Ok(())
@@ -33,7 +34,7 @@ pub fn silu_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> 
 pub fn softplus_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
     y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("softplus_fwd", x, &[])? {
-        None => elementwise::softplus_fwd(x.host()?, y.host_mut()?),
+        None => cpu::softplus_fwd(x.host()?, y.host_mut()?),
         Some(g) => g.launch(&k::softplus_fwd(dptr(x)?, dptr(y)?, x.numel())?)?,
     }
     Ok(())
@@ -44,7 +45,7 @@ pub fn softplus_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>)
     same_dims("softplus_bwd", "dy", dy, x.dims())?;
     same_dims("softplus_bwd", "dx", dx, x.dims())?;
     match gpu_of("softplus_bwd", x, &[dy, dx])? {
-        None => elementwise::softplus_bwd(x.host()?, dy.host()?, dx.host_mut()?),
+        None => cpu::softplus_bwd(x.host()?, dy.host()?, dx.host_mut()?),
         Some(g) => g.launch(&k::softplus_bwd(dptr(x)?, dptr(dy)?, dptr(dx)?, x.numel())?)?,
     }
     Ok(())
@@ -55,7 +56,7 @@ pub fn softplus_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>)
 pub fn gelu_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
     y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("gelu_fwd", x, &[])? {
-        None => elementwise::gelu_fwd(x.host()?, y.host_mut()?),
+        None => cpu::gelu_fwd(x.host()?, y.host_mut()?),
         Some(g) => g.launch(&k::gelu_fwd(dptr(x)?, dptr(y)?, x.numel())?)?,
     }
     Ok(())
@@ -66,7 +67,7 @@ pub fn gelu_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> 
     same_dims("gelu_bwd", "dy", dy, x.dims())?;
     same_dims("gelu_bwd", "dx", dx, x.dims())?;
     match gpu_of("gelu_bwd", x, &[dy, dx])? {
-        None => elementwise::gelu_bwd(x.host()?, dy.host()?, dx.host_mut()?),
+        None => cpu::gelu_bwd(x.host()?, dy.host()?, dx.host_mut()?),
         Some(g) => g.launch(&k::gelu_bwd(dptr(x)?, dptr(dy)?, dptr(dx)?, x.numel())?)?,
     }
     Ok(())
@@ -77,7 +78,7 @@ pub fn gate_fwd<T: Float>(x: &Tensor<T>, z: &Tensor<T>, y: &mut Tensor<T>) -> Re
     same_dims("gate_fwd", "z", z, x.dims())?;
     y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("gate_fwd", x, &[z])? {
-        None => elementwise::gate_fwd(x.host()?, z.host()?, y.host_mut()?),
+        None => cpu::gate_fwd(x.host()?, z.host()?, y.host_mut()?),
         Some(g) => g.launch(&k::gate_fwd(dptr(x)?, dptr(z)?, dptr(y)?, x.numel())?)?,
     }
     Ok(())
@@ -95,7 +96,7 @@ pub fn gate_bwd<T: Float>(
         same_dims("gate_bwd", what, t, x.dims())?;
     }
     match gpu_of("gate_bwd", x, &[z, dy, dx, dz])? {
-        None => elementwise::gate_bwd(
+        None => cpu::gate_bwd(
             x.host()?,
             z.host()?,
             dy.host()?,
@@ -161,7 +162,7 @@ pub fn scale_<T: Float>(x: &mut Tensor<T>, s: f64) -> Result<()> {
 pub fn add_into<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
     same_dims("add_into", "y", y, x.dims())?;
     match gpu_of("add_into", x, &[y])? {
-        None => elementwise::add_into(x.host()?, y.host_mut()?),
+        None => cpu::add_into(x.host()?, y.host_mut()?),
         Some(g) => g.launch(&k::add_into(dptr(x)?, dptr(y)?, x.numel())?)?,
     }
     Ok(())

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{parts_for, row_blocks_mut, split};
+use crate::backend::cpu::{parts_for, row_blocks_mut, split};
 use crate::float::Float;
 
 /// cos and sin of (offset + t) · θ_i with θ_i = base^(-2i/hd), for t in 0..l and i in 0..hd/2:
