@@ -6,6 +6,12 @@
 //! next to each other; every backward *adds* into its gradient outputs, so residual branches and
 //! tied weights need no special cases, and callers zero gradient buffers once per step.
 //!
+//! The references (`<family>::reference`, `*_ref` and `*_ref_bwd`) are the textbook formula of
+//! each forward and its backward, written apart from the fast paths and importing nothing from
+//! them (library `exp` and `ln_1p` throughout). Parity tests hold the CPU kernels and the CUDA
+//! launches (emulated or real) to them. Each takes tensors on any device and returns new tensors
+//! on the CPU; gradients are returned fresh, not accumulated.
+//!
 //! Layout: activations are token-major, `(b, l, ...)`, so that a linear layer is one matrix
 //! product over all `b * l` tokens.
 
@@ -17,7 +23,6 @@ pub mod embedding;
 pub mod linear;
 pub mod loss;
 pub mod norm;
-pub mod reference;
 pub mod rope;
 pub mod scan;
 
@@ -60,6 +65,14 @@ pub(crate) fn rows_cols<T: Float>(
     match x.dims().split_last() {
         Some((&c, lead)) => Ok((lead.iter().product(), c)),
         None => Err(Error::shape(op, what, "rank >= 1", x.dims())),
+    }
+}
+
+/// The rows and width of x (..., d) with d >= 1, as the references check it.
+pub(crate) fn rows_of<T: Float>(op: &'static str, x: &Tensor<T>) -> Result<(usize, usize)> {
+    match x.dims() {
+        [.., d] if *d > 0 => Ok((x.numel() / d, *d)),
+        _ => Err(Error::shape(op, "x", "[..., d] with d >= 1", x.dims())),
     }
 }
 

@@ -4,6 +4,7 @@ use ssm_kernels::conv1d as k;
 use ssm_kernels::elementwise::copy_strided;
 
 mod cpu;
+pub mod reference;
 
 use super::{dptr, gpu_of, same_dims};
 use crate::error::{Error, Result};

@@ -3,6 +3,7 @@
 use ssm_kernels::{elementwise as k, reduce};
 
 pub(crate) mod cpu;
+pub mod reference;
 
 use super::{dptr, gpu_of, rows_cols, same_dims, with_last};
 use crate::backend::cuda::Gemm;

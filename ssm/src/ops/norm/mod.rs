@@ -4,6 +4,7 @@
 use ssm_kernels::rmsnorm as k;
 
 mod cpu;
+pub mod reference;
 
 use super::{dptr, gpu_of, rows_cols, same_dims};
 use crate::error::Result;

@@ -14,12 +14,13 @@
 
 mod cpu;
 mod cuda;
+pub mod reference;
 
 use super::gpu_of;
-pub use super::reference::{selective_scan_ref, selective_scan_ref_bwd};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 use cpu::{ScanArgs, ScanDims, ScanGradsMut};
+pub use reference::{selective_scan_ref, selective_scan_ref_bwd};
 
 /// The inputs of one scan; optional parts are `None`.
 #[derive(Clone, Copy)]
