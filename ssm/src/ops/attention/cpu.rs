@@ -25,6 +25,7 @@ use std::ops::Range;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
+use ssm_kernels::attention::AttnDims;
 
 use crate::backend::cpu::{SharedMut, threads};
 use crate::float::Float;
@@ -38,10 +39,6 @@ use crate::float::Float;
 pub const BLOCK_Q: usize = 64;
 /// Key rows per tile.
 pub const BLOCK_K: usize = 64;
-
-/// Sizes: batch, query length, key length (>= lq), query heads, kv heads (dividing h), head dim;
-/// declared once, with the kernels.
-pub use ssm_kernels::attention::AttnDims;
 
 /// Inputs as host slices; layouts as in the module doc.
 #[derive(Clone, Copy)]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ssm_kernels::attention as k;
+use ssm_kernels::attention::{self as k, AttnDims};
 
 use super::{AttentionGrads, AttentionOutput};
 use crate::backend::cuda::Gpu;
@@ -17,7 +17,7 @@ pub fn fwd<T: Float>(
     q: &Tensor<T>,
     kt: &Tensor<T>,
     v: &Tensor<T>,
-    dims: k::AttnDims,
+    dims: AttnDims,
     out: &mut AttentionOutput<T>,
 ) -> Result<()> {
     g.launch(&k::attention_fwd(
@@ -38,7 +38,7 @@ pub fn bwd<T: Float>(
     q: &Tensor<T>,
     kt: &Tensor<T>,
     v: &Tensor<T>,
-    dims: k::AttnDims,
+    dims: AttnDims,
     out: &AttentionOutput<T>,
     d_o: &Tensor<T>,
     grads: &mut AttentionGrads<T>,

@@ -15,8 +15,9 @@ pub mod reference;
 use super::gpu_of;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
-use cpu::{AttnArgs, AttnDims, AttnGradsMut};
+use cpu::{AttnArgs, AttnGradsMut};
 pub use reference::{attention_ref, attention_ref_bwd};
+use ssm_kernels::attention::AttnDims;
 
 /// The softmax scale of "Attention is all you need", 1/sqrt(hd): the default.
 pub fn default_scale(hd: usize) -> f64 {

@@ -7,7 +7,7 @@ pub mod reference;
 use super::{gpu_of, same_dims};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
-use cpu::ConvDims;
+use ssm_kernels::conv1d::ConvDims;
 
 fn check<T: Float>(
     op: &'static str,

@@ -8,6 +8,7 @@
 //! in L2) and runs the reverse recurrence for ∂L/∂h. Saved memory is (b, l / CHUNK, n, d).
 
 use rayon::prelude::*;
+use ssm_kernels::scan::ScanDims;
 
 use crate::backend::cpu::{SharedMut, multiversion, reduce_parts_into, split, threads};
 use crate::float::Float;
@@ -17,11 +18,8 @@ pub const TILE: usize = 32;
 /// Steps between saved states.
 pub const CHUNK: usize = 64;
 
-/// Sizes: batch, length, channels, state size, groups of channels sharing B and C; declared once,
-/// with the kernels (whose `chunks()` counts their own chunks, not these).
-pub use ssm_kernels::scan::ScanDims;
-
-/// Saved states per sequence on the CPU, one per [`CHUNK`] steps: (b, chunks, n, d).
+/// Saved states per sequence on the CPU, one per [`CHUNK`] steps: (b, chunks, n, d). Not
+/// `ScanDims::chunks`, which counts the kernels' chunks.
 pub fn chunks(dims: ScanDims) -> usize {
     dims.l.div_ceil(CHUNK)
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ssm_kernels::scan as k;
+use ssm_kernels::scan::{self as k, ScanDims};
 
 use super::{ScanGrads, ScanInputs, ScanOutput};
 use crate::backend::cuda::Gpu;
@@ -34,7 +34,7 @@ fn inputs<T: Float>(inp: &ScanInputs<T>) -> Result<k::ScanInputs> {
 pub fn fwd<T: Float>(
     g: &Arc<Gpu>,
     inp: &ScanInputs<T>,
-    dims: k::ScanDims,
+    dims: ScanDims,
     out: &mut ScanOutput<T>,
     save_for_backward: bool,
 ) -> Result<()> {
@@ -71,7 +71,7 @@ pub fn fwd<T: Float>(
 pub fn bwd<T: Float>(
     g: &Arc<Gpu>,
     inp: &ScanInputs<T>,
-    dims: k::ScanDims,
+    dims: ScanDims,
     chunk_states: &Tensor<T>,
     dy: &Tensor<T>,
     dlast: Option<&Tensor<T>>,

@@ -19,8 +19,9 @@ pub mod reference;
 use super::gpu_of;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
-use cpu::{ScanArgs, ScanDims, ScanGradsMut};
+use cpu::{ScanArgs, ScanGradsMut};
 pub use reference::{selective_scan_ref, selective_scan_ref_bwd};
+use ssm_kernels::scan::ScanDims;
 
 /// The inputs of one scan; optional parts are `None`.
 #[derive(Clone, Copy)]
