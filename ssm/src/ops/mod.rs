@@ -28,11 +28,26 @@ pub mod scan;
 
 use std::sync::Arc;
 
-use ssm_kernels::DevicePtr;
+use ssm_kernels::{DevicePtr, GradBuffer};
 
 use crate::backend::cuda::Gpu;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
+
+/// Tensors are the handles of the op-level gradient structs (`ScanGrads`, `AttentionGrads`, the
+/// kernels' generic ones over tensors): this gives them `zeros_like`, zeros shaped like the inputs
+/// and on their device, and `zero_`.
+impl<T: Float> GradBuffer for Tensor<T> {
+    type Error = Error;
+
+    fn zeros_like(&self) -> Result<Self> {
+        Tensor::zeros(self.shape().clone(), self.device())
+    }
+
+    fn zero_(&mut self) -> Result<()> {
+        Tensor::zero_(self)
+    }
+}
 
 /// The GPU that runs `op` when `x` lives on a CUDA device (`None` on the CPU), after checking that
 /// every tensor in `others` lives on the same device as `x`.

@@ -25,7 +25,7 @@ use std::ops::Range;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
-use ssm_kernels::attention::AttnDims;
+use ssm_kernels::attention::{AttnDims, AttnGradsOf};
 
 use crate::backend::cpu::{SharedMut, threads};
 use crate::float::Float;
@@ -308,11 +308,7 @@ impl<T: Float> BwdScratch<T> {
 }
 
 /// Gradient outputs, accumulated into: dq (b, lq, h, hd), dk and dv (b, lk, hkv, hd).
-pub struct AttnGradsMut<'a, T> {
-    pub dq: &'a mut [T],
-    pub dk: &'a mut [T],
-    pub dv: &'a mut [T],
-}
+pub type AttnGradsMut<'a, T> = AttnGradsOf<&'a mut [T]>;
 
 /// Backward: accumulates dq, dk, dv from dO (b, lq, h, hd), given the forward's o and lse.
 pub fn attention_bwd<T: Float>(a: &AttnArgs<T>, o: &[T], lse: &[T], d_o: &[T], g: AttnGradsMut<T>) {

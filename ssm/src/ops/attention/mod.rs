@@ -15,9 +15,9 @@ pub mod reference;
 use super::gpu_of;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
-use cpu::{AttnArgs, AttnGradsMut};
+use cpu::AttnArgs;
 pub use reference::{attention_ref, attention_ref_bwd};
-use ssm_kernels::attention::AttnDims;
+use ssm_kernels::attention::{AttnDims, AttnGradsOf};
 
 /// The softmax scale of "Attention is all you need", 1/sqrt(hd): the default.
 pub fn default_scale(hd: usize) -> f64 {
@@ -40,25 +40,9 @@ impl<T: Float> AttentionOutput<T> {
     }
 }
 
-/// Gradients of q, k and v, accumulated into.
-#[derive(Clone, Debug)]
-pub struct AttentionGrads<T: Float> {
-    pub dq: Tensor<T>,
-    pub dk: Tensor<T>,
-    pub dv: Tensor<T>,
-}
-
-impl<T: Float> AttentionGrads<T> {
-    /// Zero gradients shaped like q, k and v and on their device.
-    pub fn zeros_like(q: &Tensor<T>, k: &Tensor<T>, v: &Tensor<T>) -> Result<Self> {
-        let z = |t: &Tensor<T>| Tensor::zeros(t.shape().clone(), t.device());
-        Ok(AttentionGrads {
-            dq: z(q)?,
-            dk: z(k)?,
-            dv: z(v)?,
-        })
-    }
-}
+/// Gradients of q, k and v, accumulated into. The field list is the kernels' [`AttnGradsOf`],
+/// which also gives `zeros_like(q, k, v)`.
+pub type AttentionGrads<T> = AttnGradsOf<Tensor<T>>;
 
 /// Checks the shapes of q, k, v and returns the sizes.
 fn check<T: Float>(
@@ -179,11 +163,7 @@ pub fn attention_bwd<T: Float>(
     if let Some(g) = gpu_of(OP, q, &others)? {
         return cuda::bwd(&g, q, k, v, dims, out, d_o, grads);
     }
-    let g = AttnGradsMut {
-        dq: grads.dq.host_mut()?,
-        dk: grads.dk.host_mut()?,
-        dv: grads.dv.host_mut()?,
-    };
+    let g = grads.each_mut().try_map(Tensor::host_mut)?;
     cpu::attention_bwd(
         &args(q, k, v, dims, out.scale)?,
         out.o.host()?,

@@ -19,96 +19,57 @@ pub mod reference;
 use super::gpu_of;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
-use cpu::{ScanArgs, ScanGradsMut};
 pub use reference::{selective_scan_ref, selective_scan_ref_bwd};
-use ssm_kernels::scan::ScanDims;
+use ssm_kernels::scan::{ScanDims, ScanGradsOf, ScanInputsOf};
 
-/// The inputs of one scan; optional parts are `None`.
-#[derive(Clone, Copy)]
-pub struct ScanInputs<'a, T: Float> {
-    pub u: &'a Tensor<T>,
-    pub delta: &'a Tensor<T>,
-    pub a: &'a Tensor<T>,
-    pub b: &'a Tensor<T>,
-    pub c: &'a Tensor<T>,
-    pub d_skip: Option<&'a Tensor<T>>,
-    pub z: Option<&'a Tensor<T>>,
-    pub delta_bias: Option<&'a Tensor<T>>,
-    pub delta_softplus: bool,
-    pub h0: Option<&'a Tensor<T>>,
-}
+/// The inputs of one scan, as tensors; optional parts are `None`. The field list is the kernels'
+/// [`ScanInputsOf`], shared with the CPU kernels and the launches.
+pub type ScanInputs<'a, T> = ScanInputsOf<&'a Tensor<T>>;
 
 const OP: &str = "selective_scan";
 
-impl<'a, T: Float> ScanInputs<'a, T> {
-    /// Checks every shape and returns the sizes.
-    pub fn dims(&self) -> Result<ScanDims> {
-        let [b, l, d] = *self.u.dims() else {
-            return Err(Error::shape(OP, "u", "[b, l, d]", self.u.dims()));
-        };
-        let [_, n] = *self.a.dims() else {
-            return Err(Error::shape(OP, "A", format!("[{d}, n]"), self.a.dims()));
-        };
-        self.a.expect_dims(OP, "A", &[d, n])?;
-        let g = match *self.b.dims() {
-            [bb, lb, g, nb] if bb == b && lb == l && nb == n && g > 0 && d % g == 0 => g,
-            _ => {
-                return Err(Error::shape(
-                    OP,
-                    "B",
-                    format!("[{b}, {l}, g, {n}] with g dividing {d}"),
-                    self.b.dims(),
-                ));
-            }
-        };
-        if l == 0 || b == 0 || d == 0 || n == 0 {
+/// Checks every shape of a scan's inputs and returns the sizes.
+pub fn scan_dims<T: Float>(inp: &ScanInputs<T>) -> Result<ScanDims> {
+    let [b, l, d] = *inp.u.dims() else {
+        return Err(Error::shape(OP, "u", "[b, l, d]", inp.u.dims()));
+    };
+    let [_, n] = *inp.a.dims() else {
+        return Err(Error::shape(OP, "A", format!("[{d}, n]"), inp.a.dims()));
+    };
+    inp.a.expect_dims(OP, "A", &[d, n])?;
+    let g = match *inp.b.dims() {
+        [bb, lb, g, nb] if bb == b && lb == l && nb == n && g > 0 && d % g == 0 => g,
+        _ => {
             return Err(Error::shape(
                 OP,
-                "u and A",
-                "b, l, d, n >= 1",
-                &[b, l, d, n],
+                "B",
+                format!("[{b}, {l}, g, {n}] with g dividing {d}"),
+                inp.b.dims(),
             ));
         }
-        self.delta.expect_dims(OP, "delta", &[b, l, d])?;
-        self.c.expect_dims(OP, "C", &[b, l, g, n])?;
-        for (what, t) in [("D", self.d_skip), ("delta_bias", self.delta_bias)] {
-            if let Some(t) = t {
-                t.expect_dims(OP, what, &[d])?;
-            }
-        }
-        if let Some(z) = self.z {
-            z.expect_dims(OP, "z", &[b, l, d])?;
-        }
-        if let Some(h0) = self.h0 {
-            h0.expect_dims(OP, "initial state", &[b, d, n])?;
-        }
-        Ok(ScanDims { b, l, d, n, g })
+    };
+    if l == 0 || b == 0 || d == 0 || n == 0 {
+        return Err(Error::shape(
+            OP,
+            "u and A",
+            "b, l, d, n >= 1",
+            &[b, l, d, n],
+        ));
     }
-
-    /// Every input tensor present, for device checks.
-    fn all(&self) -> Vec<&'a Tensor<T>> {
-        let opts = [self.d_skip, self.z, self.delta_bias, self.h0];
-        [self.u, self.delta, self.a, self.b, self.c]
-            .into_iter()
-            .chain(opts.into_iter().flatten())
-            .collect()
+    inp.delta.expect_dims(OP, "delta", &[b, l, d])?;
+    inp.c.expect_dims(OP, "C", &[b, l, g, n])?;
+    for (what, t) in [("D", inp.d_skip), ("delta_bias", inp.delta_bias)] {
+        if let Some(t) = t {
+            t.expect_dims(OP, what, &[d])?;
+        }
     }
-
-    fn args(&self) -> Result<ScanArgs<'a, T>> {
-        let opt = |t: Option<&'a Tensor<T>>| t.map(|t| t.host()).transpose();
-        Ok(ScanArgs {
-            u: self.u.host()?,
-            delta: self.delta.host()?,
-            a: self.a.host()?,
-            b: self.b.host()?,
-            c: self.c.host()?,
-            d_skip: opt(self.d_skip)?,
-            z: opt(self.z)?,
-            delta_bias: opt(self.delta_bias)?,
-            delta_softplus: self.delta_softplus,
-            h0: opt(self.h0)?,
-        })
+    if let Some(z) = inp.z {
+        z.expect_dims(OP, "z", &[b, l, d])?;
     }
+    if let Some(h0) = inp.h0 {
+        h0.expect_dims(OP, "initial state", &[b, d, n])?;
+    }
+    Ok(ScanDims { b, l, d, n, g })
 }
 
 /// What a forward produces: y (b, l, d), the last state (b, d, n) and, when asked for, the states
@@ -136,75 +97,9 @@ pub enum ChunkLayout {
     Cuda,
 }
 
-/// Gradients of every input, accumulated into; options follow the inputs.
-#[derive(Clone, Debug)]
-pub struct ScanGrads<T: Float> {
-    pub du: Tensor<T>,
-    pub ddelta: Tensor<T>,
-    pub da: Tensor<T>,
-    pub db: Tensor<T>,
-    pub dc: Tensor<T>,
-    pub dd_skip: Option<Tensor<T>>,
-    pub dz: Option<Tensor<T>>,
-    pub ddelta_bias: Option<Tensor<T>>,
-    pub dh0: Option<Tensor<T>>,
-}
-
-impl<T: Float> ScanGrads<T> {
-    /// Zero gradients shaped like the inputs and on their device, with an option present where
-    /// its input is.
-    pub fn zeros_like(inp: &ScanInputs<T>) -> Result<Self> {
-        let z = |t: &Tensor<T>| Tensor::zeros(t.shape().clone(), t.device());
-        let opt = |t: Option<&Tensor<T>>| t.map(z).transpose();
-        Ok(ScanGrads {
-            du: z(inp.u)?,
-            ddelta: z(inp.delta)?,
-            da: z(inp.a)?,
-            db: z(inp.b)?,
-            dc: z(inp.c)?,
-            dd_skip: opt(inp.d_skip)?,
-            dz: opt(inp.z)?,
-            ddelta_bias: opt(inp.delta_bias)?,
-            dh0: opt(inp.h0)?,
-        })
-    }
-}
-
-impl<T: Float> ScanGrads<T> {
-    /// Sets every gradient to zero, keeping the buffers.
-    pub fn zero_(&mut self) -> Result<()> {
-        for t in [
-            &mut self.du,
-            &mut self.ddelta,
-            &mut self.da,
-            &mut self.db,
-            &mut self.dc,
-        ] {
-            t.zero_()?;
-        }
-        for t in [
-            &mut self.dd_skip,
-            &mut self.dz,
-            &mut self.ddelta_bias,
-            &mut self.dh0,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            t.zero_()?;
-        }
-        Ok(())
-    }
-
-    /// Every gradient buffer present, for device checks.
-    fn all(&self) -> Vec<&Tensor<T>> {
-        let opts = [&self.dd_skip, &self.dz, &self.ddelta_bias, &self.dh0];
-        [&self.du, &self.ddelta, &self.da, &self.db, &self.dc]
-            .into_iter()
-            .chain(opts.into_iter().flatten())
-            .collect()
-    }
-}
+/// Gradients of every input, accumulated into; options follow the inputs. The field list is the
+/// kernels' [`ScanGradsOf`], which also gives `zeros_like(&inputs)` and `zero_()`.
+pub type ScanGrads<T> = ScanGradsOf<Tensor<T>>;
 
 /// Runs the scan; with `save_for_backward` the chunk-start states are kept in `out`.
 pub fn selective_scan_fwd<T: Float>(
@@ -212,20 +107,20 @@ pub fn selective_scan_fwd<T: Float>(
     out: &mut ScanOutput<T>,
     save_for_backward: bool,
 ) -> Result<()> {
-    let dims = inp.dims()?;
+    let dims = scan_dims(inp)?;
     let device = inp.u.device();
     out.y.reset_output([dims.b, dims.l, dims.d], device)?;
     out.last_state
         .reset_output([dims.b, dims.d, dims.n], device)?;
     out.chunk_layout = ChunkLayout::None;
-    if let Some(g) = gpu_of(OP, inp.u, &inp.all())? {
+    if let Some(g) = gpu_of(OP, inp.u, &inp.present())? {
         cuda::fwd(&g, inp, dims, out, save_for_backward)?;
         if save_for_backward {
             out.chunk_layout = ChunkLayout::Cuda;
         }
         return Ok(());
     }
-    let args = inp.args()?;
+    let args = inp.try_map(Tensor::host)?;
     let saved = if save_for_backward {
         out.chunk_states
             .reset_output([dims.b, cpu::chunks(dims), dims.n, dims.d], device)?;
@@ -256,16 +151,16 @@ pub fn selective_scan_bwd<T: Float>(
     grads: &mut ScanGrads<T>,
 ) -> Result<()> {
     const BWD: &str = "selective_scan_bwd";
-    let dims = inp.dims()?;
+    let dims = scan_dims(inp)?;
     dy.expect_dims(BWD, "dy", &[dims.b, dims.l, dims.d])?;
     if let Some(dl) = dlast {
         dl.expect_dims(BWD, "dlast", &[dims.b, dims.d, dims.n])?;
     }
     check_grads(inp, grads)?;
-    let mut others = inp.all();
+    let mut others = inp.present();
     others.extend([&out.chunk_states, dy]);
     others.extend(dlast);
-    others.extend(grads.all());
+    others.extend(grads.each_ref().present());
     let gpu = gpu_of(BWD, inp.u, &others)?;
     let want = match gpu {
         Some(_) => ChunkLayout::Cuda,
@@ -282,30 +177,16 @@ pub fn selective_scan_bwd<T: Float>(
     if let Some(g) = gpu {
         return cuda::bwd(&g, inp, dims, &out.chunk_states, dy, dlast, grads);
     }
-    let args = inp.args()?;
+    let args = inp.try_map(Tensor::host)?;
     out.chunk_states.expect_dims(
         BWD,
         "saved chunk states",
         &[dims.b, cpu::chunks(dims), dims.n, dims.d],
     )?;
-    let g = ScanGradsMut {
-        du: grads.du.host_mut()?,
-        ddelta: grads.ddelta.host_mut()?,
-        da: grads.da.host_mut()?,
-        db: grads.db.host_mut()?,
-        dc: grads.dc.host_mut()?,
-        dd_skip: opt_host_mut(&mut grads.dd_skip)?,
-        dz: opt_host_mut(&mut grads.dz)?,
-        ddelta_bias: opt_host_mut(&mut grads.ddelta_bias)?,
-        dh0: opt_host_mut(&mut grads.dh0)?,
-    };
+    let g = grads.each_mut().try_map(Tensor::host_mut)?;
     let dlast = dlast.map(|t| t.host()).transpose()?;
     cpu::scan_bwd(&args, dims, out.chunk_states.host()?, dy.host()?, dlast, g);
     Ok(())
-}
-
-fn opt_host_mut<T: Float>(t: &mut Option<Tensor<T>>) -> Result<Option<&mut [T]>> {
-    t.as_mut().map(|t| t.host_mut()).transpose()
 }
 
 fn check_grads<T: Float>(inp: &ScanInputs<T>, g: &ScanGrads<T>) -> Result<()> {

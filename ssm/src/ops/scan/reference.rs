@@ -2,8 +2,10 @@
 //! every state kept, its own softplus and SiLU, library `exp` and `ln_1p` (see `crate::ops` for
 //! what every reference promises).
 
-use super::{ScanGrads, ScanInputs};
-use crate::error::Result;
+use ssm_kernels::scan::ScanInputsOf;
+
+use super::{ScanGrads, ScanInputs, scan_dims};
+use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
 fn sigmoid<T: Float>(x: T) -> T {
@@ -36,40 +38,13 @@ fn softplus_grad<T: Float>(x: T) -> T {
 }
 
 /// The values of a scan's inputs, copied to the host.
-struct Host<T> {
-    u: Vec<T>,
-    delta: Vec<T>,
-    a: Vec<T>,
-    b: Vec<T>,
-    c: Vec<T>,
-    d_skip: Option<Vec<T>>,
-    z: Option<Vec<T>>,
-    delta_bias: Option<Vec<T>>,
-    delta_softplus: bool,
-    h0: Option<Vec<T>>,
-}
-
-fn host<T: Float>(inp: &ScanInputs<T>) -> Result<Host<T>> {
-    let opt = |t: Option<&Tensor<T>>| t.map(|t| t.to_host_vec()).transpose();
-    Ok(Host {
-        u: inp.u.to_host_vec()?,
-        delta: inp.delta.to_host_vec()?,
-        a: inp.a.to_host_vec()?,
-        b: inp.b.to_host_vec()?,
-        c: inp.c.to_host_vec()?,
-        d_skip: opt(inp.d_skip)?,
-        z: opt(inp.z)?,
-        delta_bias: opt(inp.delta_bias)?,
-        delta_softplus: inp.delta_softplus,
-        h0: opt(inp.h0)?,
-    })
-}
+type Host<T> = ScanInputsOf<Vec<T>>;
 
 /// The plain sequential reference: one channel at a time, every state kept, library `exp`.
 /// Returns y (b, l, d) and the last state (b, d, n).
 pub fn selective_scan_ref<T: Float>(inp: &ScanInputs<T>) -> Result<(Tensor<T>, Tensor<T>)> {
-    let dims = inp.dims()?;
-    let v = host(inp)?;
+    let dims = scan_dims(inp)?;
+    let v = inp.try_map(Tensor::to_host_vec)?;
     let (b, l, d, n, g) = (dims.b, dims.l, dims.d, dims.n, dims.g);
     let mut y = vec![T::zero(); b * l * d];
     let mut last = vec![T::zero(); b * d * n];
@@ -114,24 +89,14 @@ pub fn selective_scan_ref_bwd<T: Float>(
     dy: &Tensor<T>,
     dlast: Option<&Tensor<T>>,
 ) -> Result<ScanGrads<T>> {
-    let dims = inp.dims()?;
-    let v = host(inp)?;
+    let dims = scan_dims(inp)?;
+    let v = inp.try_map(Tensor::to_host_vec)?;
     let (b, l, d, n, g) = (dims.b, dims.l, dims.d, dims.n, dims.g);
     dy.expect_dims("selective_scan_ref_bwd", "dy", &[b, l, d])?;
     let dy = dy.to_host_vec()?;
     let dlast = dlast.map(|t| t.to_host_vec()).transpose()?;
-    let z = |t: &Tensor<T>| Tensor::zeros_cpu(t.shape().clone());
-    let mut gr = ScanGrads {
-        du: z(inp.u),
-        ddelta: z(inp.delta),
-        da: z(inp.a),
-        db: z(inp.b),
-        dc: z(inp.c),
-        dd_skip: inp.d_skip.map(z),
-        dz: inp.z.map(z),
-        ddelta_bias: inp.delta_bias.map(z),
-        dh0: inp.h0.map(z),
-    };
+    let zeros = |t: &Tensor<T>| Ok::<_, Error>(Tensor::zeros_cpu(t.shape().clone()));
+    let mut gr = ScanGrads::try_like(*inp, zeros)?;
     let mut hs = vec![T::zero(); (l + 1) * n];
     for bi in 0..b {
         for ch in 0..d {
