@@ -1,6 +1,7 @@
 //! The CUDA backend: one [`Gpu`] per device with a stream, a lazily filled module cache, cuBLAS and
 //! a caching allocator; tensors on it hold a [`GpuBuffer`]. The kernels are those of
-//! `ssm-kernels` (cu/*.cu), planned by its launch builders.
+//! `ssm-kernels` (cu/*.cu), planned by its launch builders; each op maps its tensors to them in
+//! `crate::ops::<family>::cuda`.
 //!
 //! Two engines run the same launches:
 //! - [`Device::Cuda`]: the NVIDIA driver through cudarc (driver.rs). Kernels are compiled on first
