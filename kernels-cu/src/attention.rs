@@ -3,7 +3,7 @@
 //! with lk >= lq, query i at position i + lk - lq; lse (b, h, lq).
 
 use crate::launch::{DevicePtr, KernelArgs, Launch, LaunchConfig, to_i32};
-use crate::{Error, Result};
+use crate::{Error, GradBuffer, Result};
 
 /// The largest head dimension the kernels take.
 pub const MAX_HEAD_DIM: usize = 128;
@@ -90,6 +90,62 @@ impl AttnDims {
     }
 }
 
+/// The gradients of q, k and v, added into, over handles `X`: tensors in `ssm::ops::attention`
+/// (its `AttentionGrads`), mutable host slices in its CPU kernels, device addresses here
+/// ([`AttnGrads`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttnGradsOf<X> {
+    pub dq: X,
+    pub dk: X,
+    pub dv: X,
+}
+
+/// Gradient buffers of the backward, as device addresses.
+pub type AttnGrads = AttnGradsOf<DevicePtr>;
+
+impl<X> AttnGradsOf<X> {
+    /// Every gradient through `f`, in field order, stopping at the first error.
+    pub fn try_map<Y, E>(
+        self,
+        mut f: impl FnMut(X) -> std::result::Result<Y, E>,
+    ) -> std::result::Result<AttnGradsOf<Y>, E> {
+        Ok(AttnGradsOf {
+            dq: f(self.dq)?,
+            dk: f(self.dk)?,
+            dv: f(self.dv)?,
+        })
+    }
+
+    /// References to every gradient, for a [`try_map`](Self::try_map) that reads them.
+    pub fn each_ref(&self) -> AttnGradsOf<&X> {
+        AttnGradsOf {
+            dq: &self.dq,
+            dk: &self.dk,
+            dv: &self.dv,
+        }
+    }
+
+    /// Mutable references to every gradient, for a [`try_map`](Self::try_map) that writes them.
+    pub fn each_mut(&mut self) -> AttnGradsOf<&mut X> {
+        AttnGradsOf {
+            dq: &mut self.dq,
+            dk: &mut self.dk,
+            dv: &mut self.dv,
+        }
+    }
+}
+
+impl<X: GradBuffer> AttnGradsOf<X> {
+    /// Zero gradients shaped like q, k and v and on their device.
+    pub fn zeros_like(q: &X, k: &X, v: &X) -> std::result::Result<Self, X::Error> {
+        Ok(AttnGradsOf {
+            dq: q.zeros_like()?,
+            dk: k.zeros_like()?,
+            dv: v.zeros_like()?,
+        })
+    }
+}
+
 fn rows_grid(rows: usize, heads: usize, b: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows.div_ceil(ROWS) as u32, heads as u32, b as u32),
@@ -141,7 +197,7 @@ fn fwd_launch(
     })
 }
 
-/// Accumulates dq, dk, dv from dout, given the forward's o and lse; `workspace` holds
+/// Accumulates `grads` from dout, given the forward's o and lse; `workspace` holds
 /// `dims.bwd_workspace_len()` floats. Three launches: D, then dk/dv per key block, then dq per
 /// query block.
 #[allow(clippy::too_many_arguments)]
@@ -152,9 +208,7 @@ pub fn attention_bwd(
     o: DevicePtr,
     lse: DevicePtr,
     dout: DevicePtr,
-    dq: DevicePtr,
-    dk: DevicePtr,
-    dv: DevicePtr,
+    grads: &AttnGrads,
     workspace: DevicePtr,
     dims: AttnDims,
     scale: f32,
@@ -198,12 +252,12 @@ pub fn attention_bwd(
     let dkdv = Launch {
         kernel: "attention_bwd_dkdv_f32",
         config: rows_grid(lk, hkv, b),
-        args: dims.push(common().ptr(dk).ptr(dv), scale),
+        args: dims.push(common().ptr(grads.dk).ptr(grads.dv), scale),
     };
     let dq = Launch {
         kernel: "attention_bwd_dq_f32",
         config: rows_grid(lq, h, b),
-        args: dims.push(common().ptr(dq), scale),
+        args: dims.push(common().ptr(grads.dq), scale),
     };
     Ok(vec![prep, dkdv, dq])
 }

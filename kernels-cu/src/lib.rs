@@ -5,6 +5,9 @@
 //!   [`NVRTC_OPTIONS`] plus the device's architecture.
 //! - One module per kernel family builds the [`Launch`]es of an op (geometry and packed
 //!   arguments) from device addresses and sizes; the CUDA backend and the emulation share them.
+//!   The dims types of the families and the argument structs of the scan and of attention's
+//!   gradients are declared here once, generic over the handle where `ssm`'s tensors and CPU
+//!   kernels use the same list.
 //! - [`emu`]: runs a [`Launch`] on the CPU (docs/ARCHITECTURE.md §4, level 1).
 //!
 //! Every kernel uses the token-major layouts of the `ssm` ops, so a CUDA backend implements the
@@ -61,6 +64,17 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// What the gradient structs of an op (`scan::ScanGradsOf`, `attention::AttnGradsOf`) need of
+/// their handle to be made and cleared whole: `ssm`'s tensors implement it, so that its op-level
+/// gradients have `zeros_like` and `zero_`.
+pub trait GradBuffer: Sized {
+    type Error;
+    /// A buffer of zeros shaped like `self`, on its device.
+    fn zeros_like(&self) -> std::result::Result<Self, Self::Error>;
+    /// Sets every value to zero, keeping the buffer.
+    fn zero_(&mut self) -> std::result::Result<(), Self::Error>;
+}
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@
 
 use crate::launch::{DevicePtr, KernelArgs, Launch, LaunchConfig, grid_1d, to_i32};
 use crate::reduce::sum_rows_into;
-use crate::{Error, Result};
+use crate::{Error, GradBuffer, Result};
 
 /// Steps per chunk: the granularity of the states saved for the backward.
 pub const CHUNK: usize = 256;
@@ -202,19 +202,55 @@ impl ScanSplit {
     };
 }
 
-/// Device addresses of the scan inputs.
+/// The inputs of one scan, over handles `X`: tensors in `ssm::ops::scan` (its `ScanInputs`), host
+/// slices in its CPU kernels, device addresses here ([`ScanInputs`]). Layouts as in the module
+/// doc; optional inputs are `None`.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ScanInputs {
-    pub u: DevicePtr,
-    pub delta: DevicePtr,
-    pub a: DevicePtr,
-    pub b: DevicePtr,
-    pub c: DevicePtr,
-    pub d_skip: Option<DevicePtr>,
-    pub z: Option<DevicePtr>,
-    pub delta_bias: Option<DevicePtr>,
+pub struct ScanInputsOf<X> {
+    pub u: X,
+    pub delta: X,
+    pub a: X,
+    pub b: X,
+    pub c: X,
+    pub d_skip: Option<X>,
+    pub z: Option<X>,
+    pub delta_bias: Option<X>,
     pub delta_softplus: bool,
-    pub h0: Option<DevicePtr>,
+    pub h0: Option<X>,
+}
+
+/// Device addresses of the scan inputs.
+pub type ScanInputs = ScanInputsOf<DevicePtr>;
+
+impl<X> ScanInputsOf<X> {
+    /// Every input through `f` (a tensor to its host slice or device address, say), in field
+    /// order, stopping at the first error.
+    pub fn try_map<Y, E>(
+        self,
+        mut f: impl FnMut(X) -> std::result::Result<Y, E>,
+    ) -> std::result::Result<ScanInputsOf<Y>, E> {
+        Ok(ScanInputsOf {
+            u: f(self.u)?,
+            delta: f(self.delta)?,
+            a: f(self.a)?,
+            b: f(self.b)?,
+            c: f(self.c)?,
+            d_skip: self.d_skip.map(&mut f).transpose()?,
+            z: self.z.map(&mut f).transpose()?,
+            delta_bias: self.delta_bias.map(&mut f).transpose()?,
+            delta_softplus: self.delta_softplus,
+            h0: self.h0.map(&mut f).transpose()?,
+        })
+    }
+
+    /// Every input present: u, delta, A, B, C, then the optional ones given.
+    pub fn present(self) -> Vec<X> {
+        let opts = [self.d_skip, self.z, self.delta_bias, self.h0];
+        [self.u, self.delta, self.a, self.b, self.c]
+            .into_iter()
+            .chain(opts.into_iter().flatten())
+            .collect()
+    }
 }
 
 impl ScanInputs {
@@ -303,18 +339,114 @@ fn fwd_launch(
     })
 }
 
-/// Gradient buffers of the backward, added into; options follow the inputs.
+/// The gradients of a scan's inputs, added into, over handles `X`: tensors in `ssm::ops::scan`
+/// (its `ScanGrads`), mutable host slices in its CPU kernels, device addresses here
+/// ([`ScanGrads`]). Options follow the inputs.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ScanGrads {
-    pub du: DevicePtr,
-    pub ddelta: DevicePtr,
-    pub da: DevicePtr,
-    pub db: DevicePtr,
-    pub dc: DevicePtr,
-    pub dd_skip: Option<DevicePtr>,
-    pub dz: Option<DevicePtr>,
-    pub ddelta_bias: Option<DevicePtr>,
-    pub dh0: Option<DevicePtr>,
+pub struct ScanGradsOf<X> {
+    pub du: X,
+    pub ddelta: X,
+    pub da: X,
+    pub db: X,
+    pub dc: X,
+    pub dd_skip: Option<X>,
+    pub dz: Option<X>,
+    pub ddelta_bias: Option<X>,
+    pub dh0: Option<X>,
+}
+
+/// Gradient buffers of the backward, as device addresses.
+pub type ScanGrads = ScanGradsOf<DevicePtr>;
+
+impl<X> ScanGradsOf<X> {
+    /// One gradient per input of `inp`, from `f`: an option present where its input is.
+    pub fn try_like<Y, E>(
+        inp: ScanInputsOf<Y>,
+        f: impl FnMut(Y) -> std::result::Result<X, E>,
+    ) -> std::result::Result<Self, E> {
+        let g = inp.try_map(f)?;
+        Ok(ScanGradsOf {
+            du: g.u,
+            ddelta: g.delta,
+            da: g.a,
+            db: g.b,
+            dc: g.c,
+            dd_skip: g.d_skip,
+            dz: g.z,
+            ddelta_bias: g.delta_bias,
+            dh0: g.h0,
+        })
+    }
+
+    /// Every gradient through `f`, in field order, stopping at the first error.
+    pub fn try_map<Y, E>(
+        self,
+        mut f: impl FnMut(X) -> std::result::Result<Y, E>,
+    ) -> std::result::Result<ScanGradsOf<Y>, E> {
+        Ok(ScanGradsOf {
+            du: f(self.du)?,
+            ddelta: f(self.ddelta)?,
+            da: f(self.da)?,
+            db: f(self.db)?,
+            dc: f(self.dc)?,
+            dd_skip: self.dd_skip.map(&mut f).transpose()?,
+            dz: self.dz.map(&mut f).transpose()?,
+            ddelta_bias: self.ddelta_bias.map(&mut f).transpose()?,
+            dh0: self.dh0.map(&mut f).transpose()?,
+        })
+    }
+
+    /// References to every gradient, for a [`try_map`](Self::try_map) that reads them.
+    pub fn each_ref(&self) -> ScanGradsOf<&X> {
+        ScanGradsOf {
+            du: &self.du,
+            ddelta: &self.ddelta,
+            da: &self.da,
+            db: &self.db,
+            dc: &self.dc,
+            dd_skip: self.dd_skip.as_ref(),
+            dz: self.dz.as_ref(),
+            ddelta_bias: self.ddelta_bias.as_ref(),
+            dh0: self.dh0.as_ref(),
+        }
+    }
+
+    /// Mutable references to every gradient, for a [`try_map`](Self::try_map) that writes them.
+    pub fn each_mut(&mut self) -> ScanGradsOf<&mut X> {
+        ScanGradsOf {
+            du: &mut self.du,
+            ddelta: &mut self.ddelta,
+            da: &mut self.da,
+            db: &mut self.db,
+            dc: &mut self.dc,
+            dd_skip: self.dd_skip.as_mut(),
+            dz: self.dz.as_mut(),
+            ddelta_bias: self.ddelta_bias.as_mut(),
+            dh0: self.dh0.as_mut(),
+        }
+    }
+
+    /// Every gradient present: du, ddelta, dA, dB, dC, then the optional ones given.
+    pub fn present(self) -> Vec<X> {
+        let opts = [self.dd_skip, self.dz, self.ddelta_bias, self.dh0];
+        [self.du, self.ddelta, self.da, self.db, self.dc]
+            .into_iter()
+            .chain(opts.into_iter().flatten())
+            .collect()
+    }
+}
+
+impl<X: GradBuffer> ScanGradsOf<X> {
+    /// Zero gradients shaped like the inputs and on their device, with an option present where
+    /// its input is.
+    pub fn zeros_like(inp: &ScanInputsOf<&X>) -> std::result::Result<Self, X::Error> {
+        Self::try_like(*inp, X::zeros_like)
+    }
+
+    /// Sets every gradient to zero, keeping the buffers.
+    pub fn zero_(&mut self) -> std::result::Result<(), X::Error> {
+        self.each_mut().present().into_iter().try_for_each(X::zero_)
+    }
 }
 
 /// The backward launches: the scan (the map pass, the reverse chain and the full pass when split),

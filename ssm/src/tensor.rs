@@ -5,60 +5,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+pub use crate::backend::Device;
 use crate::backend::cuda::{Gpu, GpuBuffer};
 use crate::error::{Error, Result};
 pub use crate::float::Float;
-
-/// Where a tensor's storage lives.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Device {
-    #[default]
-    Cpu,
-    /// An NVIDIA GPU by ordinal.
-    Cuda(usize),
-    /// The CUDA backend with its kernels run by the CPU emulation of `ssm-kernels`: the GPU code
-    /// path on a machine without a GPU, slowly (for tests and for debugging kernels).
-    CudaEmu,
-}
-
-impl Device {
-    /// Whether tensors on this device use the CUDA backend.
-    pub fn is_cuda(&self) -> bool {
-        !matches!(self, Device::Cpu)
-    }
-}
-
-impl fmt::Display for Device {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Device::Cpu => write!(f, "cpu"),
-            Device::Cuda(i) => write!(f, "cuda:{i}"),
-            Device::CudaEmu => write!(f, "cuda-emu"),
-        }
-    }
-}
-
-impl std::str::FromStr for Device {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            Error::config(
-                "device",
-                format!("expected `cpu`, `cuda`, `cuda:N` or `cuda-emu`, got `{s}`"),
-            )
-        };
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            "cuda-emu" => Ok(Device::CudaEmu),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(bad),
-        }
-    }
-}
 
 /// The dimensions of a tensor, outermost first.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]

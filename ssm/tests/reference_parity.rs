@@ -1,14 +1,13 @@
-//! RMSNorm, conv1d and linear against their plain references (`ssm::ops::reference`): outputs
-//! and every gradient, on the CPU in f64 and f32 and through the emulated CUDA launches in f32.
-//! The references' own backward passes are held to finite differences of their forwards.
+//! RMSNorm, conv1d and linear against their plain references (`ssm::ops::<family>::reference`):
+//! outputs and every gradient, on the CPU in f64 and f32 and through the emulated CUDA launches in
+//! f32. The references' own backward passes are held to finite differences of their forwards.
 
+use ssm::ops::conv1d::reference::{causal_conv1d_ref, causal_conv1d_ref_bwd};
 use ssm::ops::conv1d::{causal_conv1d_bwd, causal_conv1d_fwd};
+use ssm::ops::linear::reference::{linear_ref, linear_ref_bwd};
 use ssm::ops::linear::{linear_bwd, linear_fwd};
+use ssm::ops::norm::reference::{rmsnorm_ref, rmsnorm_ref_bwd};
 use ssm::ops::norm::{rmsnorm_bwd, rmsnorm_fwd};
-use ssm::ops::reference::{
-    causal_conv1d_ref, causal_conv1d_ref_bwd, linear_ref, linear_ref_bwd, rmsnorm_ref,
-    rmsnorm_ref_bwd,
-};
 use ssm::{Device, Float, Tensor};
 
 use crate::common::{assert_close, assert_grad, dot, numeric_grad, rng, uniform};

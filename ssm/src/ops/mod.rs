@@ -1,7 +1,16 @@
-//! Ops on tensors, one file per family. Each op validates shapes (errors name the op and the
-//! argument), then dispatches to the backend of its tensors' device. Forward and backward sit next
-//! to each other; every backward *adds* into its gradient outputs, so residual branches and tied
-//! weights need no special cases, and callers zero gradient buffers once per step.
+//! Ops on tensors, one folder per family: `mod.rs` is the public API (shapes, validation, the
+//! structs of inputs and gradients, dispatch on the tensors' device), `cpu.rs` the CPU kernels on
+//! host slices, `cuda.rs` the mapping of tensors to the launches of `ssm-kernels`, `reference.rs`
+//! the plain reference; a family has only the files it needs. Each op validates shapes (errors
+//! name the op and the argument), then dispatches to its tensors' device. Forward and backward sit
+//! next to each other; every backward *adds* into its gradient outputs, so residual branches and
+//! tied weights need no special cases, and callers zero gradient buffers once per step.
+//!
+//! The references (`<family>::reference`, `*_ref` and `*_ref_bwd`) are the textbook formula of
+//! each forward and its backward, written apart from the fast paths and importing nothing from
+//! them (library `exp` and `ln_1p` throughout). Parity tests hold the CPU kernels and the CUDA
+//! launches (emulated or real) to them. Each takes tensors on any device and returns new tensors
+//! on the CPU; gradients are returned fresh, not accumulated.
 //!
 //! Layout: activations are token-major, `(b, l, ...)`, so that a linear layer is one matrix
 //! product over all `b * l` tokens.
@@ -14,17 +23,31 @@ pub mod embedding;
 pub mod linear;
 pub mod loss;
 pub mod norm;
-pub mod reference;
 pub mod rope;
 pub mod scan;
 
 use std::sync::Arc;
 
-use ssm_kernels::DevicePtr;
+use ssm_kernels::{DevicePtr, GradBuffer};
 
 use crate::backend::cuda::Gpu;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
+
+/// Tensors are the handles of the op-level gradient structs (`ScanGrads`, `AttentionGrads`, the
+/// kernels' generic ones over tensors): this gives them `zeros_like`, zeros shaped like the inputs
+/// and on their device, and `zero_`.
+impl<T: Float> GradBuffer for Tensor<T> {
+    type Error = Error;
+
+    fn zeros_like(&self) -> Result<Self> {
+        Tensor::zeros(self.shape().clone(), self.device())
+    }
+
+    fn zero_(&mut self) -> Result<()> {
+        Tensor::zero_(self)
+    }
+}
 
 /// The GPU that runs `op` when `x` lives on a CUDA device (`None` on the CPU), after checking that
 /// every tensor in `others` lives on the same device as `x`.
@@ -57,6 +80,14 @@ pub(crate) fn rows_cols<T: Float>(
     match x.dims().split_last() {
         Some((&c, lead)) => Ok((lead.iter().product(), c)),
         None => Err(Error::shape(op, what, "rank >= 1", x.dims())),
+    }
+}
+
+/// The rows and width of x (..., d) with d >= 1, as the references check it.
+pub(crate) fn rows_of<T: Float>(op: &'static str, x: &Tensor<T>) -> Result<(usize, usize)> {
+    match x.dims() {
+        [.., d] if *d > 0 => Ok((x.numel() / d, *d)),
+        _ => Err(Error::shape(op, "x", "[..., d] with d >= 1", x.dims())),
     }
 }
 

@@ -1,18 +1,10 @@
-//! CPU kernels on plain slices, multi-threaded with rayon.
+//! What the CPU kernels of the op families (`crate::ops::<family>::cpu`) share: the split of work
+//! among the rayon threads, mutable row blocks and a shared output buffer for parallel tasks, the
+//! in-order sum of per-part partials, and `multiversion!`.
 //!
 //! Determinism: work is split into a fixed number of contiguous parts that depends only on the
 //! problem size and the thread count, and floating-point reductions across parts are summed in
 //! part order, so the same inputs and thread count give bit-identical results.
-
-pub mod attention;
-pub mod conv1d;
-pub mod elementwise;
-pub mod embedding;
-pub mod loss;
-pub mod matmul;
-pub mod rmsnorm;
-pub mod rope;
-pub mod scan;
 
 use std::ops::Range;
 
@@ -89,11 +81,7 @@ pub(crate) fn row_blocks_mut<'a, T>(
 }
 
 /// Sums per-part partial results `(parts, len)` in part order into `out` (accumulating).
-pub(crate) fn reduce_parts_into<T: crate::tensor::Float>(
-    partials: &[T],
-    len: usize,
-    out: &mut [T],
-) {
+pub(crate) fn reduce_parts_into<T: crate::float::Float>(partials: &[T], len: usize, out: &mut [T]) {
     for part in partials.chunks_exact(len) {
         for (o, p) in out.iter_mut().zip(part) {
             *o += *p;

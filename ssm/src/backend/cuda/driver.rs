@@ -12,8 +12,8 @@ use cudarc::nvrtc::sys as nvrtc;
 use ssm_kernels::{DevicePtr, HEADERS, Launch, NVRTC_OPTIONS, source_of};
 
 use super::gemm::ColumnMajorGemm;
+use crate::backend::Device;
 use crate::error::{Error, Result};
-use crate::tensor::Device;
 
 /// Compiled modules and their entry points, keyed by source and by kernel name. Module and
 /// function handles are plain pointers owned by the context, valid on any thread that binds it.

@@ -1,6 +1,7 @@
 //! The CUDA backend: one [`Gpu`] per device with a stream, a lazily filled module cache, cuBLAS and
 //! a caching allocator; tensors on it hold a [`GpuBuffer`]. The kernels are those of
-//! `ssm-kernels` (cu/*.cu), planned by its launch builders.
+//! `ssm-kernels` (cu/*.cu), planned by its launch builders; each op maps its tensors to them in
+//! `crate::ops::<family>::cuda`.
 //!
 //! Two engines run the same launches:
 //! - [`Device::Cuda`]: the NVIDIA driver through cudarc (driver.rs). Kernels are compiled on first
@@ -11,12 +12,10 @@
 //!   that every line above the driver calls (op dispatch, launch planning, the allocator, the
 //!   cuBLAS argument mapping) is tested on machines without a GPU.
 
-pub(crate) mod attention;
 mod driver;
 mod emulated;
 mod gemm;
 mod pool;
-pub(crate) mod scan;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,8 +24,8 @@ pub use driver::compile_cubin;
 pub(crate) use gemm::Gemm;
 use ssm_kernels::{DevicePtr, Launch};
 
+use super::Device;
 use crate::error::{Error, Result};
-use crate::tensor::Device;
 use pool::Pool;
 
 enum Engine {

@@ -7,11 +7,11 @@
 use rayon::prelude::*;
 
 use super::{MambaBlock, MambaMixer, MixerDims, MixerState, Selection};
-use crate::backend::cpu::elementwise::{silu, softplus};
-use crate::backend::cpu::matmul::linear_rows;
 use crate::backend::cpu::multiversion;
 use crate::error::{Error, Result};
 use crate::ops::activation::add_into;
+use crate::ops::activation::cpu::{silu, softplus};
+use crate::ops::linear::cpu::linear_rows;
 use crate::tensor::{Float, Tensor};
 
 /// Where Δ, B and C of one token come from, as host slices.

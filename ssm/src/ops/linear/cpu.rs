@@ -6,8 +6,8 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, s};
 use rayon::prelude::*;
 
-use super::{parts_for, row_blocks_mut, split};
-use crate::tensor::Float;
+use crate::backend::cpu::{parts_for, row_blocks_mut, split};
+use crate::float::Float;
 
 fn view<T>(data: &[T], rows: usize, cols: usize) -> ArrayView2<'_, T> {
     ArrayView2::from_shape((rows, cols), data).expect("matmul: caller checked the sizes")

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::tensor::Float;
+use crate::float::Float;
 
 const GRAIN: usize = 1 << 14;
 

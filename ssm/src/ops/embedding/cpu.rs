@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::tensor::Float;
+use crate::float::Float;
 
 /// out (m, d) = table[ids] with table (v, d); ids were checked to be below v.
 pub fn embedding_fwd<T: Float>(ids: &[u32], table: &[T], out: &mut [T], d: usize) {

@@ -1,13 +1,13 @@
 //! Softmax cross-entropy with integer targets, mean over the scored positions.
 
-use ssm_kernels::cross_entropy as k;
+mod cpu;
+mod cuda;
 
-use super::{dptr, gpu_of, rows_cols, same_dims};
-use crate::backend::cpu::loss;
+use super::{gpu_of, rows_cols, same_dims};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
-pub use loss::IGNORE_INDEX;
+pub use cpu::IGNORE_INDEX;
 
 fn check<T: Float>(
     op: &'static str,
@@ -47,22 +47,8 @@ pub fn cross_entropy_fwd<T: Float>(
     let (m, v) = check("cross_entropy_fwd", logits, targets)?;
     lse.reset_output([m], logits.device())?;
     let (sum, count) = match gpu_of("cross_entropy_fwd", logits, &[])? {
-        None => loss::cross_entropy_fwd(logits.host()?, targets, lse.host_mut()?, v),
-        Some(g) => {
-            // Per-row losses come back to the host and are summed in f64, as on the CPU.
-            let (targets_dev, rows) = (g.upload(targets)?, g.alloc(m)?);
-            let (lp, lsep) = (dptr(logits)?, dptr(lse)?);
-            g.launch(&k::cross_entropy_fwd(
-                lp,
-                targets_dev.ptr(),
-                lsep,
-                rows.ptr(),
-                m,
-                v,
-            )?)?;
-            let sum = rows.to_host()?.iter().map(|&x| x as f64).sum();
-            (sum, targets.iter().filter(|&&t| t != IGNORE_INDEX).count())
-        }
+        None => cpu::cross_entropy_fwd(logits.host()?, targets, lse.host_mut()?, v),
+        Some(g) => cuda::fwd(&g, logits, targets, lse, (m, v))?,
     };
     Ok((if count > 0 { sum / count as f64 } else { 0.0 }, count))
 }
@@ -84,21 +70,10 @@ pub fn cross_entropy_bwd<T: Float>(
         return Ok(());
     }
     if let Some(g) = gpu_of(OP, logits, &[lse, dlogits])? {
-        let targets_dev = g.upload(targets)?;
-        let (lp, lsep, dp) = (dptr(logits)?, dptr(lse)?, dptr(dlogits)?);
-        return g.launch(&k::cross_entropy_bwd(
-            lp,
-            targets_dev.ptr(),
-            lsep,
-            dp,
-            m,
-            v,
-            dloss,
-            count,
-        )?);
+        return cuda::bwd(&g, (logits, targets, lse), (dloss, count), dlogits, (m, v));
     }
     let scale = T::from_f64(dloss / count as f64);
-    loss::cross_entropy_bwd(
+    cpu::cross_entropy_bwd(
         logits.host()?,
         targets,
         lse.host()?,

@@ -3,38 +3,19 @@
 
 use std::sync::Arc;
 
-use ssm_kernels::scan as k;
+use ssm_kernels::scan::{self as k, ScanDims};
 
-use super::Gpu;
+use super::{ScanGrads, ScanInputs, ScanOutput};
+use crate::backend::cuda::Gpu;
 use crate::error::Result;
 use crate::ops::dptr;
-use crate::ops::scan::{ScanGrads, ScanInputs, ScanOutput};
 use crate::tensor::{Float, Tensor};
-
-fn opt<T: Float>(t: Option<&Tensor<T>>) -> Result<Option<u64>> {
-    t.map(dptr).transpose()
-}
-
-fn inputs<T: Float>(inp: &ScanInputs<T>) -> Result<k::ScanInputs> {
-    Ok(k::ScanInputs {
-        u: dptr(inp.u)?,
-        delta: dptr(inp.delta)?,
-        a: dptr(inp.a)?,
-        b: dptr(inp.b)?,
-        c: dptr(inp.c)?,
-        d_skip: opt(inp.d_skip)?,
-        z: opt(inp.z)?,
-        delta_bias: opt(inp.delta_bias)?,
-        delta_softplus: inp.delta_softplus,
-        h0: opt(inp.h0)?,
-    })
-}
 
 /// The forward; `out.y` and `out.last_state` are already sized on the device.
 pub fn fwd<T: Float>(
     g: &Arc<Gpu>,
     inp: &ScanInputs<T>,
-    dims: k::ScanDims,
+    dims: ScanDims,
     out: &mut ScanOutput<T>,
     save_for_backward: bool,
 ) -> Result<()> {
@@ -60,7 +41,7 @@ pub fn fwd<T: Float>(
         workspace: ws.as_ref().map_or(0, |w| w.ptr()),
     };
     g.launch_all(&k::selective_scan_fwd(
-        &inputs(inp)?,
+        &inp.try_map(dptr)?,
         &outputs,
         dims,
         split,
@@ -71,7 +52,7 @@ pub fn fwd<T: Float>(
 pub fn bwd<T: Float>(
     g: &Arc<Gpu>,
     inp: &ScanInputs<T>,
-    dims: k::ScanDims,
+    dims: ScanDims,
     chunk_states: &Tensor<T>,
     dy: &Tensor<T>,
     dlast: Option<&Tensor<T>>,
@@ -82,17 +63,7 @@ pub fn bwd<T: Float>(
         "saved chunk states (of a forward on this device)",
         &[dims.b, dims.chunks(), dims.d, dims.n],
     )?;
-    let kgrads = k::ScanGrads {
-        du: dptr(&grads.du)?,
-        ddelta: dptr(&grads.ddelta)?,
-        da: dptr(&grads.da)?,
-        db: dptr(&grads.db)?,
-        dc: dptr(&grads.dc)?,
-        dd_skip: opt(grads.dd_skip.as_ref())?,
-        dz: opt(grads.dz.as_ref())?,
-        ddelta_bias: opt(grads.ddelta_bias.as_ref())?,
-        dh0: opt(grads.dh0.as_ref())?,
-    };
+    let kgrads = grads.each_ref().try_map(dptr)?;
     let segments = dims.segments(g.sm_count());
     let ws = g.alloc(dims.bwd_workspace_len(segments))?;
     let split = k::ScanSplit {
@@ -100,10 +71,10 @@ pub fn bwd<T: Float>(
         workspace: ws.ptr(),
     };
     let launches = k::selective_scan_bwd(
-        &inputs(inp)?,
+        &inp.try_map(dptr)?,
         dptr(chunk_states)?,
         dptr(dy)?,
-        opt(dlast)?,
+        dlast.map(dptr).transpose()?,
         &kgrads,
         dims,
         split,

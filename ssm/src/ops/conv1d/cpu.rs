@@ -4,12 +4,10 @@
 //! an optional state (the last k-1 inputs of a previous call) or are zero.
 
 use rayon::prelude::*;
+use ssm_kernels::conv1d::ConvDims;
 
-use super::{parts_for, reduce_parts_into, row_blocks_mut, split};
-use crate::tensor::Float;
-
-/// Sizes of one call: batch, length, channels, kernel width; declared once, with the kernels.
-pub use ssm_kernels::conv1d::ConvDims;
+use crate::backend::cpu::{parts_for, reduce_parts_into, row_blocks_mut, split};
+use crate::float::Float;
 
 /// Kernel taps transposed to (k, d) so that the inner loops run over contiguous channels.
 fn taps<T: Float>(w: &[T], d: usize, k: usize) -> Vec<T> {

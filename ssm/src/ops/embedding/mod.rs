@@ -1,9 +1,9 @@
 //! Token embedding: rows of a (vocab, d) table picked by token ids.
 
-use ssm_kernels::embedding as k;
+mod cpu;
+mod cuda;
 
-use super::{dptr, gpu_of};
-use crate::backend::cpu::embedding;
+use super::gpu_of;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
@@ -43,16 +43,9 @@ pub fn embedding_fwd<T: Float>(
     dims.push(d);
     out.reset_output(dims, table.device())?;
     if let Some(g) = gpu_of("embedding_fwd", table, &[])? {
-        let ids_dev = g.upload(ids)?;
-        return g.launch(&k::embedding_fwd(
-            ids_dev.ptr(),
-            dptr(table)?,
-            dptr(out)?,
-            ids.len(),
-            d,
-        )?);
+        return cuda::fwd(&g, ids, table, out, d);
     }
-    embedding::embedding_fwd(ids, table.host()?, out.host_mut()?, d);
+    cpu::embedding_fwd(ids, table.host()?, out.host_mut()?, d);
     Ok(())
 }
 
@@ -72,15 +65,8 @@ pub fn embedding_bwd<T: Float>(
         ));
     }
     if let Some(g) = gpu_of("embedding_bwd", dout, &[dtable])? {
-        let ids_dev = g.upload(ids)?;
-        return g.launch(&k::embedding_bwd(
-            ids_dev.ptr(),
-            dptr(dout)?,
-            dptr(dtable)?,
-            ids.len(),
-            d,
-        )?);
+        return cuda::bwd(&g, ids, dout, dtable, d);
     }
-    embedding::embedding_bwd(ids, dout.host()?, dtable.host_mut()?, d);
+    cpu::embedding_bwd(ids, dout.host()?, dtable.host_mut()?, d);
     Ok(())
 }

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use ssm_kernels::attention as k;
+use ssm_kernels::attention::{self as k, AttnDims};
 
-use super::Gpu;
+use super::{AttentionGrads, AttentionOutput};
+use crate::backend::cuda::Gpu;
 use crate::error::Result;
-use crate::ops::attention::{AttentionGrads, AttentionOutput};
 use crate::ops::dptr;
 use crate::tensor::{Float, Tensor};
 
@@ -17,7 +17,7 @@ pub fn fwd<T: Float>(
     q: &Tensor<T>,
     kt: &Tensor<T>,
     v: &Tensor<T>,
-    dims: k::AttnDims,
+    dims: AttnDims,
     out: &mut AttentionOutput<T>,
 ) -> Result<()> {
     g.launch(&k::attention_fwd(
@@ -38,7 +38,7 @@ pub fn bwd<T: Float>(
     q: &Tensor<T>,
     kt: &Tensor<T>,
     v: &Tensor<T>,
-    dims: k::AttnDims,
+    dims: AttnDims,
     out: &AttentionOutput<T>,
     d_o: &Tensor<T>,
     grads: &mut AttentionGrads<T>,
@@ -51,9 +51,7 @@ pub fn bwd<T: Float>(
         dptr(&out.o)?,
         dptr(&out.lse)?,
         dptr(d_o)?,
-        dptr(&grads.dq)?,
-        dptr(&grads.dk)?,
-        dptr(&grads.dv)?,
+        &grads.each_ref().try_map(dptr)?,
         ws.ptr(),
         dims,
         out.scale as f32,

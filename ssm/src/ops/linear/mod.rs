@@ -1,12 +1,13 @@
 //! Linear layer: `y = x · wᵀ + bias` over the last dimension, w of shape (n, k) as in PyTorch.
 
-use ssm_kernels::{elementwise as k, reduce};
+pub(crate) mod cpu;
+mod cuda;
+pub mod reference;
 
-use super::{dptr, gpu_of, rows_cols, same_dims, with_last};
-use crate::backend::cpu::matmul::{linear_rows, matmul_nn, matmul_tn_acc};
-use crate::backend::cuda::Gemm;
+use super::{gpu_of, rows_cols, same_dims, with_last};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
+use cpu::{linear_rows, matmul_nn, matmul_tn_acc};
 
 fn check<T: Float>(
     op: &'static str,
@@ -34,12 +35,7 @@ pub fn linear_fwd<T: Float>(
     y.reset_output(with_last(x, n), x.device())?;
     let others: Vec<&Tensor<T>> = [Some(w), bias].into_iter().flatten().collect();
     if let Some(g) = gpu_of("linear_fwd", x, &others)? {
-        let (xp, wp, yp) = (dptr(x)?, dptr(w)?, dptr(y)?);
-        g.gemm(&Gemm::single(xp, false, wp, true, yp, (m, n, k), 0.0))?;
-        if let Some(b) = bias {
-            g.launch(&k::add_broadcast(dptr(b)?, n, yp, m * n)?)?;
-        }
-        return Ok(());
+        return cuda::fwd(&g, (x, w, bias), y, (m, k, n));
     }
     let bias = bias.map(|b| b.host()).transpose()?;
     linear_rows(x.host()?, w.host()?, bias, y.host_mut()?, [m, k, n]);
@@ -69,17 +65,7 @@ pub fn linear_bwd<T: Float>(
     others.extend(dx.as_deref());
     others.extend(dbias.as_deref());
     if let Some(gpu) = gpu_of(OP, x, &others)? {
-        let dyp = dptr(dy)?;
-        if let Some(dx) = dx {
-            let (wp, dxp) = (dptr(w)?, dptr(dx)?);
-            gpu.gemm(&Gemm::single(dyp, false, wp, false, dxp, (m, k, n), 1.0))?;
-        }
-        let (xp, dwp) = (dptr(x)?, dptr(dw)?);
-        gpu.gemm(&Gemm::single(dyp, true, xp, false, dwp, (n, k, m), 1.0))?;
-        if let Some(db) = dbias {
-            gpu.launch(&reduce::sum_rows_into(dyp, m, n, dptr(db)?)?)?;
-        }
-        return Ok(());
+        return cuda::bwd(&gpu, (x, w, dy), dx, dw, dbias, (m, k, n));
     }
     let g = dy.host()?;
     if let Some(dx) = dx {

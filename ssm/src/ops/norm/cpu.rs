@@ -2,8 +2,8 @@
 
 use rayon::prelude::*;
 
-use super::{parts_for, reduce_parts_into, row_blocks_mut, split};
-use crate::tensor::Float;
+use crate::backend::cpu::{parts_for, reduce_parts_into, row_blocks_mut, split};
+use crate::float::Float;
 
 /// x, y: (m, d); w: (d,); rstd: (m,) receives 1/sqrt(mean(x²) + eps) for the backward.
 pub fn rmsnorm_fwd<T: Float>(x: &[T], w: &[T], eps: T, y: &mut [T], rstd: &mut [T], d: usize) {

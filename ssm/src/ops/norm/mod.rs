@@ -1,10 +1,11 @@
 //! RMSNorm (Zhang & Sennrich, 2019) over the last dimension, as in Mamba and Llama:
 //! `y = x / sqrt(mean(x²) + eps) * w`.
 
-use ssm_kernels::rmsnorm as k;
+mod cpu;
+mod cuda;
+pub mod reference;
 
-use super::{dptr, gpu_of, rows_cols, same_dims};
-use crate::backend::cpu::rmsnorm;
+use super::{gpu_of, rows_cols, same_dims};
 use crate::error::Result;
 use crate::tensor::{Float, Tensor};
 
@@ -21,10 +22,9 @@ pub fn rmsnorm_fwd<T: Float>(
     y.reset_output(x.shape().clone(), x.device())?;
     rstd.reset_output([m], x.device())?;
     if let Some(g) = gpu_of("rmsnorm_fwd", x, &[w])? {
-        let (xp, wp, yp, rp) = (dptr(x)?, dptr(w)?, dptr(y)?, dptr(rstd)?);
-        return g.launch(&k::rmsnorm_fwd(xp, wp, yp, rp, m, d, eps as f32)?);
+        return cuda::fwd(&g, (x, w), eps, y, rstd, (m, d));
     }
-    rmsnorm::rmsnorm_fwd(
+    cpu::rmsnorm_fwd(
         x.host()?,
         w.host()?,
         T::from_f64(eps),
@@ -51,12 +51,9 @@ pub fn rmsnorm_bwd<T: Float>(
     same_dims(OP, "dw", dw, &[d])?;
     same_dims(OP, "rstd", rstd, &[m])?;
     if let Some(g) = gpu_of(OP, x, &[dy, w, rstd, dx, dw])? {
-        let ws = g.alloc(k::bwd_workspace_len(m, d))?;
-        let (dyp, xp, wp, rp) = (dptr(dy)?, dptr(x)?, dptr(w)?, dptr(rstd)?);
-        let launches = k::rmsnorm_bwd(dyp, xp, wp, rp, dptr(dx)?, dptr(dw)?, ws.ptr(), m, d)?;
-        return g.launch_all(&launches);
+        return cuda::bwd(&g, (dy, x, w, rstd), dx, dw, (m, d));
     }
-    rmsnorm::rmsnorm_bwd(
+    cpu::rmsnorm_bwd(
         dy.host()?,
         x.host()?,
         w.host()?,

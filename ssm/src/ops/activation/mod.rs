@@ -1,10 +1,10 @@
 //! Elementwise activations: SiLU, softplus, GELU (tanh approximation) and the gating product
 //! `x * silu(z)`.
 
-use ssm_kernels::elementwise as k;
+pub(crate) mod cpu;
+mod cuda;
 
-use super::{dptr, gpu_of, same_dims};
-use crate::backend::cpu::elementwise;
+use super::{gpu_of, same_dims};
 use crate::error::Result;
 use crate::tensor::{Float, Tensor};
 
@@ -12,8 +12,8 @@ use crate::tensor::{Float, Tensor};
 pub fn silu_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
     y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("silu_fwd", x, &[])? {
-        None => elementwise::silu_fwd(x.host()?, y.host_mut()?),
-        Some(g) => g.launch(&k::silu_fwd(dptr(x)?, dptr(y)?, x.numel())?)?,
+        None => cpu::silu_fwd(x.host()?, y.host_mut()?),
+        Some(g) => cuda::silu_fwd(&g, x, y)?,
     }
     Ok(())
 }
@@ -23,8 +23,8 @@ pub fn silu_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> 
     same_dims("silu_bwd", "dy", dy, x.dims())?;
     same_dims("silu_bwd", "dx", dx, x.dims())?;
     match gpu_of("silu_bwd", x, &[dy, dx])? {
-        None => elementwise::silu_bwd(x.host()?, dy.host()?, dx.host_mut()?),
-        Some(g) => g.launch(&k::silu_bwd(dptr(x)?, dptr(dy)?, dptr(dx)?, x.numel())?)?,
+        None => cpu::silu_bwd(x.host()?, dy.host()?, dx.host_mut()?),
+        Some(g) => cuda::silu_bwd(&g, x, dy, dx)?,
     }
     Ok(())
 }
@@ -33,8 +33,8 @@ pub fn silu_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> 
 pub fn softplus_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
     y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("softplus_fwd", x, &[])? {
-        None => elementwise::softplus_fwd(x.host()?, y.host_mut()?),
-        Some(g) => g.launch(&k::softplus_fwd(dptr(x)?, dptr(y)?, x.numel())?)?,
+        None => cpu::softplus_fwd(x.host()?, y.host_mut()?),
+        Some(g) => cuda::softplus_fwd(&g, x, y)?,
     }
     Ok(())
 }
@@ -44,8 +44,8 @@ pub fn softplus_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>)
     same_dims("softplus_bwd", "dy", dy, x.dims())?;
     same_dims("softplus_bwd", "dx", dx, x.dims())?;
     match gpu_of("softplus_bwd", x, &[dy, dx])? {
-        None => elementwise::softplus_bwd(x.host()?, dy.host()?, dx.host_mut()?),
-        Some(g) => g.launch(&k::softplus_bwd(dptr(x)?, dptr(dy)?, dptr(dx)?, x.numel())?)?,
+        None => cpu::softplus_bwd(x.host()?, dy.host()?, dx.host_mut()?),
+        Some(g) => cuda::softplus_bwd(&g, x, dy, dx)?,
     }
     Ok(())
 }
@@ -55,8 +55,8 @@ pub fn softplus_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>)
 pub fn gelu_fwd<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
     y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("gelu_fwd", x, &[])? {
-        None => elementwise::gelu_fwd(x.host()?, y.host_mut()?),
-        Some(g) => g.launch(&k::gelu_fwd(dptr(x)?, dptr(y)?, x.numel())?)?,
+        None => cpu::gelu_fwd(x.host()?, y.host_mut()?),
+        Some(g) => cuda::gelu_fwd(&g, x, y)?,
     }
     Ok(())
 }
@@ -66,8 +66,8 @@ pub fn gelu_bwd<T: Float>(x: &Tensor<T>, dy: &Tensor<T>, dx: &mut Tensor<T>) -> 
     same_dims("gelu_bwd", "dy", dy, x.dims())?;
     same_dims("gelu_bwd", "dx", dx, x.dims())?;
     match gpu_of("gelu_bwd", x, &[dy, dx])? {
-        None => elementwise::gelu_bwd(x.host()?, dy.host()?, dx.host_mut()?),
-        Some(g) => g.launch(&k::gelu_bwd(dptr(x)?, dptr(dy)?, dptr(dx)?, x.numel())?)?,
+        None => cpu::gelu_bwd(x.host()?, dy.host()?, dx.host_mut()?),
+        Some(g) => cuda::gelu_bwd(&g, x, dy, dx)?,
     }
     Ok(())
 }
@@ -77,8 +77,8 @@ pub fn gate_fwd<T: Float>(x: &Tensor<T>, z: &Tensor<T>, y: &mut Tensor<T>) -> Re
     same_dims("gate_fwd", "z", z, x.dims())?;
     y.reset_output(x.shape().clone(), x.device())?;
     match gpu_of("gate_fwd", x, &[z])? {
-        None => elementwise::gate_fwd(x.host()?, z.host()?, y.host_mut()?),
-        Some(g) => g.launch(&k::gate_fwd(dptr(x)?, dptr(z)?, dptr(y)?, x.numel())?)?,
+        None => cpu::gate_fwd(x.host()?, z.host()?, y.host_mut()?),
+        Some(g) => cuda::gate_fwd(&g, x, z, y)?,
     }
     Ok(())
 }
@@ -95,21 +95,14 @@ pub fn gate_bwd<T: Float>(
         same_dims("gate_bwd", what, t, x.dims())?;
     }
     match gpu_of("gate_bwd", x, &[z, dy, dx, dz])? {
-        None => elementwise::gate_bwd(
+        None => cpu::gate_bwd(
             x.host()?,
             z.host()?,
             dy.host()?,
             dx.host_mut()?,
             dz.host_mut()?,
         ),
-        Some(g) => g.launch(&k::gate_bwd(
-            dptr(x)?,
-            dptr(z)?,
-            dptr(dy)?,
-            dptr(dx)?,
-            dptr(dz)?,
-            x.numel(),
-        )?)?,
+        Some(g) => cuda::gate_bwd(&g, (x, z, dy), dx, dz)?,
     }
     Ok(())
 }
@@ -124,7 +117,7 @@ pub fn neg_exp<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
                 .zip(x.host()?)
                 .for_each(|(o, &v)| *o = -v.exp());
         }
-        Some(g) => g.launch(&k::neg_exp(dptr(x)?, dptr(y)?, x.numel())?)?,
+        Some(g) => cuda::neg_exp(&g, x, y)?,
     }
     Ok(())
 }
@@ -140,7 +133,7 @@ pub fn mul_add_into<T: Float>(a: &Tensor<T>, b: &Tensor<T>, out: &mut Tensor<T>)
                 *o += x * y;
             }
         }
-        Some(g) => g.launch(&k::mul_add_into(dptr(a)?, dptr(b)?, dptr(out)?, a.numel())?)?,
+        Some(g) => cuda::mul_add_into(&g, a, b, out)?,
     }
     Ok(())
 }
@@ -152,7 +145,7 @@ pub fn scale_<T: Float>(x: &mut Tensor<T>, s: f64) -> Result<()> {
             let s = T::from_f64(s);
             x.host_mut()?.iter_mut().for_each(|v| *v *= s);
         }
-        Some(g) => g.launch(&k::scale(dptr(x)?, s as f32, x.numel())?)?,
+        Some(g) => cuda::scale_(&g, x, s)?,
     }
     Ok(())
 }
@@ -161,8 +154,8 @@ pub fn scale_<T: Float>(x: &mut Tensor<T>, s: f64) -> Result<()> {
 pub fn add_into<T: Float>(x: &Tensor<T>, y: &mut Tensor<T>) -> Result<()> {
     same_dims("add_into", "y", y, x.dims())?;
     match gpu_of("add_into", x, &[y])? {
-        None => elementwise::add_into(x.host()?, y.host_mut()?),
-        Some(g) => g.launch(&k::add_into(dptr(x)?, dptr(y)?, x.numel())?)?,
+        None => cpu::add_into(x.host()?, y.host_mut()?),
+        Some(g) => cuda::add_into(&g, x, y)?,
     }
     Ok(())
 }

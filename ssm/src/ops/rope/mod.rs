@@ -11,10 +11,10 @@
 //! with a KV cache, offset is the number of cached tokens). The rotation is orthogonal, so the
 //! backward applies the inverse rotation (angles negated) to the gradient.
 
-use ssm_kernels::rope::{self as k, RopeDims};
+mod cpu;
+mod cuda;
 
-use super::{dptr, gpu_of, same_dims};
-use crate::backend::cpu::rope;
+use super::{gpu_of, same_dims};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
@@ -43,12 +43,6 @@ fn check<T: Float>(op: &'static str, x: &Tensor<T>, base: f64) -> Result<(usize,
     Ok((l, h, hd))
 }
 
-/// The kernel's sizes of x (b, l, h, hd), as `check` returned them.
-fn rope_dims<T: Float>(x: &Tensor<T>, (l, h, hd): (usize, usize, usize)) -> RopeDims {
-    let b = x.numel() / (l * h * hd).max(1);
-    RopeDims { b, l, h, hd }
-}
-
 /// y (b, l, h, hd) = RoPE(x) at positions offset..offset + l; `y` is resized.
 pub fn rope_fwd<T: Float>(
     x: &Tensor<T>,
@@ -59,19 +53,10 @@ pub fn rope_fwd<T: Float>(
     let (l, h, hd) = check("rope_fwd", x, base)?;
     y.reset_output(x.shape().clone(), x.device())?;
     if let Some(g) = gpu_of("rope_fwd", x, &[])? {
-        let dims = rope_dims(x, (l, h, hd));
-        return g.launch(&k::rope(
-            dptr(x)?,
-            dptr(y)?,
-            dims,
-            offset,
-            base,
-            false,
-            false,
-        )?);
+        return cuda::fwd(&g, x, y, (l, h, hd), (offset, base));
     }
-    let (cos, sin) = rope::rope_table(l, hd, offset, base, false);
-    rope::rope_rotate_add(x.host()?, y.host_mut()?, &cos, &sin, l, h, hd);
+    let (cos, sin) = cpu::rope_table(l, hd, offset, base, false);
+    cpu::rope_rotate_add(x.host()?, y.host_mut()?, &cos, &sin, l, h, hd);
     Ok(())
 }
 
@@ -79,11 +64,10 @@ pub fn rope_fwd<T: Float>(
 pub fn rope_fwd_inplace<T: Float>(x: &mut Tensor<T>, offset: usize, base: f64) -> Result<()> {
     let (l, h, hd) = check("rope_fwd_inplace", x, base)?;
     if let Some(g) = gpu_of("rope_fwd_inplace", x, &[])? {
-        let (p, dims) = (dptr(x)?, rope_dims(x, (l, h, hd)));
-        return g.launch(&k::rope(p, p, dims, offset, base, false, false)?);
+        return cuda::fwd_inplace(&g, x, (l, h, hd), (offset, base));
     }
-    let (cos, sin) = rope::rope_table(l, hd, offset, base, false);
-    rope::rope_rotate(x.host_mut()?, &cos, &sin, l, h, hd);
+    let (cos, sin) = cpu::rope_table(l, hd, offset, base, false);
+    cpu::rope_rotate(x.host_mut()?, &cos, &sin, l, h, hd);
     Ok(())
 }
 
@@ -98,18 +82,9 @@ pub fn rope_bwd<T: Float>(
     let (l, h, hd) = check("rope_bwd", dy, base)?;
     same_dims("rope_bwd", "dx", dx, dy.dims())?;
     if let Some(g) = gpu_of("rope_bwd", dy, &[dx])? {
-        let dims = rope_dims(dy, (l, h, hd));
-        return g.launch(&k::rope(
-            dptr(dy)?,
-            dptr(dx)?,
-            dims,
-            offset,
-            base,
-            true,
-            true,
-        )?);
+        return cuda::bwd(&g, dy, dx, (l, h, hd), (offset, base));
     }
-    let (cos, sin) = rope::rope_table(l, hd, offset, base, true);
-    rope::rope_rotate_add(dy.host()?, dx.host_mut()?, &cos, &sin, l, h, hd);
+    let (cos, sin) = cpu::rope_table(l, hd, offset, base, true);
+    cpu::rope_rotate_add(dy.host()?, dx.host_mut()?, &cos, &sin, l, h, hd);
     Ok(())
 }

@@ -2,10 +2,9 @@
 //! and the join of their gradients, appending to a KV cache, and adding a table slice to every
 //! sequence (learned positions), on either device.
 
-use ssm_kernels::elementwise::{add_broadcast as add_broadcast_launch, copy_strided};
-use ssm_kernels::reduce::sum_rows_into;
+mod cuda;
 
-use super::{dptr, gpu_of};
+use super::gpu_of;
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
@@ -49,9 +48,8 @@ pub fn copy_cols<T: Float>(
         ));
     }
     if let Some(g) = gpu_of(OP, src, &[dst])? {
-        let from = dptr(src)? + 4 * src_col as u64;
-        let to = dptr(dst)? + 4 * dst_col as u64;
-        return g.launch(&copy_strided(from, sw, to, dw, rows, cols, accumulate)?);
+        let at = [src_col, dst_col];
+        return cuda::copy_cols(&g, (src, sw), (dst, dw), rows, at, cols, accumulate);
     }
     let s = src.host()?;
     for (r, row) in dst.host_mut()?.chunks_exact_mut(dw).enumerate() {
@@ -71,8 +69,7 @@ pub fn add_broadcast<T: Float>(src: &Tensor<T>, start: usize, x: &mut Tensor<T>)
     const OP: &str = "add_broadcast";
     let per = slice_len(OP, src, start, x)?;
     if let Some(g) = gpu_of(OP, src, &[x])? {
-        let from = dptr(src)? + 4 * start as u64;
-        return g.launch(&add_broadcast_launch(from, per, dptr(x)?, x.numel())?);
+        return cuda::add_broadcast(&g, src, (start, per), x);
     }
     let rows = &src.host()?[start..start + per];
     for seq in x.host_mut()?.chunks_exact_mut(per) {
@@ -91,8 +88,7 @@ pub fn sum_leading_into<T: Float>(
     const OP: &str = "sum_leading_into";
     let per = slice_len(OP, dsrc, start, dx)?;
     if let Some(g) = gpu_of(OP, dx, &[dsrc])? {
-        let to = dptr(dsrc)? + 4 * start as u64;
-        return g.launch(&sum_rows_into(dptr(dx)?, dx.numel() / per, per, to)?);
+        return cuda::sum_leading_into(&g, dx, dsrc, (start, per));
     }
     let rows = &mut dsrc.host_mut()?[start..start + per];
     for seq in dx.host()?.chunks_exact(per) {

@@ -8,51 +8,27 @@
 //! in L2) and runs the reverse recurrence for ∂L/∂h. Saved memory is (b, l / CHUNK, n, d).
 
 use rayon::prelude::*;
+use ssm_kernels::scan::{ScanDims, ScanGradsOf, ScanInputsOf};
 
-use super::{SharedMut, multiversion, reduce_parts_into, split, threads};
-use crate::tensor::Float;
+use crate::backend::cpu::{SharedMut, multiversion, reduce_parts_into, split, threads};
+use crate::float::Float;
 
 /// Channels processed together by one inner loop.
 pub const TILE: usize = 32;
 /// Steps between saved states.
 pub const CHUNK: usize = 64;
 
-/// Sizes: batch, length, channels, state size, groups of channels sharing B and C; declared once,
-/// with the kernels (whose `chunks()` counts their own chunks, not these).
-pub use ssm_kernels::scan::ScanDims;
-
-/// Saved states per sequence on the CPU, one per [`CHUNK`] steps: (b, chunks, n, d).
+/// Saved states per sequence on the CPU, one per [`CHUNK`] steps: (b, chunks, n, d). Not
+/// `ScanDims::chunks`, which counts the kernels' chunks.
 pub fn chunks(dims: ScanDims) -> usize {
     dims.l.div_ceil(CHUNK)
 }
 
 /// Inputs as host slices; layouts as in `ops::scan`.
-#[derive(Clone, Copy)]
-pub struct ScanArgs<'a, T> {
-    pub u: &'a [T],
-    pub delta: &'a [T],
-    pub a: &'a [T],
-    pub b: &'a [T],
-    pub c: &'a [T],
-    pub d_skip: Option<&'a [T]>,
-    pub z: Option<&'a [T]>,
-    pub delta_bias: Option<&'a [T]>,
-    pub delta_softplus: bool,
-    pub h0: Option<&'a [T]>,
-}
+pub type ScanArgs<'a, T> = ScanInputsOf<&'a [T]>;
 
-/// Gradient outputs, all accumulated into.
-pub struct ScanGradsMut<'a, T> {
-    pub du: &'a mut [T],
-    pub ddelta: &'a mut [T],
-    pub da: &'a mut [T],
-    pub db: &'a mut [T],
-    pub dc: &'a mut [T],
-    pub dd_skip: Option<&'a mut [T]>,
-    pub dz: Option<&'a mut [T]>,
-    pub ddelta_bias: Option<&'a mut [T]>,
-    pub dh0: Option<&'a mut [T]>,
-}
+/// Gradient outputs as host slices, all accumulated into.
+pub type ScanGradsMut<'a, T> = ScanGradsOf<&'a mut [T]>;
 
 /// (group, first channel, width) of a tile of channels.
 type TileSpan = (usize, usize, usize);

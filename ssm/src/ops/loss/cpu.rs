@@ -2,8 +2,8 @@
 
 use rayon::prelude::*;
 
-use super::{parts_for, row_blocks_mut, split};
-use crate::tensor::Float;
+use crate::backend::cpu::{parts_for, row_blocks_mut, split};
+use crate::float::Float;
 
 /// Targets with this value contribute neither loss nor gradient (PyTorch's default).
 pub const IGNORE_INDEX: i64 = -100;

@@ -25,9 +25,10 @@ use std::ops::Range;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
+use ssm_kernels::attention::{AttnDims, AttnGradsOf};
 
-use super::{SharedMut, threads};
-use crate::tensor::Float;
+use crate::backend::cpu::{SharedMut, threads};
+use crate::float::Float;
 
 /// Query rows per tile. A 64 x 64 tile of scores is 16 KiB in f32 and the 64-row tiles of q, k,
 /// v and the accumulators are 16 KiB each at hd = 64, so a task's working set stays in L2 while
@@ -38,10 +39,6 @@ use crate::tensor::Float;
 pub const BLOCK_Q: usize = 64;
 /// Key rows per tile.
 pub const BLOCK_K: usize = 64;
-
-/// Sizes: batch, query length, key length (>= lq), query heads, kv heads (dividing h), head dim;
-/// declared once, with the kernels.
-pub use ssm_kernels::attention::AttnDims;
 
 /// Inputs as host slices; layouts as in the module doc.
 #[derive(Clone, Copy)]
@@ -311,11 +308,7 @@ impl<T: Float> BwdScratch<T> {
 }
 
 /// Gradient outputs, accumulated into: dq (b, lq, h, hd), dk and dv (b, lk, hkv, hd).
-pub struct AttnGradsMut<'a, T> {
-    pub dq: &'a mut [T],
-    pub dk: &'a mut [T],
-    pub dv: &'a mut [T],
-}
+pub type AttnGradsMut<'a, T> = AttnGradsOf<&'a mut [T]>;
 
 /// Backward: accumulates dq, dk, dv from dO (b, lq, h, hd), given the forward's o and lse.
 pub fn attention_bwd<T: Float>(a: &AttnArgs<T>, o: &[T], lse: &[T], d_o: &[T], g: AttnGradsMut<T>) {

@@ -1,12 +1,13 @@
 //! Depthwise causal conv1d over time (Mamba's short convolution), token-major.
 
-use ssm_kernels::conv1d as k;
-use ssm_kernels::elementwise::copy_strided;
+mod cpu;
+mod cuda;
+pub mod reference;
 
-use super::{dptr, gpu_of, same_dims};
-use crate::backend::cpu::conv1d::{self, ConvDims};
+use super::{gpu_of, same_dims};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
+use ssm_kernels::conv1d::ConvDims;
 
 fn check<T: Float>(
     op: &'static str,
@@ -51,20 +52,11 @@ pub fn causal_conv1d_fwd<T: Float>(
     y.reset_output(x.shape().clone(), x.device())?;
     let others: Vec<&Tensor<T>> = [Some(w), bias, state].into_iter().flatten().collect();
     if let Some(g) = gpu_of("causal_conv1d_fwd", x, &others)? {
-        let (bias, state) = (bias.map(dptr).transpose()?, state.map(dptr).transpose()?);
-        return g.launch(&k::causal_conv1d_fwd(
-            dptr(x)?,
-            dptr(w)?,
-            bias,
-            state,
-            dptr(y)?,
-            dims,
-            false,
-        )?);
+        return cuda::fwd(&g, (x, w), bias, state, y, dims);
     }
     let bias = bias.map(|b| b.host()).transpose()?;
     let state = state.map(|s| s.host()).transpose()?;
-    conv1d::conv1d_fwd(x.host()?, w.host()?, bias, state, y.host_mut()?, dims);
+    cpu::conv1d_fwd(x.host()?, w.host()?, bias, state, y.host_mut()?, dims);
     Ok(())
 }
 
@@ -90,29 +82,14 @@ pub fn causal_conv1d_bwd<T: Float>(
     others.extend(state);
     others.extend(dbias.as_deref());
     if let Some(g) = gpu_of(OP, x, &others)? {
-        let ws = g.alloc(dims.bwd_workspace_len(false))?;
-        let state = state.map(dptr).transpose()?;
-        let dbias = dbias.map(|t| dptr(t)).transpose()?;
-        return g.launch_all(&k::causal_conv1d_bwd(
-            dptr(x)?,
-            dptr(w)?,
-            None,
-            state,
-            dptr(dy)?,
-            dptr(dx)?,
-            dptr(dw)?,
-            dbias,
-            ws.ptr(),
-            dims,
-            false,
-        )?);
+        return cuda::bwd(&g, (x, w), state, dy, (dx, dw), dbias, dims);
     }
     let state = state.map(|s| s.host()).transpose()?;
     let dbias = match dbias {
         Some(db) => Some(db.host_mut()?),
         None => None,
     };
-    conv1d::conv1d_bwd(
+    cpu::conv1d_bwd(
         x.host()?,
         w.host()?,
         state,
@@ -149,30 +126,7 @@ pub fn causal_conv1d_next_state<T: Float>(x: &Tensor<T>, state: &mut Tensor<T>) 
         ));
     }
     if let Some(g) = gpu_of(OP, x, &[state])? {
-        // Rows of the new state: the last `shift` rows of the old state moved to the front, then
-        // the last `take` rows of x.
-        let shift = km1.saturating_sub(l);
-        let take = km1 - shift;
-        let sp = dptr(state)?;
-        if shift > 0 {
-            let old = state.try_clone()?;
-            let from = dptr(&old)? + 4 * (l * d) as u64;
-            g.launch(&copy_strided(
-                from,
-                km1 * d,
-                sp,
-                km1 * d,
-                b,
-                shift * d,
-                false,
-            )?)?;
-        }
-        if take > 0 {
-            let from = dptr(x)? + 4 * ((l - take) * d) as u64;
-            let to = sp + 4 * (shift * d) as u64;
-            g.launch(&copy_strided(from, l * d, to, km1 * d, b, take * d, false)?)?;
-        }
-        return Ok(());
+        return cuda::next_state(&g, x, state, [b, l, d, km1]);
     }
     let x = x.host()?;
     let st = state.host_mut()?;

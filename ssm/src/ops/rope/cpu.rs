@@ -3,8 +3,8 @@
 
 use rayon::prelude::*;
 
-use super::{parts_for, row_blocks_mut, split};
-use crate::tensor::Float;
+use crate::backend::cpu::{parts_for, row_blocks_mut, split};
+use crate::float::Float;
 
 /// cos and sin of (offset + t) · θ_i with θ_i = base^(-2i/hd), for t in 0..l and i in 0..hd/2:
 /// two (l, hd/2) tables. `inverse` negates the angles (the transpose of the rotation). Angles are
