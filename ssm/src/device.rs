@@ -1,8 +1,10 @@
 //! What code outside the library needs of a device, on the CPU and on CUDA alike: waiting for
-//! queued work, a description for logs, the peak memory of a stretch of work, and large tensors
-//! filled without generating every value on the host. Nothing outside `ssm` touches the backends.
+//! queued work, a description for logs, the peak memory of a stretch of work, the caching
+//! allocator's counters, large tensors filled without generating every value on the host, and
+//! the NVRTC compilation the GPU runs. Nothing outside `ssm` touches the backends.
 
 use crate::backend::cuda::Gpu;
+pub use crate::backend::cuda::{MemoryStats, compile_cubin};
 use crate::error::Result;
 use crate::tensor::{Device, Tensor};
 
@@ -37,6 +39,23 @@ pub fn peak_memory_mb(device: Device) -> Option<f64> {
         gpu => Gpu::get(gpu)
             .ok()
             .map(|g| g.memory().peak as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// The caching allocator's counters of a GPU (bytes in use, peak, cached); `None` on the CPU or
+/// where the device cannot be opened.
+pub fn memory_stats(device: Device) -> Option<MemoryStats> {
+    match device {
+        Device::Cpu => None,
+        gpu => Gpu::get(gpu).ok().map(|g| g.memory()),
+    }
+}
+
+/// Hands the blocks a GPU's caching allocator holds back to the driver; nothing to do on the CPU.
+pub fn release_cache(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        gpu => Gpu::get(gpu)?.release_cache(),
     }
 }
 

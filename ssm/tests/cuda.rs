@@ -5,7 +5,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use ssm::backend::cuda::Gpu;
+use ssm::device::{compile_cubin, memory_stats, release_cache, reset_peak_memory};
 use ssm::models::{LanguageModel, MambaConfig, MambaMixerConfig};
 use ssm::nn::Module;
 use ssm::ops::activation::add_into;
@@ -101,9 +101,8 @@ fn device_out_of_memory_is_an_error() {
     let _turn = emulated();
     drop(Tensor::<f32>::zeros([1000], Device::CudaEmu).unwrap());
     let err = Tensor::<f32>::zeros([1 << 42], Device::CudaEmu).unwrap_err();
-    let gpu = Gpu::get(Device::CudaEmu).unwrap();
     assert_eq!(
-        gpu.memory().cached,
+        memory_stats(Device::CudaEmu).unwrap().cached,
         0,
         "the cache goes back before the retry"
     );
@@ -133,16 +132,15 @@ fn device_memory_is_reused_across_steps() {
     };
     let mut model = LanguageModel::new(config, 3).unwrap();
     model.to_device(Device::CudaEmu).unwrap();
-    let gpu = Gpu::get(Device::CudaEmu).unwrap();
-    gpu.release_cache().unwrap();
+    release_cache(Device::CudaEmu).unwrap();
     let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 5 % 11) as u32).collect();
     let targets: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let step = |model: &mut LanguageModel| {
-        gpu.reset_peak();
+        reset_peak_memory(Device::CudaEmu);
         model.zero_grad().unwrap();
         model.forward_loss(&ids, &targets, 2).unwrap();
         model.backward().unwrap();
-        let m = gpu.memory();
+        let m = memory_stats(Device::CudaEmu).unwrap();
         (m.in_use + m.cached, m.peak)
     };
     let first = step(&mut model);
@@ -160,7 +158,7 @@ fn device_memory_is_reused_across_steps() {
 #[test]
 fn backend_compiles_every_kernel_source_to_a_cubin() {
     for src in ssm_kernels::SOURCES {
-        let cubin = ssm::backend::cuda::compile_cubin(src.name, src.source, "sm_90")
+        let cubin = compile_cubin(src.name, src.source, "sm_90")
             .unwrap_or_else(|e| panic!("{}.cu: {e}", src.name));
         let magic = cubin.first().map(|w| w.to_le_bytes());
         assert!(

@@ -7,7 +7,6 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::limits;
-use super::mixer::MixerConfig;
 use crate::error::{Error, Result};
 use crate::nn::mamba::{DtInit, MambaBlock, MambaMixer, MixerDims};
 use crate::nn::norm::RmsNorm;
@@ -207,10 +206,5 @@ impl MambaConfig {
 
     pub fn mixer_dims(&self) -> MixerDims {
         self.mixer.dims(self.d_model)
-    }
-
-    /// n_layer Mamba blocks.
-    pub fn layers(&self) -> Vec<MixerConfig> {
-        vec![MixerConfig::Mamba(self.mixer.clone()); self.n_layer]
     }
 }

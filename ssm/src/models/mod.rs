@@ -154,7 +154,7 @@ impl ModelConfig {
                 norm_eps: c.norm_eps,
                 pos_encoding: PosEncoding::None,
                 max_seq_len: 0,
-                layers: c.layers(),
+                layers: vec![MixerConfig::Mamba(c.mixer.clone()); c.n_layer],
             },
             ModelConfig::Transformer(c) => ModelSpec {
                 d_model: c.d_model,
@@ -162,7 +162,7 @@ impl ModelConfig {
                 norm_eps: c.norm_eps,
                 pos_encoding: c.pos_encoding,
                 max_seq_len: c.max_seq_len,
-                layers: c.layers(),
+                layers: vec![MixerConfig::Attention(c.block.clone()); c.n_layer],
             },
             ModelConfig::Hybrid(c) => ModelSpec {
                 d_model: c.d_model,

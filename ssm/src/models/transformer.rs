@@ -8,7 +8,6 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::limits;
-use super::mixer::MixerConfig;
 use crate::error::{Error, Result};
 use crate::nn::attention::{AttentionDims, CausalSelfAttention, KvCache, PosEncoding};
 use crate::nn::mlp::{Mlp, MlpKind};
@@ -218,11 +217,6 @@ impl TransformerConfig {
         limits::size("max_seq_len", self.max_seq_len, limits::MAX_POSITIONS)?;
         self.block
             .validate(self.d_model, self.pos_encoding == PosEncoding::Rope)
-    }
-
-    /// n_layer attention + MLP blocks.
-    pub fn layers(&self) -> Vec<MixerConfig> {
-        vec![MixerConfig::Attention(self.block.clone()); self.n_layer]
     }
 }
 
