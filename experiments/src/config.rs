@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use ssm::models::hybrid::HybridConfig;
 use ssm::models::transformer::TransformerConfig;
-use ssm::models::{MambaConfig, ModelConfig as AnyConfig};
+use ssm::models::{AttentionConfig, MambaConfig, MambaMixerConfig, ModelConfig as AnyConfig};
 use ssm::optim::AdamWConfig;
 
 /// One training run: `out_dir/name/` receives the resolved config, metrics, checkpoints, plots.
@@ -351,6 +351,7 @@ pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<RunConfig
     if table.remove("sweep").is_some() {
         tracing::info!("{origin}: ignoring the [sweep] table, which `ssm-lab sweep` reads");
     }
+    migrate_hybrid_keys(&mut table, origin);
     for o in overrides {
         apply_override(&mut table, o)?;
     }
@@ -375,6 +376,55 @@ pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<RunConfig
     Ok(config)
 }
 
+/// Moves the layer settings that `[model.hybrid]` held flat before they got tables of their own
+/// (`d_state` → `[model.hybrid.mamba]`, `n_heads` → `[model.hybrid.attention]`), so that the run
+/// folders written then still resume, plot and compare.
+fn migrate_hybrid_keys(table: &mut toml::Table, origin: &str) {
+    let Some(hybrid) = table
+        .get_mut("model")
+        .and_then(|m| m.get_mut("hybrid"))
+        .and_then(toml::Value::as_table_mut)
+    else {
+        return;
+    };
+    // Every field, the optional ones set so that they serialize.
+    let keys_of = |v: Result<toml::Table, toml::ser::Error>| v.expect("configs serialize to TOML");
+    let tables = [
+        (
+            "mamba",
+            keys_of(toml::Table::try_from(MambaMixerConfig {
+                dt_rank: Some(1),
+                ..Default::default()
+            })),
+        ),
+        (
+            "attention",
+            keys_of(toml::Table::try_from(AttentionConfig {
+                n_kv_heads: Some(1),
+                mlp_hidden: Some(1),
+                ..Default::default()
+            })),
+        ),
+    ];
+    for (name, fields) in tables {
+        let old: Vec<String> = hybrid
+            .keys()
+            .filter(|k| fields.contains_key(k.as_str()))
+            .cloned()
+            .collect();
+        for key in old {
+            let value = hybrid.remove(&key).expect("listed above");
+            tracing::info!("{origin}: `model.hybrid.{key}` is read as `model.hybrid.{name}.{key}`");
+            let sub = hybrid
+                .entry(name)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let Some(sub) = sub.as_table_mut() {
+                sub.entry(key).or_insert(value);
+            }
+        }
+    }
+}
+
 /// Reads and resolves a config file.
 pub fn load(path: &Path, overrides: &[String]) -> Result<RunConfig> {
     let text = std::fs::read_to_string(path)
@@ -393,18 +443,57 @@ pub fn from_table_at<T: DeserializeOwned>(
     origin: &str,
     prefix: &str,
 ) -> Result<T> {
-    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let path = e.path().to_string();
+    let doc = toml::Value::Table(table);
+    serde_path_to_error::deserialize(doc.clone()).map_err(|e| {
+        let path = narrowed::<T>(&doc, segments(e.path())).join(".");
         let inner = e.into_inner();
         let inner = inner.message().trim();
         let path = match (prefix, path.as_str()) {
-            ("", ".") => return anyhow!("{origin}: {inner}"),
-            (p, ".") => p.to_string(),
+            ("", "") => return anyhow!("{origin}: {inner}"),
+            (p, "") => p.to_string(),
             ("", path) => path.to_string(),
             (p, path) => format!("{p}.{path}"),
         };
         anyhow!("{origin}: config key `{path}`: {inner}")
     })
+}
+
+fn segments(path: &serde_path_to_error::Path) -> Vec<String> {
+    path.iter().map(|s| s.to_string()).collect()
+}
+
+/// The path of a deserialization error, narrowed below the tables that serde's `flatten` hides:
+/// the model configs flatten their layers' settings (`d_state` of `[model.mamba]`), and an error
+/// inside a flattened struct carries only the path of its table (dtolnay/path-to-error#9). Each
+/// key of that table is tried alone, the rest of `doc` unchanged, until one that still fails
+/// there is found; its sub-tables are searched the same way.
+fn narrowed<T: DeserializeOwned>(doc: &toml::Value, mut path: Vec<String>) -> Vec<String> {
+    let table_at = |doc: &toml::Value, path: &[String]| {
+        path.iter()
+            .try_fold(doc, |v, k| v.get(k.as_str()))
+            .and_then(toml::Value::as_table)
+            .cloned()
+    };
+    while let Some(table) = table_at(doc, &path) {
+        let fails_alone = |key: &String, value: &toml::Value| {
+            let mut probe = doc.clone();
+            let slot = path
+                .iter()
+                .try_fold(&mut probe, |v, k| v.get_mut(k.as_str()))
+                .expect("the table was found there");
+            *slot = toml::Value::Table(toml::Table::from_iter([(key.clone(), value.clone())]));
+            // At or below the table, or at a flattened table above it.
+            serde_path_to_error::deserialize::<_, T>(probe).is_err_and(|e| {
+                let at = segments(e.path());
+                at.starts_with(&path) || path.starts_with(&at)
+            })
+        };
+        match table.iter().find(|(k, v)| fails_alone(k, v)) {
+            Some((key, _)) => path.push(key.clone()),
+            None => break,
+        }
+    }
+    path
 }
 
 /// Sets one dotted key of `table`. The value is read as TOML (`64`, `1e-3`, `true`, `[64, 128]`,
@@ -720,8 +809,45 @@ mod tests {
 
     #[test]
     fn resolved_config_round_trips_through_toml() {
-        let c = resolve("", "t", &["task.kind=selective_copying".into()]).unwrap();
-        let again = resolve(&c.to_toml(), "again", &[]).unwrap();
-        assert_eq!(c, again);
+        for arch in ["mamba", "transformer", "hybrid"] {
+            let sets = [
+                "task.kind=selective_copying".to_string(),
+                format!("model.arch={arch}"),
+            ];
+            let c = resolve("", "t", &sets).unwrap();
+            let again = resolve(&c.to_toml(), "again", &[]).unwrap();
+            assert_eq!(c, again, "{arch}");
+        }
+    }
+
+    /// A hybrid config written when `[model.hybrid]` held the layers' settings flat still loads.
+    #[test]
+    fn flat_hybrid_settings_of_older_runs_still_load() {
+        let old = "[model]\narch = \"hybrid\"\n[model.hybrid]\npattern = \"MA\"\nd_state = 8\nn_heads = 2\n";
+        let c = resolve(old, "t", &[]).unwrap();
+        let AnyConfig::Hybrid(h) = c.model_config() else {
+            panic!("{c:?}")
+        };
+        assert_eq!((h.mixers.mamba.d_state, h.mixers.attention.n_heads), (8, 2));
+    }
+
+    /// The layers' settings are flattened into the model tables, where serde alone would name
+    /// only the table; the error still names the key.
+    #[test]
+    fn a_bad_layer_setting_names_its_key() {
+        for (set, key) in [
+            ("model.mamba.d_state=\"fast\"", "model.mamba.d_state"),
+            ("model.transformer.n_heads=-1", "model.transformer.n_heads"),
+            ("model.hybrid.mamba.expand=1.5", "model.hybrid.mamba.expand"),
+            (
+                "model.hybrid.attention.mlp=\"relu\"",
+                "model.hybrid.attention.mlp",
+            ),
+        ] {
+            let arch = key.split('.').nth(1).unwrap();
+            let sets = [format!("model.arch={arch}"), set.to_string()];
+            let e = resolve("", "t", &sets).unwrap_err().to_string();
+            assert!(e.contains(&format!("config key `{key}`")), "{set}: {e}");
+        }
     }
 }

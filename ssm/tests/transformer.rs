@@ -550,4 +550,13 @@ fn misuse_gives_errors() {
         "{err}"
     );
     assert!(t.forward(&[1], 1, Some(&mut wrong), false).is_err());
+    // A state whose position and caches disagree.
+    let mut state = t.zero_state(1).unwrap();
+    t.forward(&[1, 2], 1, Some(&mut state), false).unwrap();
+    state.pos = 1;
+    let err = t.step(&[3], &mut state).unwrap_err().to_string();
+    assert!(
+        err.contains("KV cache holds 2 tokens but the state is at position 1"),
+        "{err}"
+    );
 }

@@ -7,10 +7,9 @@ use rand::rngs::StdRng;
 
 use super::generate::Decoder;
 use super::mixer::{LayerState, Mixer};
-use super::transformer::INIT_STD;
 use super::trunk::Trunk;
-use super::{ModelConfig, ModelSpec};
-use crate::error::Result;
+use super::{INIT_STD, ModelConfig, ModelSpec};
+use crate::error::{Error, Result};
 use crate::nn::attention::LearnedPositions;
 use crate::nn::init::normal;
 use crate::nn::norm::RmsNorm;
@@ -23,6 +22,30 @@ use crate::tensor::{Float, Tensor};
 pub struct LmState<T: Float = f32> {
     pub layers: Vec<LayerState<T>>,
     pub pos: usize,
+}
+
+impl<T: Float> LmState<T> {
+    /// Every KV cache holds `pos` tokens: positions (learned) come from `pos` and rotations
+    /// (RoPE) from the caches, so a state whose parts disagree, e.g. after a forward that failed
+    /// midway, is refused rather than decoded at two positions.
+    fn check_position(&self, op: &'static str) -> Result<()> {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let LayerState::Attention(kv) = layer
+                && kv.len() != self.pos
+            {
+                return Err(Error::config(
+                    "state",
+                    format!(
+                        "{op}: layer {i}'s KV cache holds {} tokens but the state is at position \
+                         {}; a state left so by a failed forward cannot continue",
+                        kv.len(),
+                        self.pos
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +130,9 @@ impl<T: Float> LanguageModel<T> {
             state_layers,
             &self.embedding.value,
         )?;
+        if let Some(s) = state {
+            s.check_position(op)?;
+        }
         self.trunk.offset = state.map_or(0, |s| s.pos);
         if let Some(p) = &self.positions {
             let offset = self.trunk.offset;
@@ -206,7 +232,7 @@ impl<T: Float> LanguageModel<T> {
         }
     }
 
-    /// Training FLOPs per token at sequence length `seq_len` (see the module docs).
+    /// Training FLOPs per token at sequence length `seq_len` ([`ModelSpec::flops_per_token`]).
     pub fn flops_per_token(&self, seq_len: usize) -> f64 {
         self.spec().flops_per_token(seq_len)
     }

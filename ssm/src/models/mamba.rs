@@ -203,8 +203,4 @@ impl MambaConfig {
         limits::size("n_layer", self.n_layer, limits::MAX_LAYERS)?;
         self.mixer.validate(self.d_model)
     }
-
-    pub fn mixer_dims(&self) -> MixerDims {
-        self.mixer.dims(self.d_model)
-    }
 }

@@ -11,8 +11,9 @@
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
+use super::INIT_STD;
 use super::mamba::MambaMixerConfig;
-use super::transformer::{AttentionConfig, INIT_STD, TransformerBlock};
+use super::transformer::{AttentionConfig, TransformerBlock};
 use crate::error::{Error, Result};
 use crate::nn::attention::KvCache;
 use crate::nn::mamba::{MambaBlock, MixerState};
@@ -84,6 +85,14 @@ impl MixerConfig {
         match self {
             MixerConfig::Mamba(c) => c.scan_flops(d_model),
             MixerConfig::Attention(c) => c.attention_flops(d_model, seq_len),
+        }
+    }
+
+    /// The short name of the kind, in formulas: "mamba", "attn".
+    pub fn name(&self) -> &'static str {
+        match self {
+            MixerConfig::Mamba(_) => "mamba",
+            MixerConfig::Attention(_) => "attn",
         }
     }
 

@@ -33,6 +33,10 @@ pub use mixer::{LayerContext, LayerState, Mixer, MixerConfig, MixerSettings};
 pub use transformer::{AttentionConfig, TransformerConfig};
 
 pub use self::generate::{Decoder, Sampling};
+
+/// The standard deviation of the embedding, learned positions and attention weights at
+/// initialisation (GPT-2), before the depth scaling of the residual output projections.
+pub const INIT_STD: f64 = 0.02;
 use crate::error::{Error, Result};
 use crate::nn::attention::PosEncoding;
 
@@ -116,11 +120,7 @@ impl ModelSpec {
     pub fn flops_convention(&self) -> String {
         let mut terms = vec!["6N".to_string()];
         for layer in &self.layers {
-            let name = match layer {
-                MixerConfig::Mamba(_) => "mamba",
-                MixerConfig::Attention(_) => "attn",
-            };
-            let term = format!("Σ_{name} {}", layer.flops_term());
+            let term = format!("Σ_{} {}", layer.name(), layer.flops_term());
             if !terms.contains(&term) {
                 terms.push(term);
             }

@@ -7,7 +7,7 @@
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::limits;
+use super::{INIT_STD, limits};
 use crate::error::{Error, Result};
 use crate::nn::attention::{AttentionDims, CausalSelfAttention, KvCache, PosEncoding};
 use crate::nn::mlp::{Mlp, MlpKind};
@@ -16,10 +16,6 @@ use crate::nn::{Module, Param};
 use crate::ops::activation::add_into;
 use crate::ops::rope::DEFAULT_ROPE_BASE;
 use crate::tensor::{Float, Tensor};
-
-/// The standard deviation of every weight at initialisation (GPT-2), before the depth scaling of
-/// the residual output projections.
-pub const INIT_STD: f64 = 0.02;
 
 /// The settings of one attention + MLP block; the defaults are a small Llama's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -198,11 +194,6 @@ impl TransformerConfig {
     /// Rows of the embedding: vocab_size rounded up to the padding multiple.
     pub fn padded_vocab(&self) -> usize {
         limits::padded(self.vocab_size, self.pad_vocab_size_multiple)
-    }
-
-    pub fn attention_dims(&self) -> AttentionDims {
-        self.block
-            .dims(self.d_model, self.pos_encoding == PosEncoding::Rope)
     }
 
     /// Rejects impossible values, naming the field.

@@ -1,6 +1,6 @@
 //! What every language model of the engine does around its layers: check and embed the token
 //! ids, carry the residual stream through the layers, the final RMSNorm and the lm_head tied to
-//! the embedding, the loss, and the backward of all of it. The models own their layers and call
+//! the embedding, the loss, and the backward of all of it. The model owns its layers and calls
 //! this with closures that run them.
 
 use crate::error::{Error, Result};

@@ -9,8 +9,8 @@
 //! The references (`<family>::reference`, `*_ref` and `*_ref_bwd`) are the textbook formula of
 //! each forward and its backward, written apart from the fast paths and importing nothing from
 //! them (library `exp` and `ln_1p` throughout). Parity tests hold the CPU kernels and the CUDA
-//! launches (emulated or real) to them. Each takes tensors on any device and returns new tensors
-//! on the CPU; gradients are returned fresh, not accumulated.
+//! launches (emulated or real) to them. Each returns new tensors on the CPU (attention's reads CPU
+//! tensors only, the others any device); gradients are returned fresh, not accumulated.
 //!
 //! Layout: activations are token-major, `(b, l, ...)`, so that a linear layer is one matrix
 //! product over all `b * l` tokens.
