@@ -213,6 +213,15 @@ fn project<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T], [m, k, n
 
 /// y (rows) = w (rows, k) · x (k) + bias.
 fn matvec<T: Float>(w: &[T], x: &[T], bias: Option<&[T]>, y: &mut [T]) {
+    // SAFETY: the dispatch runs a target-feature build only on a CPU that has the features.
+    unsafe { matvec_dispatch(w, x, bias, y) }
+}
+
+multiversion!(matvec_dispatch => matvec_kernel(w: &[T], x: &[T], bias: Option<&[T]>, y: &mut [T]));
+
+/// [`matvec`]'s loop, whose dot products vectorize to the widest registers of the build.
+#[inline(always)]
+unsafe fn matvec_kernel<T: Float>(w: &[T], x: &[T], bias: Option<&[T]>, y: &mut [T]) {
     for (i, (yi, row)) in y.iter_mut().zip(w.chunks_exact(x.len())).enumerate() {
         *yi = dot(row, x) + bias.map_or(T::zero(), |b| b[i]);
     }
