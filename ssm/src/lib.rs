@@ -20,7 +20,7 @@
 //! | `hd` | head dimension |
 //! | `lq`, `lk` | query and key lengths of attention (lk >= lq; lq = 1 when decoding) |
 
-pub mod backend;
+pub(crate) mod backend;
 pub mod device;
 pub mod error;
 pub mod float;

@@ -1,6 +1,6 @@
 //! `Tensor`: a contiguous, row-major array of `f32` (or `f64`, for gradient checks) with a shape and
-//! a device. The CPU storage is a `Vec`; the CUDA storage is a [`GpuBuffer`] (f32 only), and the
-//! ops keep one signature and dispatch on [`Tensor::device`].
+//! a device. The CPU storage is a `Vec`; the CUDA storage is a `GpuBuffer` of the CUDA backend
+//! (f32 only), and the ops keep one signature and dispatch on [`Tensor::device`].
 
 use std::fmt;
 use std::sync::Arc;
