@@ -114,7 +114,7 @@ pub fn compare_entries(
     let mut table: toml::Table =
         toml::from_str(config_text).with_context(|| format!("{origin}: invalid TOML"))?;
     for o in overrides {
-        config::apply_override(&mut table, o)?;
+        crate::toml_keys::apply_override(&mut table, o)?;
     }
     let seeds = recipes::seeds(&table, o.seeds, origin)?;
     // Per entry: its own keys first, so that the comparison's overrides (`--set`) win.

@@ -20,4 +20,5 @@ pub mod reproduce;
 pub mod sizes;
 pub mod sweep;
 pub mod tasks;
+pub mod toml_keys;
 pub mod train;

@@ -13,7 +13,8 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::config::{Arch, TrainConfig, from_table_at};
+use crate::config::{Arch, TrainConfig};
+use crate::toml_keys::from_table_at;
 
 /// Moves the `[train.<arch>]` sections out of `table`'s `[train]`, checks the keys of each, and
 /// leaves in `[train]` the merge for `arch`. `overrides` are the `--set`

@@ -12,7 +12,7 @@ use ssm::models::ModelConfig as AnyConfig;
 use ssm::models::hybrid::HybridConfig;
 use ssm::models::transformer::TransformerConfig;
 
-use crate::config::{self, Arch, RunConfig};
+use crate::config::{Arch, RunConfig};
 
 /// Relative difference of parameter counts above which explicit sizes are reported as unequal.
 pub const MAX_MISMATCH: f64 = 0.2;
@@ -58,7 +58,7 @@ pub fn match_sizes(
     let explicit = |i: usize, arch: Arch| -> Result<bool> {
         let mut given = base.clone();
         for o in &overrides[i] {
-            config::apply_override(&mut given, o)?;
+            crate::toml_keys::apply_override(&mut given, o)?;
         }
         Ok(given
             .get("model")

@@ -14,8 +14,9 @@ use ssm::Device;
 use tracing::{info, warn};
 
 use crate::checkpoint::CONFIG_FILE;
-use crate::config::{self, RunConfig, parse_value};
+use crate::config::{self, RunConfig};
 use crate::metrics::{EVAL_FILE, METRICS_FILE, Table, cell};
+use crate::toml_keys::parse_value;
 use crate::train::RUN_INFO_FILE;
 
 pub const SUMMARY_FILE: &str = "summary.csv";

@@ -47,6 +47,17 @@ fn ref_probs<T: Float>(
     (p, lse)
 }
 
+/// What both references start from: the checked sizes, the scale, and q, k, v on the host.
+fn inputs<'a, T: Float>(
+    op: &'static str,
+    (q, k, v): (&'a Tensor<T>, &'a Tensor<T>, &'a Tensor<T>),
+    scale: Option<f64>,
+) -> Result<(AttnDims, f64, [&'a [T]; 3])> {
+    let dims = check(op, q, k, v)?;
+    let scale = resolve_scale(op, scale, dims.hd)?;
+    Ok((dims, scale, [q.host()?, k.host()?, v.host()?]))
+}
+
 /// The plain reference: per head, the full (lq, lk) score matrix, causal mask, softmax, P·V.
 pub fn attention_ref<T: Float>(
     q: &Tensor<T>,
@@ -54,10 +65,7 @@ pub fn attention_ref<T: Float>(
     v: &Tensor<T>,
     scale: Option<f64>,
 ) -> Result<AttentionOutput<T>> {
-    const OP: &str = "attention_ref";
-    let dims = check(OP, q, k, v)?;
-    let scale = resolve_scale(OP, scale, dims.hd)?;
-    let (qs, ks, vs) = (q.host()?, k.host()?, v.host()?);
+    let (dims, scale, [qs, ks, vs]) = inputs("attention_ref", (q, k, v), scale)?;
     let sc = T::from_f64(scale);
     let AttnDims {
         b,
@@ -102,10 +110,8 @@ pub fn attention_ref_bwd<T: Float>(
     d_o: &Tensor<T>,
 ) -> Result<AttentionGrads<T>> {
     const OP: &str = "attention_ref_bwd";
-    let dims = check(OP, q, k, v)?;
-    let scale = resolve_scale(OP, scale, dims.hd)?;
+    let (dims, scale, [qs, ks, vs]) = inputs(OP, (q, k, v), scale)?;
     d_o.expect_dims(OP, "d_o", q.dims())?;
-    let (qs, ks, vs) = (q.host()?, k.host()?, v.host()?);
     let sc = T::from_f64(scale);
     let d_o = d_o.host()?;
     let AttnDims {
