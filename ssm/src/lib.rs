@@ -31,6 +31,8 @@ pub mod ops;
 pub mod optim;
 pub mod parity;
 pub mod tensor;
+#[cfg(feature = "torch")]
+pub mod torch;
 
 pub use error::{Error, Result};
 pub use tensor::{Device, Float, Shape, Tensor};

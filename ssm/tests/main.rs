@@ -9,4 +9,6 @@ mod hf_fixture;
 mod model;
 mod reference_parity;
 mod scan_parity;
+#[cfg(feature = "torch")]
+mod torch_parity;
 mod transformer;

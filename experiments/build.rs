@@ -1,0 +1,5 @@
+include!("../ssm/torch_link.rs");
+
+fn main() {
+    torch_link();
+}
