@@ -249,6 +249,17 @@ enum Cmd {
         /// Folder for bench_scan.csv and bench_train.csv (default: print the tables only).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also time PyTorch beside ours (scan loop and parallel scan, SDPA, matmul, training
+        /// steps) into bench_torch.csv and plots; needs a build with `--features torch`.
+        #[arg(long)]
+        torch: bool,
+        /// Attention lengths of the PyTorch comparison, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().attn_lengths)]
+        attn_lengths: Vec<usize>,
+        /// Longest scan the PyTorch formulations run (a loop over time; a log-depth scan holding
+        /// log2(l) copies of the states).
+        #[arg(long, default_value_t = gpu_bench().torch_max_len)]
+        torch_max_len: usize,
     },
     /// On a GPU: parity of every op, training step and decoding step with the CPU, then the
     /// benchmark table and the speed targets; writes parity.csv and the bench CSVs to --out.
@@ -459,6 +470,9 @@ fn run(cli: Cli) -> Result<()> {
             n_layer,
             repeats,
             out,
+            torch,
+            attn_lengths,
+            torch_max_len,
         } => {
             let o = BenchOptions {
                 device,
@@ -471,6 +485,9 @@ fn run(cli: Cli) -> Result<()> {
                 n_layer,
                 repeats,
                 out,
+                torch,
+                attn_lengths,
+                torch_max_len,
                 ..gpu_bench()
             };
             let report = bench(&o)?;

@@ -17,3 +17,4 @@ mod readme;
 mod reproduce;
 mod resume;
 mod svg_plots;
+mod torch;

@@ -285,6 +285,68 @@ pub fn accuracy_vs_width(curves: Vec<BandedCurve>, out: &Path) -> Result<Vec<Pat
     save(&chart, out, "accuracy_vs_width")
 }
 
+/// The PyTorch comparison of `bench --torch`: forward + backward time against the sequence length
+/// for the scan (one line per implementation and batch size) and attention, into
+/// `out/bench_torch_scan.{png,svg}` and `out/bench_torch_attention.{png,svg}`.
+pub fn bench_torch(rows: &[crate::bench::TorchRow], out: &Path) -> Result<Vec<PathBuf>> {
+    register_font();
+    let mut files = Vec::new();
+    for (section, title, stem) in [
+        (
+            "scan",
+            "selective scan, forward + backward",
+            "bench_torch_scan",
+        ),
+        (
+            "attention",
+            "causal attention, forward + backward",
+            "bench_torch_attention",
+        ),
+    ] {
+        let mut by_line: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for r in rows.iter().filter(|r| r.section == section) {
+            let batch = r.shape.split_whitespace().next().unwrap_or("");
+            by_line
+                .entry(format!("{} ({batch})", r.imp))
+                .or_default()
+                .push((r.l as f64, r.full_ms));
+        }
+        if by_line.is_empty() {
+            continue;
+        }
+        let series = by_line
+            .into_iter()
+            .map(|(label, points)| Series { label, points })
+            .collect();
+        let chart = Lines {
+            note: vec![format!(
+                "median of repeated runs after a warm-up, same inputs, one process; {}",
+                rows.iter()
+                    .find(|r| r.section == section)
+                    .map_or(String::new(), |r| fixed_dims(&r.shape))
+            )],
+            ..lines(
+                title,
+                "sequence length l (tokens)",
+                "time (ms)",
+                (Scale::Log2, Scale::Log10),
+                series,
+            )
+        };
+        files.extend(save(&chart, out, stem)?);
+    }
+    Ok(files)
+}
+
+/// The parts of a bench shape other than the batch and the length: "d=1536 n=16".
+fn fixed_dims(shape: &str) -> String {
+    shape
+        .split_whitespace()
+        .filter(|t| !t.starts_with("b=") && !t.starts_with("l="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn lines(
     title: &str,
     x_desc: &str,

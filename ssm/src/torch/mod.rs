@@ -12,6 +12,10 @@
 //! libtorch must be 2.11.0 (tch 0.24); `scripts/setup-venv --torch` installs it and the README
 //! says how to point the build at it.
 
+// tch's `x += y` is torch's in-place add_: it would change the caller's tensors (shallow copies
+// share storage) and autograd refuses it on leaves, so the code writes `x = x + y`.
+#![allow(clippy::assign_op_pattern)]
+
 pub mod attention;
 pub mod lm;
 pub mod scan;

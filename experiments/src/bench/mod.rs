@@ -1,6 +1,11 @@
 //! `ssm-lab bench`: the selective scan forward and backward against the device's own copy
 //! bandwidth, and training throughput of a Mamba and a Transformer, as tables and CSV files.
 //! Every time is the median of several runs after a warm-up, read after the device finished.
+//! With `torch` (the cargo feature of the same name), PyTorch's scan, attention, matmul and
+//! training steps are timed beside ours on the same inputs (`torch.rs`).
+
+#[cfg(feature = "torch")]
+mod torch;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -38,6 +43,13 @@ pub struct BenchOptions {
     pub repeats: usize,
     /// Folder for bench_scan.csv and bench_train.csv.
     pub out: Option<PathBuf>,
+    /// Also time PyTorch (through tch) beside ours: needs a build with the `torch` feature.
+    pub torch: bool,
+    /// Attention lengths of the PyTorch comparison (b 1, d_model / 64 heads of 64).
+    pub attn_lengths: Vec<usize>,
+    /// The PyTorch scans (a loop over time, a log-depth scan holding log2(l) copies of the
+    /// (b, l, d, n) states) only up to this length.
+    pub torch_max_len: usize,
 }
 
 impl BenchOptions {
@@ -80,6 +92,14 @@ impl BenchOptions {
         )?;
         one_to("d-model", self.d_model, ssm::models::limits::MAX_WIDTH)?;
         one_to("n-layer", self.n_layer, ssm::models::limits::MAX_LAYERS)?;
+        if self.torch && !cfg!(feature = "torch") {
+            bail!(
+                "--torch: this ssm-lab was built without the `torch` feature; build it with \
+                 `--features torch` and LIBTORCH set (README, 'PyTorch side by side')"
+            );
+        }
+        ceiling("attn-lengths", &self.attn_lengths)?;
+        one_to("torch-max-len", self.torch_max_len, crate::limits::MAX_LEN)?;
         one_to("repeats", self.repeats, 1000)
     }
 
@@ -96,6 +116,9 @@ impl BenchOptions {
             n_layer: 4,
             repeats: 5,
             out: None,
+            torch: false,
+            attn_lengths: (9..=14).map(|p| 1 << p).collect(),
+            torch_max_len: 8192,
         }
     }
 
@@ -113,13 +136,20 @@ impl BenchOptions {
             n_layer: 1,
             repeats: 1,
             out: None,
+            torch: false,
+            attn_lengths: vec![64],
+            torch_max_len: 300,
         }
     }
 }
 
 /// Seconds of `f`, the median of `repeats` runs after one warm-up, each read after `device`
 /// finished its work.
-fn time(repeats: usize, device: Device, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+pub(crate) fn time(
+    repeats: usize,
+    device: Device,
+    f: &mut dyn FnMut() -> Result<()>,
+) -> Result<f64> {
     f()?;
     synchronize(device)?;
     let mut times = Vec::with_capacity(repeats);
@@ -136,7 +166,13 @@ fn time(repeats: usize, device: Device, f: &mut dyn FnMut() -> Result<()>) -> Re
 /// A tensor of values uniform in [lo, hi) on `device`. Large tensors repeat a random block of
 /// 2^22 values, which is as good as fresh noise for timing and avoids generating billions of
 /// numbers on the host.
-fn random(device: Device, dims: &[usize], lo: f32, hi: f32, seed: u64) -> Result<Tensor> {
+pub(crate) fn random(
+    device: Device,
+    dims: &[usize],
+    lo: f32,
+    hi: f32,
+    seed: u64,
+) -> Result<Tensor> {
     const BLOCK: usize = 1 << 22;
     let n: usize = dims.iter().product();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -233,7 +269,7 @@ pub struct TrainRow {
     pub peak_mem_mb: Option<f64>,
 }
 
-fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 2] {
+pub(crate) fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 2] {
     let mamba = MambaConfig {
         d_model: o.d_model,
         n_layer: o.n_layer,
@@ -254,7 +290,7 @@ fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 2] {
 }
 
 /// Times full training steps (zero grads, forward, loss, backward, clipping, AdamW).
-fn train_row(
+pub(crate) fn train_row(
     o: &BenchOptions,
     arch: &'static str,
     config: ModelConfig,
@@ -285,6 +321,31 @@ fn train_row(
     })
 }
 
+/// One row of the PyTorch comparison: one implementation of one measurement, on the same inputs
+/// as the row of ours it is compared with.
+#[derive(Clone, Debug)]
+pub struct TorchRow {
+    /// "scan", "attention", "gemm" or "train".
+    pub section: &'static str,
+    /// The shape, e.g. "b=1 l=2048 d=1536 n=16".
+    pub shape: String,
+    /// The sequence length (gemm: the rows m of the product).
+    pub l: usize,
+    /// "ours", "torch loop", "torch parallel", "torch sdpa", "torch matmul" or "torch".
+    pub imp: &'static str,
+    /// The forward alone, ms (scan and attention).
+    pub fwd_ms: Option<f64>,
+    /// Forward + backward (scan, attention), the product (gemm) or the whole training step, ms.
+    pub full_ms: f64,
+    /// GFLOP/s (gemm) or tokens/s (train).
+    pub rate: Option<f64>,
+    /// Peak memory during the row above the resident set at its start, MiB (the CPU's resident
+    /// set; on a GPU our allocator's peak, none for PyTorch).
+    pub peak_mb: Option<f64>,
+    /// full_ms / full_ms of ours on the same inputs: above 1, PyTorch is slower.
+    pub vs_ours: f64,
+}
+
 /// Everything `bench` measured.
 #[derive(Clone, Debug)]
 pub struct BenchReport {
@@ -292,6 +353,8 @@ pub struct BenchReport {
     pub copy_gbps: f64,
     pub scans: Vec<ScanRow>,
     pub train: Vec<TrainRow>,
+    /// With `torch`: our rows and PyTorch's, side by side.
+    pub torch: Vec<TorchRow>,
     /// Rows that could not be measured, with the reason.
     pub errors: Vec<String>,
 }
@@ -345,11 +408,20 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
             train.push(r);
         }
     }
+    #[cfg(feature = "torch")]
+    let torch = if o.torch {
+        torch::bench_torch(o, &mut errors)?
+    } else {
+        Vec::new()
+    };
+    #[cfg(not(feature = "torch"))]
+    let torch = Vec::new();
     let report = BenchReport {
         device,
         copy_gbps,
         scans,
         train,
+        torch,
         errors,
     };
     if let Some(dir) = &o.out {
@@ -476,5 +548,38 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
             .collect(),
         torn: false,
     };
-    train.write(&train.path)
+    train.write(&train.path)?;
+    if r.torch.is_empty() {
+        return Ok(());
+    }
+    let opt = |v: Option<f64>, digits: usize| v.map_or(String::new(), |v| format!("{v:.digits$}"));
+    let torch = Table {
+        path: dir.join("bench_torch.csv"),
+        header: strings(&[
+            "device", "section", "shape", "l", "impl", "fwd_ms", "full_ms", "rate", "peak_mb",
+            "vs_ours",
+        ]),
+        rows: r
+            .torch
+            .iter()
+            .map(|t| {
+                vec![
+                    r.device.replace(',', ";"),
+                    t.section.to_string(),
+                    t.shape.clone(),
+                    t.l.to_string(),
+                    t.imp.to_string(),
+                    opt(t.fwd_ms, 4),
+                    format!("{:.4}", t.full_ms),
+                    opt(t.rate, 1),
+                    opt(t.peak_mb, 1),
+                    format!("{:.3}", t.vs_ours),
+                ]
+            })
+            .collect(),
+        torn: false,
+    };
+    torch.write(&torch.path)?;
+    crate::plot::bench_torch(&r.torch, dir)?;
+    Ok(())
 }

@@ -1,0 +1,490 @@
+//! `bench --torch`: PyTorch (through tch, libtorch 2.11) timed beside ours in one process, on the
+//! same inputs, after the same warm-up, median of the same repeats:
+//!
+//! - the selective scan: ours against `selective_scan_ref`'s loop over time and a log-depth
+//!   parallel scan, both with autograd for the backward (`ssm::torch::scan`);
+//! - causal attention: ours against `scaled_dot_product_attention`;
+//! - the model's matrix products: our GEMM against torch's matmul (MKL on the CPU, cuBLAS on a
+//!   GPU), the machine's ceiling;
+//! - whole training steps of the bench's Mamba and Transformer: ours against the torch copy of
+//!   the same model (`ssm::torch::lm::TorchLm`, Mamba as transformers' slow path) with torch's
+//!   AdamW and gradient clipping.
+//!
+//! A PyTorch failure (out of memory, say) is a reported row error, not the end of the table.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use anyhow::{Result, anyhow, bail};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use ssm::device::{peak_memory_mb, reset_peak_memory};
+use ssm::models::LanguageModel;
+use ssm::ops::attention::{AttentionGrads, AttentionOutput, attention_bwd, attention_fwd};
+use ssm::ops::linear::linear_fwd;
+use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
+use ssm::optim::AdamWConfig;
+use ssm::torch::attention::sdpa;
+use ssm::torch::lm::TorchLm;
+use ssm::torch::scan::{TorchScan, scan_loop, scan_parallel};
+use ssm::torch::{tch, to_torch, torch_device};
+use ssm::{Device, Tensor};
+
+use super::{BenchOptions, TorchRow, bench_models, random, time, train_row};
+
+/// Runs the PyTorch comparison of `o`, printing each row; failed rows go to `errors`.
+pub fn bench_torch(o: &BenchOptions, errors: &mut Vec<String>) -> Result<Vec<TorchRow>> {
+    let td = torch_device(o.device)?;
+    if let tch::Device::Cuda(_) = td
+        && !tch::Cuda::is_available()
+    {
+        bail!(
+            "--torch on {}: PyTorch sees no CUDA device (a CPU-only libtorch, or libtorch_cuda \
+             dropped at link time)",
+            o.device
+        );
+    }
+    let threads = rayon::current_num_threads();
+    tch::set_num_threads(threads as i32);
+    println!(
+        "PyTorch (libtorch 2.11 through tch) on {td:?}, {threads} threads as ours; times in ms, \
+         x ours = its time / ours (above 1: PyTorch slower)"
+    );
+    let mut rows = Vec::new();
+    let mut section = |name: &str, f: &mut dyn FnMut(&mut Vec<TorchRow>) -> Result<()>| {
+        println!("{name}");
+        println!(
+            "  {:<34} {:<15} {:>10} {:>11} {:>10} {:>9} {:>7}",
+            "shape", "impl", "fwd", "fwd+bwd", "rate", "peak MiB", "x ours"
+        );
+        if let Err(e) = f(&mut rows) {
+            println!("  ERROR: {e:#}");
+            errors.push(format!("torch {name}: {e:#}"));
+        }
+    };
+    section(
+        "selective scan (all options on; fwd keeps what the backward needs)",
+        &mut |rows| {
+            for &b in &o.batches {
+                for &l in &o.lengths {
+                    scan_rows(o, td, b, l, rows)?;
+                }
+            }
+            Ok(())
+        },
+    );
+    section("causal attention (b 1, heads of 64)", &mut |rows| {
+        for &l in &o.attn_lengths {
+            attention_rows(o, td, l, rows)?;
+        }
+        Ok(())
+    });
+    section(
+        "matrix products of the bench's Mamba (x · wᵀ; rate in GFLOP/s)",
+        &mut |rows| gemm_rows(o, td, rows),
+    );
+    section(
+        "training steps (rate in tokens/s; full = zero grads, forward, backward, clip, AdamW)",
+        &mut |rows| {
+            for (arch, config) in bench_models(o) {
+                for &l in &o.train_lengths {
+                    train_rows(o, td, arch, config.clone(), l, rows)?;
+                }
+            }
+            Ok(())
+        },
+    );
+    Ok(rows)
+}
+
+/// Prints and keeps one row.
+fn push(rows: &mut Vec<TorchRow>, row: TorchRow) {
+    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
+    println!(
+        "  {:<34} {:<15} {:>10} {:>11.3} {:>10} {:>9} {:>7.2}",
+        row.shape,
+        row.imp,
+        ms(row.fwd_ms),
+        row.full_ms,
+        row.rate.map_or("-".into(), |r| format!("{r:.1}")),
+        row.peak_mb.map_or("-".into(), |m| format!("{m:.0}")),
+        row.vs_ours
+    );
+    rows.push(row);
+}
+
+/// Runs a PyTorch measurement, turning its panics (tch panics on a torch error: out of memory,
+/// an unsupported dtype) into an error.
+fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Result<R> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        anyhow!(
+            "{what}: PyTorch failed: {}",
+            msg.lines().next().unwrap_or("")
+        )
+    })
+}
+
+/// Waits for torch's work on `td`.
+fn torch_sync(td: tch::Device) {
+    if let tch::Device::Cuda(i) = td {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Memory of the process (CPU) or our allocator (GPU) above what it held at `reset`.
+struct Peak {
+    device: Device,
+    start: f64,
+}
+
+unsafe extern "C" {
+    /// glibc: returns the heap's free pages to the system.
+    fn malloc_trim(pad: usize) -> i32;
+}
+
+impl Peak {
+    /// Starts a measurement. On the CPU the memory freed by earlier rows is first handed back
+    /// to the system: otherwise a row would reuse it without raising the resident set, and look
+    /// free.
+    fn reset(device: Device) -> Peak {
+        if device == Device::Cpu {
+            // SAFETY: malloc_trim only releases free memory of glibc's allocator (ours and
+            // libtorch's); it takes no pointers.
+            unsafe { malloc_trim(0) };
+        }
+        reset_peak_memory(device);
+        Peak {
+            device,
+            start: peak_memory_mb(device).unwrap_or(0.0),
+        }
+    }
+    fn above_start(&self) -> Option<f64> {
+        peak_memory_mb(self.device).map(|p| (p - self.start).max(0.0))
+    }
+}
+
+/// A torch leaf copy of `t` on `td`, collecting its gradient when `grad`.
+fn leaf(t: &Tensor, td: tch::Device, grad: bool) -> Result<tch::Tensor> {
+    Ok(to_torch(t, td)?.set_requires_grad(grad))
+}
+
+fn scan_rows(
+    o: &BenchOptions,
+    td: tch::Device,
+    b: usize,
+    l: usize,
+    rows: &mut Vec<TorchRow>,
+) -> Result<()> {
+    let (d, n, dev) = (o.d, o.n, o.device);
+    let shape = format!("b={b} l={l} d={d} n={n}");
+    let u = random(dev, &[b, l, d], -1.0, 1.0, 2)?;
+    let delta = random(dev, &[b, l, d], -3.0, 0.5, 3)?;
+    let z = random(dev, &[b, l, d], -1.0, 1.0, 4)?;
+    let a = random(dev, &[d, n], -2.0, -0.1, 5)?;
+    let bm = random(dev, &[b, l, 1, n], -1.0, 1.0, 6)?;
+    let cm = random(dev, &[b, l, 1, n], -1.0, 1.0, 7)?;
+    let d_skip = random(dev, &[d], -1.0, 1.0, 8)?;
+    let bias = random(dev, &[d], -1.0, 0.0, 9)?;
+    let dy = random(dev, &[b, l, d], -1.0, 1.0, 10)?;
+    let inp = ScanInputs {
+        u: &u,
+        delta: &delta,
+        a: &a,
+        b: &bm,
+        c: &cm,
+        d_skip: Some(&d_skip),
+        z: Some(&z),
+        delta_bias: Some(&bias),
+        delta_softplus: true,
+        h0: None,
+    };
+    let peak = Peak::reset(dev);
+    let mut out = ScanOutput::default();
+    let fwd = time(o.repeats, dev, &mut || {
+        Ok(selective_scan_fwd(&inp, &mut out, true)?)
+    })?;
+    let mut grads = ScanGrads::zeros_like(&inp)?;
+    let full = time(o.repeats, dev, &mut || {
+        selective_scan_fwd(&inp, &mut out, true)?;
+        Ok(selective_scan_bwd(&inp, &out, &dy, None, &mut grads)?)
+    })?;
+    let ours = full * 1e3;
+    push(
+        rows,
+        TorchRow {
+            section: "scan",
+            shape: shape.clone(),
+            l,
+            imp: "ours",
+            fwd_ms: Some(fwd * 1e3),
+            full_ms: ours,
+            rate: None,
+            peak_mb: peak.above_start(),
+            vs_ours: 1.0,
+        },
+    );
+    drop((out, grads));
+    if l > o.torch_max_len {
+        println!(
+            "  {shape:<34} torch           skipped: l above --torch-max-len {}",
+            o.torch_max_len
+        );
+        return Ok(());
+    }
+    let t = inp.try_map(|x| leaf(x, td, true))?;
+    let ts = TorchScan {
+        u: &t.u,
+        delta: &t.delta,
+        a: &t.a,
+        b: &t.b,
+        c: &t.c,
+        d_skip: t.d_skip.as_ref(),
+        z: t.z.as_ref(),
+        delta_bias: t.delta_bias.as_ref(),
+        delta_softplus: true,
+        h0: None,
+    };
+    let tdy = to_torch(&dy, td)?;
+    type Formulation = fn(&TorchScan) -> (tch::Tensor, tch::Tensor);
+    let formulations: [(&'static str, Formulation); 2] =
+        [("torch loop", scan_loop), ("torch parallel", scan_parallel)];
+    for (imp, scan) in formulations {
+        let row = guarded(imp, || -> Result<TorchRow> {
+            let peak = Peak::reset(dev);
+            let fwd = time(o.repeats, dev, &mut || {
+                let _ = tch::no_grad(|| scan(&ts));
+                torch_sync(td);
+                Ok(())
+            })?;
+            let full = time(o.repeats, dev, &mut || {
+                let (y, _) = scan(&ts);
+                (y * &tdy).sum(None).backward();
+                torch_sync(td);
+                Ok(())
+            })?;
+            Ok(TorchRow {
+                section: "scan",
+                shape: shape.clone(),
+                l,
+                imp,
+                fwd_ms: Some(fwd * 1e3),
+                full_ms: full * 1e3,
+                rate: None,
+                peak_mb: cpu_only(dev, peak.above_start()),
+                vs_ours: full * 1e3 / ours,
+            })
+        })??;
+        push(rows, row);
+    }
+    Ok(())
+}
+
+/// PyTorch's memory is the process's on the CPU; on a GPU its caching allocator is not ours.
+fn cpu_only(dev: Device, v: Option<f64>) -> Option<f64> {
+    (dev == Device::Cpu).then_some(v).flatten()
+}
+
+fn attention_rows(
+    o: &BenchOptions,
+    td: tch::Device,
+    l: usize,
+    rows: &mut Vec<TorchRow>,
+) -> Result<()> {
+    let (hd, dev) = (64, o.device);
+    let h = (o.d_model / hd).max(1);
+    let shape = format!("b=1 l={l} h={h} hd={hd}");
+    let dims = [1, l, h, hd];
+    let (q, k, v) = (
+        random(dev, &dims, -1.0, 1.0, 21)?,
+        random(dev, &dims, -1.0, 1.0, 22)?,
+        random(dev, &dims, -1.0, 1.0, 23)?,
+    );
+    let d_o = random(dev, &dims, -1.0, 1.0, 24)?;
+    let peak = Peak::reset(dev);
+    let mut out = AttentionOutput::default();
+    let fwd = time(o.repeats, dev, &mut || {
+        Ok(attention_fwd(&q, &k, &v, None, &mut out)?)
+    })?;
+    let mut grads = AttentionGrads::zeros_like(&q, &k, &v)?;
+    let full = time(o.repeats, dev, &mut || {
+        attention_fwd(&q, &k, &v, None, &mut out)?;
+        Ok(attention_bwd(&q, &k, &v, &out, &d_o, &mut grads)?)
+    })?;
+    let ours = full * 1e3;
+    push(
+        rows,
+        TorchRow {
+            section: "attention",
+            shape: shape.clone(),
+            l,
+            imp: "ours",
+            fwd_ms: Some(fwd * 1e3),
+            full_ms: ours,
+            rate: None,
+            peak_mb: peak.above_start(),
+            vs_ours: 1.0,
+        },
+    );
+    drop((out, grads));
+    let (tq, tk, tv) = (
+        leaf(&q, td, true)?,
+        leaf(&k, td, true)?,
+        leaf(&v, td, true)?,
+    );
+    let tdo = to_torch(&d_o, td)?;
+    let row = guarded("torch sdpa", || -> Result<TorchRow> {
+        let peak = Peak::reset(dev);
+        let fwd = time(o.repeats, dev, &mut || {
+            let _ = tch::no_grad(|| sdpa(&tq, &tk, &tv, None));
+            torch_sync(td);
+            Ok(())
+        })?;
+        let full = time(o.repeats, dev, &mut || {
+            (sdpa(&tq, &tk, &tv, None) * &tdo).sum(None).backward();
+            torch_sync(td);
+            Ok(())
+        })?;
+        Ok(TorchRow {
+            section: "attention",
+            shape: shape.clone(),
+            l,
+            imp: "torch sdpa",
+            fwd_ms: Some(fwd * 1e3),
+            full_ms: full * 1e3,
+            rate: None,
+            peak_mb: cpu_only(dev, peak.above_start()),
+            vs_ours: full * 1e3 / ours,
+        })
+    })??;
+    push(rows, row);
+    Ok(())
+}
+
+/// The products of one Mamba layer and the head at the bench's width, m = train_tokens rows,
+/// and a square 1024³ product.
+fn gemm_rows(o: &BenchOptions, td: tch::Device, rows: &mut Vec<TorchRow>) -> Result<()> {
+    let (d, m, dev) = (o.d_model, o.train_tokens, o.device);
+    let (di, r) = (2 * d, d.div_ceil(16));
+    let shapes = [
+        ("in_proj (x or z)", m, d, di),
+        ("out_proj", m, di, d),
+        ("x_proj", m, di, r + 32),
+        ("head (vocab 256)", m, d, 256),
+        ("square", 1024, 1024, 1024),
+    ];
+    for (name, m, k, n) in shapes {
+        let shape = format!("{name} {m}x{k}x{n}");
+        let x = random(dev, &[m, k], -1.0, 1.0, 31)?;
+        let w = random(dev, &[n, k], -1.0, 1.0, 32)?;
+        let flops = 2.0 * (m * k * n) as f64;
+        let mut y = Tensor::default();
+        let ours = time(o.repeats, dev, &mut || {
+            Ok(linear_fwd(&x, &w, None, &mut y)?)
+        })?;
+        push(
+            rows,
+            TorchRow {
+                section: "gemm",
+                shape: shape.clone(),
+                l: m,
+                imp: "ours",
+                fwd_ms: None,
+                full_ms: ours * 1e3,
+                rate: Some(flops / ours / 1e9),
+                peak_mb: None,
+                vs_ours: 1.0,
+            },
+        );
+        let (tx, tw) = (to_torch(&x, td)?, to_torch(&w, td)?);
+        let theirs = guarded("torch matmul", || {
+            time(o.repeats, dev, &mut || {
+                let _ = tch::no_grad(|| tx.linear::<tch::Tensor>(&tw, None));
+                torch_sync(td);
+                Ok(())
+            })
+        })??;
+        push(
+            rows,
+            TorchRow {
+                section: "gemm",
+                shape,
+                l: m,
+                imp: "torch matmul",
+                fwd_ms: None,
+                full_ms: theirs * 1e3,
+                rate: Some(flops / theirs / 1e9),
+                peak_mb: None,
+                vs_ours: theirs / ours,
+            },
+        );
+    }
+    Ok(())
+}
+
+fn train_rows(
+    o: &BenchOptions,
+    td: tch::Device,
+    arch: &'static str,
+    config: ssm::models::ModelConfig,
+    l: usize,
+    rows: &mut Vec<TorchRow>,
+) -> Result<()> {
+    let b = (o.train_tokens / l).max(1);
+    let shape = format!("{arch} l={l} b={b}");
+    let start = Peak::reset(o.device);
+    let ours = train_row(o, arch, config.clone(), l)?;
+    push(
+        rows,
+        TorchRow {
+            section: "train",
+            shape: shape.clone(),
+            l,
+            imp: "ours",
+            fwd_ms: None,
+            full_ms: ours.ms_per_step,
+            rate: Some(ours.tokens_per_s),
+            peak_mb: ours.peak_mem_mb.map(|p| (p - start.start).max(0.0)),
+            vs_ours: 1.0,
+        },
+    );
+    // The same initial weights and batch as ours (train_row: seed 0, ids from seed 11).
+    let mut model = LanguageModel::<f32>::new(config, 0)?;
+    let mut rng = StdRng::seed_from_u64(11);
+    let ids: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..256)).collect();
+    let targets: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let row = guarded("torch training step", || -> Result<TorchRow> {
+        let peak = Peak::reset(o.device);
+        let torch = TorchLm::from_model(&mut model, td)?;
+        let mut opt = torch.optimizer(AdamWConfig::default(), 1e-4)?;
+        let tids = torch.ids(&ids, b);
+        let s = time(o.repeats, o.device, &mut || {
+            opt.zero_grad();
+            torch.loss(&tids, &targets)?.backward();
+            opt.clip_grad_norm(1.0);
+            opt.step();
+            torch_sync(td);
+            Ok(())
+        })?;
+        Ok(TorchRow {
+            section: "train",
+            shape: shape.clone(),
+            l,
+            imp: "torch",
+            fwd_ms: None,
+            full_ms: s * 1e3,
+            rate: Some((b * l) as f64 / s),
+            peak_mb: cpu_only(o.device, peak.above_start()),
+            vs_ours: s * 1e3 / ours.ms_per_step,
+        })
+    })??;
+    push(rows, row);
+    Ok(())
+}
