@@ -243,6 +243,23 @@ impl<X> ScanInputsOf<X> {
         })
     }
 
+    /// References to every input, for a [`try_map`](Self::try_map) that reads them, or for
+    /// code that takes the inputs by reference.
+    pub fn each_ref(&self) -> ScanInputsOf<&X> {
+        ScanInputsOf {
+            u: &self.u,
+            delta: &self.delta,
+            a: &self.a,
+            b: &self.b,
+            c: &self.c,
+            d_skip: self.d_skip.as_ref(),
+            z: self.z.as_ref(),
+            delta_bias: self.delta_bias.as_ref(),
+            delta_softplus: self.delta_softplus,
+            h0: self.h0.as_ref(),
+        }
+    }
+
     /// Every input present: u, delta, A, B, C, then the optional ones given.
     pub fn present(self) -> Vec<X> {
         let opts = [self.d_skip, self.z, self.delta_bias, self.h0];

@@ -20,7 +20,7 @@ use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, sele
 use ssm::optim::{AdamW, AdamWConfig};
 use ssm::torch::attention::sdpa;
 use ssm::torch::lm::TorchLm;
-use ssm::torch::scan::{TorchScan, scan_loop, scan_parallel};
+use ssm::torch::scan::{scan_loop, scan_parallel};
 use ssm::torch::tch::{self, Reduction};
 use ssm::torch::{causal_conv1d, max_abs_diff, rmsnorm, to_torch};
 
@@ -93,18 +93,7 @@ fn scan_matches_torch_loop_and_parallel_scan_with_every_option() {
         selective_scan_bwd(&inp, &out, &dy, Some(&dlast), &mut grads).unwrap();
 
         let t = inp.try_map(|x| Ok::<_, ()>(leaf(x))).unwrap();
-        let ts = TorchScan {
-            u: &t.u,
-            delta: &t.delta,
-            a: &t.a,
-            b: &t.b,
-            c: &t.c,
-            d_skip: t.d_skip.as_ref(),
-            z: t.z.as_ref(),
-            delta_bias: t.delta_bias.as_ref(),
-            delta_softplus: softplus,
-            h0: t.h0.as_ref(),
-        };
+        let ts = t.each_ref();
         let (y, last) = scan_loop(&ts);
         close("scan y", &out.y, &y, 1e-12);
         close("scan last state", &out.last_state, &last, 1e-12);

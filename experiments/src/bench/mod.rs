@@ -207,39 +207,64 @@ pub struct ScanRow {
     pub bwd_gbps: f64,
 }
 
+/// The scan inputs of the bench at (b, l), random: every option on (z, D, delta_bias, softplus),
+/// B and C in one group, no initial state; and a gradient dy of the output.
+pub(crate) struct ScanTensors {
+    u: Tensor,
+    delta: Tensor,
+    z: Tensor,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    d_skip: Tensor,
+    bias: Tensor,
+    pub dy: Tensor,
+}
+
+impl ScanTensors {
+    pub(crate) fn new(o: &BenchOptions, b: usize, l: usize) -> Result<Self> {
+        let (d, n, dev) = (o.d, o.n, o.device);
+        Ok(ScanTensors {
+            u: random(dev, &[b, l, d], -1.0, 1.0, 2)?,
+            delta: random(dev, &[b, l, d], -3.0, 0.5, 3)?,
+            z: random(dev, &[b, l, d], -1.0, 1.0, 4)?,
+            a: random(dev, &[d, n], -2.0, -0.1, 5)?,
+            b: random(dev, &[b, l, 1, n], -1.0, 1.0, 6)?,
+            c: random(dev, &[b, l, 1, n], -1.0, 1.0, 7)?,
+            d_skip: random(dev, &[d], -1.0, 1.0, 8)?,
+            bias: random(dev, &[d], -1.0, 0.0, 9)?,
+            dy: random(dev, &[b, l, d], -1.0, 1.0, 10)?,
+        })
+    }
+
+    pub(crate) fn inputs(&self) -> ScanInputs<'_, f32> {
+        ScanInputs {
+            u: &self.u,
+            delta: &self.delta,
+            a: &self.a,
+            b: &self.b,
+            c: &self.c,
+            d_skip: Some(&self.d_skip),
+            z: Some(&self.z),
+            delta_bias: Some(&self.bias),
+            delta_softplus: true,
+            h0: None,
+        }
+    }
+}
+
 /// Times the scan forward (keeping the chunk states, as in training) and backward at (b, l).
 fn scan_row(o: &BenchOptions, b: usize, l: usize) -> Result<ScanRow> {
     let (d, n, dev) = (o.d, o.n, o.device);
-    let u = random(dev, &[b, l, d], -1.0, 1.0, 2)?;
-    let delta = random(dev, &[b, l, d], -3.0, 0.5, 3)?;
-    let z = random(dev, &[b, l, d], -1.0, 1.0, 4)?;
-    let a = random(dev, &[d, n], -2.0, -0.1, 5)?;
-    let bm = random(dev, &[b, l, 1, n], -1.0, 1.0, 6)?;
-    let cm = random(dev, &[b, l, 1, n], -1.0, 1.0, 7)?;
-    let (d_skip, bias) = (
-        random(dev, &[d], -1.0, 1.0, 8)?,
-        random(dev, &[d], -1.0, 0.0, 9)?,
-    );
-    let dy = random(dev, &[b, l, d], -1.0, 1.0, 10)?;
-    let inp = ScanInputs {
-        u: &u,
-        delta: &delta,
-        a: &a,
-        b: &bm,
-        c: &cm,
-        d_skip: Some(&d_skip),
-        z: Some(&z),
-        delta_bias: Some(&bias),
-        delta_softplus: true,
-        h0: None,
-    };
+    let tensors = ScanTensors::new(o, b, l)?;
+    let (inp, dy) = (tensors.inputs(), &tensors.dy);
     let mut out = ScanOutput::default();
     let fwd = time(o.repeats, dev, &mut || {
         Ok(selective_scan_fwd(&inp, &mut out, true)?)
     })?;
     let mut grads = ScanGrads::zeros_like(&inp)?;
     let bwd = time(o.repeats, dev, &mut || {
-        Ok(selective_scan_bwd(&inp, &out, &dy, None, &mut grads)?)
+        Ok(selective_scan_bwd(&inp, &out, dy, None, &mut grads)?)
     })?;
     // The least traffic each pass needs: the forward reads u, delta, z, B, C and writes y; the
     // backward reads those and dy and writes du, ddelta, dz, dB, dC.

@@ -21,7 +21,7 @@ use ssm::device::{peak_memory_mb, reset_peak_memory};
 use ssm::models::LanguageModel;
 use ssm::ops::attention::{AttentionGrads, AttentionOutput, attention_bwd, attention_fwd};
 use ssm::ops::linear::linear_fwd;
-use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
+use ssm::ops::scan::{ScanGrads, ScanOutput, selective_scan_bwd, selective_scan_fwd};
 use ssm::optim::AdamWConfig;
 use ssm::torch::attention::sdpa;
 use ssm::torch::lm::TorchLm;
@@ -29,7 +29,7 @@ use ssm::torch::scan::{TorchScan, scan_loop, scan_parallel};
 use ssm::torch::{tch, to_torch, torch_device};
 use ssm::{Device, Tensor};
 
-use super::{BenchOptions, TorchRow, bench_models, random, time, train_row};
+use super::{BenchOptions, ScanTensors, TorchRow, bench_models, random, time, train_row};
 
 /// Runs the PyTorch comparison of `o`, printing each row; failed rows go to `errors`.
 pub fn bench_torch(o: &BenchOptions, errors: &mut Vec<String>) -> Result<Vec<TorchRow>> {
@@ -176,6 +176,38 @@ fn leaf(t: &Tensor, td: tch::Device, grad: bool) -> Result<tch::Tensor> {
     Ok(to_torch(t, td)?.set_requires_grad(grad))
 }
 
+/// What one comparison measures; its rows differ in the implementation.
+struct Case {
+    section: &'static str,
+    shape: String,
+    l: usize,
+}
+
+impl Case {
+    /// A row of `imp` from its times in seconds; `ours_ms` is the full time of ours on the same
+    /// inputs (this row's own for ours).
+    fn row(
+        &self,
+        imp: &'static str,
+        (fwd, full): (Option<f64>, f64),
+        rate: Option<f64>,
+        peak_mb: Option<f64>,
+        ours_ms: f64,
+    ) -> TorchRow {
+        TorchRow {
+            section: self.section,
+            shape: self.shape.clone(),
+            l: self.l,
+            imp,
+            fwd_ms: fwd.map(|s| s * 1e3),
+            full_ms: full * 1e3,
+            rate,
+            peak_mb,
+            vs_ours: full * 1e3 / ours_ms,
+        }
+    }
+}
+
 fn scan_rows(
     o: &BenchOptions,
     td: tch::Device,
@@ -183,29 +215,14 @@ fn scan_rows(
     l: usize,
     rows: &mut Vec<TorchRow>,
 ) -> Result<()> {
-    let (d, n, dev) = (o.d, o.n, o.device);
-    let shape = format!("b={b} l={l} d={d} n={n}");
-    let u = random(dev, &[b, l, d], -1.0, 1.0, 2)?;
-    let delta = random(dev, &[b, l, d], -3.0, 0.5, 3)?;
-    let z = random(dev, &[b, l, d], -1.0, 1.0, 4)?;
-    let a = random(dev, &[d, n], -2.0, -0.1, 5)?;
-    let bm = random(dev, &[b, l, 1, n], -1.0, 1.0, 6)?;
-    let cm = random(dev, &[b, l, 1, n], -1.0, 1.0, 7)?;
-    let d_skip = random(dev, &[d], -1.0, 1.0, 8)?;
-    let bias = random(dev, &[d], -1.0, 0.0, 9)?;
-    let dy = random(dev, &[b, l, d], -1.0, 1.0, 10)?;
-    let inp = ScanInputs {
-        u: &u,
-        delta: &delta,
-        a: &a,
-        b: &bm,
-        c: &cm,
-        d_skip: Some(&d_skip),
-        z: Some(&z),
-        delta_bias: Some(&bias),
-        delta_softplus: true,
-        h0: None,
+    let dev = o.device;
+    let case = Case {
+        section: "scan",
+        shape: format!("b={b} l={l} d={} n={}", o.d, o.n),
+        l,
     };
+    let tensors = ScanTensors::new(o, b, l)?;
+    let (inp, dy) = (tensors.inputs(), &tensors.dy);
     let peak = Peak::reset(dev);
     let mut out = ScanOutput::default();
     let fwd = time(o.repeats, dev, &mut || {
@@ -214,77 +231,62 @@ fn scan_rows(
     let mut grads = ScanGrads::zeros_like(&inp)?;
     let full = time(o.repeats, dev, &mut || {
         selective_scan_fwd(&inp, &mut out, true)?;
-        Ok(selective_scan_bwd(&inp, &out, &dy, None, &mut grads)?)
+        Ok(selective_scan_bwd(&inp, &out, dy, None, &mut grads)?)
     })?;
     let ours = full * 1e3;
     push(
         rows,
-        TorchRow {
-            section: "scan",
-            shape: shape.clone(),
-            l,
-            imp: "ours",
-            fwd_ms: Some(fwd * 1e3),
-            full_ms: ours,
-            rate: None,
-            peak_mb: peak.above_start(),
-            vs_ours: 1.0,
-        },
+        case.row("ours", (Some(fwd), full), None, peak.above_start(), ours),
     );
     drop((out, grads));
     if l > o.torch_max_len {
         println!(
-            "  {shape:<34} torch           skipped: l above --torch-max-len {}",
-            o.torch_max_len
+            "  {:<34} torch           skipped: l above --torch-max-len {}",
+            case.shape, o.torch_max_len
         );
         return Ok(());
     }
     let t = inp.try_map(|x| leaf(x, td, true))?;
-    let ts = TorchScan {
-        u: &t.u,
-        delta: &t.delta,
-        a: &t.a,
-        b: &t.b,
-        c: &t.c,
-        d_skip: t.d_skip.as_ref(),
-        z: t.z.as_ref(),
-        delta_bias: t.delta_bias.as_ref(),
-        delta_softplus: true,
-        h0: None,
-    };
-    let tdy = to_torch(&dy, td)?;
+    let (ts, tdy) = (t.each_ref(), to_torch(dy, td)?);
     type Formulation = fn(&TorchScan) -> (tch::Tensor, tch::Tensor);
     let formulations: [(&'static str, Formulation); 2] =
         [("torch loop", scan_loop), ("torch parallel", scan_parallel)];
     for (imp, scan) in formulations {
-        let row = guarded(imp, || -> Result<TorchRow> {
-            let peak = Peak::reset(dev);
-            let fwd = time(o.repeats, dev, &mut || {
-                let _ = tch::no_grad(|| scan(&ts));
-                torch_sync(td);
-                Ok(())
-            })?;
-            let full = time(o.repeats, dev, &mut || {
-                let (y, _) = scan(&ts);
-                (y * &tdy).sum(None).backward();
-                torch_sync(td);
-                Ok(())
-            })?;
-            Ok(TorchRow {
-                section: "scan",
-                shape: shape.clone(),
-                l,
-                imp,
-                fwd_ms: Some(fwd * 1e3),
-                full_ms: full * 1e3,
-                rate: None,
-                peak_mb: cpu_only(dev, peak.above_start()),
-                vs_ours: full * 1e3 / ours,
-            })
-        })??;
-        push(rows, row);
+        let (times, peak) = torch_fwd_bwd(o, td, imp, &|| scan(&ts).0, &|| {
+            (scan(&ts).0 * &tdy).sum(None)
+        })?;
+        push(rows, case.row(imp, times, None, peak, ours));
     }
     Ok(())
+}
+
+/// (forward, forward + backward) in seconds, and the peak memory in MiB.
+type Measured = ((Option<f64>, f64), Option<f64>);
+
+/// Times a PyTorch forward without autograd and forward + backward of `loss`, after the same
+/// warm-up and repeats as ours; returns the times in seconds and the peak memory (CPU only).
+fn torch_fwd_bwd(
+    o: &BenchOptions,
+    td: tch::Device,
+    imp: &str,
+    forward: &dyn Fn() -> tch::Tensor,
+    loss: &dyn Fn() -> tch::Tensor,
+) -> Result<Measured> {
+    let dev = o.device;
+    guarded(imp, || -> Result<_> {
+        let peak = Peak::reset(dev);
+        let fwd = time(o.repeats, dev, &mut || {
+            let _ = tch::no_grad(forward);
+            torch_sync(td);
+            Ok(())
+        })?;
+        let full = time(o.repeats, dev, &mut || {
+            loss().backward();
+            torch_sync(td);
+            Ok(())
+        })?;
+        Ok(((Some(fwd), full), cpu_only(dev, peak.above_start())))
+    })?
 }
 
 /// PyTorch's memory is the process's on the CPU; on a GPU its caching allocator is not ours.
@@ -300,7 +302,11 @@ fn attention_rows(
 ) -> Result<()> {
     let (hd, dev) = (64, o.device);
     let h = (o.d_model / hd).max(1);
-    let shape = format!("b=1 l={l} h={h} hd={hd}");
+    let case = Case {
+        section: "attention",
+        shape: format!("b=1 l={l} h={h} hd={hd}"),
+        l,
+    };
     let dims = [1, l, h, hd];
     let (q, k, v) = (
         random(dev, &dims, -1.0, 1.0, 21)?,
@@ -321,17 +327,7 @@ fn attention_rows(
     let ours = full * 1e3;
     push(
         rows,
-        TorchRow {
-            section: "attention",
-            shape: shape.clone(),
-            l,
-            imp: "ours",
-            fwd_ms: Some(fwd * 1e3),
-            full_ms: ours,
-            rate: None,
-            peak_mb: peak.above_start(),
-            vs_ours: 1.0,
-        },
+        case.row("ours", (Some(fwd), full), None, peak.above_start(), ours),
     );
     drop((out, grads));
     let (tq, tk, tv) = (
@@ -340,31 +336,10 @@ fn attention_rows(
         leaf(&v, td, true)?,
     );
     let tdo = to_torch(&d_o, td)?;
-    let row = guarded("torch sdpa", || -> Result<TorchRow> {
-        let peak = Peak::reset(dev);
-        let fwd = time(o.repeats, dev, &mut || {
-            let _ = tch::no_grad(|| sdpa(&tq, &tk, &tv, None));
-            torch_sync(td);
-            Ok(())
-        })?;
-        let full = time(o.repeats, dev, &mut || {
-            (sdpa(&tq, &tk, &tv, None) * &tdo).sum(None).backward();
-            torch_sync(td);
-            Ok(())
-        })?;
-        Ok(TorchRow {
-            section: "attention",
-            shape: shape.clone(),
-            l,
-            imp: "torch sdpa",
-            fwd_ms: Some(fwd * 1e3),
-            full_ms: full * 1e3,
-            rate: None,
-            peak_mb: cpu_only(dev, peak.above_start()),
-            vs_ours: full * 1e3 / ours,
-        })
-    })??;
-    push(rows, row);
+    let (times, peak) = torch_fwd_bwd(o, td, "torch sdpa", &|| sdpa(&tq, &tk, &tv, None), &|| {
+        (sdpa(&tq, &tk, &tv, None) * &tdo).sum(None)
+    })?;
+    push(rows, case.row("torch sdpa", times, None, peak, ours));
     Ok(())
 }
 
@@ -381,27 +356,21 @@ fn gemm_rows(o: &BenchOptions, td: tch::Device, rows: &mut Vec<TorchRow>) -> Res
         ("square", 1024, 1024, 1024),
     ];
     for (name, m, k, n) in shapes {
-        let shape = format!("{name} {m}x{k}x{n}");
+        let case = Case {
+            section: "gemm",
+            shape: format!("{name} {m}x{k}x{n}"),
+            l: m,
+        };
         let x = random(dev, &[m, k], -1.0, 1.0, 31)?;
         let w = random(dev, &[n, k], -1.0, 1.0, 32)?;
-        let flops = 2.0 * (m * k * n) as f64;
+        let gflops = |s: f64| Some(2.0 * (m * k * n) as f64 / s / 1e9);
         let mut y = Tensor::default();
         let ours = time(o.repeats, dev, &mut || {
             Ok(linear_fwd(&x, &w, None, &mut y)?)
         })?;
         push(
             rows,
-            TorchRow {
-                section: "gemm",
-                shape: shape.clone(),
-                l: m,
-                imp: "ours",
-                fwd_ms: None,
-                full_ms: ours * 1e3,
-                rate: Some(flops / ours / 1e9),
-                peak_mb: None,
-                vs_ours: 1.0,
-            },
+            case.row("ours", (None, ours), gflops(ours), None, ours * 1e3),
         );
         let (tx, tw) = (to_torch(&x, td)?, to_torch(&w, td)?);
         let theirs = guarded("torch matmul", || {
@@ -411,20 +380,14 @@ fn gemm_rows(o: &BenchOptions, td: tch::Device, rows: &mut Vec<TorchRow>) -> Res
                 Ok(())
             })
         })??;
-        push(
-            rows,
-            TorchRow {
-                section: "gemm",
-                shape,
-                l: m,
-                imp: "torch matmul",
-                fwd_ms: None,
-                full_ms: theirs * 1e3,
-                rate: Some(flops / theirs / 1e9),
-                peak_mb: None,
-                vs_ours: theirs / ours,
-            },
+        let row = case.row(
+            "torch matmul",
+            (None, theirs),
+            gflops(theirs),
+            None,
+            ours * 1e3,
         );
+        push(rows, row);
     }
     Ok(())
 }
@@ -438,22 +401,24 @@ fn train_rows(
     rows: &mut Vec<TorchRow>,
 ) -> Result<()> {
     let b = (o.train_tokens / l).max(1);
-    let shape = format!("{arch} l={l} b={b}");
+    let case = Case {
+        section: "train",
+        shape: format!("{arch} l={l} b={b}"),
+        l,
+    };
     let start = Peak::reset(o.device);
     let ours = train_row(o, arch, config.clone(), l)?;
+    let peak = ours.peak_mem_mb.map(|p| (p - start.start).max(0.0));
+    let (ours_s, ours_ms) = (ours.ms_per_step / 1e3, ours.ms_per_step);
     push(
         rows,
-        TorchRow {
-            section: "train",
-            shape: shape.clone(),
-            l,
-            imp: "ours",
-            fwd_ms: None,
-            full_ms: ours.ms_per_step,
-            rate: Some(ours.tokens_per_s),
-            peak_mb: ours.peak_mem_mb.map(|p| (p - start.start).max(0.0)),
-            vs_ours: 1.0,
-        },
+        case.row(
+            "ours",
+            (None, ours_s),
+            Some(ours.tokens_per_s),
+            peak,
+            ours_ms,
+        ),
     );
     // The same initial weights and batch as ours (train_row: seed 0, ids from seed 11).
     let mut model = LanguageModel::<f32>::new(config, 0)?;
@@ -473,17 +438,8 @@ fn train_rows(
             torch_sync(td);
             Ok(())
         })?;
-        Ok(TorchRow {
-            section: "train",
-            shape: shape.clone(),
-            l,
-            imp: "torch",
-            fwd_ms: None,
-            full_ms: s * 1e3,
-            rate: Some((b * l) as f64 / s),
-            peak_mb: cpu_only(o.device, peak.above_start()),
-            vs_ours: s * 1e3 / ours.ms_per_step,
-        })
+        let (rate, peak) = ((b * l) as f64 / s, cpu_only(o.device, peak.above_start()));
+        Ok(case.row("torch", (None, s), Some(rate), peak, ours_ms))
     })??;
     push(rows, row);
     Ok(())

@@ -10,55 +10,43 @@
 //!
 //! Both return y (b, l, d) and the last state (b, d, n); gradients come from autograd.
 
+use ssm_kernels::scan::ScanInputsOf;
 use tch::Tensor;
 
-/// The inputs of one scan, as torch tensors; optional parts are `None`.
-pub struct TorchScan<'a> {
-    pub u: &'a Tensor,
-    pub delta: &'a Tensor,
-    pub a: &'a Tensor,
-    pub b: &'a Tensor,
-    pub c: &'a Tensor,
-    pub d_skip: Option<&'a Tensor>,
-    pub z: Option<&'a Tensor>,
-    pub delta_bias: Option<&'a Tensor>,
-    pub delta_softplus: bool,
-    pub h0: Option<&'a Tensor>,
+/// The inputs of one scan as torch tensors, the field list of `ops::scan::ScanInputs`.
+pub type TorchScan<'a> = ScanInputsOf<&'a Tensor>;
+
+/// Δ (b, l, d), then exp(Δ·A) and Δ·B·u (b, l, d, n), and C widened to every channel.
+fn discretize(s: &TorchScan) -> (Tensor, Tensor, Tensor) {
+    let mut dt = s.delta.shallow_clone();
+    if let Some(bias) = s.delta_bias {
+        dt = dt + bias;
+    }
+    if s.delta_softplus {
+        dt = dt.softplus();
+    }
+    let (d, g) = (s.u.size()[2], s.b.size()[2]);
+    let widen = |m: &Tensor| m.repeat_interleave_self_int(d / g, 2, None);
+    let da = (dt.unsqueeze(-1) * s.a).exp();
+    let dbu = (&dt * s.u).unsqueeze(-1) * widen(s.b);
+    (da, dbu, widen(s.c))
 }
 
-impl TorchScan<'_> {
-    /// Δ (b, l, d), then exp(Δ·A) and Δ·B·u (b, l, d, n), B and C widened to every channel.
-    fn discretize(&self) -> (Tensor, Tensor, Tensor) {
-        let mut dt = self.delta.shallow_clone();
-        if let Some(bias) = self.delta_bias {
-            dt = dt + bias;
-        }
-        if self.delta_softplus {
-            dt = dt.softplus();
-        }
-        let (d, g) = (self.u.size()[2], self.b.size()[2]);
-        let widen = |m: &Tensor| m.repeat_interleave_self_int(d / g, 2, None);
-        let da = (dt.unsqueeze(-1) * self.a).exp();
-        let dbu = (&dt * self.u).unsqueeze(-1) * widen(self.b);
-        (da, dbu, widen(self.c))
+/// y from the states (b, l, d, n): C·h, plus D·u, gated by silu(z).
+fn output(s: &TorchScan, h: &Tensor, c: &Tensor) -> Tensor {
+    let mut y = (h * c).sum_dim_intlist(-1, false, None);
+    if let Some(d_skip) = s.d_skip {
+        y = y + s.u * d_skip;
     }
-
-    /// y from the states (b, l, d, n): C·h, plus D·u, gated by silu(z).
-    fn output(&self, h: &Tensor, c: &Tensor) -> Tensor {
-        let mut y = (h * c).sum_dim_intlist(-1, false, None);
-        if let Some(d_skip) = self.d_skip {
-            y = y + self.u * d_skip;
-        }
-        if let Some(z) = self.z {
-            y = y * z.silu();
-        }
-        y
+    if let Some(z) = s.z {
+        y = y * z.silu();
     }
+    y
 }
 
 /// `selective_scan_ref`: a loop over time. Returns (y, last state).
 pub fn scan_loop(s: &TorchScan) -> (Tensor, Tensor) {
-    let (da, dbu, c) = s.discretize();
+    let (da, dbu, c) = discretize(s);
     let (b, l, d, n) = (da.size()[0], da.size()[1], da.size()[2], da.size()[3]);
     let mut h = match s.h0 {
         Some(h0) => h0.shallow_clone(),
@@ -69,12 +57,12 @@ pub fn scan_loop(s: &TorchScan) -> (Tensor, Tensor) {
         h = da.select(1, t) * &h + dbu.select(1, t);
         states.push(h.shallow_clone());
     }
-    (s.output(&Tensor::stack(&states, 1), &c), h)
+    (output(s, &Tensor::stack(&states, 1), &c), h)
 }
 
 /// The same scan by a log-depth parallel scan over time. Returns (y, last state).
 pub fn scan_parallel(s: &TorchScan) -> (Tensor, Tensor) {
-    let (mut a, mut h, c) = s.discretize();
+    let (mut a, mut h, c) = discretize(s);
     let l = a.size()[1];
     if let Some(h0) = s.h0 {
         // h_0 = a_0 ∘ h0 + b_0: fold the initial state into the first step.
@@ -92,5 +80,5 @@ pub fn scan_parallel(s: &TorchScan) -> (Tensor, Tensor) {
         step *= 2;
     }
     let last = h.select(1, l - 1);
-    (s.output(&h, &c), last)
+    (output(s, &h, &c), last)
 }
