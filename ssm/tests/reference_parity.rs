@@ -256,3 +256,40 @@ fn reference_backwards_match_finite_differences() {
         1e-8,
     );
 }
+
+/// The fast matrix products on shapes the threads split (rows of y and dx, rows of dw), odd
+/// sizes, a single row, a depth of one, and gradients accumulated over two calls, in f64
+/// against the reference.
+#[test]
+fn linear_matches_its_reference_on_split_and_odd_shapes() {
+    for (case, &(m, k, n)) in [(300, 67, 129), (1, 256, 513), (257, 1, 31), (64, 300, 2)]
+        .iter()
+        .enumerate()
+    {
+        let mut r = rng(50 + case as u64);
+        let x = uniform::<f64>(&mut r, &[m, k], -1.0, 1.0);
+        let w = uniform::<f64>(&mut r, &[n, k], -1.0, 1.0);
+        let dy = uniform::<f64>(&mut r, &[m, n], -1.0, 1.0);
+        let mut y = Tensor::default();
+        linear_fwd(&x, &w, None, &mut y).unwrap();
+        let (mut dx, mut dw) = (Tensor::zeros_cpu([m, k]), Tensor::zeros_cpu([n, k]));
+        for _ in 0..2 {
+            linear_bwd(&x, &w, &dy, Some(&mut dx), &mut dw, None).unwrap();
+        }
+        let (want_dx, want_dw, _) = linear_ref_bwd(&x, &w, &dy).unwrap();
+        let tag = format!("linear {m}x{k}x{n}");
+        assert_close(&tag, &y, &linear_ref(&x, &w, None).unwrap(), 1e-12);
+        assert_close(
+            &format!("{tag} dx (twice)"),
+            &dx,
+            &plus(&want_dx, &want_dx),
+            1e-12,
+        );
+        assert_close(
+            &format!("{tag} dw (twice)"),
+            &dw,
+            &plus(&want_dw, &want_dw),
+            1e-12,
+        );
+    }
+}
