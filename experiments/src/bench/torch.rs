@@ -50,50 +50,48 @@ pub fn bench_torch(o: &BenchOptions, errors: &mut Vec<String>) -> Result<Vec<Tor
          x ours = its time / ours (above 1: PyTorch slower)"
     );
     let mut rows = Vec::new();
-    let mut section = |name: &str, f: &mut dyn FnMut(&mut Vec<TorchRow>) -> Result<()>| {
-        println!("{name}");
-        println!(
-            "  {:<34} {:<15} {:>10} {:>11} {:>10} {:>9} {:>7}",
-            "shape", "impl", "fwd", "fwd+bwd", "rate", "peak MiB", "x ours"
-        );
-        if let Err(e) = f(&mut rows) {
-            println!("  ERROR: {e:#}");
-            errors.push(format!("torch {name}: {e:#}"));
+    // A row that fails (PyTorch out of memory, say) is reported and the table goes on.
+    let mut attempt = |what: String, r: Result<()>| {
+        if let Err(e) = r {
+            println!("  {what}: ERROR: {e:#}");
+            errors.push(format!("torch {what}: {e:#}"));
         }
     };
-    section(
-        "selective scan (all options on; fwd keeps what the backward needs)",
-        &mut |rows| {
-            for &b in &o.batches {
-                for &l in &o.lengths {
-                    scan_rows(o, td, b, l, rows)?;
-                }
-            }
-            Ok(())
-        },
-    );
-    section("causal attention (b 1, heads of 64)", &mut |rows| {
-        for &l in &o.attn_lengths {
-            attention_rows(o, td, l, rows)?;
+    header("selective scan (all options on; fwd keeps what the backward needs)");
+    for &b in &o.batches {
+        for &l in &o.lengths {
+            attempt(
+                format!("scan b={b} l={l}"),
+                scan_rows(o, td, b, l, &mut rows),
+            );
         }
-        Ok(())
-    });
-    section(
-        "matrix products of the bench's Mamba (x · wᵀ; rate in GFLOP/s)",
-        &mut |rows| gemm_rows(o, td, rows),
-    );
-    section(
-        "training steps (rate in tokens/s; full = zero grads, forward, backward, clip, AdamW)",
-        &mut |rows| {
-            for (arch, config) in bench_models(o) {
-                for &l in &o.train_lengths {
-                    train_rows(o, td, arch, config.clone(), l, rows)?;
-                }
-            }
-            Ok(())
-        },
-    );
+    }
+    header("causal attention (b 1, heads of 64)");
+    for &l in &o.attn_lengths {
+        attempt(
+            format!("attention l={l}"),
+            attention_rows(o, td, l, &mut rows),
+        );
+    }
+    header("matrix products of the bench's Mamba (x · wᵀ; rate in GFLOP/s)");
+    attempt("gemm".into(), gemm_rows(o, td, &mut rows));
+    header("training steps (rate in tokens/s; full = zero grads, forward, backward, clip, AdamW)");
+    for (arch, config) in bench_models(o) {
+        for &l in &o.train_lengths {
+            let r = train_rows(o, td, arch, config.clone(), l, &mut rows);
+            attempt(format!("training {arch} l={l}"), r);
+        }
+    }
     Ok(rows)
+}
+
+/// Prints a section's title and the table header.
+fn header(title: &str) {
+    println!("{title}");
+    println!(
+        "  {:<34} {:<15} {:>10} {:>11} {:>10} {:>9} {:>7}",
+        "shape", "impl", "fwd", "fwd+bwd", "rate", "peak MiB", "x ours"
+    );
 }
 
 /// Prints and keeps one row.
