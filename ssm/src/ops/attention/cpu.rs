@@ -7,8 +7,8 @@
 //! Forward: one task per (sequence, head, query block). It walks the key blocks up to its
 //! diagonal, keeping per query a running max m, a running sum s of exp(score - m) and an
 //! accumulator of P·V, both rescaled by exp(m_old - m_new) when the max grows; it writes
-//! o = acc / s and lse = m + ln s. Tile products go through matrixmultiply (ndarray's
-//! `general_mat_mul`), which reads the strided head rows of q, k and v in place.
+//! o = acc / s and lse = m + ln s. Tile products go through the gemm crate (`gemm_views` of
+//! `ops::linear`), which reads the strided head rows of q, k and v in place.
 //!
 //! Backward: D_i = rowsum(dO_i ∘ O_i), then one task per (sequence, kv head, range of key blocks).
 //! For each key block it recomputes P = exp(scale·QKᵀ - lse) for every query block and query head
@@ -22,17 +22,17 @@
 
 use std::ops::Range;
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 use ssm_kernels::attention::{AttnDims, AttnGradsOf};
 
 use crate::backend::cpu::{SharedMut, threads};
 use crate::float::Float;
+use crate::ops::linear::cpu::gemm_views;
 
 /// Query rows per tile. A 64 x 64 tile of scores is 16 KiB in f32 and the 64-row tiles of q, k,
 /// v and the accumulators are 16 KiB each at hd = 64, so a task's working set stays in L2 while
-/// matrixmultiply streams it; 64 is a multiple of its register tiles, and the masked half of the
+/// the GEMM streams it; 64 is a multiple of its register tiles, and the masked half of the
 /// diagonal tile (wasted work) stays small next to the l / 64 tiles of a row. Measured at b = 1,
 /// h = 4, hd = 64, l = 1024 on 2 cores: 32 to 128 rows per side run within 5% of each other on
 /// one thread, but 128 x 128 leaves too few forward tasks to balance two threads (30% slower).
@@ -169,7 +169,7 @@ unsafe fn fwd_block<T: Float>(
         let bk = keys.len();
         let s = &mut sc.s[..bq * bk];
         let kv = head_rows(a.k, (lk, hkv, hd), bi, kvh, keys.clone());
-        general_mat_mul(a.scale, &qv, &kv.t(), T::zero(), &mut mat_mut(s, bq, bk));
+        gemm_views(a.scale, &qv, &kv.t(), T::zero(), &mut mat_mut(s, bq, bk));
         for (ii, (srow, arow)) in s
             .chunks_exact_mut(bk)
             .zip(acc.chunks_exact_mut(hd))
@@ -194,7 +194,7 @@ unsafe fn fwd_block<T: Float>(
             }
         }
         let vv = head_rows(a.v, (lk, hkv, hd), bi, kvh, keys);
-        general_mat_mul(
+        gemm_views(
             T::one(),
             &mat(s, bq, bk),
             &vv,
@@ -402,7 +402,7 @@ unsafe fn bwd_task<T: Float>(
                 let qv = head_rows(a.q, (lq, h, hd), bi, hq, rows.clone());
                 let dov = head_rows(d_o, (lq, h, hd), bi, hq, rows.clone());
                 let (p, ds) = (&mut sc.p[..bq * bk], &mut sc.ds[..bq * bk]);
-                general_mat_mul(a.scale, &qv, &kv.t(), T::zero(), &mut mat_mut(p, bq, bk));
+                gemm_views(a.scale, &qv, &kv.t(), T::zero(), &mut mat_mut(p, bq, bk));
                 for (ii, prow) in p.chunks_exact_mut(bk).enumerate() {
                     let i = rows.start + ii;
                     let (seen, masked) = prow.split_at_mut(dims.visible(i, &keys));
@@ -411,14 +411,14 @@ unsafe fn bwd_task<T: Float>(
                         *x = (*x - lse_h[i]).fast_exp();
                     }
                 }
-                general_mat_mul(
+                gemm_views(
                     T::one(),
                     &mat(p, bq, bk).t(),
                     &dov,
                     T::one(),
                     &mut mat_mut(dv_acc, bk, hd),
                 );
-                general_mat_mul(T::one(), &dov, &vv.t(), T::zero(), &mut mat_mut(ds, bq, bk));
+                gemm_views(T::one(), &dov, &vv.t(), T::zero(), &mut mat_mut(ds, bq, bk));
                 for ((dsrow, prow), &d_i) in ds
                     .chunks_exact_mut(bk)
                     .zip(p.chunks_exact(bk))
@@ -428,7 +428,7 @@ unsafe fn bwd_task<T: Float>(
                         *x = pv * (*x - d_i);
                     }
                 }
-                general_mat_mul(
+                gemm_views(
                     a.scale,
                     &mat(ds, bq, bk).t(),
                     &qv,
@@ -443,7 +443,7 @@ unsafe fn bwd_task<T: Float>(
                     ArrayViewMut2::from_shape((bq, hd).strides((group * hd, 1)), &mut pdq[start..])
                         .expect("attention: private dq sized for its rows")
                 };
-                general_mat_mul(a.scale, &mat(ds, bq, bk), &kv, T::one(), &mut dq_tile);
+                gemm_views(a.scale, &mat(ds, bq, bk), &kv, T::one(), &mut dq_tile);
             }
         }
         for (jj, j) in keys.enumerate() {

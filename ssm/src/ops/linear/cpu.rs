@@ -1,68 +1,65 @@
 //! Dense matrix products through the `gemm` crate (AVX-512 and AVX2+FMA kernels chosen at run
 //! time; 0.75-0.92 of MKL's rate on the model's large products, about 1.8x ndarray's
-//! matrixmultiply: experiments/BENCHMARKS.md), with the output rows shared among the rayon threads and each block computed by
-//! one single-threaded call. Every output element is computed by exactly one call, so the result
-//! does not depend on scheduling.
+//! matrixmultiply: experiments/BENCHMARKS.md), with the output rows shared among the rayon
+//! threads and each block computed by one single-threaded call. Every output element is computed
+//! by exactly one call, so the result does not depend on scheduling.
 
 use gemm::Parallelism;
+use ndarray::{ArrayView2, ArrayViewMut2, s};
 use rayon::prelude::*;
 
 use crate::backend::cpu::{parts_for, row_blocks_mut, split};
 use crate::float::Float;
 
-/// A row-major or transposed operand: its first element and the strides between its rows and
-/// between its columns, in elements.
-#[derive(Clone, Copy)]
-struct Operand<T> {
-    ptr: *const T,
-    row_stride: usize,
-    col_stride: usize,
+fn view<T>(data: &[T], rows: usize, cols: usize) -> ArrayView2<'_, T> {
+    ArrayView2::from_shape((rows, cols), data).expect("matmul: caller checked the sizes")
 }
 
-/// The start of `data` read as a matrix with rows `row_stride` apart and columns `col_stride`.
-fn operand<T>(data: &[T], row_stride: usize, col_stride: usize) -> Operand<T> {
-    Operand {
-        ptr: data.as_ptr(),
-        row_stride,
-        col_stride,
-    }
+fn view_mut<T>(data: &mut [T], rows: usize, cols: usize) -> ArrayViewMut2<'_, T> {
+    ArrayViewMut2::from_shape((rows, cols), data).expect("matmul: caller checked the sizes")
 }
 
-/// `dst (rows, cols), row-major = beta · dst + lhs (rows, depth) · rhs (depth, cols)`; with
-/// beta 0 the old values of dst are not read.
-///
-/// The caller guarantees that lhs and rhs address rows × depth and depth × cols elements
-/// within the slices they were made from, which outlive the call, and that dst holds
-/// rows × cols values.
-fn gemm_into<T: Float>(
-    dst: &mut [T],
-    [rows, depth, cols]: [usize; 3],
-    lhs: Operand<T>,
-    rhs: Operand<T>,
+/// `c = alpha · a · b + beta · c` on views of any (non-negative) strides, as ndarray's
+/// `general_mat_mul`, on the calling thread; with beta 0 the old values of c are not read.
+pub(crate) fn gemm_views<T: Float>(
+    alpha: T,
+    a: &ArrayView2<'_, T>,
+    b: &ArrayView2<'_, T>,
     beta: T,
+    c: &mut ArrayViewMut2<'_, T>,
 ) {
-    debug_assert!(dst.len() >= rows * cols);
-    let stride = |s: usize| s as isize;
-    // SAFETY: dst is a live, exclusive slice of rows × cols values, row-major; lhs and rhs point
-    // into live slices covering every element the strides reach (the callers derive them from
-    // the checked sizes m, k, n), and nothing else writes those slices during the call.
+    let ((m, k), (kb, n)) = (a.dim(), b.dim());
+    assert!(
+        kb == k && c.dim() == (m, n),
+        "gemm_views: shapes must chain"
+    );
+    let (sa, sb) = (a.strides(), b.strides());
+    let sc = [c.strides()[0], c.strides()[1]];
+    assert!(
+        [sa, sb, &sc[..]].iter().all(|s| s.iter().all(|&x| x >= 0)),
+        "gemm_views: negative strides"
+    );
+    let dst = c.as_mut_ptr();
+    // SAFETY: each view addresses exactly its own elements through its pointer and strides, and
+    // the borrows keep them alive; c is borrowed exclusively, so nothing else touches it while
+    // the single-threaded call writes it.
     unsafe {
         gemm::gemm(
-            rows,
-            cols,
-            depth,
-            dst.as_mut_ptr(),
-            1,
-            stride(cols),
+            m,
+            n,
+            k,
+            dst,
+            sc[1],
+            sc[0],
             beta != T::zero(),
-            lhs.ptr,
-            stride(lhs.col_stride),
-            stride(lhs.row_stride),
-            rhs.ptr,
-            stride(rhs.col_stride),
-            stride(rhs.row_stride),
+            a.as_ptr(),
+            sa[1],
+            sa[0],
+            b.as_ptr(),
+            sb[1],
+            sb[0],
             beta,
-            T::one(),
+            alpha,
             false,
             false,
             false,
@@ -73,15 +70,18 @@ fn gemm_into<T: Float>(
 
 /// `y (m, n) = beta * y + x (m, k) · wᵀ` with `w (n, k)`: the forward of a linear layer.
 pub fn matmul_nt<T: Float>(x: &[T], w: &[T], y: &mut [T], m: usize, k: usize, n: usize, beta: T) {
-    assert!(
-        x.len() >= m * k && w.len() >= n * k,
-        "matmul_nt: caller checked the sizes"
-    );
+    let w = view(w, n, k);
     let parts = split(m, parts_for(m, k * n));
     let chunks = row_blocks_mut(y, &parts, n);
     chunks.into_par_iter().for_each(|(rows, yc)| {
-        let xa = operand(&x[rows.start * k..], k, 1);
-        gemm_into(yc, [rows.len(), k, n], xa, operand(w, 1, k), beta);
+        let xa = view(&x[rows.start * k..rows.end * k], rows.len(), k);
+        gemm_views(
+            T::one(),
+            &xa,
+            &w.t(),
+            beta,
+            &mut view_mut(yc, rows.len(), n),
+        );
     });
 }
 
@@ -105,29 +105,29 @@ pub fn linear_rows<T: Float>(
 
 /// `dx (m, k) = beta * dx + dy (m, n) · w (n, k)`: the input gradient of a linear layer.
 pub fn matmul_nn<T: Float>(dy: &[T], w: &[T], dx: &mut [T], m: usize, n: usize, k: usize, beta: T) {
-    assert!(
-        dy.len() >= m * n && w.len() >= n * k,
-        "matmul_nn: caller checked the sizes"
-    );
+    let w = view(w, n, k);
     let parts = split(m, parts_for(m, k * n));
     let chunks = row_blocks_mut(dx, &parts, k);
     chunks.into_par_iter().for_each(|(rows, dxc)| {
-        let dya = operand(&dy[rows.start * n..], n, 1);
-        gemm_into(dxc, [rows.len(), n, k], dya, operand(w, k, 1), beta);
+        let dya = view(&dy[rows.start * n..rows.end * n], rows.len(), n);
+        gemm_views(T::one(), &dya, &w, beta, &mut view_mut(dxc, rows.len(), k));
     });
 }
 
 /// `dw (n, k) += dyᵀ · x` with `dy (m, n)` and `x (m, k)`: the weight gradient of a linear layer.
 pub fn matmul_tn_acc<T: Float>(dy: &[T], x: &[T], dw: &mut [T], m: usize, n: usize, k: usize) {
-    assert!(
-        dy.len() >= m * n && x.len() >= m * k,
-        "matmul_tn_acc: caller checked the sizes"
-    );
+    let dy = view(dy, m, n);
+    let x = view(x, m, k);
     let parts = split(n, parts_for(n, m * k));
     let chunks = row_blocks_mut(dw, &parts, k);
     chunks.into_par_iter().for_each(|(rows, dwc)| {
-        // Rows `rows` of dyᵀ: column j of dy from row `rows.start`, one element per dy row.
-        let dyt = operand(&dy[rows.start..], 1, n);
-        gemm_into(dwc, [rows.len(), m, k], dyt, operand(x, k, 1), T::one());
+        let dyt = dy.slice(s![.., rows.clone()]);
+        gemm_views(
+            T::one(),
+            &dyt.t(),
+            &x,
+            T::one(),
+            &mut view_mut(dwc, rows.len(), k),
+        );
     });
 }
