@@ -292,6 +292,9 @@ pub struct TrainRow {
     /// Peak memory of the steps: the CUDA allocator's on a GPU, the process's resident set on the
     /// CPU (as in metrics.csv).
     pub peak_mem_mb: Option<f64>,
+    /// How far that peak rose above the memory held when the steps began (after the model and
+    /// batch were built): what the steps themselves need.
+    pub peak_rise_mb: Option<f64>,
 }
 
 pub(crate) fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 2] {
@@ -314,6 +317,21 @@ pub(crate) fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 2]
     [("mamba", mamba.into()), ("transformer", transformer.into())]
 }
 
+/// The model and batch of a training row: the config's model at seed 0 (on the CPU), and b · l
+/// random token ids from seed 11 with themselves as targets, b = train_tokens / l (at least 1).
+pub(crate) fn train_setup(
+    o: &BenchOptions,
+    config: ModelConfig,
+    l: usize,
+) -> Result<(LanguageModel<f32>, Vec<u32>, Vec<i64>)> {
+    let b = (o.train_tokens / l).max(1);
+    let model = LanguageModel::<f32>::new(config, 0)?;
+    let mut rng = StdRng::seed_from_u64(11);
+    let ids: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..256)).collect();
+    let targets: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    Ok((model, ids, targets))
+}
+
 /// Times full training steps (zero grads, forward, loss, backward, clipping, AdamW).
 pub(crate) fn train_row(
     o: &BenchOptions,
@@ -322,13 +340,10 @@ pub(crate) fn train_row(
     l: usize,
 ) -> Result<TrainRow> {
     let b = (o.train_tokens / l).max(1);
-    let mut model = LanguageModel::<f32>::new(config, 0)?;
+    let (mut model, ids, targets) = train_setup(o, config, l)?;
     model.to_device(o.device)?;
-    let mut rng = StdRng::seed_from_u64(11);
-    let ids: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..256)).collect();
-    let targets: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let mut opt = AdamW::new(AdamWConfig::default());
-    reset_peak_memory(o.device);
+    let peak = Peak::reset(o.device);
     let s = time(o.repeats, o.device, &mut || {
         model.zero_grad()?;
         model.forward_loss(&ids, &targets, b)?;
@@ -343,7 +358,42 @@ pub(crate) fn train_row(
         ms_per_step: s * 1e3,
         tokens_per_s: (b * l) as f64 / s,
         peak_mem_mb: peak_memory_mb(o.device),
+        peak_rise_mb: peak.above_start(),
     })
+}
+
+unsafe extern "C" {
+    /// glibc: returns the heap's free pages to the system.
+    fn malloc_trim(pad: usize) -> i32;
+}
+
+/// A peak-memory measurement: the rise of the process's resident set (CPU) or of our
+/// allocator's use (GPU) above what was held when it started.
+pub(crate) struct Peak {
+    device: Device,
+    start: f64,
+}
+
+impl Peak {
+    /// Starts a measurement. On the CPU the memory freed by earlier rows is first handed back
+    /// to the system: otherwise a row would reuse it without raising the resident set, and look
+    /// free.
+    pub(crate) fn reset(device: Device) -> Peak {
+        if device == Device::Cpu {
+            // SAFETY: malloc_trim only releases free memory of glibc's allocator (ours and
+            // libtorch's); it takes no pointers.
+            unsafe { malloc_trim(0) };
+        }
+        reset_peak_memory(device);
+        Peak {
+            device,
+            start: peak_memory_mb(device).unwrap_or(0.0),
+        }
+    }
+
+    pub(crate) fn above_start(&self) -> Option<f64> {
+        peak_memory_mb(self.device).map(|p| (p - self.start).max(0.0))
+    }
 }
 
 /// One row of the PyTorch comparison: one implementation of one measurement, on the same inputs
@@ -435,7 +485,7 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
     }
     #[cfg(feature = "torch")]
     let torch = if o.torch {
-        torch::bench_torch(o, &mut errors)?
+        torch::bench_torch(o, &train, &mut errors)?
     } else {
         Vec::new()
     };

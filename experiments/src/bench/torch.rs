@@ -15,10 +15,6 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use anyhow::{Result, anyhow, bail};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
-use ssm::device::{peak_memory_mb, reset_peak_memory};
-use ssm::models::LanguageModel;
 use ssm::ops::attention::{AttentionGrads, AttentionOutput, attention_bwd, attention_fwd};
 use ssm::ops::linear::linear_fwd;
 use ssm::ops::scan::{ScanGrads, ScanOutput, selective_scan_bwd, selective_scan_fwd};
@@ -29,10 +25,16 @@ use ssm::torch::scan::{TorchScan, scan_loop, scan_parallel};
 use ssm::torch::{tch, to_torch, torch_device};
 use ssm::{Device, Tensor};
 
-use super::{BenchOptions, ScanTensors, TorchRow, bench_models, random, time, train_row};
+use super::{
+    BenchOptions, Peak, ScanTensors, TorchRow, TrainRow, bench_models, random, time, train_setup,
+};
 
 /// Runs the PyTorch comparison of `o`, printing each row; failed rows go to `errors`.
-pub fn bench_torch(o: &BenchOptions, errors: &mut Vec<String>) -> Result<Vec<TorchRow>> {
+pub fn bench_torch(
+    o: &BenchOptions,
+    train: &[TrainRow],
+    errors: &mut Vec<String>,
+) -> Result<Vec<TorchRow>> {
     let td = torch_device(o.device)?;
     if let tch::Device::Cuda(_) = td
         && !tch::Cuda::is_available()
@@ -78,7 +80,7 @@ pub fn bench_torch(o: &BenchOptions, errors: &mut Vec<String>) -> Result<Vec<Tor
     header("training steps (rate in tokens/s; full = zero grads, forward, backward, clip, AdamW)");
     for (arch, config) in bench_models(o) {
         for &l in &o.train_lengths {
-            let r = train_rows(o, td, arch, config.clone(), l, &mut rows);
+            let r = train_rows(o, td, (arch, config.clone(), l), train, &mut rows);
             attempt(format!("training {arch} l={l}"), r);
         }
     }
@@ -134,38 +136,6 @@ fn guarded<R>(what: &str, f: impl FnOnce() -> R) -> Result<R> {
 fn torch_sync(td: tch::Device) {
     if let tch::Device::Cuda(i) = td {
         tch::Cuda::synchronize(i as i64);
-    }
-}
-
-/// Memory of the process (CPU) or our allocator (GPU) above what it held at `reset`.
-struct Peak {
-    device: Device,
-    start: f64,
-}
-
-unsafe extern "C" {
-    /// glibc: returns the heap's free pages to the system.
-    fn malloc_trim(pad: usize) -> i32;
-}
-
-impl Peak {
-    /// Starts a measurement. On the CPU the memory freed by earlier rows is first handed back
-    /// to the system: otherwise a row would reuse it without raising the resident set, and look
-    /// free.
-    fn reset(device: Device) -> Peak {
-        if device == Device::Cpu {
-            // SAFETY: malloc_trim only releases free memory of glibc's allocator (ours and
-            // libtorch's); it takes no pointers.
-            unsafe { malloc_trim(0) };
-        }
-        reset_peak_memory(device);
-        Peak {
-            device,
-            start: peak_memory_mb(device).unwrap_or(0.0),
-        }
-    }
-    fn above_start(&self) -> Option<f64> {
-        peak_memory_mb(self.device).map(|p| (p - self.start).max(0.0))
     }
 }
 
@@ -393,9 +363,8 @@ fn gemm_rows(o: &BenchOptions, td: tch::Device, rows: &mut Vec<TorchRow>) -> Res
 fn train_rows(
     o: &BenchOptions,
     td: tch::Device,
-    arch: &'static str,
-    config: ssm::models::ModelConfig,
-    l: usize,
+    (arch, config, l): (&'static str, ssm::models::ModelConfig, usize),
+    train: &[TrainRow],
     rows: &mut Vec<TorchRow>,
 ) -> Result<()> {
     let b = (o.train_tokens / l).max(1);
@@ -404,25 +373,18 @@ fn train_rows(
         shape: format!("{arch} l={l} b={b}"),
         l,
     };
-    let start = Peak::reset(o.device);
-    let ours = train_row(o, arch, config.clone(), l)?;
-    let peak = ours.peak_mem_mb.map(|p| (p - start.start).max(0.0));
+    // Ours as the training table measured it, earlier in this run, on the same model and batch.
+    let ours = train
+        .iter()
+        .find(|r| r.arch == arch && r.l == l)
+        .ok_or_else(|| anyhow!("no training row of ours for {arch} l={l}"))?;
     let (ours_s, ours_ms) = (ours.ms_per_step / 1e3, ours.ms_per_step);
+    let rate = Some(ours.tokens_per_s);
     push(
         rows,
-        case.row(
-            "ours",
-            (None, ours_s),
-            Some(ours.tokens_per_s),
-            peak,
-            ours_ms,
-        ),
+        case.row("ours", (None, ours_s), rate, ours.peak_rise_mb, ours_ms),
     );
-    // The same initial weights and batch as ours (train_row: seed 0, ids from seed 11).
-    let mut model = LanguageModel::<f32>::new(config, 0)?;
-    let mut rng = StdRng::seed_from_u64(11);
-    let ids: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..256)).collect();
-    let targets: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+    let (mut model, ids, targets) = train_setup(o, config, l)?;
     let row = guarded("torch training step", || -> Result<TorchRow> {
         let peak = Peak::reset(o.device);
         let torch = TorchLm::from_model(&mut model, td)?;
