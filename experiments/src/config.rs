@@ -137,16 +137,18 @@ impl Default for MqarConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BytesConfig {
-    /// Text file read as bytes (default data/shakespeare.txt, see scripts/fetch-shakespeare).
+    /// A text file, or a folder of documents (one per file), read as bytes (default
+    /// data/shakespeare, one file per play; see scripts/fetch-shakespeare).
     pub path: PathBuf,
-    /// Fraction at the end of the file held out for validation (default 0.1).
+    /// Share held out for validation (default 0.1): the end of a file, or every k-th document of
+    /// a folder in name order, k = round(1 / val_fraction).
     pub val_fraction: f64,
 }
 
 impl Default for BytesConfig {
     fn default() -> Self {
         BytesConfig {
-            path: "data/shakespeare.txt".into(),
+            path: "data/shakespeare".into(),
             val_fraction: 0.1,
         }
     }
@@ -591,19 +593,12 @@ fn validate_task(c: &RunConfig) -> Result<()> {
                     b.val_fraction
                 );
             }
-            let size = std::fs::metadata(&b.path)
-                .with_context(|| {
-                    format!(
-                        "config key `task.bytes.path`: cannot read {}",
-                        b.path.display()
-                    )
-                })?
-                .len() as usize;
-            let (train, val) = crate::tasks::bytes::split_sizes(size, b.val_fraction);
+            let pieces = crate::tasks::bytes::split(&b.path, b.val_fraction)?;
+            let (train, val) = crate::tasks::bytes::split_sizes(&pieces);
             for &(key, l) in &lengths {
                 if train < l + 1 || val < l + 1 {
                     bail!(
-                        "config key `{key}`: {} has {size} bytes ({train} train, {val} validation), too few for windows of {} bytes",
+                        "config key `{key}`: {} has {train} training and {val} validation bytes, too few for windows of {} bytes",
                         b.path.display(),
                         l + 1
                     );

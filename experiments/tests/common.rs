@@ -124,3 +124,14 @@ pub fn rows_without_timing(path: &Path) -> Vec<Vec<String>> {
         .map(|r| keep.iter().map(|&i| r[i].clone()).collect())
         .collect()
 }
+
+/// Ten short stand-in plays in `dir/data/shakespeare/`, where scripts/fetch-shakespeare puts the
+/// corpus (the tests have no network).
+pub fn stand_in_plays(dir: &Path) {
+    let plays = dir.join("data/shakespeare");
+    std::fs::create_dir_all(&plays).unwrap();
+    for play in 0..10 {
+        let text = format!("ROMEO: But, soft! what light through yonder window {play} breaks?\n");
+        std::fs::write(plays.join(format!("play{play}.txt")), text.repeat(60)).unwrap();
+    }
+}

@@ -223,3 +223,102 @@ fn bytes_windows() {
     );
     assert_deterministic(&t, 16);
 }
+
+#[test]
+fn bytes_hold_out_whole_documents_of_a_folder() {
+    let dir = tmp_dir("bytes-docs");
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    // Ten documents of distinct letters, so that every window tells which one it came from.
+    let texts: Vec<String> = (0..10u8)
+        .map(|i| {
+            let letter = (b'a' + i) as char;
+            (0..200 + 17 * i as usize)
+                .map(|j| if j % 7 == 0 { '\n' } else { letter })
+                .collect()
+        })
+        .collect();
+    for (i, t) in texts.iter().enumerate() {
+        std::fs::write(docs.join(format!("doc{i}.txt")), t).unwrap();
+    }
+    std::fs::write(docs.join(".hidden"), "not a document").unwrap();
+    let (_, t) = task(&[
+        "task.kind=bytes",
+        &format!("task.bytes.path={:?}", docs.display().to_string()),
+        "task.seq_len=16",
+        "task.bytes.val_fraction=0.25",
+    ]);
+    let Task::Bytes(corpus) = &t else {
+        panic!("a byte corpus")
+    };
+    // Every 4th document in name order is held out: doc3 and doc7.
+    let held: Vec<bool> = corpus.pieces.iter().map(|p| p.held_out).collect();
+    let expect: Vec<bool> = (0..10).map(|i| i % 4 == 3).collect();
+    assert_eq!(held, expect);
+    // The pieces tile the source (the documents concatenated in name order) without overlap.
+    let mut next = 0;
+    for (p, text) in corpus.pieces.iter().zip(&texts) {
+        assert_eq!(p.source, next..next + text.len(), "{}", p.file.display());
+        next = p.source.end;
+    }
+    let side = |held_out: bool| -> String {
+        (0..10)
+            .filter(|&i| (i % 4 == 3) == held_out)
+            .map(|i| texts[i].as_str())
+            .collect()
+    };
+    assert_eq!(corpus.train, side(false).into_bytes());
+    assert_eq!(corpus.val, side(true).into_bytes());
+    let training: Vec<(usize, usize)> = corpus
+        .pieces
+        .iter()
+        .filter(|p| !p.held_out)
+        .map(|p| (p.source.start, p.source.end))
+        .collect();
+    for p in corpus.pieces.iter().filter(|p| p.held_out) {
+        assert!(
+            training
+                .iter()
+                .all(|&(s, e)| e <= p.source.start || s >= p.source.end),
+            "held-out bytes {:?} overlap training bytes",
+            p.source
+        );
+    }
+    // No training window holds a letter of a held-out document, and validation windows hold
+    // nothing else.
+    let held_letters = [b'd', b'h'];
+    for step in 0..20 {
+        let batch = t.train_batch(step, 1, 0, 8, 16);
+        assert!(
+            batch
+                .ids
+                .iter()
+                .all(|&i| !held_letters.contains(&(i as u8))),
+            "step {step}: a training window reads a held-out document"
+        );
+    }
+    let val = t.eval_batch(0, 0, 1, 4, 16);
+    assert!(
+        val.ids
+            .iter()
+            .all(|&i| i == u32::from(b'\n') || held_letters.contains(&(i as u8)))
+    );
+    // Fewer documents than the rule needs is refused, naming the key.
+    let few = dir.join("few");
+    std::fs::create_dir_all(&few).unwrap();
+    std::fs::write(few.join("one.txt"), "x".repeat(100)).unwrap();
+    let err = config::resolve(
+        "",
+        "t",
+        &[
+            "task.kind=\"bytes\"".into(),
+            format!("task.bytes.path={:?}", few.display().to_string()),
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("task.bytes.path")
+            && format!("{err:#}").contains("1 documents"),
+        "{err:#}"
+    );
+}

@@ -85,7 +85,7 @@ fn small(args: &[String], gpu_present: bool) -> Vec<String> {
         .iter()
         .flat_map(|s| ["--set".into(), s.to_string()])
         .collect();
-    if args[0] == "reproduce" {
+    if args[0] == "reproduce" || args[0] == "scaling" {
         extra.push("--quick".into());
     }
     if gpu_present {
@@ -117,7 +117,7 @@ fn small(args: &[String], gpu_present: bool) -> Vec<String> {
 }
 
 /// A scratch folder as a fresh clone would look for the commands: the configs, and `data/` as
-/// scripts/fetch-shakespeare leaves it (a stand-in text here: the tests have no network).
+/// scripts/fetch-shakespeare leaves it (stand-in plays here: the tests have no network).
 fn scratch(name: &str) -> TmpDir {
     let dir = tmp_dir(name);
     let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
@@ -129,9 +129,7 @@ fn scratch(name: &str) -> TmpDir {
             std::fs::copy(&path, dest.join(path.file_name().unwrap())).unwrap();
         }
     }
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    let text = "ROMEO: But, soft! what light through yonder window breaks?\n".repeat(600);
-    std::fs::write(dir.join("data/shakespeare.txt"), text).unwrap();
+    stand_in_plays(&dir);
     dir
 }
 

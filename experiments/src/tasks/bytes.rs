@@ -1,43 +1,140 @@
-//! Byte-level language modelling on a text file: the first part trains, the last
-//! `val_fraction` validates; the model predicts each next byte, and losses convert to bits per byte.
+//! Byte-level language modelling on a text file or a folder of documents. A file trains on its
+//! first part and validates on its last `val_fraction`; a folder (one document per file, such as
+//! the plays that `scripts/fetch-shakespeare` writes to `data/shakespeare/`) holds out whole
+//! documents, every k-th in name order with k = round(1 / val_fraction), so that no validation
+//! text was seen in training, not even a neighbouring line of it. The model predicts each next
+//! byte, and losses convert to bits per byte.
 
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use rand::RngExt;
 use rand::rngs::StdRng;
 
-/// Bytes of the training and validation parts of a file of `size` bytes.
-pub fn split_sizes(size: usize, val_fraction: f64) -> (usize, usize) {
-    let val = ((size as f64) * val_fraction).round() as usize;
-    (size - val, val)
+/// One piece of the corpus: a file's bytes in the source (the files concatenated in name
+/// order), and which side of the split it is on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Piece {
+    pub file: PathBuf,
+    /// Bytes of the source: of the file itself for a single file, of the concatenation in name
+    /// order for a folder.
+    pub source: Range<usize>,
+    pub held_out: bool,
+}
+
+/// The pieces of the corpus at `path` and their split, from the file sizes alone: whole
+/// documents of a folder, the tail of a single file.
+pub fn split(path: &Path, val_fraction: f64) -> Result<Vec<Piece>> {
+    let key = "config key `task.bytes.path`";
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("{key}: cannot read {}", path.display()))?;
+    if !meta.is_dir() {
+        let size = meta.len() as usize;
+        let val = ((size as f64) * val_fraction).round() as usize;
+        let piece = |source, held_out| Piece {
+            file: path.to_path_buf(),
+            source,
+            held_out,
+        };
+        return Ok(vec![
+            piece(0..size - val, false),
+            piece(size - val..size, true),
+        ]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("{key}: cannot list {}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    let every = ((1.0 / val_fraction).round() as usize).max(2);
+    if files.len() < every {
+        bail!(
+            "{key}: {} holds {} documents; holding out every {every}th (task.bytes.val_fraction = {val_fraction}) needs at least {every}",
+            path.display(),
+            files.len()
+        );
+    }
+    let mut start = 0;
+    let mut pieces = Vec::with_capacity(files.len());
+    for (i, file) in files.into_iter().enumerate() {
+        let size = std::fs::metadata(&file)
+            .with_context(|| format!("{key}: cannot read {}", file.display()))?
+            .len() as usize;
+        pieces.push(Piece {
+            file,
+            source: start..start + size,
+            held_out: i % every == every - 1,
+        });
+        start += size;
+    }
+    Ok(pieces)
+}
+
+/// Bytes of the training and validation sides of a split.
+pub fn split_sizes(pieces: &[Piece]) -> (usize, usize) {
+    let side = |held_out: bool| -> usize {
+        pieces
+            .iter()
+            .filter(|p| p.held_out == held_out)
+            .map(|p| p.source.len())
+            .sum()
+    };
+    (side(false), side(true))
 }
 
 pub struct ByteCorpus {
     pub train: Vec<u8>,
     pub val: Vec<u8>,
+    /// Where each side's bytes came from.
+    pub pieces: Vec<Piece>,
 }
 
 impl ByteCorpus {
     pub fn open(path: &Path, val_fraction: f64) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| {
-            format!(
-                "config key `task.bytes.path`: cannot read {}",
-                path.display()
-            )
-        })?;
-        let (train, _) = split_sizes(bytes.len(), val_fraction);
-        if train < 2 || bytes.len() - train < 2 {
+        let pieces = split(path, val_fraction)?;
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        let mut file: Option<(&Path, Vec<u8>)> = None;
+        for p in &pieces {
+            if file.as_ref().is_none_or(|f| f.0 != p.file) {
+                let bytes = std::fs::read(&p.file).with_context(|| {
+                    format!(
+                        "config key `task.bytes.path`: cannot read {}",
+                        p.file.display()
+                    )
+                })?;
+                file = Some((&p.file, bytes));
+            }
+            let bytes = &file.as_ref().expect("just read").1;
+            // A single file's pieces are ranges of it; a document is the whole of its file.
+            let range = if pieces.iter().all(|q| q.file == p.file) {
+                p.source.clone()
+            } else {
+                0..bytes.len()
+            };
+            let Some(part) = bytes.get(range) else {
+                bail!(
+                    "config key `task.bytes.path`: {} changed size while read",
+                    p.file.display()
+                );
+            };
+            if p.held_out { &mut val } else { &mut train }.extend_from_slice(part);
+        }
+        if train.len() < 2 || val.len() < 2 {
             bail!(
-                "config key `task.bytes.path`: {} is too short to split ({} bytes)",
+                "config key `task.bytes.path`: {} is too short to split ({} training and {} validation bytes)",
                 path.display(),
-                bytes.len()
+                train.len(),
+                val.len()
             );
         }
-        Ok(ByteCorpus {
-            val: bytes[train..].to_vec(),
-            train: bytes[..train].to_vec(),
-        })
+        Ok(ByteCorpus { train, val, pieces })
     }
 
     /// A uniformly random training window: ids are bytes t..t+L, targets bytes t+1..t+L+1.
