@@ -188,6 +188,10 @@ impl Model {
         self.0.num_params()
     }
 
+    pub fn non_embedding_params(&self) -> usize {
+        self.0.non_embedding_params()
+    }
+
     /// Training FLOPs per token at context length `seq_len`, with the convention of
     /// `flops_convention`.
     pub fn flops_per_token(&self, seq_len: usize) -> f64 {

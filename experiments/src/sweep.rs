@@ -287,7 +287,7 @@ fn file_axes(table: &mut toml::Table, path: &Path) -> Result<Vec<Axis>> {
 }
 
 /// A sweep folder can be continued (after a kill, say) only by the very same points.
-fn check_same_sweep(dir: &Path, points: &[Point]) -> Result<()> {
+pub(crate) fn check_same_sweep(dir: &Path, points: &[Point]) -> Result<()> {
     let d = dir.display();
     if !dir.join(SWEEP_FILE).exists() {
         bail!("{d}: exists and is not a sweep folder (no {SWEEP_FILE}); choose another --name");
@@ -324,7 +324,7 @@ fn check_same_sweep(dir: &Path, points: &[Point]) -> Result<()> {
     Ok(())
 }
 
-fn create_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
+pub(crate) fn create_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
     let parent = dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -437,11 +437,14 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Writes `summary.csv` of the runs `dir/<name>` (one row each, with the grid `keys` and their
-/// values; with a `seed` key also `mean`, `min` and `max` rows over the seeds): final training loss, median throughput (first row, the warm-up, excluded), peak
-/// training memory, size and FLOPs, and the last evaluation at every length.
+/// values; with a `seed` key also `mean`, `min` and `max` rows over the seeds): size (all and
+/// non-embedding parameters) and FLOPs per token, steps and tokens trained, final training loss,
+/// median throughput (first row, the warm-up, excluded), peak training memory, and the last
+/// evaluation at every length (with bits per byte for byte corpora).
 pub fn write_summary(dir: &Path, keys: &[String], runs: &[(String, Vec<String>)]) -> Result<()> {
     let mut lengths = BTreeSet::new();
     let mut rows = Vec::new();
+    let mut bytes = false;
     for (name, values) in runs {
         let run = dir.join(name);
         let mut row = vec![name.clone()];
@@ -455,7 +458,8 @@ pub fn write_summary(dir: &Path, keys: &[String], runs: &[(String, Vec<String>)]
         };
         row.push(status.into());
         row.extend(cells);
-        lengths.extend(evals.iter().map(|e| e.0));
+        lengths.extend(evals.iter().map(|e| e.length));
+        bytes |= evals.iter().any(|e| e.bits_per_byte.is_finite());
         rows.push((row, evals));
     }
     let mut header: Vec<String> = ["point"]
@@ -467,14 +471,20 @@ pub fn write_summary(dir: &Path, keys: &[String], runs: &[(String, Vec<String>)]
     header.extend(RUN_COLUMNS.iter().map(|s| s.to_string()));
     for l in &lengths {
         header.extend([format!("loss@{l}"), format!("accuracy@{l}")]);
+        if bytes {
+            header.push(format!("bits_per_byte@{l}"));
+        }
     }
     let mut rows: Vec<Vec<String>> = rows
         .into_iter()
         .map(|(mut row, evals)| {
             for l in &lengths {
-                let e = evals.iter().find(|e| e.0 == *l);
-                row.push(e.map_or(String::new(), |e| cell(e.1)));
-                row.push(e.map_or(String::new(), |e| cell(e.2)));
+                let e = evals.iter().find(|e| e.length == *l);
+                row.push(e.map_or(String::new(), |e| cell(e.loss)));
+                row.push(e.map_or(String::new(), |e| cell(e.accuracy)));
+                if bytes {
+                    row.push(e.map_or(String::new(), |e| cell(e.bits_per_byte)));
+                }
             }
             row
         })
@@ -543,21 +553,28 @@ fn seed_aggregates(rows: &[Vec<String>], seed: usize, status: usize) -> Vec<Vec<
     out
 }
 
-const RUN_COLUMNS: [&str; 10] = [
+const RUN_COLUMNS: [&str; 12] = [
     "arch",
     "seq_len",
     "input_len",
     "num_params",
+    "non_embedding_params",
     "flops_per_token",
     "steps",
+    "tokens",
     "final_loss",
     "tokens_per_s",
     "peak_mem_mb",
     "elapsed_s",
 ];
 
-/// (length, loss, accuracy) of one evaluation.
-type EvalPoint = (usize, f64, f64);
+/// One evaluation: its length, loss, accuracy and bits per byte (NaN but for byte corpora).
+struct EvalPoint {
+    length: usize,
+    loss: f64,
+    accuracy: f64,
+    bits_per_byte: f64,
+}
 
 /// The summary cells of one run and its last evaluation.
 fn summarize_run(run: &Path) -> Result<(Vec<String>, Vec<EvalPoint>)> {
@@ -607,8 +624,10 @@ fn summarize_run(run: &Path) -> Result<(Vec<String>, Vec<EvalPoint>)> {
         text("seq_len"),
         text("input_len"),
         text("num_params"),
+        text("non_embedding_params"),
         text("flops_per_token"),
         cell(last("step")?),
+        cell(last("tokens")?),
         cell(last("loss")?),
         format!("{:.1}", median(speed)),
         cell(peak),
@@ -616,15 +635,21 @@ fn summarize_run(run: &Path) -> Result<(Vec<String>, Vec<EvalPoint>)> {
     ];
     let mut evals = Vec::new();
     if let Some(t) = eval {
-        let (steps, lengths, losses, accs) = (
+        let (steps, lengths, losses, accs, bpb) = (
             t.f64s("step")?,
             t.f64s("length")?,
             t.f64s("loss")?,
             t.f64s("accuracy")?,
+            t.f64s("bits_per_byte")?,
         );
         if let Some(&final_step) = steps.last() {
             for i in (0..steps.len()).filter(|&i| steps[i] == final_step) {
-                evals.push((lengths[i] as usize, losses[i], accs[i]));
+                evals.push(EvalPoint {
+                    length: lengths[i] as usize,
+                    loss: losses[i],
+                    accuracy: accs[i],
+                    bits_per_byte: bpb[i],
+                });
             }
         }
     }

@@ -70,6 +70,7 @@ pub fn start(config: &RunConfig, options: &TrainOptions) -> Result<Outcome> {
         "arch": model.arch(),
         "task": config.task.kind.name(),
         "num_params": model.num_params(),
+        "non_embedding_params": model.non_embedding_params(),
         "flops_per_token": model.flops_per_token(task.input_len(config.task.seq_len)),
         "flops_convention": model.flops_convention(),
         "seq_len": config.task.seq_len,

@@ -288,21 +288,33 @@ fn param_and_flop_counts_by_hand() {
         ..m.clone()
     };
     let n_mf = 128 + 2 * (8 + 256 + 64 + 8 + 16 + 64 + 16 + 128) + 8;
-    let cases: [(ModelConfig, usize, f64); 5] = [
+    // Without the embeddings (128 = 16 padded rows × 8; the learned table's 160 = 20 × 8).
+    let cases: [(ModelConfig, usize, usize, f64); 5] = [
         // 6N + 6·n_layer·L·d at L = 32.
-        (t.into(), n_t, (6 * n_t + 6 * 2 * 32 * 8) as f64),
-        (tl.into(), n_tl, (6 * n_tl + 6 * 2 * 32 * 8) as f64),
+        (t.into(), n_t, n_t - 128, (6 * n_t + 6 * 2 * 32 * 8) as f64),
+        (
+            tl.into(),
+            n_tl,
+            n_tl - 288,
+            (6 * n_tl + 6 * 2 * 32 * 8) as f64,
+        ),
         // 6N + 27·n_layer·d_inner·d_state.
-        (m.into(), n_m, (6 * n_m + 27 * 2 * 16 * 4) as f64),
-        (mf.into(), n_mf, (6 * n_mf + 27 * 2 * 16 * 4) as f64),
+        (m.into(), n_m, n_m - 128, (6 * n_m + 27 * 2 * 16 * 4) as f64),
+        (
+            mf.into(),
+            n_mf,
+            n_mf - 128,
+            (6 * n_mf + 27 * 2 * 16 * 4) as f64,
+        ),
         // One attention layer, two Mamba layers.
         (
             h.into(),
             n_h,
+            n_h - 128,
             (6 * n_h + 6 * 32 * 8 + 27 * 2 * 16 * 4) as f64,
         ),
     ];
-    for (config, params, flops) in cases {
+    for (config, params, non_embedding, flops) in cases {
         let mut model = LanguageModel::<f32>::new(config.clone(), 0).unwrap();
         println!(
             "{}: {} params, {} FLOPs/token at L = 32 ({})",
@@ -313,6 +325,12 @@ fn param_and_flop_counts_by_hand() {
         );
         assert_eq!(config.num_params(), params, "{} formula", config.arch());
         assert_eq!(model.num_params(), params, "{} model", config.arch());
+        assert_eq!(
+            (config.non_embedding_params(), model.non_embedding_params()),
+            (non_embedding, non_embedding),
+            "{} without embeddings",
+            config.arch()
+        );
         assert_eq!(model.flops_per_token(32), flops, "{} FLOPs", config.arch());
     }
     assert_eq!((n_t, n_tl, n_m, n_mf, n_h), (1320, 1272, 1624, 1256, 2216));

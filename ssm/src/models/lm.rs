@@ -232,6 +232,11 @@ impl<T: Float> LanguageModel<T> {
         }
     }
 
+    /// Trainable values outside the embeddings ([`ModelSpec::non_embedding_params`]).
+    pub fn non_embedding_params(&self) -> usize {
+        self.spec().non_embedding_params()
+    }
+
     /// Training FLOPs per token at sequence length `seq_len` ([`ModelSpec::flops_per_token`]).
     pub fn flops_per_token(&self, seq_len: usize) -> f64 {
         self.spec().flops_per_token(seq_len)

@@ -105,6 +105,13 @@ impl ModelSpec {
         (self.vocab + self.learned_positions().unwrap_or(0)) * d + layers + d
     }
 
+    /// Trainable values outside the token and position embeddings (Kaplan et al. 2020's N): the
+    /// layers and the final norm. The tied head shares the embedding and is not counted.
+    pub fn non_embedding_params(&self) -> usize {
+        let d = self.d_model;
+        self.layers.iter().map(|l| l.num_params(d)).sum::<usize>() + d
+    }
+
     /// Training FLOPs per token at sequence length `seq_len`: 6·N plus each layer's extra term.
     pub fn flops_per_token(&self, seq_len: usize) -> f64 {
         let extra: f64 = self
@@ -227,6 +234,12 @@ impl ModelConfig {
     /// `Module::num_params` of the built model); 0 for a config whose layers cannot be read.
     pub fn num_params(&self) -> usize {
         self.spec().map_or(0, |s| s.num_params())
+    }
+
+    /// [`ModelSpec::non_embedding_params`] of the model this config builds; 0 for a config whose
+    /// layers cannot be read.
+    pub fn non_embedding_params(&self) -> usize {
+        self.spec().map_or(0, |s| s.non_embedding_params())
     }
 
     /// Training FLOPs (forward + backward) per token at sequence length `seq_len`, by the formula
