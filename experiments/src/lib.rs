@@ -17,6 +17,7 @@ pub mod model;
 pub mod plot;
 pub mod recipes;
 pub mod reproduce;
+pub mod scaling;
 pub mod sizes;
 pub mod sweep;
 pub mod tasks;

@@ -11,6 +11,7 @@ use experiments::commands::{self, GenerateOptions, Prompt};
 use experiments::config::{self, RunConfig};
 use experiments::demo::{self, CompareOptions};
 use experiments::gpu_check::{GpuCheckOptions, gpu_check};
+use experiments::scaling::{self, ScalingOptions};
 use experiments::sweep::{SweepOptions, sweep};
 use experiments::train::{self, TrainOptions};
 use experiments::{plot, reproduce};
@@ -209,6 +210,35 @@ enum Cmd {
         out: PathBuf,
         /// Runs trained side by side, each a child process with the cores shared out (default: one
         /// per core on the CPU, one on a GPU).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Device of every run: cpu, cuda, cuda:N or cuda-emu.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+    },
+    /// Scaling curves: every architecture of the config's [scaling] table at every width, each
+    /// trained for tokens_per_param tokens per non-embedding parameter on byte-level text, into
+    /// OUT/NAME as a sweep (resumable: run it again to continue); then the final held-out loss of
+    /// each architecture fitted against training compute and parameters (fits.csv), plots and a
+    /// table. Without --config: the built-in grid (Shakespeare, Mamba / Transformer / hybrid).
+    Scaling {
+        /// A TOML config with a [scaling] table (archs, widths, tokens_per_param).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The grid's [scaling.quick] variant (tiny models, a few steps), into OUT/NAME-quick.
+        #[arg(long)]
+        quick: bool,
+        /// Override config keys for every point.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Parent folder of the scaling folder.
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        /// Folder name (default "scaling", "scaling-quick" with --quick).
+        #[arg(long)]
+        name: Option<String>,
+        /// Points trained side by side, each a child process with the cores shared out (default:
+        /// one per core on the CPU, one on a GPU).
         #[arg(long)]
         jobs: Option<usize>,
         /// Device of every run: cpu, cuda, cuda:N or cuda-emu.
@@ -458,6 +488,25 @@ fn run(cli: Cli) -> Result<()> {
             device,
         } => {
             reproduce::reproduce(reproduce::suite(&suite)?, &out, quick, jobs, device)?;
+        }
+        Cmd::Scaling {
+            config,
+            quick,
+            set,
+            out,
+            name,
+            jobs,
+            device,
+        } => {
+            scaling::scaling(&ScalingOptions {
+                config: config.as_deref(),
+                quick,
+                out: &out,
+                name,
+                set: &set,
+                jobs,
+                device,
+            })?;
         }
         Cmd::Bench {
             device,

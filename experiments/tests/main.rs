@@ -16,5 +16,6 @@ mod plot;
 mod readme;
 mod reproduce;
 mod resume;
+mod scaling;
 mod svg_plots;
 mod torch;

@@ -171,7 +171,15 @@ pub struct Lines {
     /// Shaded ranges (x, low, high) drawn under the series of the same index, in its colour:
     /// the min-max band of a mean over seeds.
     pub bands: Vec<Band>,
+    /// Series drawn as markers alone, not joined: measured points beside a fitted curve.
+    pub markers_only: bool,
+    /// Lines (a fitted law) drawn in the colour of the series of the same index, without a
+    /// legend entry of their own.
+    pub curves: Vec<Curve>,
 }
+
+/// A line drawn in the colour of the series of a given index.
+pub type Curve = (usize, Vec<(f64, f64)>);
 
 impl Lines {
     fn points(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
@@ -179,10 +187,12 @@ impl Lines {
             .bands
             .iter()
             .flat_map(|b| b.1.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]));
+        let curves = self.curves.iter().flat_map(|c| c.1.iter().copied());
         self.series
             .iter()
             .flat_map(|s| s.points.iter().copied())
             .chain(bands)
+            .chain(curves)
             .filter(|(x, y)| x.is_finite() && y.is_finite())
     }
 
@@ -266,14 +276,23 @@ impl Lines {
                 .collect();
             chart.draw_series([Polygon::new(outline, color(*i).mix(0.2).filled())])?;
         }
-        for (i, s) in self.series.iter().enumerate() {
-            let c = color(i);
-            let pts: Vec<(f64, f64)> = s
-                .points
+        let shown = |points: &[(f64, f64)]| -> Vec<(f64, f64)> {
+            points
                 .iter()
                 .copied()
                 .filter(|&(x, y)| x_axis.shows(x) && y_axis.shows(y))
-                .collect();
+                .collect()
+        };
+        for (i, curve) in &self.curves {
+            chart.draw_series(LineSeries::new(shown(curve), color(*i).stroke_width(2)))?;
+        }
+        for (i, s) in self.series.iter().enumerate() {
+            let c = color(i);
+            let pts = shown(&s.points);
+            if self.markers_only {
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 5, c.filled())))?;
+                continue;
+            }
             chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
             if pts.len() <= 32 {
                 chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
@@ -293,7 +312,8 @@ impl Chart for Lines {
     }
 }
 
-/// Two charts side by side with one legend (their series carry the same labels).
+/// Two charts side by side with one legend (their series carry the same labels) and the first
+/// one's note under both.
 pub struct Pair(pub Lines, pub Lines);
 
 impl Chart for Pair {
@@ -301,6 +321,7 @@ impl Chart for Pair {
         &self,
         root: &DrawingArea<DB, Shift>,
     ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        let root = with_note(root, &self.0.note)?;
         let labels: Vec<&str> = self.0.series.iter().map(|s| s.label.as_str()).collect();
         let (charts, strip) = root.split_horizontally(SIZE.0 - legend_width(&labels));
         draw_legend(&strip, &labels)?;

@@ -7,6 +7,7 @@
 //! embedded in the binary, so no system font is needed.
 
 mod chart;
+pub mod scaling;
 pub mod ticks;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -338,6 +339,74 @@ pub fn bench_torch(rows: &[crate::bench::TorchRow], out: &Path) -> Result<Vec<Pa
     Ok(files)
 }
 
+/// Training throughput and the memory the steps need against the sequence length, one line per
+/// architecture (the linear-vs-quadratic picture), into `out/bench_train.{png,svg}`.
+pub fn bench_train(
+    rows: &[crate::bench::TrainRow],
+    o: &crate::bench::BenchOptions,
+    out: &Path,
+) -> Result<Vec<PathBuf>> {
+    register_font();
+    // One line per architecture in the order of the rows, on both sides: one legend serves both.
+    let mut archs: Vec<&str> = Vec::new();
+    for r in rows {
+        if !archs.contains(&r.arch) {
+            archs.push(r.arch);
+        }
+    }
+    if archs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let series = |y: fn(&crate::bench::TrainRow) -> Option<f64>| -> Vec<Series> {
+        archs
+            .iter()
+            .map(|&arch| Series {
+                label: arch.to_string(),
+                points: rows
+                    .iter()
+                    .filter(|r| r.arch == arch)
+                    .filter_map(|r| Some((r.l as f64, y(r)?)))
+                    .collect(),
+            })
+            .collect()
+    };
+    let note = vec![
+        format!(
+            "d_model {}, {} layers, {} tokens per step (b = tokens / l); the median of {} timed steps after a warm-up",
+            o.d_model, o.n_layer, o.train_tokens, o.repeats
+        ),
+        "memory: how far the peak (resident set on the CPU, our allocator on a GPU) rose during the steps".into(),
+    ];
+    let chart = |title: &str, y: &str, series| {
+        lines(
+            title,
+            "sequence length l (tokens)",
+            y,
+            (Scale::Log2, Scale::Linear),
+            series,
+        )
+    };
+    save(
+        &Pair(
+            Lines {
+                note,
+                ..chart(
+                    "training throughput",
+                    "tokens/s",
+                    series(|r| Some(r.tokens_per_s)),
+                )
+            },
+            chart(
+                "memory of the training step",
+                "MiB",
+                series(|r| r.peak_rise_mb),
+            ),
+        ),
+        out,
+        "bench_train",
+    )
+}
+
 /// The parts of a bench shape other than the batch and the length: "d=1536 n=16".
 fn fixed_dims(shape: &str) -> String {
     shape
@@ -347,7 +416,7 @@ fn fixed_dims(shape: &str) -> String {
         .join(" ")
 }
 
-fn lines(
+pub(crate) fn lines(
     title: &str,
     x_desc: &str,
     y_desc: &str,
@@ -364,6 +433,8 @@ fn lines(
         y_max: None,
         note: Vec::new(),
         bands: Vec::new(),
+        markers_only: false,
+        curves: Vec::new(),
     }
 }
 
