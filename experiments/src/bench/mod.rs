@@ -1,5 +1,6 @@
 //! `ssm-lab bench`: the selective scan forward and backward against the device's own copy
-//! bandwidth, and training throughput of a Mamba and a Transformer, as tables and CSV files.
+//! bandwidth, and training throughput and peak memory of a Mamba, a Transformer and a hybrid
+//! against the sequence length, as tables, CSV files and a plot.
 //! Every time is the median of several runs after a warm-up, read after the device finished.
 //! With `torch` (the cargo feature of the same name), PyTorch's scan, attention, matmul and
 //! training steps are timed beside ours on the same inputs (`torch.rs`).
@@ -14,7 +15,10 @@ use anyhow::{Context, Result, bail};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use ssm::device::{describe, peak_memory_mb, reset_peak_memory, synchronize, tiled};
-use ssm::models::{AttentionConfig, LanguageModel, MambaConfig, ModelConfig, TransformerConfig};
+use ssm::models::{
+    AttentionConfig, HybridConfig, LanguageModel, MambaConfig, MixerSettings, ModelConfig,
+    TransformerConfig,
+};
 use ssm::nn::Module;
 use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm};
@@ -297,24 +301,41 @@ pub struct TrainRow {
     pub peak_rise_mb: Option<f64>,
 }
 
-pub(crate) fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 2] {
+/// The models of the training rows at the bench's width and depth: Mamba, the Transformer
+/// (heads of 64) and the hybrid with one attention layer in four, the second ("MAMM" repeated).
+pub(crate) fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 3] {
     let mamba = MambaConfig {
         d_model: o.d_model,
         n_layer: o.n_layer,
         vocab_size: 256,
         ..MambaConfig::default()
     };
+    let attention = AttentionConfig {
+        n_heads: (o.d_model / 64).max(1),
+        ..AttentionConfig::default()
+    };
     let transformer = TransformerConfig {
         d_model: o.d_model,
         n_layer: o.n_layer,
         vocab_size: 256,
-        block: AttentionConfig {
-            n_heads: (o.d_model / 64).max(1),
-            ..AttentionConfig::default()
-        },
+        block: attention.clone(),
         ..TransformerConfig::default()
     };
-    [("mamba", mamba.into()), ("transformer", transformer.into())]
+    let hybrid = HybridConfig {
+        pattern: "MAMM".chars().cycle().take(o.n_layer).collect(),
+        d_model: o.d_model,
+        vocab_size: 256,
+        mixers: MixerSettings {
+            mamba: mamba.mixer.clone(),
+            attention,
+        },
+        ..HybridConfig::default()
+    };
+    [
+        ("mamba", mamba.into()),
+        ("transformer", transformer.into()),
+        ("hybrid", hybrid.into()),
+    ]
 }
 
 /// The model and batch of a training row: the config's model at seed 0 (on the CPU), and b · l
@@ -603,6 +624,7 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
             "ms_per_step",
             "tokens_per_s",
             "peak_mem_mb",
+            "peak_rise_mb",
         ]),
         rows: r
             .train
@@ -618,12 +640,14 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
                     format!("{:.3}", t.ms_per_step),
                     format!("{:.1}", t.tokens_per_s),
                     t.peak_mem_mb.map_or(String::new(), |m| format!("{m:.1}")),
+                    t.peak_rise_mb.map_or(String::new(), |m| format!("{m:.1}")),
                 ]
             })
             .collect(),
         torn: false,
     };
     train.write(&train.path)?;
+    crate::plot::bench_train(&r.train, o, dir)?;
     if r.torch.is_empty() {
         return Ok(());
     }
