@@ -14,7 +14,8 @@ use ssm::device::describe;
 use ssm::parity::{Check, ParityPlan, decode_parity, op_parity, train_step_parity};
 
 use crate::bench::{
-    BenchOptions, BenchReport, bench, scan_header, scan_line, train_header, train_line,
+    BenchOptions, BenchReport, bench, decode_header, decode_line, scan_header, scan_line,
+    train_header, train_line,
 };
 
 #[derive(Clone, Debug)]
@@ -110,6 +111,8 @@ pub fn gpu_check(o: &GpuCheckOptions) -> Result<bool> {
     summary.extend(report.scans.iter().map(|r| scan_line(r, report.copy_gbps)));
     summary.push(train_header());
     summary.extend(report.train.iter().map(train_line));
+    summary.push(decode_header());
+    summary.extend(report.decode.iter().map(decode_line));
     if !o.quick {
         summary.extend(targets(&report));
     }

@@ -273,10 +273,20 @@ enum Cmd {
         /// Depth (layers) of both trained models.
         #[arg(long, default_value_t = gpu_bench().n_layer)]
         n_layer: usize,
+        /// Decoding batch sizes, comma-separated (every architecture of the training rows).
+        #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().decode_batches)]
+        decode_batches: Vec<usize>,
+        /// Decoding contexts: tokens per sequence prefilled before decoding, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().decode_contexts)]
+        decode_contexts: Vec<usize>,
+        /// New tokens per timed decoding run.
+        #[arg(long, default_value_t = gpu_bench().decode_tokens)]
+        decode_tokens: usize,
         /// Timed runs per measurement, after a warm-up (median reported).
         #[arg(long, default_value_t = gpu_bench().repeats)]
         repeats: usize,
-        /// Folder for bench_scan.csv and bench_train.csv (default: print the tables only).
+        /// Folder for bench_scan.csv, bench_train.csv and bench_decode.csv (default: print the
+        /// tables only).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Also time PyTorch beside ours (scan loop and parallel scan, SDPA, matmul, training
@@ -517,6 +527,9 @@ fn run(cli: Cli) -> Result<()> {
             train_tokens,
             d_model,
             n_layer,
+            decode_batches,
+            decode_contexts,
+            decode_tokens,
             repeats,
             out,
             torch,
@@ -532,6 +545,9 @@ fn run(cli: Cli) -> Result<()> {
                 train_tokens,
                 d_model,
                 n_layer,
+                decode_batches,
+                decode_contexts,
+                decode_tokens,
                 repeats,
                 out,
                 torch,

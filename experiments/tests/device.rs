@@ -114,6 +114,18 @@ fn gpu_check_runs_on_the_emulated_device() {
         let text = std::fs::read_to_string(dir.join("gc").join(file)).unwrap();
         assert!(text.lines().count() > 1, "{file}: {text}");
     }
+    // Decoding: every architecture at batch 1 and 2 after a prefill of 20 tokens.
+    let decode = experiments::metrics::Table::read(&dir.join("gc/bench_decode.csv")).unwrap();
+    let archs = decode.strings("arch").unwrap();
+    assert_eq!(
+        archs,
+        ["mamba", "mamba", "transformer", "transformer", "hybrid", "hybrid"]
+    );
+    assert_eq!(decode.f64s("b").unwrap(), [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
+    for col in ["prefill_tokens_per_s", "tokens_per_s", "ms_per_step"] {
+        let v = decode.f64s(col).unwrap();
+        assert!(v.iter().all(|x| x.is_finite() && *x > 0.0), "{col}: {v:?}");
+    }
     let parity = std::fs::read_to_string(dir.join("gc/parity.csv")).unwrap();
     assert!(
         parity.lines().count() > 200 && !parity.contains(",false"),

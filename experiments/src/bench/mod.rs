@@ -5,8 +5,11 @@
 //! With `torch` (the cargo feature of the same name), PyTorch's scan, attention, matmul and
 //! training steps are timed beside ours on the same inputs (`torch.rs`).
 
+mod decode;
 #[cfg(feature = "torch")]
 mod torch;
+
+pub use decode::{DecodeRow, decode_header, decode_line};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -43,6 +46,11 @@ pub struct BenchOptions {
     pub train_tokens: usize,
     pub d_model: usize,
     pub n_layer: usize,
+    /// Decoding: batch sizes, context lengths (prefilled before decoding starts) and new tokens
+    /// per timed run, for every architecture of the training rows.
+    pub decode_batches: Vec<usize>,
+    pub decode_contexts: Vec<usize>,
+    pub decode_tokens: usize,
     /// Timed runs per measurement, after one warm-up.
     pub repeats: usize,
     /// Folder for bench_scan.csv and bench_train.csv.
@@ -95,6 +103,17 @@ impl BenchOptions {
             crate::limits::MAX_TOKENS as usize,
         )?;
         one_to("d-model", self.d_model, ssm::models::limits::MAX_WIDTH)?;
+        let (db, dc) = (
+            ceiling("decode-batches", &self.decode_batches)?,
+            ceiling("decode-contexts", &self.decode_contexts)?,
+        );
+        if (db as u128) * (dc as u128) > crate::limits::MAX_TOKENS {
+            bail!(
+                "--decode-batches, --decode-contexts: {db} × {dc} context tokens are beyond reason (at most {})",
+                crate::limits::MAX_TOKENS
+            );
+        }
+        one_to("decode-tokens", self.decode_tokens, 1 << 20)?;
         one_to("n-layer", self.n_layer, ssm::models::limits::MAX_LAYERS)?;
         if self.torch && !cfg!(feature = "torch") {
             bail!(
@@ -118,6 +137,9 @@ impl BenchOptions {
             train_tokens: 16384,
             d_model: 512,
             n_layer: 4,
+            decode_batches: vec![1, 32],
+            decode_contexts: vec![1024, 8192],
+            decode_tokens: 64,
             repeats: 5,
             out: None,
             torch: false,
@@ -138,6 +160,9 @@ impl BenchOptions {
             train_tokens: 64,
             d_model: 16,
             n_layer: 1,
+            decode_batches: vec![1, 2],
+            decode_contexts: vec![20],
+            decode_tokens: 3,
             repeats: 1,
             out: None,
             torch: false,
@@ -449,6 +474,7 @@ pub struct BenchReport {
     pub copy_gbps: f64,
     pub scans: Vec<ScanRow>,
     pub train: Vec<TrainRow>,
+    pub decode: Vec<DecodeRow>,
     /// With `torch`: our rows and PyTorch's, side by side.
     pub torch: Vec<TorchRow>,
     /// Rows that could not be measured, with the reason.
@@ -504,6 +530,25 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
             train.push(r);
         }
     }
+    println!(
+        "decoding (greedy, {} new tokens per timed run after a prefill of the context; tokens/s over the batch)",
+        o.decode_tokens
+    );
+    println!("{}", decode_header());
+    let mut decode = Vec::new();
+    for (arch, config) in bench_models(o) {
+        for &b in &o.decode_batches {
+            for &context in &o.decode_contexts {
+                match decode::decode_row(o, arch, config.clone(), b, context) {
+                    Ok(r) => {
+                        println!("{}", decode_line(&r));
+                        decode.push(r);
+                    }
+                    Err(e) => failed(format!("decoding {arch} b={b} context={context}"), e),
+                }
+            }
+        }
+    }
     #[cfg(feature = "torch")]
     let torch = if o.torch {
         torch::bench_torch(o, &train, &mut errors)?
@@ -517,6 +562,7 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
         copy_gbps,
         scans,
         train,
+        decode,
         torch,
         errors,
     };
@@ -648,6 +694,41 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
     };
     train.write(&train.path)?;
     crate::plot::bench_train(&r.train, o, dir)?;
+    let decode = Table {
+        path: dir.join("bench_decode.csv"),
+        header: strings(&[
+            "device",
+            "arch",
+            "d_model",
+            "n_layer",
+            "b",
+            "context",
+            "prefill_tokens_per_s",
+            "tokens_per_s",
+            "ms_per_step",
+            "peak_rise_mb",
+        ]),
+        rows: r
+            .decode
+            .iter()
+            .map(|t| {
+                vec![
+                    r.device.replace(',', ";"),
+                    t.arch.to_string(),
+                    o.d_model.to_string(),
+                    o.n_layer.to_string(),
+                    t.b.to_string(),
+                    t.context.to_string(),
+                    format!("{:.1}", t.prefill_tokens_per_s),
+                    format!("{:.1}", t.tokens_per_s),
+                    format!("{:.4}", t.ms_per_step),
+                    t.peak_rise_mb.map_or(String::new(), |m| format!("{m:.1}")),
+                ]
+            })
+            .collect(),
+        torn: false,
+    };
+    decode.write(&decode.path)?;
     if r.torch.is_empty() {
         return Ok(());
     }
