@@ -237,7 +237,9 @@ pub fn plot(inputs: &[PathBuf], out: &Path) -> Result<Vec<PathBuf>> {
     if runs.iter().any(|r| r.flops_per_token.is_some()) {
         files.extend(save(&flops_chart(&runs), out, "loss_vs_flops")?);
     }
-    if runs.iter().any(|r| !r.bits_per_byte.is_empty()) {
+    // Held-out bits per byte over training needs two evaluations: runs evaluated once, at the
+    // end (the points of a scaling grid), are single points, which their summary shows better.
+    if runs.iter().any(evaluated_often) {
         files.extend(save(&bits_per_byte_chart(&runs), out, "bits_per_byte")?);
     }
     for (i, s) in summaries.iter().enumerate() {
@@ -519,11 +521,16 @@ fn flops_chart(runs: &[Run]) -> Lines {
     }
 }
 
+/// Whether a byte-level run has held-out bits per byte from two evaluations or more.
+fn evaluated_often(r: &Run) -> bool {
+    r.bits_per_byte.values().any(|points| points.len() > 1)
+}
+
 /// Byte-level runs: the training loss in bits per byte (loss / ln 2) and the held-out bits per
 /// byte of every evaluation, at each eval length.
 fn bits_per_byte_chart(runs: &[Run]) -> Lines {
     let mut series = Vec::new();
-    for r in runs.iter().filter(|r| !r.bits_per_byte.is_empty()) {
+    for r in runs.iter().filter(|r| evaluated_often(r)) {
         series.push(Series {
             label: format!("{} train", r.label),
             points: r
