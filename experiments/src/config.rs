@@ -351,8 +351,12 @@ pub fn resolve(text: &str, origin: &str, overrides: &[String]) -> Result<RunConf
 pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<RunConfig> {
     let mut table: toml::Table =
         toml::from_str(text).with_context(|| format!("{origin}: invalid TOML"))?;
-    if table.remove("sweep").is_some() {
-        tracing::info!("{origin}: ignoring the [sweep] table, which `ssm-lab sweep` reads");
+    for (section, command) in [("sweep", "sweep"), ("scaling", "scaling")] {
+        if table.remove(section).is_some() {
+            tracing::info!(
+                "{origin}: ignoring the [{section}] table, which `ssm-lab {command}` reads"
+            );
+        }
     }
     migrate_hybrid_keys(&mut table, origin);
     for o in overrides {

@@ -38,6 +38,7 @@ fn shipped_configs_resolve() {
             "demo",
             "induction_heads",
             "mqar",
+            "scaling",
             "selective_copying",
             "shakespeare",
             "reproduce/induction_heads",

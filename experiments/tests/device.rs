@@ -119,7 +119,14 @@ fn gpu_check_runs_on_the_emulated_device() {
     let archs = decode.strings("arch").unwrap();
     assert_eq!(
         archs,
-        ["mamba", "mamba", "transformer", "transformer", "hybrid", "hybrid"]
+        [
+            "mamba",
+            "mamba",
+            "transformer",
+            "transformer",
+            "hybrid",
+            "hybrid"
+        ]
     );
     assert_eq!(decode.f64s("b").unwrap(), [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
     for col in ["prefill_tokens_per_s", "tokens_per_s", "ms_per_step"] {

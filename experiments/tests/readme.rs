@@ -85,7 +85,7 @@ fn small(args: &[String], gpu_present: bool) -> Vec<String> {
         .iter()
         .flat_map(|s| ["--set".into(), s.to_string()])
         .collect();
-    if args[0] == "reproduce" || args[0] == "scaling" {
+    if (args[0] == "reproduce" || args[0] == "scaling") && !args.iter().any(|a| a == "--quick") {
         extra.push("--quick".into());
     }
     if gpu_present {
