@@ -87,9 +87,40 @@ fn labels(svg: &str) -> Vec<Label> {
 }
 
 /// Checks the rules above on one SVG; returns its labels.
+/// DejaVu Sans is embedded, byte for byte, and every text is set in it.
+fn check_font(svg: &str, name: &str) {
+    use base64::Engine;
+    let start = "src:url(data:font/ttf;base64,";
+    let at = svg
+        .find(start)
+        .unwrap_or_else(|| panic!("{name}: no embedded font"))
+        + start.len();
+    let end = at + svg[at..].find(')').unwrap();
+    let font = base64::engine::general_purpose::STANDARD
+        .decode(&svg[at..end])
+        .unwrap();
+    assert!(
+        font == dejavu::sans::regular(),
+        "{name}: another font embedded"
+    );
+    assert!(
+        svg.contains("@font-face{font-family:\"DejaVu Sans\""),
+        "{name}"
+    );
+    let texts = svg.matches("<text ").count();
+    assert!(texts > 0, "{name}: no text");
+    assert_eq!(
+        svg.matches("font-family=\"DejaVu Sans, sans-serif\"")
+            .count(),
+        texts,
+        "{name}: every text in the embedded font"
+    );
+}
+
 fn check_svg(path: &Path) -> Vec<Label> {
     let svg = std::fs::read_to_string(path).unwrap();
     let name = path.display();
+    check_font(&svg, &name.to_string());
     let all = labels(&svg);
     let flat: Vec<&Label> = all.iter().filter(|l| !l.rotated).collect();
     for (i, a) in flat.iter().enumerate() {

@@ -103,6 +103,10 @@ pub fn save(chart: &impl Chart, out: &Path, stem: &str) -> Result<Vec<PathBuf>> 
             .and_then(|_| root.present())
             .map_err(|e| anyhow!("{}: {e}", svg.display()))?;
     }
+    let drawn = std::fs::read_to_string(&svg_drawing)
+        .with_context(|| format!("cannot read {}", svg_drawing.display()))?;
+    std::fs::write(&svg_drawing, embed_font(&drawn))
+        .with_context(|| format!("cannot write {}", svg_drawing.display()))?;
     for (drawn, path) in [(&png_drawing, &png), (&svg_drawing, &svg)] {
         std::fs::File::open(drawn)
             .and_then(|f| f.sync_all())
@@ -110,6 +114,33 @@ pub fn save(chart: &impl Chart, out: &Path, stem: &str) -> Result<Vec<PathBuf>> 
         ssm::io::rename(drawn, path)?;
     }
     Ok(vec![png, svg])
+}
+
+/// The font family of the text of our SVGs, embedded in each.
+pub const SVG_FONT: &str = "DejaVu Sans";
+
+/// `svg` with DejaVu Sans embedded as an `@font-face` (the TTF as a data URL) and every text set
+/// in it, so that an SVG shows the glyphs of the PNG on a machine without that font.
+pub fn embed_font(svg: &str) -> String {
+    use base64::Engine;
+    static FACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let face = FACE.get_or_init(|| {
+        format!(
+            "<defs><style>@font-face{{font-family:\"{SVG_FONT}\";src:url(data:font/ttf;base64,{})}}</style></defs>",
+            base64::engine::general_purpose::STANDARD.encode(dejavu::sans::regular())
+        )
+    });
+    let svg = svg.replace(
+        &format!("font-family=\"{FONT}\""),
+        &format!("font-family=\"{SVG_FONT}, {FONT}\""),
+    );
+    match svg
+        .find("<svg")
+        .and_then(|start| svg[start..].find('>').map(|end| start + end + 1))
+    {
+        Some(at) => format!("{}\n{face}{}", &svg[..at], &svg[at..]),
+        None => svg,
+    }
 }
 
 /// Range of positive finite values, widened by `pad` (a factor) on both sides.
