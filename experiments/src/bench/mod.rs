@@ -622,11 +622,28 @@ pub fn train_line(r: &TrainRow) -> String {
 
 fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let scan = Table {
-        path: dir.join("bench_scan.csv"),
-        header: strings(&[
-            "device",
+    // Each file: the device in the first column, then the row's own.
+    let device = r.device.replace(',', ";");
+    let write = |name: &str, header: &[&str], rows: Vec<Vec<String>>| -> Result<()> {
+        let path = dir.join(name);
+        Table {
+            path: path.clone(),
+            header: std::iter::once("device")
+                .chain(header.iter().copied())
+                .map(str::to_string)
+                .collect(),
+            rows: rows
+                .into_iter()
+                .map(|row| std::iter::once(device.clone()).chain(row).collect())
+                .collect(),
+            torn: false,
+        }
+        .write(&path)
+    };
+    let opt = |v: Option<f64>, digits: usize| v.map_or(String::new(), |v| format!("{v:.digits$}"));
+    write(
+        "bench_scan.csv",
+        &[
             "b",
             "l",
             "d",
@@ -636,13 +653,11 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
             "bwd_ms",
             "bwd_gbps",
             "copy_gbps",
-        ]),
-        rows: r
-            .scans
+        ],
+        r.scans
             .iter()
             .map(|s| {
                 vec![
-                    r.device.replace(',', ";"),
                     s.b.to_string(),
                     s.l.to_string(),
                     o.d.to_string(),
@@ -655,13 +670,10 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
                 ]
             })
             .collect(),
-        torn: false,
-    };
-    scan.write(&scan.path)?;
-    let train = Table {
-        path: dir.join("bench_train.csv"),
-        header: strings(&[
-            "device",
+    )?;
+    write(
+        "bench_train.csv",
+        &[
             "arch",
             "d_model",
             "n_layer",
@@ -671,13 +683,11 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
             "tokens_per_s",
             "peak_mem_mb",
             "peak_rise_mb",
-        ]),
-        rows: r
-            .train
+        ],
+        r.train
             .iter()
             .map(|t| {
                 vec![
-                    r.device.replace(',', ";"),
                     t.arch.to_string(),
                     o.d_model.to_string(),
                     o.n_layer.to_string(),
@@ -685,19 +695,16 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
                     t.b.to_string(),
                     format!("{:.3}", t.ms_per_step),
                     format!("{:.1}", t.tokens_per_s),
-                    t.peak_mem_mb.map_or(String::new(), |m| format!("{m:.1}")),
-                    t.peak_rise_mb.map_or(String::new(), |m| format!("{m:.1}")),
+                    opt(t.peak_mem_mb, 1),
+                    opt(t.peak_rise_mb, 1),
                 ]
             })
             .collect(),
-        torn: false,
-    };
-    train.write(&train.path)?;
+    )?;
     crate::plot::bench_train(&r.train, o, dir)?;
-    let decode = Table {
-        path: dir.join("bench_decode.csv"),
-        header: strings(&[
-            "device",
+    write(
+        "bench_decode.csv",
+        &[
             "arch",
             "d_model",
             "n_layer",
@@ -707,13 +714,11 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
             "tokens_per_s",
             "ms_per_step",
             "peak_rise_mb",
-        ]),
-        rows: r
-            .decode
+        ],
+        r.decode
             .iter()
             .map(|t| {
                 vec![
-                    r.device.replace(',', ";"),
                     t.arch.to_string(),
                     o.d_model.to_string(),
                     o.n_layer.to_string(),
@@ -722,29 +727,23 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
                     format!("{:.1}", t.prefill_tokens_per_s),
                     format!("{:.1}", t.tokens_per_s),
                     format!("{:.4}", t.ms_per_step),
-                    t.peak_rise_mb.map_or(String::new(), |m| format!("{m:.1}")),
+                    opt(t.peak_rise_mb, 1),
                 ]
             })
             .collect(),
-        torn: false,
-    };
-    decode.write(&decode.path)?;
+    )?;
     if r.torch.is_empty() {
         return Ok(());
     }
-    let opt = |v: Option<f64>, digits: usize| v.map_or(String::new(), |v| format!("{v:.digits$}"));
-    let torch = Table {
-        path: dir.join("bench_torch.csv"),
-        header: strings(&[
-            "device", "section", "shape", "l", "impl", "fwd_ms", "full_ms", "rate", "peak_mb",
-            "vs_ours",
-        ]),
-        rows: r
-            .torch
+    write(
+        "bench_torch.csv",
+        &[
+            "section", "shape", "l", "impl", "fwd_ms", "full_ms", "rate", "peak_mb", "vs_ours",
+        ],
+        r.torch
             .iter()
             .map(|t| {
                 vec![
-                    r.device.replace(',', ";"),
                     t.section.to_string(),
                     t.shape.clone(),
                     t.l.to_string(),
@@ -757,9 +756,7 @@ fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
                 ]
             })
             .collect(),
-        torn: false,
-    };
-    torch.write(&torch.path)?;
+    )?;
     crate::plot::bench_torch(&r.torch, dir)?;
     Ok(())
 }
