@@ -201,15 +201,7 @@ pub fn sweep(o: &SweepOptions) -> Result<PathBuf> {
         });
     }
     print_grid(&sweep_dir, &axes, &origins, &points);
-    if sweep_dir.exists() {
-        check_same_sweep(&sweep_dir, &points)?;
-        info!(
-            "{}: exists with the same points; continuing it (finished points are only checked)",
-            sweep_dir.display()
-        );
-    } else {
-        create_sweep_dir(&sweep_dir, &axes, &points)?;
-    }
+    open_sweep_dir(&sweep_dir, &axes, &points)?;
     let failed = run_points(&sweep_dir, &points, o.jobs, o.device)?;
     let keys: Vec<String> = axes.iter().map(|a| a.key.clone()).collect();
     let rows: Vec<(String, Vec<String>)> = points
@@ -286,8 +278,23 @@ fn file_axes(table: &mut toml::Table, path: &Path) -> Result<Vec<Axis>> {
         .collect()
 }
 
+/// Creates the sweep folder of `points`, or checks that the one there holds the very same points
+/// and continues it.
+pub(crate) fn open_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
+    if dir.exists() {
+        check_same_sweep(dir, points)?;
+        info!(
+            "{}: exists with the same points; continuing it (finished points are only checked)",
+            dir.display()
+        );
+        Ok(())
+    } else {
+        create_sweep_dir(dir, axes, points)
+    }
+}
+
 /// A sweep folder can be continued (after a kill, say) only by the very same points.
-pub(crate) fn check_same_sweep(dir: &Path, points: &[Point]) -> Result<()> {
+fn check_same_sweep(dir: &Path, points: &[Point]) -> Result<()> {
     let d = dir.display();
     if !dir.join(SWEEP_FILE).exists() {
         bail!("{d}: exists and is not a sweep folder (no {SWEEP_FILE}); choose another --name");
@@ -324,7 +331,7 @@ pub(crate) fn check_same_sweep(dir: &Path, points: &[Point]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn create_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
+fn create_sweep_dir(dir: &Path, axes: &[Axis], points: &[Point]) -> Result<()> {
     let parent = dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

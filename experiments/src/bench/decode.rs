@@ -57,9 +57,11 @@ pub(crate) fn decode_row(
         let piece: Vec<u32> = (0..b)
             .flat_map(|s| ids[s * context + start..][..piece_len].iter().copied())
             .collect();
-        logits = model
-            .forward(&piece, b, Some(&mut state), false)?
-            .to_host_vec()?;
+        let out = model.forward(&piece, b, Some(&mut state), false)?;
+        // Only the last piece's logits choose the first new tokens.
+        if start + piece_len == context {
+            logits = out.to_host_vec()?;
+        }
     }
     synchronize(o.device)?;
     let prefill_s = started.elapsed().as_secs_f64();

@@ -96,15 +96,14 @@ pub fn save(chart: &impl Chart, out: &Path, stem: &str) -> Result<Vec<PathBuf>> 
             .and_then(|_| root.present())
             .map_err(|e| anyhow!("{}: {e}", png.display()))?;
     }
+    let mut drawn = String::new();
     {
-        let root = SVGBackend::new(&svg_drawing, SIZE).into_drawing_area();
+        let root = SVGBackend::with_string(&mut drawn, SIZE).into_drawing_area();
         root.fill(&WHITE)
             .and_then(|_| chart.draw(&root))
             .and_then(|_| root.present())
             .map_err(|e| anyhow!("{}: {e}", svg.display()))?;
     }
-    let drawn = std::fs::read_to_string(&svg_drawing)
-        .with_context(|| format!("cannot read {}", svg_drawing.display()))?;
     std::fs::write(&svg_drawing, embed_font(&drawn))
         .with_context(|| format!("cannot write {}", svg_drawing.display()))?;
     for (drawn, path) in [(&png_drawing, &png), (&svg_drawing, &svg)] {

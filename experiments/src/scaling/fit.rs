@@ -119,8 +119,10 @@ fn saturating(points: &[(f64, f64)]) -> std::result::Result<Fit, String> {
     let alpha_at = |i: f64| (lo + (hi - lo) * i / (ALPHA_GRID - 1) as f64).exp();
     let rss = |alpha: f64| profile(&u, &l, alpha).2;
     let best = (0..ALPHA_GRID)
-        .min_by(|&i, &j| rss(alpha_at(i as f64)).total_cmp(&rss(alpha_at(j as f64))))
-        .expect("a grid");
+        .map(|i| (i, rss(alpha_at(i as f64))))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("a grid")
+        .0;
     if best == 0 || best == ALPHA_GRID - 1 {
         return Err(format!(
             "E not identifiable: the best α is the edge {} of [{}, {}]",

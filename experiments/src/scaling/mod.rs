@@ -21,8 +21,7 @@ use crate::metrics::{Table, cell};
 use crate::recipes;
 use crate::sizes::thousands;
 use crate::sweep::{
-    Axis, Point, SUMMARY_FILE, check_same_sweep, create_sweep_dir, run_points, threads_per_job,
-    write_summary,
+    Axis, Point, SUMMARY_FILE, open_sweep_dir, run_points, threads_per_job, write_summary,
 };
 use fit::Fit;
 
@@ -177,15 +176,7 @@ pub fn scaling(o: &ScalingOptions) -> Result<PathBuf> {
                 .collect(),
         },
     ];
-    if dir.exists() {
-        check_same_sweep(&dir, &points)?;
-        println!(
-            "{}: exists with the same points; continuing it",
-            dir.display()
-        );
-    } else {
-        create_sweep_dir(&dir, &axes, &points)?;
-    }
+    open_sweep_dir(&dir, &axes, &points)?;
     ssm::io::atomic_write(&dir.join(GRID_FILE), text.as_bytes())?;
     let failed = run_points(&dir, &points, jobs, o.device)?;
     let keys = vec!["model.arch".to_string(), "width".to_string()];

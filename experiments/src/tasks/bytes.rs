@@ -99,30 +99,30 @@ pub struct ByteCorpus {
 impl ByteCorpus {
     pub fn open(path: &Path, val_fraction: f64) -> Result<Self> {
         let pieces = split(path, val_fraction)?;
+        let read = |file: &Path| {
+            std::fs::read(file).with_context(|| {
+                format!(
+                    "config key `task.bytes.path`: cannot read {}",
+                    file.display()
+                )
+            })
+        };
         let (mut train, mut val) = (Vec::new(), Vec::new());
-        let mut file: Option<(&Path, Vec<u8>)> = None;
+        // A folder's pieces are whole files; a single file's are ranges of it, read once.
+        let whole = if path.is_dir() {
+            None
+        } else {
+            Some(read(path)?)
+        };
         for p in &pieces {
-            if file.as_ref().is_none_or(|f| f.0 != p.file) {
-                let bytes = std::fs::read(&p.file).with_context(|| {
+            let part = match &whole {
+                Some(bytes) => bytes.get(p.source.clone()).with_context(|| {
                     format!(
-                        "config key `task.bytes.path`: cannot read {}",
-                        p.file.display()
+                        "config key `task.bytes.path`: {} changed size while read",
+                        path.display()
                     )
-                })?;
-                file = Some((&p.file, bytes));
-            }
-            let bytes = &file.as_ref().expect("just read").1;
-            // A single file's pieces are ranges of it; a document is the whole of its file.
-            let range = if pieces.iter().all(|q| q.file == p.file) {
-                p.source.clone()
-            } else {
-                0..bytes.len()
-            };
-            let Some(part) = bytes.get(range) else {
-                bail!(
-                    "config key `task.bytes.path`: {} changed size while read",
-                    p.file.display()
-                );
+                })?,
+                None => &read(&p.file)?,
             };
             if p.held_out { &mut val } else { &mut train }.extend_from_slice(part);
         }

@@ -100,9 +100,8 @@ impl ModelSpec {
     /// Trainable values: the tied embedding once, the learned positions if any, the layers and
     /// the final norm.
     pub fn num_params(&self) -> usize {
-        let d = self.d_model;
-        let layers: usize = self.layers.iter().map(|l| l.num_params(d)).sum();
-        (self.vocab + self.learned_positions().unwrap_or(0)) * d + layers + d
+        (self.vocab + self.learned_positions().unwrap_or(0)) * self.d_model
+            + self.non_embedding_params()
     }
 
     /// Trainable values outside the token and position embeddings (Kaplan et al. 2020's N): the
