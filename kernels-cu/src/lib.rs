@@ -26,6 +26,7 @@ pub mod reduce;
 pub mod rmsnorm;
 pub mod rope;
 pub mod scan;
+pub mod ssd;
 
 pub use launch::{DevicePtr, KernelArgs, Launch, LaunchConfig, host_ptr, host_ptr_mut};
 

@@ -9,6 +9,7 @@ mod hf_fixture;
 mod model;
 mod reference_parity;
 mod scan_parity;
+mod ssd;
 #[cfg(feature = "torch")]
 mod torch_parity;
 mod transformer;

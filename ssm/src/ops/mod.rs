@@ -25,6 +25,7 @@ pub mod loss;
 pub mod norm;
 pub mod rope;
 pub mod scan;
+pub mod ssd;
 
 use std::sync::Arc;
 

@@ -11,11 +11,11 @@ use rayon::prelude::*;
 use crate::backend::cpu::{parts_for, row_blocks_mut, split};
 use crate::float::Float;
 
-fn view<T>(data: &[T], rows: usize, cols: usize) -> ArrayView2<'_, T> {
+pub(crate) fn view<T>(data: &[T], rows: usize, cols: usize) -> ArrayView2<'_, T> {
     ArrayView2::from_shape((rows, cols), data).expect("matmul: caller checked the sizes")
 }
 
-fn view_mut<T>(data: &mut [T], rows: usize, cols: usize) -> ArrayViewMut2<'_, T> {
+pub(crate) fn view_mut<T>(data: &mut [T], rows: usize, cols: usize) -> ArrayViewMut2<'_, T> {
     ArrayViewMut2::from_shape((rows, cols), data).expect("matmul: caller checked the sizes")
 }
 

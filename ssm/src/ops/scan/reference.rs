@@ -8,20 +8,20 @@ use super::{ScanGrads, ScanInputs, scan_dims};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 
-fn sigmoid<T: Float>(x: T) -> T {
+pub(crate) fn sigmoid<T: Float>(x: T) -> T {
     T::one() / (T::one() + (-x).exp())
 }
 
-fn silu<T: Float>(x: T) -> T {
+pub(crate) fn silu<T: Float>(x: T) -> T {
     x * sigmoid(x)
 }
 
-fn silu_grad<T: Float>(x: T) -> T {
+pub(crate) fn silu_grad<T: Float>(x: T) -> T {
     sigmoid(x) * (T::one() + x * (T::one() - sigmoid(x)))
 }
 
 /// ln(1 + eˣ), and x itself above 20, as PyTorch's `F.softplus`.
-fn softplus<T: Float>(x: T) -> T {
+pub(crate) fn softplus<T: Float>(x: T) -> T {
     if x > T::from_f64(20.0) {
         x
     } else {
@@ -29,7 +29,7 @@ fn softplus<T: Float>(x: T) -> T {
     }
 }
 
-fn softplus_grad<T: Float>(x: T) -> T {
+pub(crate) fn softplus_grad<T: Float>(x: T) -> T {
     if x > T::from_f64(20.0) {
         T::one()
     } else {
