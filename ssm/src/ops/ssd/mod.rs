@@ -63,7 +63,7 @@ pub fn ssd_dims<T: Float>(inp: &SsdInputs<T>, chunk: usize) -> Result<SsdDims> {
         ));
     }
     let [lo, hi] = inp.dt_limit;
-    if !(lo <= hi) || lo.is_nan() {
+    if lo.is_nan() || hi.is_nan() || lo > hi {
         return Err(Error::config(
             "time_step_limit",
             format!("needs lo <= hi, got [{lo}, {hi}]"),
