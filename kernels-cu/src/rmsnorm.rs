@@ -1,4 +1,5 @@
-//! Launches of cu/rmsnorm.cu: RMSNorm over the last dimension of x (m, d), as `ssm::ops::norm`.
+//! Launches of cu/rmsnorm.cu: RMSNorm over the last dimension of x (m, d), as `ssm::ops::norm`;
+//! in the grouped form each of the `groups` slices of a row is normalised on its own.
 
 use crate::Result;
 use crate::launch::{DevicePtr, KernelArgs, Launch, LaunchConfig, to_i32};
@@ -20,11 +21,24 @@ fn config(m: usize) -> LaunchConfig {
 }
 
 /// Floats of workspace the backward needs: one row of dw partials per block.
-pub fn bwd_workspace_len(m: usize, d: usize) -> usize {
-    blocks(m) * d
+pub fn bwd_workspace_len(m: usize, d: usize, groups: usize) -> usize {
+    blocks(m * groups) * d
 }
 
-/// y (m, d) = x · rstd · w and rstd (m,) for the backward.
+/// The kernels' rows and width: `groups` rows of d / groups per row of the op.
+fn slices(kernel: &'static str, m: usize, d: usize, groups: usize) -> Result<(i32, i32)> {
+    if groups == 0 || !d.is_multiple_of(groups) {
+        return Err(crate::Error::Unsupported {
+            kernel,
+            reason: format!("{groups} groups do not divide the width {d}"),
+        });
+    }
+    to_i32(kernel, "m * d", m * d)?;
+    Ok(((m * groups) as i32, (d / groups) as i32))
+}
+
+/// y (m, d) = x · rstd · w and rstd (m · groups,) for the backward.
+#[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_fwd(
     x: DevicePtr,
     w: DevicePtr,
@@ -32,26 +46,28 @@ pub fn rmsnorm_fwd(
     rstd: DevicePtr,
     m: usize,
     d: usize,
+    groups: usize,
     eps: f32,
 ) -> Result<Launch> {
     const K: &str = "rmsnorm_fwd_f32";
-    to_i32(K, "m * d", m * d)?;
+    let (rows, width) = slices(K, m, d, groups)?;
     let args = KernelArgs::new()
         .ptr(x)
         .ptr(w)
         .ptr(y)
         .ptr(rstd)
-        .i32(m as i32)
-        .i32(d as i32)
+        .i32(rows)
+        .i32(width)
+        .i32(groups as i32)
         .f32(eps);
     Ok(Launch {
         kernel: K,
-        config: config(m),
+        config: config(m * groups),
         args,
     })
 }
 
-/// Accumulates dx (m, d) and dw (d,); `workspace` holds `bwd_workspace_len(m, d)` floats.
+/// Accumulates dx (m, d) and dw (d,); `workspace` holds `bwd_workspace_len(m, d, groups)` floats.
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_bwd(
     dy: DevicePtr,
@@ -63,9 +79,10 @@ pub fn rmsnorm_bwd(
     workspace: DevicePtr,
     m: usize,
     d: usize,
+    groups: usize,
 ) -> Result<Vec<Launch>> {
     const K: &str = "rmsnorm_bwd_f32";
-    to_i32(K, "m * d", m * d)?;
+    let (rows, width) = slices(K, m, d, groups)?;
     let args = KernelArgs::new()
         .ptr(dy)
         .ptr(x)
@@ -73,14 +90,15 @@ pub fn rmsnorm_bwd(
         .ptr(rstd)
         .ptr(dx)
         .ptr(workspace)
-        .i32(m as i32)
-        .i32(d as i32);
+        .i32(rows)
+        .i32(width)
+        .i32(groups as i32);
     Ok(vec![
         Launch {
             kernel: K,
-            config: config(m),
+            config: config(m * groups),
             args,
         },
-        sum_rows_into(workspace, blocks(m), d, dw)?,
+        sum_rows_into(workspace, blocks(m * groups), d, dw)?,
     ])
 }

@@ -9,7 +9,8 @@ use ssm::ops::conv1d::{causal_conv1d_bwd, causal_conv1d_fwd};
 use ssm::ops::embedding::{embedding_bwd, embedding_fwd};
 use ssm::ops::linear::{linear_bwd, linear_fwd};
 use ssm::ops::loss::{IGNORE_INDEX, cross_entropy_bwd, cross_entropy_fwd};
-use ssm::ops::norm::{rmsnorm_bwd, rmsnorm_fwd};
+use ssm::ops::norm::reference::rmsnorm_grouped_ref;
+use ssm::ops::norm::{rmsnorm_bwd, rmsnorm_fwd, rmsnorm_grouped_bwd, rmsnorm_grouped_fwd};
 
 use crate::common::*;
 
@@ -63,6 +64,38 @@ fn rmsnorm() {
     rmsnorm_bwd(&wy, &x, &w, &rstd, &mut dx, &mut dw).unwrap();
     check("rmsnorm dx", &x, &dx, |t| f(t, &w));
     check("rmsnorm dw", &w, &dw, |t| f(&x, t));
+}
+
+/// Mamba-2's grouped norm: three slices of four per row, each with its own statistics, against
+/// the reference forward and central differences.
+#[test]
+fn rmsnorm_grouped() {
+    let mut r = rng(3);
+    let x = uniform::<f64>(&mut r, &[2, 3, 12], -1.0, 1.0);
+    let w = uniform::<f64>(&mut r, &[12], 0.5, 1.5);
+    let wy = uniform::<f64>(&mut r, &[2, 3, 12], -1.0, 1.0);
+    let f = |x: &Tensor<f64>, w: &Tensor<f64>| {
+        let (mut y, mut rstd) = (Tensor::default(), Tensor::default());
+        rmsnorm_grouped_fwd(x, w, 1e-5, 3, &mut y, &mut rstd).unwrap();
+        dot(&y, &wy)
+    };
+    let (mut y, mut rstd) = (Tensor::default(), Tensor::default());
+    rmsnorm_grouped_fwd(&x, &w, 1e-5, 3, &mut y, &mut rstd).unwrap();
+    assert_close(
+        "grouped y",
+        &y,
+        &rmsnorm_grouped_ref(&x, &w, 1e-5, 3).unwrap(),
+        1e-14,
+    );
+    let mut whole = Tensor::default();
+    rmsnorm_fwd(&x, &w, 1e-5, &mut whole, &mut rstd.clone()).unwrap();
+    assert!(max_abs_diff(&whole, &y) > 1e-3, "groups change the result");
+    let (mut dx, mut dw) = (Tensor::zeros_cpu([2, 3, 12]), Tensor::zeros_cpu([12]));
+    rmsnorm_grouped_bwd(&wy, &x, &w, &rstd, 3, &mut dx, &mut dw).unwrap();
+    check("grouped rmsnorm dx", &x, &dx, |t| f(t, &w));
+    check("grouped rmsnorm dw", &w, &dw, |t| f(&x, t));
+    let e = rmsnorm_grouped_fwd(&x, &w, 1e-5, 5, &mut y, &mut rstd).unwrap_err();
+    assert!(e.to_string().contains("divisible by the 5 groups"), "{e}");
 }
 
 #[test]

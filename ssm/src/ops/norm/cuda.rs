@@ -1,4 +1,5 @@
-//! RMSNorm on a GPU: the op's tensors to the launches of cu/rmsnorm.cu, over `m` rows of `d`.
+//! RMSNorm on a GPU: the op's tensors to the launches of cu/rmsnorm.cu, over `m` rows of `d` in
+//! `groups` slices each.
 
 use std::sync::Arc;
 
@@ -16,10 +17,10 @@ pub fn fwd<T: Float>(
     eps: f64,
     y: &mut Tensor<T>,
     rstd: &mut Tensor<T>,
-    (m, d): (usize, usize),
+    (m, d, groups): (usize, usize, usize),
 ) -> Result<()> {
     let (xp, wp, yp, rp) = (dptr(x)?, dptr(w)?, dptr(y)?, dptr(rstd)?);
-    g.launch(&k::rmsnorm_fwd(xp, wp, yp, rp, m, d, eps as f32)?)
+    g.launch(&k::rmsnorm_fwd(xp, wp, yp, rp, m, d, groups, eps as f32)?)
 }
 
 /// The backward, adding into `dx` and `dw`.
@@ -28,10 +29,21 @@ pub fn bwd<T: Float>(
     (dy, x, w, rstd): (&Tensor<T>, &Tensor<T>, &Tensor<T>, &Tensor<T>),
     dx: &mut Tensor<T>,
     dw: &mut Tensor<T>,
-    (m, d): (usize, usize),
+    (m, d, groups): (usize, usize, usize),
 ) -> Result<()> {
-    let ws = g.alloc(k::bwd_workspace_len(m, d))?;
+    let ws = g.alloc(k::bwd_workspace_len(m, d, groups))?;
     let (dyp, xp, wp, rp) = (dptr(dy)?, dptr(x)?, dptr(w)?, dptr(rstd)?);
-    let launches = k::rmsnorm_bwd(dyp, xp, wp, rp, dptr(dx)?, dptr(dw)?, ws.ptr(), m, d)?;
+    let launches = k::rmsnorm_bwd(
+        dyp,
+        xp,
+        wp,
+        rp,
+        dptr(dx)?,
+        dptr(dw)?,
+        ws.ptr(),
+        m,
+        d,
+        groups,
+    )?;
     g.launch_all(&launches)
 }

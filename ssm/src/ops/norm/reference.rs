@@ -13,13 +13,25 @@ fn rstd<T: Float>(row: &[T], eps: f64) -> T {
 
 /// y = x / sqrt(mean(x²) + eps) · w over the last dimension (d); w (d).
 pub fn rmsnorm_ref<T: Float>(x: &Tensor<T>, w: &Tensor<T>, eps: f64) -> Result<Tensor<T>> {
+    rmsnorm_grouped_ref(x, w, eps, 1)
+}
+
+/// The same with each of the `groups` equal slices of a row normalised on its own.
+pub fn rmsnorm_grouped_ref<T: Float>(
+    x: &Tensor<T>,
+    w: &Tensor<T>,
+    eps: f64,
+    groups: usize,
+) -> Result<Tensor<T>> {
     let (_, d) = rows_of("rmsnorm_ref", x)?;
     w.expect_dims("rmsnorm_ref", "weight", &[d])?;
     let (xs, ws) = (x.to_host_vec()?, w.to_host_vec()?);
+    let gs = d / groups;
     let mut y = Vec::with_capacity(xs.len());
-    for row in xs.chunks_exact(d) {
-        let r = rstd(row, eps);
-        y.extend(row.iter().zip(&ws).map(|(&v, &wj)| v * r * wj));
+    for (k, slice) in xs.chunks_exact(gs).enumerate() {
+        let r = rstd(slice, eps);
+        let wk = &ws[k % groups * gs..][..gs];
+        y.extend(slice.iter().zip(wk).map(|(&v, &wj)| v * r * wj));
     }
     Tensor::from_vec(x.dims(), y)
 }
