@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use ssm::models::hybrid::HybridConfig;
 use ssm::models::transformer::TransformerConfig;
-use ssm::models::{MambaConfig, ModelConfig as AnyConfig};
+use ssm::models::{Mamba2Config, MambaConfig, ModelConfig as AnyConfig};
 use ssm::optim::AdamWConfig;
 
 use crate::toml_keys::{apply_override, from_table, migrate_hybrid_keys};
@@ -159,12 +159,13 @@ impl Default for BytesConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
     Mamba,
+    Mamba2,
     Transformer,
     Hybrid,
 }
 
 impl Arch {
-    pub const ALL: [Arch; 3] = [Arch::Mamba, Arch::Transformer, Arch::Hybrid];
+    pub const ALL: [Arch; 4] = [Arch::Mamba, Arch::Mamba2, Arch::Transformer, Arch::Hybrid];
 
     /// The architecture of a config name ("mamba", ...).
     pub fn parse(name: &str) -> Option<Arch> {
@@ -174,6 +175,7 @@ impl Arch {
     pub fn name(self) -> &'static str {
         match self {
             Arch::Mamba => "mamba",
+            Arch::Mamba2 => "mamba2",
             Arch::Transformer => "transformer",
             Arch::Hybrid => "hybrid",
         }
@@ -181,17 +183,21 @@ impl Arch {
 }
 
 /// `[model]`: the architecture and one section per architecture (`[model.mamba]`,
-/// `[model.transformer]`, `[model.hybrid]`: ssm's configs with their defaults), so that a
+/// `[model.mamba2]`, `[model.transformer]`, `[model.hybrid]`: ssm's configs with their
+/// defaults), so that a
 /// config can hold several and a sweep can switch `model.arch`; only the chosen one is used.
 /// `vocab_size` comes from the task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// mamba (default), transformer or hybrid.
+    /// mamba (default), mamba2, transformer or hybrid.
     pub arch: Arch,
     /// `[model.mamba]`: ssm's MambaConfig, whose defaults are mamba_simple's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mamba: Option<MambaConfig>,
+    /// `[model.mamba2]`: ssm's Mamba2Config, whose mixer defaults are mamba_ssm's `Mamba2`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mamba2: Option<Mamba2Config>,
     /// `[model.transformer]`: ssm's TransformerConfig (RoPE, SwiGLU, tied embeddings).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transformer: Option<TransformerConfig>,
@@ -205,6 +211,7 @@ impl Default for ModelConfig {
         ModelConfig {
             arch: Arch::Mamba,
             mamba: None,
+            mamba2: None,
             transformer: None,
             hybrid: None,
         }
@@ -321,6 +328,10 @@ impl RunConfig {
                 vocab_size,
                 ..self.model.mamba.clone().unwrap_or_default()
             }),
+            Arch::Mamba2 => AnyConfig::Mamba2(Mamba2Config {
+                vocab_size,
+                ..self.model.mamba2.clone().unwrap_or_default()
+            }),
             Arch::Transformer => AnyConfig::Transformer(TransformerConfig {
                 vocab_size,
                 ..self.model.transformer.clone().unwrap_or_default()
@@ -431,6 +442,13 @@ fn fill_sections(c: &mut RunConfig, explicit_vocab: Option<usize>) -> Result<()>
             &mut c
                 .model
                 .mamba
+                .get_or_insert_with(Default::default)
+                .vocab_size
+        }
+        Arch::Mamba2 => {
+            &mut c
+                .model
+                .mamba2
                 .get_or_insert_with(Default::default)
                 .vocab_size
         }

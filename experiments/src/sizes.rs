@@ -7,10 +7,10 @@
 //! from the reference's by more than [`MAX_MISMATCH`].
 
 use anyhow::Result;
-use ssm::models::MambaConfig;
 use ssm::models::ModelConfig as AnyConfig;
 use ssm::models::hybrid::HybridConfig;
 use ssm::models::transformer::TransformerConfig;
+use ssm::models::{Mamba2Config, MambaConfig};
 
 use crate::config::{Arch, RunConfig};
 
@@ -103,7 +103,7 @@ pub fn match_sizes(
 /// Widths the architecture allows: multiples of 8, and of 2·n_heads where there is attention.
 fn width_step(c: &RunConfig) -> usize {
     let heads = match c.model_config() {
-        AnyConfig::Mamba(_) => 1,
+        AnyConfig::Mamba(_) | AnyConfig::Mamba2(_) => 1,
         AnyConfig::Transformer(t) => t.block.n_heads,
         AnyConfig::Hybrid(h) => h.mixers.attention.n_heads,
     };
@@ -119,6 +119,7 @@ fn set_d_model(c: &mut RunConfig, d: usize) {
     let m = &mut c.model;
     match m.arch {
         Arch::Mamba => m.mamba.get_or_insert_with(MambaConfig::default).d_model = d,
+        Arch::Mamba2 => m.mamba2.get_or_insert_with(Mamba2Config::default).d_model = d,
         Arch::Transformer => {
             m.transformer
                 .get_or_insert_with(TransformerConfig::default)

@@ -1,10 +1,10 @@
-//! Central finite-difference checks in f64 of GELU, and of tiny Transformer, hybrid and
+//! Central finite-difference checks in f64 of GELU, and of tiny Transformer, hybrid, Mamba-2 and
 //! non-selective Mamba language models end to end (every parameter), through `LanguageModel`.
 
 use ssm::Tensor;
 use ssm::models::{
-    AttentionConfig, HybridConfig, LanguageModel, MambaConfig, MambaMixerConfig, MixerSettings,
-    ModelConfig, TransformerConfig,
+    AttentionConfig, HybridConfig, LanguageModel, Mamba2Config, Mamba2MixerConfig, MambaConfig,
+    MambaMixerConfig, MixerSettings, ModelConfig, TransformerConfig,
 };
 use ssm::nn::Module;
 use ssm::nn::attention::PosEncoding;
@@ -187,6 +187,7 @@ fn hybrid_end_to_end() {
                 mlp_hidden: Some(12),
                 ..AttentionConfig::default()
             },
+            ..MixerSettings::default()
         },
         ..HybridConfig::default()
     };
@@ -223,8 +224,67 @@ fn mamba_non_selective_end_to_end() {
                 mlp_hidden: Some(12),
                 ..AttentionConfig::default()
             },
+            ..MixerSettings::default()
         },
         ..HybridConfig::default()
     };
     check_model(h.into(), 36);
+}
+
+/// A tiny Mamba-2 (two groups, heads of 2, chunks of 3 so that the 5 positions span two, biases,
+/// dt limits that never bind), and a hybrid of Mamba-2, attention and Mamba-1 blocks. dt starts
+/// larger than the default so the gradients of A_log and dt_bias stand above the round-off.
+fn tiny_mamba2() -> Mamba2MixerConfig {
+    Mamba2MixerConfig {
+        d_state: 3,
+        d_conv: 3,
+        headdim: 2,
+        ngroups: 2,
+        chunk_size: 3,
+        dt_min: 0.1,
+        dt_max: 1.0,
+        dt_limit: Some([1e-4, 50.0]),
+        bias: true,
+        ..Mamba2MixerConfig::default()
+    }
+}
+
+#[test]
+fn mamba2_end_to_end() {
+    let c = Mamba2Config {
+        d_model: 4,
+        n_layer: 2,
+        vocab_size: 13,
+        mixer: tiny_mamba2(),
+        ..Mamba2Config::default()
+    };
+    check_model(c.into(), 41);
+}
+
+#[test]
+fn hybrid_with_mamba2_end_to_end() {
+    let c = HybridConfig {
+        pattern: "SAM".into(),
+        d_model: 8,
+        vocab_size: 13,
+        mixers: MixerSettings {
+            mamba: MambaMixerConfig {
+                d_state: 4,
+                dt_min: 0.1,
+                dt_max: 1.0,
+                ..MambaMixerConfig::default()
+            },
+            mamba2: Mamba2MixerConfig {
+                headdim: 4,
+                ..tiny_mamba2()
+            },
+            attention: AttentionConfig {
+                n_heads: 2,
+                mlp_hidden: Some(12),
+                ..AttentionConfig::default()
+            },
+        },
+        ..HybridConfig::default()
+    };
+    check_model(c.into(), 42);
 }

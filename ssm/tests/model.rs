@@ -1,4 +1,4 @@
-//! The Mamba model's behaviour: recurrent decoding against the parallel forward, the
+//! The Mamba and Mamba-2 models' behaviour: recurrent decoding against the parallel forward, the
 //! non-selective ablation against the selective path, deterministic training, generation, and the
 //! optimizer.
 
@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use ssm::Tensor;
 use ssm::io::hf::{Part, named_tensors};
 use ssm::models::generate::Sampling;
-use ssm::models::{Decoder, LanguageModel, MambaConfig, MambaMixerConfig};
+use ssm::models::{
+    Decoder, LanguageModel, Mamba2Config, Mamba2MixerConfig, MambaConfig, MambaMixerConfig,
+    ModelConfig,
+};
 use ssm::nn::Module;
 use ssm::nn::mamba::Selection;
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm, cosine_lr};
@@ -29,7 +32,7 @@ fn small() -> MambaConfig {
 
 /// A model whose parameters are moved off their initial values, so that D, the norms and the
 /// biases all matter.
-fn perturbed(config: MambaConfig, seed: u64) -> LanguageModel {
+fn perturbed(config: impl Into<ModelConfig>, seed: u64) -> LanguageModel {
     let mut model = LanguageModel::new(config, seed).unwrap();
     let mut r = rng(seed + 1);
     model.visit_params(&mut |_, p| {
@@ -53,9 +56,27 @@ fn step_matches_parallel_forward_at_every_position() {
             ..small()
         });
     }
+    // Mamba-2 with chunks of 16 (so 150 positions span ten), two groups and dt limits: the step
+    // is a one-position chunk continuing from the state.
+    let mamba2 = Mamba2Config {
+        d_model: 32,
+        n_layer: 2,
+        vocab_size: 50,
+        mixer: Mamba2MixerConfig {
+            d_state: 8,
+            headdim: 16,
+            ngroups: 2,
+            chunk_size: 16,
+            dt_limit: Some([1e-3, 0.2]),
+            ..Mamba2MixerConfig::default()
+        },
+        ..Mamba2Config::default()
+    };
+    println!("mamba2");
+    step_matches_parallel_forward(mamba2);
 }
 
-fn step_matches_parallel_forward(config: MambaConfig) {
+fn step_matches_parallel_forward(config: impl Into<ModelConfig>) {
     let mut model = perturbed(config, 3);
     let (b, l) = (2, 150);
     let ids: Vec<u32> = (0..b * l).map(|i| ((i * 31 + 7) % 50) as u32).collect();

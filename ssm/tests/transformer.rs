@@ -46,6 +46,7 @@ fn small_hybrid(pattern: &str) -> ModelConfig {
                 n_kv_heads: Some(2),
                 ..AttentionConfig::default()
             },
+            ..MixerSettings::default()
         },
         ..HybridConfig::default()
     };
@@ -275,6 +276,7 @@ fn param_and_flop_counts_by_hand() {
                 mlp_hidden: Some(16),
                 ..AttentionConfig::default()
             },
+            ..MixerSettings::default()
         },
         ..HybridConfig::default()
     };

@@ -19,8 +19,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use ssm::device::{describe, peak_memory_mb, reset_peak_memory, synchronize, tiled};
 use ssm::models::{
-    AttentionConfig, HybridConfig, LanguageModel, MambaConfig, MixerSettings, ModelConfig,
-    TransformerConfig,
+    AttentionConfig, HybridConfig, LanguageModel, Mamba2Config, Mamba2MixerConfig, MambaConfig,
+    MixerSettings, ModelConfig, TransformerConfig,
 };
 use ssm::nn::Module;
 use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
@@ -327,8 +327,9 @@ pub struct TrainRow {
 }
 
 /// The models of the training rows at the bench's width and depth: Mamba, the Transformer
-/// (heads of 64) and the hybrid with one attention layer in four, the second ("MAMM" repeated).
-pub(crate) fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 3] {
+/// (heads of 64), the hybrid with one attention layer in four, the second ("MAMM" repeated), and
+/// Mamba-2 with heads of 64 and a state of 64 (4x Mamba's 16).
+pub(crate) fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 4] {
     let mamba = MambaConfig {
         d_model: o.d_model,
         n_layer: o.n_layer,
@@ -353,13 +354,26 @@ pub(crate) fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 3]
         mixers: MixerSettings {
             mamba: mamba.mixer.clone(),
             attention,
+            ..MixerSettings::default()
         },
         ..HybridConfig::default()
+    };
+    let mamba2 = Mamba2Config {
+        d_model: o.d_model,
+        n_layer: o.n_layer,
+        vocab_size: 256,
+        mixer: Mamba2MixerConfig {
+            d_state: 64,
+            headdim: 64,
+            ..Mamba2MixerConfig::default()
+        },
+        ..Mamba2Config::default()
     };
     [
         ("mamba", mamba.into()),
         ("transformer", transformer.into()),
         ("hybrid", hybrid.into()),
+        ("mamba2", mamba2.into()),
     ]
 }
 

@@ -1,7 +1,8 @@
 //! Hybrids of Mamba and attention layers, as in the Mamba-2 hybrids (Dao & Gu, 2024) and Jamba
 //! (Lieber et al., 2024): a pattern such as "MMAMMA" lists the layers bottom to top, `M` a Mamba
-//! block (x + mixer(rmsnorm(x)), as in the Mamba model) and `A` a Transformer block (attention
-//! then MLP, each pre-norm residual). Embedding, final norm and tied head are shared.
+//! block (x + mixer(rmsnorm(x)), as in the Mamba model), `S` a Mamba-2 block (the same around the
+//! SSD mixer) and `A` a Transformer block (attention then MLP, each pre-norm residual).
+//! Embedding, final norm and tied head are shared.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,11 +13,13 @@ use crate::nn::attention::PosEncoding;
 
 /// Hyper-parameters: the pattern and the sizes every layer shares, then the settings of each kind
 /// of layer in its own table (`[model.hybrid.mamba]`, a `MambaMixerConfig`;
-/// `[model.hybrid.attention]`, an `AttentionConfig`). Defaults are those of the two models.
+/// `[model.hybrid.mamba2]`, a `Mamba2MixerConfig`; `[model.hybrid.attention]`, an
+/// `AttentionConfig`). Defaults are those of the models.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HybridConfig {
-    /// Layers bottom to top, `M` (Mamba) or `A` (attention + MLP); "MMAMMA" by default.
+    /// Layers bottom to top, `M` (Mamba), `S` (Mamba-2) or `A` (attention + MLP); "MMAMMA" by
+    /// default.
     pub pattern: String,
     /// Width of the residual stream (256).
     pub d_model: usize,
@@ -95,7 +98,10 @@ impl HybridConfig {
             self.norm_eps,
         )?;
         limits::size("max_seq_len", self.max_seq_len, limits::MAX_POSITIONS)?;
-        self.mixers
-            .validate(self.d_model, self.pos_encoding == PosEncoding::Rope)
+        self.mixers.validate(
+            &self.pattern,
+            self.d_model,
+            self.pos_encoding == PosEncoding::Rope,
+        )
     }
 }

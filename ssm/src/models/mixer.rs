@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use super::INIT_STD;
 use super::mamba::MambaMixerConfig;
+use super::mamba2::Mamba2MixerConfig;
 use super::transformer::{AttentionConfig, TransformerBlock};
 use crate::error::{Error, Result};
 use crate::nn::attention::KvCache;
 use crate::nn::mamba::{MambaBlock, MixerState};
+use crate::nn::mamba2::{Mamba2Block, Mamba2State};
 use crate::nn::{Module, Param};
 use crate::tensor::{Float, Tensor};
 
@@ -26,37 +28,46 @@ use crate::tensor::{Float, Tensor};
 pub enum MixerConfig {
     /// x + mixer(rmsnorm(x)), the Mamba block.
     Mamba(MambaMixerConfig),
+    /// x + mixer(rmsnorm(x)), the Mamba-2 block (SSD).
+    Mamba2(Mamba2MixerConfig),
     /// h = x + attn(rmsnorm(x)); h + mlp(rmsnorm(h)), the pre-norm Transformer block.
     Attention(AttentionConfig),
 }
 
 /// The settings of every kind of layer, one table each (`[model.hybrid.mamba]`,
-/// `[model.hybrid.attention]`), and the letter that names each kind in a hybrid's pattern.
+/// `[model.hybrid.mamba2]`, `[model.hybrid.attention]`), and the letter that names each kind in a
+/// hybrid's pattern.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MixerSettings {
     /// `M`: the Mamba blocks.
     pub mamba: MambaMixerConfig,
+    /// `S`: the Mamba-2 (SSD) blocks.
+    pub mamba2: Mamba2MixerConfig,
     /// `A`: the attention + MLP blocks.
     pub attention: AttentionConfig,
 }
 
 impl MixerSettings {
     /// The letters of a pattern, for error messages.
-    pub const LETTERS: &'static str = "M (Mamba) and A (attention)";
+    pub const LETTERS: &'static str = "M (Mamba), S (Mamba-2, SSD) and A (attention)";
 
     /// The layer a pattern letter names, if any.
     pub fn layer(&self, letter: char) -> Option<MixerConfig> {
         match letter {
             'M' => Some(MixerConfig::Mamba(self.mamba.clone())),
+            'S' => Some(MixerConfig::Mamba2(self.mamba2.clone())),
             'A' => Some(MixerConfig::Attention(self.attention.clone())),
             _ => None,
         }
     }
 
-    /// Rejects impossible settings of any kind at width `d_model`, naming the field.
-    pub fn validate(&self, d_model: usize, rope: bool) -> Result<()> {
+    /// Rejects impossible settings of the kinds in `pattern` at width `d_model`, naming the field.
+    pub fn validate(&self, pattern: &str, d_model: usize, rope: bool) -> Result<()> {
         self.mamba.validate(d_model)?;
+        if pattern.contains('S') {
+            self.mamba2.validate(d_model)?;
+        }
         self.attention.validate(d_model, rope)
     }
 }
@@ -75,6 +86,7 @@ impl MixerConfig {
     pub fn num_params(&self, d_model: usize) -> usize {
         match self {
             MixerConfig::Mamba(c) => c.block_params(d_model),
+            MixerConfig::Mamba2(c) => c.block_params(d_model),
             MixerConfig::Attention(c) => c.block_params(d_model),
         }
     }
@@ -84,14 +96,16 @@ impl MixerConfig {
     pub fn extra_flops(&self, d_model: usize, seq_len: usize) -> f64 {
         match self {
             MixerConfig::Mamba(c) => c.scan_flops(d_model),
+            MixerConfig::Mamba2(c) => c.ssd_flops(d_model),
             MixerConfig::Attention(c) => c.attention_flops(d_model, seq_len),
         }
     }
 
-    /// The short name of the kind, in formulas: "mamba", "attn".
+    /// The short name of the kind, in formulas: "mamba", "mamba2", "attn".
     pub fn name(&self) -> &'static str {
         match self {
             MixerConfig::Mamba(_) => "mamba",
+            MixerConfig::Mamba2(_) => "mamba2",
             MixerConfig::Attention(_) => "attn",
         }
     }
@@ -100,6 +114,7 @@ impl MixerConfig {
     pub fn flops_term(&self) -> &'static str {
         match self {
             MixerConfig::Mamba(_) => "27·d_inner·d_state",
+            MixerConfig::Mamba2(_) => "6·chunk·(ngroups·d_state + d_inner) + 12·d_inner·d_state",
             MixerConfig::Attention(_) => "6·L·d_model",
         }
     }
@@ -109,6 +124,7 @@ impl MixerConfig {
     pub fn training_floats_per_token(&self, d_model: usize) -> usize {
         match self {
             MixerConfig::Mamba(c) => 4 * c.d_inner(d_model) + 2 * d_model,
+            MixerConfig::Mamba2(c) => 4 * c.d_inner(d_model) + 2 * d_model,
             MixerConfig::Attention(c) => 4 * d_model + 2 * c.mlp_hidden(d_model),
         }
     }
@@ -116,7 +132,7 @@ impl MixerConfig {
     /// Residual branches of the layer, for the depth scaling of the output projections.
     pub fn residual_branches(&self) -> usize {
         match self {
-            MixerConfig::Mamba(_) => 1,
+            MixerConfig::Mamba(_) | MixerConfig::Mamba2(_) => 1,
             MixerConfig::Attention(_) => 2,
         }
     }
@@ -128,6 +144,9 @@ impl MixerConfig {
         let out_scale = 1.0 / (branches as f64).sqrt();
         match self {
             MixerConfig::Mamba(c) => Mixer::Mamba(c.block(cx.d_model, cx.norm_eps, out_scale, rng)),
+            MixerConfig::Mamba2(c) => {
+                Mixer::Mamba2(c.block(cx.d_model, cx.norm_eps, out_scale, rng))
+            }
             MixerConfig::Attention(c) => Mixer::Attention(TransformerBlock::new(
                 c,
                 cx.d_model,
@@ -146,14 +165,16 @@ impl MixerConfig {
 #[derive(Clone, Debug)]
 pub enum Mixer<T: Float = f32> {
     Mamba(MambaBlock<T>),
+    Mamba2(Mamba2Block<T>),
     Attention(TransformerBlock<T>),
 }
 
-/// The decoding state of one layer: the recurrent state of a Mamba block or the KV cache of an
-/// attention block.
+/// The decoding state of one layer: the recurrent state of a Mamba or Mamba-2 block or the KV
+/// cache of an attention block.
 #[derive(Clone, Debug)]
 pub enum LayerState<T: Float = f32> {
     Mamba(MixerState<T>),
+    Mamba2(Mamba2State<T>),
     Attention(KvCache<T>),
 }
 
@@ -161,6 +182,7 @@ impl<T: Float> LayerState<T> {
     fn kind(&self) -> &'static str {
         match self {
             LayerState::Mamba(_) => "a Mamba",
+            LayerState::Mamba2(_) => "a Mamba-2",
             LayerState::Attention(_) => "an attention",
         }
     }
@@ -170,6 +192,7 @@ impl<T: Float> Mixer<T> {
     fn kind(&self) -> &'static str {
         match self {
             Mixer::Mamba(_) => "a Mamba",
+            Mixer::Mamba2(_) => "a Mamba-2",
             Mixer::Attention(_) => "an attention",
         }
     }
@@ -199,6 +222,8 @@ impl<T: Float> Mixer<T> {
         match (self, state) {
             (Mixer::Mamba(m), None) => m.forward(x, out, None, train),
             (Mixer::Mamba(m), Some(LayerState::Mamba(s))) => m.forward(x, out, Some(s), train),
+            (Mixer::Mamba2(m), None) => m.forward(x, out, None, train),
+            (Mixer::Mamba2(m), Some(LayerState::Mamba2(s))) => m.forward(x, out, Some(s), train),
             (Mixer::Attention(a), None) => a.forward(x, out, None, train),
             (Mixer::Attention(a), Some(LayerState::Attention(kv))) => {
                 a.forward(x, out, Some(kv), train)
@@ -208,7 +233,8 @@ impl<T: Float> Mixer<T> {
     }
 
     /// out (b, 1, d) for one new token per sequence, advancing `state`: the recurrent step of a
-    /// Mamba block, one cached attention query for an attention block.
+    /// Mamba block, a one-position chunk of a Mamba-2 block, one cached attention query for an
+    /// attention block.
     pub fn step(
         &mut self,
         x: &Tensor<T>,
@@ -217,6 +243,7 @@ impl<T: Float> Mixer<T> {
     ) -> Result<()> {
         match (self, state) {
             (Mixer::Mamba(m), LayerState::Mamba(s)) => m.step(x, out, s),
+            (Mixer::Mamba2(m), LayerState::Mamba2(s)) => m.forward(x, out, Some(s), false),
             (Mixer::Attention(a), LayerState::Attention(kv)) => a.forward(x, out, Some(kv), false),
             (layer, s) => Err(layer.state_mismatch(s)),
         }
@@ -226,6 +253,7 @@ impl<T: Float> Mixer<T> {
     pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
         match self {
             Mixer::Mamba(m) => m.backward(x, dout, dx),
+            Mixer::Mamba2(m) => m.backward(x, dout, dx),
             Mixer::Attention(a) => a.backward(x, dout, dx),
         }
     }
@@ -234,6 +262,7 @@ impl<T: Float> Mixer<T> {
     pub fn zero_state(&self, b: usize) -> Result<LayerState<T>> {
         Ok(match self {
             Mixer::Mamba(m) => LayerState::Mamba(m.mixer.zero_state(b)?),
+            Mixer::Mamba2(m) => LayerState::Mamba2(m.mixer.zero_state(b)?),
             Mixer::Attention(a) => LayerState::Attention(a.new_cache(b)?),
         })
     }
@@ -242,6 +271,7 @@ impl<T: Float> Mixer<T> {
     pub fn cast<U: Float>(&self) -> Mixer<U> {
         match self {
             Mixer::Mamba(m) => Mixer::Mamba(m.cast()),
+            Mixer::Mamba2(m) => Mixer::Mamba2(m.cast()),
             Mixer::Attention(a) => Mixer::Attention(a.cast()),
         }
     }
@@ -250,14 +280,29 @@ impl<T: Float> Mixer<T> {
     pub fn as_mamba(&self) -> Option<&MambaBlock<T>> {
         match self {
             Mixer::Mamba(m) => Some(m),
-            Mixer::Attention(_) => None,
+            _ => None,
         }
     }
 
     pub fn as_mamba_mut(&mut self) -> Option<&mut MambaBlock<T>> {
         match self {
             Mixer::Mamba(m) => Some(m),
-            Mixer::Attention(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The Mamba-2 block of this layer, if it is one (checkpoint naming).
+    pub fn as_mamba2(&self) -> Option<&Mamba2Block<T>> {
+        match self {
+            Mixer::Mamba2(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_mamba2_mut(&mut self) -> Option<&mut Mamba2Block<T>> {
+        match self {
+            Mixer::Mamba2(m) => Some(m),
+            _ => None,
         }
     }
 }
@@ -266,6 +311,7 @@ impl<T: Float> Module<T> for Mixer<T> {
     fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param<T>)) {
         match self {
             Mixer::Mamba(m) => m.visit_params(f),
+            Mixer::Mamba2(m) => m.visit_params(f),
             Mixer::Attention(a) => a.visit_params(f),
         }
     }

@@ -1,9 +1,9 @@
 //! Whole models. Every language model of the engine is one [`LanguageModel`]: an embedding (and
-//! learned positions when chosen), a stack of layers ([`Mixer`]s: Mamba blocks, attention + MLP
-//! blocks), a final RMSNorm and an lm_head tied to the embedding. What differs between the Mamba
-//! model, the Transformer and a hybrid is only the list of layers their configs give:
-//! [`ModelConfig`] (`arch = "mamba" | "transformer" | "hybrid"`) holds the user-facing config of
-//! the architecture and lowers it to a [`ModelSpec`].
+//! learned positions when chosen), a stack of layers ([`Mixer`]s: Mamba blocks,
+//! Mamba-2 blocks, attention + MLP blocks), a final RMSNorm and an lm_head tied to the embedding.
+//! What differs between the Mamba and Mamba-2 models, the Transformer and a hybrid is only the
+//! list of layers their configs give: [`ModelConfig`] (`arch = "mamba" | "mamba2" | "transformer" |
+//! "hybrid"`) holds the user-facing config of the architecture and lowers it to a [`ModelSpec`].
 //!
 //! Compute is counted in training FLOPs per token (forward + backward, docs/ARCHITECTURE.md §5),
 //! with N = every trainable value (the tied embedding once: it is the lm_head's matrix) and L the
@@ -14,12 +14,14 @@
 //! |---|---|
 //! | attention | 6·L·d_model (Kaplan et al., 2020: the attention scores and mix) |
 //! | mamba | 27·d_inner·d_state (the scan; 9·d_inner·d_state forward) |
+//! | mamba2 | 6·chunk·(ngroups·d_state + d_inner) + 12·d_inner·d_state (the chunked SSD, [`mamba2`]) |
 
 pub mod generate;
 pub mod hybrid;
 pub mod limits;
 mod lm;
 pub mod mamba;
+pub mod mamba2;
 pub mod mixer;
 pub mod transformer;
 mod trunk;
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use hybrid::HybridConfig;
 pub use lm::{LanguageModel, LmState};
 pub use mamba::{MambaConfig, MambaMixerConfig};
+pub use mamba2::{Mamba2Config, Mamba2MixerConfig};
 pub use mixer::{LayerContext, LayerState, Mixer, MixerConfig, MixerSettings};
 pub use transformer::{AttentionConfig, TransformerConfig};
 
@@ -40,14 +43,21 @@ pub const INIT_STD: f64 = 0.02;
 use crate::error::{Error, Result};
 use crate::nn::attention::PosEncoding;
 
-/// A model configuration with its architecture: `arch = "mamba" | "transformer" | "hybrid"` next
-/// to the fields of that architecture's config.
+/// A model configuration with its architecture: `arch = "mamba" | "mamba2" | "transformer" |
+/// "hybrid"` next to the fields of that architecture's config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "lowercase")]
 pub enum ModelConfig {
     Mamba(MambaConfig),
+    Mamba2(Mamba2Config),
     Transformer(TransformerConfig),
     Hybrid(HybridConfig),
+}
+
+impl From<Mamba2Config> for ModelConfig {
+    fn from(c: Mamba2Config) -> Self {
+        ModelConfig::Mamba2(c)
+    }
 }
 
 impl From<MambaConfig> for ModelConfig {
@@ -142,10 +152,11 @@ impl ModelSpec {
 }
 
 impl ModelConfig {
-    /// "mamba", "transformer" or "hybrid".
+    /// "mamba", "mamba2", "transformer" or "hybrid".
     pub fn arch(&self) -> &'static str {
         match self {
             ModelConfig::Mamba(_) => "mamba",
+            ModelConfig::Mamba2(_) => "mamba2",
             ModelConfig::Transformer(_) => "transformer",
             ModelConfig::Hybrid(_) => "hybrid",
         }
@@ -161,6 +172,14 @@ impl ModelConfig {
                 pos_encoding: PosEncoding::None,
                 max_seq_len: 0,
                 layers: vec![MixerConfig::Mamba(c.mixer.clone()); c.n_layer],
+            },
+            ModelConfig::Mamba2(c) => ModelSpec {
+                d_model: c.d_model,
+                vocab: c.padded_vocab(),
+                norm_eps: c.norm_eps,
+                pos_encoding: PosEncoding::None,
+                max_seq_len: 0,
+                layers: vec![MixerConfig::Mamba2(c.mixer.clone()); c.n_layer],
             },
             ModelConfig::Transformer(c) => ModelSpec {
                 d_model: c.d_model,
@@ -185,6 +204,7 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             ModelConfig::Mamba(c) => c.validate(),
+            ModelConfig::Mamba2(c) => c.validate(),
             ModelConfig::Transformer(c) => c.validate(),
             ModelConfig::Hybrid(c) => c.validate(),
         }?;
@@ -224,6 +244,7 @@ impl ModelConfig {
     pub fn d_model(&self) -> usize {
         match self {
             ModelConfig::Mamba(c) => c.d_model,
+            ModelConfig::Mamba2(c) => c.d_model,
             ModelConfig::Transformer(c) => c.d_model,
             ModelConfig::Hybrid(c) => c.d_model,
         }

@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod init;
 pub mod mamba;
+pub mod mamba2;
 pub mod mlp;
 pub mod norm;
 

@@ -155,13 +155,13 @@ pub fn report(checks: &[Check]) -> String {
     s
 }
 
-/// Tiny configurations of the three architectures, with every option that changes the kernels
+/// Tiny configurations of the four architectures, with every option that changes the kernels
 /// used switched on somewhere: biases, GQA, RoPE and learned positions, both MLPs, the
-/// non-selective Mamba.
+/// non-selective Mamba, Mamba-2's groups and dt limits.
 pub fn tiny_models() -> Vec<(&'static str, ModelConfig)> {
     use crate::models::{
-        AttentionConfig, HybridConfig, MambaConfig, MambaMixerConfig, MixerSettings,
-        TransformerConfig,
+        AttentionConfig, HybridConfig, Mamba2Config, Mamba2MixerConfig, MambaConfig,
+        MambaMixerConfig, MixerSettings, TransformerConfig,
     };
     use crate::nn::attention::PosEncoding;
     use crate::nn::mlp::MlpKind;
@@ -177,6 +177,22 @@ pub fn tiny_models() -> Vec<(&'static str, ModelConfig)> {
             ..MambaMixerConfig::default()
         },
         ..MambaConfig::default()
+    };
+    let mamba2_mixer = Mamba2MixerConfig {
+        d_state: 8,
+        headdim: 8,
+        ngroups: 2,
+        chunk_size: 8,
+        dt_limit: Some([1e-3, 0.5]),
+        bias: true,
+        ..Mamba2MixerConfig::default()
+    };
+    let mamba2 = Mamba2Config {
+        d_model: 16,
+        n_layer: 2,
+        vocab_size: 37,
+        mixer: mamba2_mixer.clone(),
+        ..Mamba2Config::default()
     };
     let transformer = TransformerConfig {
         d_model: 32,
@@ -203,7 +219,7 @@ pub fn tiny_models() -> Vec<(&'static str, ModelConfig)> {
         ..transformer.clone()
     };
     let hybrid = HybridConfig {
-        pattern: "MAM".into(),
+        pattern: "MSA".into(),
         d_model: 32,
         vocab_size: 37,
         mixers: MixerSettings {
@@ -211,6 +227,7 @@ pub fn tiny_models() -> Vec<(&'static str, ModelConfig)> {
                 d_state: 8,
                 ..MambaMixerConfig::default()
             },
+            mamba2: mamba2_mixer,
             attention: AttentionConfig {
                 n_heads: 4,
                 ..AttentionConfig::default()
@@ -228,9 +245,10 @@ pub fn tiny_models() -> Vec<(&'static str, ModelConfig)> {
     vec![
         ("mamba", mamba.into()),
         ("mamba-non-selective", fixed.into()),
+        ("mamba2-groups-limits", mamba2.into()),
         ("transformer-rope-swiglu-gqa", transformer.into()),
         ("transformer-learned-gelu", learned.into()),
-        ("hybrid-MAM", hybrid.into()),
+        ("hybrid-MSA", hybrid.into()),
     ]
 }
 
@@ -326,6 +344,7 @@ fn train_step_checks(
 fn config_vocab(c: &ModelConfig) -> usize {
     match c {
         ModelConfig::Mamba(m) => m.vocab_size,
+        ModelConfig::Mamba2(m) => m.vocab_size,
         ModelConfig::Transformer(t) => t.vocab_size,
         ModelConfig::Hybrid(h) => h.vocab_size,
     }
