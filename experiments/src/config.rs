@@ -204,6 +204,11 @@ pub struct ModelConfig {
     /// `[model.hybrid]`: ssm's HybridConfig (a layer pattern such as "MMAMMA").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hybrid: Option<HybridConfig>,
+    /// Start from the weights of this folder instead of a random initialisation (fine-tuning): a
+    /// Hugging Face Mamba or Mamba-2 folder, a run folder or a training checkpoint. The chosen
+    /// architecture's keys must describe the same model, tensor for tensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -214,6 +219,7 @@ impl Default for ModelConfig {
             mamba2: None,
             transformer: None,
             hybrid: None,
+            init_from: None,
         }
     }
 }

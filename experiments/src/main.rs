@@ -62,6 +62,10 @@ enum Cmd {
         /// Stop right after this step as a kill would, without a final checkpoint (tests resume).
         #[arg(long, value_name = "STEP")]
         stop_after: Option<u64>,
+        /// Fine-tune: start from the weights of this Hugging Face folder, run folder or checkpoint
+        /// (the config key `model.init_from`); the config must describe the same model.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["resume", "extend"])]
+        init_from: Option<PathBuf>,
         /// Device: cpu, cuda, cuda:N, or cuda-emu (the CUDA code path emulated on the CPU; slow).
         #[arg(long, default_value = "cpu")]
         device: Device,
@@ -363,9 +367,15 @@ fn run(cli: Cli) -> Result<()> {
             extend,
             steps,
             stop_after,
+            init_from,
             device,
         } => {
             let options = TrainOptions { stop_after, device };
+            let mut set = set;
+            if let Some(dir) = init_from {
+                let value = toml::Value::String(dir.display().to_string());
+                set.push(format!("model.init_from={value}"));
+            }
             if let Some(dir) = resume {
                 init_threads(train::run_config(&dir)?.threads)?;
                 train::resume(&dir, &options)?;

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use ssm::Device;
 use ssm::io::hf;
+use ssm::io::hf_mamba2::{self, MODEL_TYPE as MAMBA2};
 use ssm::io::tensors::{TensorFile, write_tensors};
 use ssm::models::generate::Sampling;
 use ssm::models::{Decoder, LanguageModel, ModelConfig};
@@ -43,8 +44,9 @@ impl Model {
         ))
     }
 
-    /// Loads an exported folder: a Hugging Face Mamba folder (config.json with transformers'
-    /// fields + model.safetensors), or one that `export` wrote for another architecture (its
+    /// Loads an exported folder: a Hugging Face Mamba or Mamba-2 folder (config.json with
+    /// transformers' fields + model.safetensors), or one that `export` wrote for another
+    /// architecture (its
     /// config.json holds ssm's `ModelConfig`, tagged by `arch`). `TOKENIZER_KEY` tells a
     /// byte-level model.
     pub fn load_folder(dir: &Path) -> Result<Model> {
@@ -61,7 +63,10 @@ impl Model {
                 bail!("{origin}: field `{TOKENIZER_KEY}`: expected \"bytes\" or no field, got {v}")
             }
         };
-        let config: ModelConfig = if value.get("arch").is_none() {
+        let is_mamba2 = value.get("model_type").and_then(|t| t.as_str()) == Some(MAMBA2);
+        let config: ModelConfig = if is_mamba2 {
+            hf_mamba2::read_config(dir)?.1.into()
+        } else if value.get("arch").is_none() {
             hf::parse_config(&value, &cfg_path)?.into()
         } else {
             serde_json::from_value(value)
@@ -71,6 +76,7 @@ impl Model {
         crate::limits::check_inference(&config, &origin)?;
         let mut model = match config {
             ModelConfig::Mamba(_) => Model(hf::load_mamba(dir)?, vocabulary),
+            ModelConfig::Mamba2(_) if is_mamba2 => Model(hf_mamba2::load_mamba2(dir)?, vocabulary),
             other => Model(
                 Model::load_ssm_folder(other, &dir.join(hf::WEIGHTS_FILE))?,
                 vocabulary,
@@ -78,6 +84,40 @@ impl Model {
         };
         model.check_finite(&dir.display().to_string())?;
         Ok(model)
+    }
+
+    /// Every parameter value of `source` into this model, matched by name and shape (a
+    /// fine-tuning start); an error names the first tensor that differs.
+    pub fn copy_weights_from(&mut self, source: &mut Model) -> Result<()> {
+        let mut theirs = std::collections::HashMap::new();
+        source.0.try_visit_params(&mut |name, p| {
+            theirs.insert(name.to_string(), p.value.to_device(Device::Cpu)?);
+            Ok(())
+        })?;
+        let mut mine = 0;
+        let mut err = None;
+        self.0.visit_params(&mut |name, p| {
+            mine += 1;
+            match theirs.get(name) {
+                _ if err.is_some() => {}
+                Some(t) if t.dims() == p.value.dims() => p.value = t.clone(),
+                Some(t) => {
+                    err = Some(anyhow::anyhow!(
+                        "tensor `{name}` has shape {:?} there, {:?} here",
+                        t.dims(),
+                        p.value.dims()
+                    ))
+                }
+                None => err = Some(anyhow::anyhow!("it has no tensor `{name}`")),
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if mine != theirs.len() {
+            bail!("it has {} tensors, this model {mine}", theirs.len());
+        }
+        Ok(())
     }
 
     /// The parameters of an `export` of a non-Mamba architecture, under their ssm names.
@@ -202,7 +242,8 @@ impl Model {
         self.0.flops_convention()
     }
 
-    /// Saves the weights alone where other tools read them: a Hugging Face folder for Mamba; for
+    /// Saves the weights alone where other tools read them: a Hugging Face folder for Mamba and
+    /// Mamba-2; for
     /// the others (and the non-selective ablation, which transformers has no layout for) ssm's
     /// config (config.json) and the parameters under their ssm names. A
     /// byte-level model's config.json also gets `TOKENIZER_KEY`.
@@ -228,6 +269,9 @@ impl Model {
             && c.mixer.selective
         {
             return Ok(hf::save_mamba(&self.0, dir)?);
+        }
+        if let ModelConfig::Mamba2(_) = self.0.config() {
+            return Ok(hf_mamba2::save_mamba2(&self.0, dir)?);
         }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut tensors = Vec::new();

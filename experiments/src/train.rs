@@ -61,6 +61,16 @@ pub fn start(config: &RunConfig, options: &TrainOptions) -> Result<Outcome> {
     }
     let task = Task::new(config)?;
     let mut model = Model::new(config)?;
+    if let Some(dir) = &config.model.init_from {
+        let (mut source, _) = crate::checkpoint::load_for_inference(dir)
+            .with_context(|| format!("config key `model.init_from`: {}", dir.display()))?;
+        model.copy_weights_from(&mut source).with_context(|| {
+            format!(
+                "config key `model.init_from`: {} is not the model the config describes",
+                dir.display()
+            )
+        })?;
+    }
     model.to_device(options.device)?;
     let staging = config.out_dir.join(format!(".{}.creating", config.name));
     ssm::io::remove_dir_all(&staging)?;

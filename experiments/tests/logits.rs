@@ -258,3 +258,119 @@ batches = 1
     );
     assert!(err.contains("byte-level"), "{err}");
 }
+
+/// A transformers Mamba-2 folder through the binary: `logits` equal transformers' (row 0),
+/// `generate` continues it, and `train --init-from` starts a run from its weights (a step at lr
+/// 1e-30 moves no f32 weight, so the run's export holds them exactly); a config of another model
+/// is refused before anything is written.
+#[test]
+fn mamba2_hf_folder_logits_generate_and_fine_tuning() {
+    let dir = tmp_dir("mamba2-hf");
+    let reference = TensorFile::open(&fixtures().join("hf_tiny_mamba2_ref.safetensors")).unwrap();
+    let (shape, ids) = reference.i64("input_ids").unwrap();
+    let l = shape[1];
+    let row0: Vec<String> = ids[..l].iter().map(|i| i.to_string()).collect();
+    let model = fixtures().join("hf_tiny_mamba2");
+    let out = dir.join("logits.safetensors");
+    let m = model.to_str().unwrap();
+    run_ok(
+        &dir,
+        &[
+            "logits",
+            "--checkpoint",
+            m,
+            "--tokens",
+            &row0.join(","),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let got = TensorFile::open(&out).unwrap().f32("logits").unwrap();
+    let want = reference.f32("logits").unwrap();
+    let v = want.dims()[2];
+    let diff = got
+        .to_vec()
+        .iter()
+        .zip(&want.to_vec()[..l * v])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!("mamba2 logits vs transformers, row 0: maxdiff = {diff:.2e}");
+    assert!(diff < 1e-4, "maxdiff {diff}");
+    let text = run_ok(
+        &dir,
+        &[
+            "generate",
+            "--checkpoint",
+            m,
+            "--tokens",
+            "1,2,3",
+            "--max-new",
+            "5",
+            "--no-echo",
+        ],
+    );
+    assert_eq!(text.trim().split(',').count(), 5, "{text}");
+
+    let config = dir.join("ft.toml");
+    std::fs::write(
+        &config,
+        r#"name = "ft"
+[task]
+kind = "induction_heads"
+seq_len = 16
+vocab_size = 64
+[model]
+arch = "mamba2"
+[model.mamba2]
+d_model = 32
+n_layer = 2
+d_state = 8
+headdim = 8
+ngroups = 2
+chunk_size = 8
+bias = true
+pad_vocab_size_multiple = 1
+[train]
+steps = 1
+batch_size = 2
+lr = 1e-30
+min_lr = 0.0
+warmup_steps = 0
+eval_every = 0
+checkpoint_every = 0
+[eval]
+batches = 1
+lengths = [16]
+"#,
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    run_ok(&dir, &["train", "--config", c, "--init-from", m]);
+    let exported =
+        TensorFile::open(&dir.join("runs/ft/checkpoints/final/model.safetensors")).unwrap();
+    let original = TensorFile::open(&model.join("model.safetensors")).unwrap();
+    assert_eq!(exported.names().len(), original.names().len());
+    for name in original.names() {
+        let (a, b) = (exported.f32(&name).unwrap(), original.f32(&name).unwrap());
+        assert_eq!(a.to_vec(), b.to_vec(), "{name}");
+    }
+    let e = run_err(
+        &dir,
+        &[
+            "train",
+            "--config",
+            c,
+            "--init-from",
+            m,
+            "--set",
+            "name=\"bad\"",
+            "--set",
+            "model.mamba2.d_state=16",
+        ],
+    );
+    assert!(e.contains("model.init_from") && e.contains("shape"), "{e}");
+    assert!(
+        !dir.join("runs/bad").exists(),
+        "a refused config leaves nothing behind"
+    );
+}

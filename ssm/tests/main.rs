@@ -6,6 +6,7 @@ mod cuda;
 mod gradcheck_models;
 mod gradcheck_ops;
 mod hf_fixture;
+mod hf_mamba2_fixture;
 mod model;
 mod reference_parity;
 mod scan_parity;

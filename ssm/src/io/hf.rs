@@ -19,9 +19,9 @@ use crate::tensor::{Device, Float, Tensor};
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
-const EMBEDDING: &str = "backbone.embeddings.weight";
+pub(super) const EMBEDDING: &str = "backbone.embeddings.weight";
 const EMBEDDING_STATE_SPACES: &str = "backbone.embedding.weight";
-const LM_HEAD: &str = "lm_head.weight";
+pub(super) const LM_HEAD: &str = "lm_head.weight";
 
 /// Which half of a parameter to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub enum Part {
 }
 
 /// A host copy of the value or gradient of `p`, whatever its device.
-fn part<T: Float>(p: &Param<T>, which: Part) -> Result<Tensor<T>> {
+pub(super) fn part<T: Float>(p: &Param<T>, which: Part) -> Result<Tensor<T>> {
     match which {
         Part::Value => p.value.to_device(Device::Cpu),
         Part::Grad => p.grad.to_device(Device::Cpu),
@@ -39,7 +39,7 @@ fn part<T: Float>(p: &Param<T>, which: Part) -> Result<Tensor<T>> {
 }
 
 /// a and b (host tensors of equal row width) stacked along their first dimension.
-fn concat_rows<T: Float>(a: Tensor<T>, b: Tensor<T>) -> Result<Tensor<T>> {
+pub(super) fn concat_rows<T: Float>(a: Tensor<T>, b: Tensor<T>) -> Result<Tensor<T>> {
     let mut dims = a.dims().to_vec();
     dims[0] += b.dims()[0];
     let mut v = a.host()?.to_vec();
@@ -145,41 +145,70 @@ pub fn config_json(c: &MambaConfig) -> Value {
     })
 }
 
-/// Reads a model config from transformers' or state-spaces' `config.json` fields. Missing optional
-/// fields take transformers' defaults; every present field must have the right type.
-pub fn parse_config(v: &Value, path: &Path) -> Result<MambaConfig> {
-    let err = |field: &str, why: String| Error::checkpoint(path, format!("field `{field}`: {why}"));
-    let ssm_cfg = v.get("ssm_cfg");
-    let uint = |names: &[&'static str], default: Option<usize>| -> Result<usize> {
-        let found = names.iter().find_map(|n| {
-            v.get(*n)
-                .or_else(|| ssm_cfg.and_then(|s| s.get(*n)))
-                .map(|x| (*n, x))
-        });
-        match found {
+/// Typed reads of a `config.json`'s fields (also under state-spaces' `ssm_cfg`), each error
+/// naming the file and the field.
+pub(super) struct Fields<'a> {
+    pub v: &'a Value,
+    pub path: &'a Path,
+}
+
+impl Fields<'_> {
+    pub fn err(&self, field: &str, why: String) -> Error {
+        Error::checkpoint(self.path, format!("field `{field}`: {why}"))
+    }
+
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.v
+            .get(name)
+            .or_else(|| self.v.get("ssm_cfg").and_then(|s| s.get(name)))
+    }
+
+    /// The first of `names` present, as a non-negative integer; `default` when none is.
+    pub fn uint(&self, names: &[&str], default: Option<usize>) -> Result<usize> {
+        match names.iter().find_map(|n| self.get(n).map(|x| (*n, x))) {
             Some((n, x)) => x
                 .as_u64()
                 .map(|u| u as usize)
-                .ok_or_else(|| err(n, format!("expected a non-negative integer, got {x}"))),
-            None => default.ok_or_else(|| err(names[0], "is missing".into())),
+                .ok_or_else(|| self.err(n, format!("expected a non-negative integer, got {x}"))),
+            None => default.ok_or_else(|| self.err(names[0], "is missing".into())),
         }
-    };
-    let boolean = |name: &str, default: bool| -> Result<bool> {
-        match v.get(name) {
+    }
+
+    pub fn boolean(&self, name: &str, default: bool) -> Result<bool> {
+        match self.v.get(name) {
             Some(x) => x
                 .as_bool()
-                .ok_or_else(|| err(name, format!("expected true or false, got {x}"))),
+                .ok_or_else(|| self.err(name, format!("expected true or false, got {x}"))),
             None => Ok(default),
         }
-    };
-    let float = |name: &str, default: f64| -> Result<f64> {
-        match v.get(name) {
+    }
+
+    pub fn float(&self, name: &str, default: f64) -> Result<f64> {
+        match self.v.get(name) {
             Some(x) => x
                 .as_f64()
-                .ok_or_else(|| err(name, format!("expected a number, got {x}"))),
+                .ok_or_else(|| self.err(name, format!("expected a number, got {x}"))),
             None => Ok(default),
         }
-    };
+    }
+}
+
+/// Reads a model config from transformers' or state-spaces' `config.json` fields. Missing optional
+/// fields take transformers' defaults; every present field must have the right type. A Mamba-2
+/// folder is refused by name: its tensors are not Mamba's.
+pub fn parse_config(v: &Value, path: &Path) -> Result<MambaConfig> {
+    let f = Fields { v, path };
+    let err = |field: &str, why: String| f.err(field, why);
+    let ssm_cfg = v.get("ssm_cfg");
+    if v.get("model_type").and_then(Value::as_str) == Some(super::hf_mamba2::MODEL_TYPE) {
+        return Err(err(
+            "model_type",
+            "\"mamba2\": a Mamba-2 checkpoint, not a Mamba one; it loads as arch = \"mamba2\" (ssm::io::hf_mamba2)".into(),
+        ));
+    }
+    let uint = |names: &[&'static str], default: Option<usize>| f.uint(names, default);
+    let boolean = |name: &str, default: bool| f.boolean(name, default);
+    let float = |name: &str, default: f64| f.float(name, default);
     let d_model = uint(&["hidden_size", "d_model"], None)?;
     let expand = match (v.get("intermediate_size"), v.get("expand")) {
         (Some(i), _) => {
@@ -242,7 +271,12 @@ pub fn parse_config(v: &Value, path: &Path) -> Result<MambaConfig> {
     Ok(config)
 }
 
-fn assign<T: Float>(dst: &mut Tensor<T>, src: Tensor<f32>, name: &str, path: &Path) -> Result<()> {
+pub(super) fn assign<T: Float>(
+    dst: &mut Tensor<T>,
+    src: Tensor<f32>,
+    name: &str,
+    path: &Path,
+) -> Result<()> {
     if src.dims() != dst.dims() {
         return Err(Error::checkpoint(
             path,
@@ -303,10 +337,9 @@ pub fn load_mamba(dir: &Path) -> Result<LanguageModel<f32>> {
         let m = &mut layer.mixer;
         let di = m.dims.d_inner;
         layer.norm.weight.value = next();
-        let (x, z) = split_rows(&next(), di);
-        (m.in_proj_x.value, m.in_proj_z.value) = (x, z);
+        [m.in_proj_x.value, m.in_proj_z.value] = split_rows(&next(), [di, di])?;
         if let (Some(bx), Some(bz)) = (&mut m.in_bias_x, &mut m.in_bias_z) {
-            (bx.value, bz.value) = split_rows(&next(), di);
+            [bx.value, bz.value] = split_rows(&next(), [di, di])?;
         }
         m.conv_w.value = next().reshape([di, m.dims.d_conv])?;
         if let Some(cb) = &mut m.conv_b {
@@ -328,14 +361,26 @@ pub fn load_mamba(dir: &Path) -> Result<LanguageModel<f32>> {
     Ok(model)
 }
 
-fn split_rows<T: Float>(t: &Tensor<T>, rows: usize) -> (Tensor<T>, Tensor<T>) {
-    let mut dims = t.dims().to_vec();
-    let width: usize = dims[1..].iter().product();
+/// `t` cut along its first dimension into blocks of `rows[0]`, `rows[1]`, ... rows.
+pub(super) fn split_rows<T: Float, const K: usize>(
+    t: &Tensor<T>,
+    rows: [usize; K],
+) -> Result<[Tensor<T>; K]> {
+    let width: usize = t.dims()[1..].iter().product();
     let v = t.to_vec();
-    dims[0] = rows;
-    let a = Tensor::from_vec(dims.clone(), v[..rows * width].to_vec()).expect("sizes");
-    let b = Tensor::from_vec(dims, v[rows * width..].to_vec()).expect("sizes");
-    (a, b)
+    let mut start = 0;
+    let blocks = rows.map(|r| {
+        let mut dims = t.dims().to_vec();
+        dims[0] = r;
+        let block = Tensor::from_vec(dims, v[start * width..(start + r) * width].to_vec());
+        start += r;
+        block
+    });
+    let mut out = Vec::with_capacity(K);
+    for b in blocks {
+        out.push(b?);
+    }
+    Ok(out.try_into().unwrap_or_else(|_| unreachable!("K blocks")))
 }
 
 /// Saves `model` as a transformers-compatible folder; each file is written atomically.

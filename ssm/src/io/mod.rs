@@ -2,6 +2,7 @@
 
 pub mod fault;
 pub mod hf;
+pub mod hf_mamba2;
 pub mod tensors;
 pub mod train_state;
 
