@@ -1,7 +1,7 @@
 //! `ssm-lab gpu-check`: everything a GPU machine should be asked, in one run of a few minutes
 //! (docs/ARCHITECTURE.md §4, level 3): parity of every op, of training steps and of decoding with the
 //! CPU, then the benchmark table with the speed targets of the CUDA issue. Writes parity.csv,
-//! bench_scan.csv and bench_train.csv.
+//! bench_scan.csv, bench_ssd.csv, bench_train.csv and bench_decode.csv.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,7 +15,7 @@ use ssm::parity::{Check, ParityPlan, decode_parity, op_parity, train_step_parity
 
 use crate::bench::{
     BenchOptions, BenchReport, bench, decode_header, decode_line, scan_header, scan_line,
-    train_header, train_line,
+    ssd_header, ssd_line, train_header, train_line,
 };
 
 #[derive(Clone, Debug)]
@@ -109,6 +109,8 @@ pub fn gpu_check(o: &GpuCheckOptions) -> Result<bool> {
     ));
     summary.push(scan_header());
     summary.extend(report.scans.iter().map(|r| scan_line(r, report.copy_gbps)));
+    summary.push(ssd_header());
+    summary.extend(report.ssd.iter().map(ssd_line));
     summary.push(train_header());
     summary.extend(report.train.iter().map(train_line));
     summary.push(decode_header());

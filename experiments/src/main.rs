@@ -265,6 +265,10 @@ enum Cmd {
         /// Scan channels (d_inner).
         #[arg(long, default_value_t = gpu_bench().d)]
         d: usize,
+        /// State sizes of the SSD rows (Mamba-2's scan beside Mamba-1's at d_inner --d, the
+        /// largest batch and every scan length), comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().ssd_states)]
+        ssd_states: Vec<usize>,
         /// Training lengths, comma-separated (tokens per step stay fixed at --train-tokens).
         #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().train_lengths)]
         train_lengths: Vec<usize>,
@@ -533,6 +537,7 @@ fn run(cli: Cli) -> Result<()> {
             batches,
             lengths,
             d,
+            ssd_states,
             train_lengths,
             train_tokens,
             d_model,
@@ -551,6 +556,7 @@ fn run(cli: Cli) -> Result<()> {
                 batches,
                 lengths,
                 d,
+                ssd_states,
                 train_lengths,
                 train_tokens,
                 d_model,

@@ -153,6 +153,18 @@ pub const SUITES: &[Suite] = &[
                 paper: "needs width as the length and the pairs grow (Figure 8, Mamba)",
             },
             Model {
+                name: "mamba2-N16",
+                arch: "mamba2",
+                overrides: &["model.mamba2.d_state=16"],
+                paper: "between Mamba and attention (Figure 8, Mamba-2 N = 16)",
+            },
+            Model {
+                name: "mamba2-N64",
+                arch: "mamba2",
+                overrides: &["model.mamba2.d_state=64"],
+                paper: "close to attention, better with the larger state (Figure 8, Mamba-2 N = 64)",
+            },
+            Model {
                 name: "attention",
                 arch: "transformer",
                 overrides: &[],
@@ -187,6 +199,7 @@ pub const SUITES: &[Suite] = &[
             "a vocabulary of 256 tokens, not 8,192: the output layer dominates the cost of so small a model on the CPU, and MQAR needs more tokens than positions",
             "training: 1,200 steps of 4,096 tokens (64 × 64 or 32 × 128) on fresh random sequences at one learning rate for all; the paper trains on 100,000 sequences for many epochs and reports the best of a learning-rate sweep",
             "2-layer models; the hybrid is one Mamba layer under one attention layer (pattern \"MA\")",
+            "Mamba-2 with heads of 16 channels (the paper: 64), so that d_inner = 2 · width splits into heads at width 16; states 16 and 64 (Figure 8 also has 256)",
         ],
     },
 ];

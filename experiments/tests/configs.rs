@@ -37,6 +37,7 @@ fn shipped_configs_resolve() {
         [
             "demo",
             "induction_heads",
+            "mamba2",
             "mqar",
             "scaling",
             "selective_copying",

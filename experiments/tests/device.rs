@@ -110,7 +110,12 @@ fn gpu_check_runs_on_the_emulated_device() {
     );
     assert!(out.contains("0 failed"), "{out}");
     assert!(out.contains("copy bandwidth"), "{out}");
-    for file in ["parity.csv", "bench_scan.csv", "bench_train.csv"] {
+    for file in [
+        "parity.csv",
+        "bench_scan.csv",
+        "bench_ssd.csv",
+        "bench_train.csv",
+    ] {
         let text = std::fs::read_to_string(dir.join("gc").join(file)).unwrap();
         assert!(text.lines().count() > 1, "{file}: {text}");
     }
@@ -125,10 +130,12 @@ fn gpu_check_runs_on_the_emulated_device() {
             "transformer",
             "transformer",
             "hybrid",
-            "hybrid"
+            "hybrid",
+            "mamba2",
+            "mamba2"
         ]
     );
-    assert_eq!(decode.f64s("b").unwrap(), [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
+    assert_eq!(decode.f64s("b").unwrap(), [1.0, 2.0].repeat(4));
     for col in ["prefill_tokens_per_s", "tokens_per_s", "ms_per_step"] {
         let v = decode.f64s(col).unwrap();
         assert!(v.iter().all(|x| x.is_finite() && *x > 0.0), "{col}: {v:?}");

@@ -5,16 +5,19 @@
 //! With `torch` (the cargo feature of the same name), PyTorch's scan, attention, matmul and
 //! training steps are timed beside ours on the same inputs (`torch.rs`).
 
+mod csv;
 mod decode;
+mod ssd;
 #[cfg(feature = "torch")]
 mod torch;
 
 pub use decode::{DecodeRow, decode_header, decode_line};
+pub use ssd::{SsdRow, ssd_header, ssd_line};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use ssm::device::{describe, peak_memory_mb, reset_peak_memory, synchronize, tiled};
@@ -27,8 +30,6 @@ use ssm::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, sele
 use ssm::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use ssm::{Device, Tensor};
 
-use crate::metrics::Table;
-
 /// What to measure; the defaults are the GPU table of the CUDA issue.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -40,6 +41,8 @@ pub struct BenchOptions {
     /// Scan channels (d_inner) and state size.
     pub d: usize,
     pub n: usize,
+    /// State sizes of the SSD rows (Mamba-2's scan beside Mamba-1's at d and each N).
+    pub ssd_states: Vec<usize>,
     /// Training: sequence lengths, tokens per step (b = tokens / l, at least 1), model width and
     /// depth of both architectures.
     pub train_lengths: Vec<usize>,
@@ -90,6 +93,21 @@ impl BenchOptions {
         );
         one_to("d", self.d, ssm::models::limits::MAX_WIDTH)?;
         one_to("n", self.n, ssm::models::limits::MAX_STATE)?;
+        for &n in &self.ssd_states {
+            one_to("ssd-states", n, ssm::models::limits::MAX_STATE)?;
+        }
+        let n_max = self
+            .ssd_states
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(self.n)
+            .max(self.n);
+        if (b as u128) * (l as u128) * (n_max as u128) > 1 << 32 {
+            bail!(
+                "--batches, --lengths, --n, --ssd-states: {b} × {l} × {n_max} values per B or C are beyond reason (at most 2^32)"
+            );
+        }
         if (b as u128) * (l as u128) * (self.d as u128) > 1 << 32 {
             bail!(
                 "--batches, --lengths, --d: {b} × {l} × {} values per scan tensor are beyond reason (at most 2^32)",
@@ -133,6 +151,7 @@ impl BenchOptions {
             lengths: (10..=16).map(|p| 1 << p).collect(),
             d: 1536,
             n: 16,
+            ssd_states: vec![16, 64, 128],
             train_lengths: vec![1024, 2048, 4096, 8192, 16384],
             train_tokens: 16384,
             d_model: 512,
@@ -156,6 +175,7 @@ impl BenchOptions {
             lengths: vec![300],
             d: 8,
             n: 4,
+            ssd_states: vec![4],
             train_lengths: vec![32],
             train_tokens: 64,
             d_model: 16,
@@ -487,6 +507,7 @@ pub struct BenchReport {
     pub device: String,
     pub copy_gbps: f64,
     pub scans: Vec<ScanRow>,
+    pub ssd: Vec<SsdRow>,
     pub train: Vec<TrainRow>,
     pub decode: Vec<DecodeRow>,
     /// With `torch`: our rows and PyTorch's, side by side.
@@ -523,6 +544,25 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
             };
             println!("{}", scan_line(&r, copy_gbps));
             scans.push(r);
+        }
+    }
+    let b = o.batches.iter().copied().max().unwrap_or(1);
+    println!(
+        "SSD (Mamba-2) vs the selective scan (Mamba-1) at d_inner {}, b {b}; heads of {}, chunks of 256",
+        o.d,
+        o.d.min(64)
+    );
+    println!("{}", ssd_header());
+    let mut ssd_rows = Vec::new();
+    for &n in &o.ssd_states {
+        for &l in &o.lengths {
+            match ssd::ssd_row(o, n, b, l) {
+                Ok(r) => {
+                    println!("{}", ssd_line(&r));
+                    ssd_rows.push(r);
+                }
+                Err(e) => failed(format!("ssd n={n} b={b} l={l}"), e),
+            }
         }
     }
     println!(
@@ -575,13 +615,14 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
         device,
         copy_gbps,
         scans,
+        ssd: ssd_rows,
         train,
         decode,
         torch,
         errors,
     };
     if let Some(dir) = &o.out {
-        write_csvs(&report, o, dir)?;
+        csv::write_csvs(&report, o, dir)?;
     }
     Ok(report)
 }
@@ -632,145 +673,4 @@ pub fn train_line(r: &TrainRow) -> String {
             format!("{m:.0}")
         })
     )
-}
-
-fn write_csvs(r: &BenchReport, o: &BenchOptions, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    // Each file: the device in the first column, then the row's own.
-    let device = r.device.replace(',', ";");
-    let write = |name: &str, header: &[&str], rows: Vec<Vec<String>>| -> Result<()> {
-        let path = dir.join(name);
-        Table {
-            path: path.clone(),
-            header: std::iter::once("device")
-                .chain(header.iter().copied())
-                .map(str::to_string)
-                .collect(),
-            rows: rows
-                .into_iter()
-                .map(|row| std::iter::once(device.clone()).chain(row).collect())
-                .collect(),
-            torn: false,
-        }
-        .write(&path)
-    };
-    let opt = |v: Option<f64>, digits: usize| v.map_or(String::new(), |v| format!("{v:.digits$}"));
-    write(
-        "bench_scan.csv",
-        &[
-            "b",
-            "l",
-            "d",
-            "n",
-            "fwd_ms",
-            "fwd_gbps",
-            "bwd_ms",
-            "bwd_gbps",
-            "copy_gbps",
-        ],
-        r.scans
-            .iter()
-            .map(|s| {
-                vec![
-                    s.b.to_string(),
-                    s.l.to_string(),
-                    o.d.to_string(),
-                    o.n.to_string(),
-                    format!("{:.4}", s.fwd_ms),
-                    format!("{:.2}", s.fwd_gbps),
-                    format!("{:.4}", s.bwd_ms),
-                    format!("{:.2}", s.bwd_gbps),
-                    format!("{:.2}", r.copy_gbps),
-                ]
-            })
-            .collect(),
-    )?;
-    write(
-        "bench_train.csv",
-        &[
-            "arch",
-            "d_model",
-            "n_layer",
-            "l",
-            "b",
-            "ms_per_step",
-            "tokens_per_s",
-            "peak_mem_mb",
-            "peak_rise_mb",
-        ],
-        r.train
-            .iter()
-            .map(|t| {
-                vec![
-                    t.arch.to_string(),
-                    o.d_model.to_string(),
-                    o.n_layer.to_string(),
-                    t.l.to_string(),
-                    t.b.to_string(),
-                    format!("{:.3}", t.ms_per_step),
-                    format!("{:.1}", t.tokens_per_s),
-                    opt(t.peak_mem_mb, 1),
-                    opt(t.peak_rise_mb, 1),
-                ]
-            })
-            .collect(),
-    )?;
-    crate::plot::bench_train(&r.train, o, dir)?;
-    write(
-        "bench_decode.csv",
-        &[
-            "arch",
-            "d_model",
-            "n_layer",
-            "b",
-            "context",
-            "prefill_tokens_per_s",
-            "tokens_per_s",
-            "ms_per_step",
-            "peak_rise_mb",
-        ],
-        r.decode
-            .iter()
-            .map(|t| {
-                vec![
-                    t.arch.to_string(),
-                    o.d_model.to_string(),
-                    o.n_layer.to_string(),
-                    t.b.to_string(),
-                    t.context.to_string(),
-                    format!("{:.1}", t.prefill_tokens_per_s),
-                    format!("{:.1}", t.tokens_per_s),
-                    format!("{:.4}", t.ms_per_step),
-                    opt(t.peak_rise_mb, 1),
-                ]
-            })
-            .collect(),
-    )?;
-    if r.torch.is_empty() {
-        return Ok(());
-    }
-    write(
-        "bench_torch.csv",
-        &[
-            "section", "shape", "l", "impl", "fwd_ms", "full_ms", "rate", "peak_mb", "vs_ours",
-        ],
-        r.torch
-            .iter()
-            .map(|t| {
-                vec![
-                    t.section.to_string(),
-                    t.shape.clone(),
-                    t.l.to_string(),
-                    t.imp.to_string(),
-                    opt(t.fwd_ms, 4),
-                    format!("{:.4}", t.full_ms),
-                    opt(t.rate, 1),
-                    opt(t.peak_mb, 1),
-                    format!("{:.3}", t.vs_ours),
-                ]
-            })
-            .collect(),
-    )?;
-    crate::plot::bench_torch(&r.torch, dir)?;
-    Ok(())
 }
