@@ -16,3 +16,4 @@ mod reduce;
 mod rmsnorm;
 mod rope;
 mod scan;
+mod ssd;

@@ -9,8 +9,11 @@ use ssm::device::{compile_cubin, memory_stats, release_cache, reset_peak_memory}
 use ssm::models::{LanguageModel, MambaConfig, MambaMixerConfig};
 use ssm::nn::Module;
 use ssm::ops::activation::add_into;
+use ssm::ops::ssd::{SsdGrads, SsdInputs, SsdOutput, ssd_bwd, ssd_fwd};
 use ssm::parity::{ParityPlan, decode_parity, op_parity, report, train_step_parity};
 use ssm::{Device, Error, Tensor};
+
+use crate::common::{rng, uniform};
 
 /// The emulated device is one per process and its memory counters are global: its tests take
 /// turns.
@@ -167,4 +170,151 @@ fn backend_compiles_every_kernel_source_to_a_cubin() {
             src.name
         );
     }
+}
+
+/// Δ stays in these limits in the SSD cases.
+const SSD_LIMIT: [f64; 2] = [0.05, 0.6];
+
+/// The inputs of one SSD case on the CPU, every option on: x, dt, A, B, C, D, dt_bias, h0, then
+/// dy and dlast. A Δ within 1e-3 of a limit is moved off it, so that both devices clamp the
+/// same positions (their softplus differ in the last bits).
+fn ssd_case(
+    seed: u64,
+    (b, l, h, p, g, n): (usize, usize, usize, usize, usize, usize),
+) -> Vec<Tensor> {
+    let mut r = rng(seed);
+    let bias: Tensor = uniform(&mut r, &[h], -1.0, 0.0);
+    let mut dt: Tensor = uniform(&mut r, &[b, l, h], -3.0, 0.5);
+    let bv = bias.to_vec();
+    for (i, v) in dt.host_mut().unwrap().iter_mut().enumerate() {
+        let delta = (*v as f64 + bv[i % h] as f64).exp().ln_1p();
+        if SSD_LIMIT.iter().any(|&edge| (delta - edge).abs() < 1e-3) {
+            *v += 0.01;
+        }
+    }
+    let mut t = |dims: &[usize], lo, hi| uniform(&mut r, dims, lo, hi);
+    vec![
+        t(&[b, l, h, p], -1.0, 1.0),
+        dt,
+        t(&[h], -0.25, -0.02),
+        t(&[b, l, g, n], -1.0, 1.0),
+        t(&[b, l, g, n], -1.0, 1.0),
+        t(&[h], -1.0, 1.0),
+        bias,
+        t(&[b, h, p, n], -1.0, 1.0),
+        t(&[b, l, h, p], -1.0, 1.0),
+        t(&[b, h, p, n], -1.0, 1.0),
+    ]
+}
+
+fn ssd_inputs(t: &[Tensor]) -> SsdInputs<'_, f32> {
+    SsdInputs {
+        x: &t[0],
+        dt: &t[1],
+        a: &t[2],
+        b: &t[3],
+        c: &t[4],
+        d_skip: Some(&t[5]),
+        dt_bias: Some(&t[6]),
+        dt_softplus: true,
+        dt_limit: SSD_LIMIT,
+        h0: Some(&t[7]),
+    }
+}
+
+/// The op on `device` from the CPU tensors `t`: y, the last state, the chunk states and every
+/// gradient (added into non-zero buffers), back on the CPU. With `saved`, the backward reads
+/// those chunk states instead of its own forward's.
+fn ssd_on(
+    device: Device,
+    t: &[Tensor],
+    chunk: usize,
+    saved: Option<&Tensor>,
+) -> ssm::Result<Vec<Tensor>> {
+    let t: Vec<Tensor> = t
+        .iter()
+        .map(|x| x.to_device(device))
+        .collect::<ssm::Result<_>>()?;
+    let inp = ssd_inputs(&t);
+    let mut out = SsdOutput::default();
+    ssd_fwd(&inp, chunk, &mut out, true)?;
+    if let Some(s) = saved {
+        out.chunk_states = s.to_device(device)?;
+    }
+    let mut g = SsdGrads::zeros_like(&inp)?;
+    for (i, gt) in g.each_mut().present().into_iter().enumerate() {
+        *gt = Tensor::from_vec(gt.dims(), vec![0.25 + i as f32; gt.numel()])?.to_device(device)?;
+    }
+    ssd_bwd(&inp, &out, &t[8], Some(&t[9]), &mut g)?;
+    let mut all = vec![out.y, out.last_state, out.chunk_states];
+    all.extend(g.each_mut().present().into_iter().map(|t| t.clone()));
+    all.iter().map(|t| t.to_device(Device::Cpu)).collect()
+}
+
+/// max |a - b| / max(1e-6, max |b|).
+fn scaled_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let (a, b) = (a.to_vec(), b.to_vec());
+    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+const SSD_OUTPUTS: [&str; 11] = [
+    "y",
+    "last state",
+    "chunk states",
+    "dx",
+    "ddt",
+    "dA",
+    "dB",
+    "dC",
+    "dD",
+    "ddt_bias",
+    "dh0",
+];
+
+/// ssd_fwd and ssd_bwd on the emulated device equal the CPU op on the same inputs, to f32 sums
+/// in another order: chunks of two row tiles and of a fraction of one, g > 1 and g = h.
+#[test]
+fn ssd_on_the_emulated_device_matches_the_cpu_op() {
+    let _turn = emulated();
+    for (seed, dims, chunk) in [
+        (1, (2, 300, 4, 16, 2, 24), 128),
+        (2, (1, 77, 3, 8, 3, 8), 16),
+    ] {
+        let t = ssd_case(seed, dims);
+        let want = ssd_on(Device::Cpu, &t, chunk, None).unwrap();
+        let got = ssd_on(Device::CudaEmu, &t, chunk, None).unwrap();
+        assert_eq!(got.len(), SSD_OUTPUTS.len());
+        for ((name, w), g) in SSD_OUTPUTS.iter().zip(&want).zip(&got) {
+            let d = scaled_diff(g, w);
+            println!("ssd {dims:?} chunk {chunk} {name:<12} max |diff| / max |cpu| = {d:.1e}");
+            assert!(d <= 1e-5, "{dims:?} chunk {chunk} {name}: {d:e}");
+        }
+    }
+}
+
+/// The saved states have one layout on every device: a device backward from the CPU forward's
+/// chunk states gives the gradients of the device's own. Chunks longer than the kernels take
+/// are a clear error on the device, where the CPU takes them.
+#[test]
+fn ssd_device_backward_takes_cpu_chunk_states_and_refuses_long_chunks() {
+    let _turn = emulated();
+    let t = ssd_case(3, (1, 40, 2, 4, 1, 4));
+    let mut cpu = SsdOutput::default();
+    ssd_fwd(&ssd_inputs(&t), 16, &mut cpu, true).unwrap();
+    let mixed = ssd_on(Device::CudaEmu, &t, 16, Some(&cpu.chunk_states)).unwrap();
+    let own = ssd_on(Device::CudaEmu, &t, 16, None).unwrap();
+    for ((name, m), o) in SSD_OUTPUTS.iter().zip(&mixed).zip(&own).skip(3) {
+        let d = scaled_diff(m, o);
+        assert!(d <= 1e-6, "{name} from the CPU's chunk states: {d:e}");
+    }
+    let err = ssd_on(Device::CudaEmu, &t, 512, None).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Kernel { .. }), "{msg}");
+    assert!(msg.contains("chunk 512") && msg.contains("256"), "{msg}");
+    assert!(ssd_on(Device::Cpu, &t, 512, None).is_ok());
 }

@@ -29,6 +29,10 @@ pub struct ParityPlan {
     /// b 4, d 768 one splits its sequences into segments (`ssm_kernels::scan::ScanDims::segments`);
     /// the emulated device (2 SMs) splits the l 300 shape of `quick`.
     pub scans: Vec<(usize, usize, usize, usize, usize)>,
+    /// (b, l, h, p, g, n, chunk) of the SSD scan of Mamba-2: lengths that leave the last chunk
+    /// partial, g = 1 and g > 1, head dims and state sizes over several of the kernels' 64-wide
+    /// tiles up to p 128 and n 256.
+    pub ssd: Vec<(usize, usize, usize, usize, usize, usize, usize)>,
     /// (b, lq, lk, h, hkv, hd) of attention.
     pub attention: Vec<(usize, usize, usize, usize, usize, usize)>,
     /// (b, l) of the training-step parity of each tiny model.
@@ -40,6 +44,7 @@ impl ParityPlan {
         ParityPlan {
             rows: vec![(2, 19)],
             scans: vec![(2, 37, 8, 4, 2), (1, 300, 4, 3, 1)],
+            ssd: vec![(2, 37, 4, 8, 2, 8, 16), (1, 150, 2, 20, 1, 70, 64)],
             attention: vec![(2, 19, 19, 4, 2, 8), (1, 1, 23, 2, 1, 16)],
             train: (2, 19),
         }
@@ -54,6 +59,12 @@ impl ParityPlan {
                 (1, 65536, 32, 16, 1),
                 (1, 8191, 1024, 16, 1),
                 (4, 2048, 768, 16, 1),
+            ],
+            ssd: vec![
+                (2, 300, 4, 16, 2, 16, 64),
+                (1, 1030, 8, 64, 1, 64, 256),
+                (2, 2048, 16, 64, 2, 128, 256),
+                (1, 4097, 4, 128, 4, 256, 128),
             ],
             attention: vec![
                 (2, 1000, 1000, 8, 8, 64),

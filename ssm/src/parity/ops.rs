@@ -20,6 +20,7 @@ use crate::ops::loss::{IGNORE_INDEX, cross_entropy_bwd, cross_entropy_fwd};
 use crate::ops::norm::{rmsnorm_bwd, rmsnorm_fwd};
 use crate::ops::rope::{rope_bwd, rope_fwd, rope_fwd_inplace};
 use crate::ops::scan::{ScanGrads, ScanInputs, ScanOutput, selective_scan_bwd, selective_scan_fwd};
+use crate::ops::ssd::{NO_DT_LIMIT, SsdGrads, SsdInputs, SsdOutput, ssd_bwd, ssd_fwd};
 use crate::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::tensor::{Device, Tensor};
 
@@ -107,6 +108,9 @@ pub fn op_parity(device: Device, plan: &ParityPlan, sink: Sink) -> Vec<Check> {
     }
     for &(b, l, d, n, g) in &plan.scans {
         scan(&mut r, [b, l, d, n, g]);
+    }
+    for &(b, l, h, p, g, n, chunk) in &plan.ssd {
+        ssd(&mut r, [b, l, h, p, g, n, chunk]);
     }
     for &(b, lq, lk, h, hkv, hd) in &plan.attention {
         attention(&mut r, [b, lq, lk, h, hkv, hd]);
@@ -377,6 +381,97 @@ fn scan(r: &mut Runner, [b, l, d, n, g]: [usize; 5]) {
                 ("dD", gr.dd_skip),
                 ("dz", gr.dz),
                 ("ddelta_bias", gr.ddelta_bias),
+                ("dh0", gr.dh0),
+            ];
+            outs.extend(optional.into_iter().filter_map(|(w, t)| t.map(|t| (w, t))));
+            Ok(outs)
+        });
+    }
+}
+
+/// The limits on Δ of the SSD cases with every option: some Δ fall outside.
+const SSD_LIMIT: [f64; 2] = [0.05, 0.6];
+
+/// The SSD scan of Mamba-2 with every option (D, dt_bias with softplus, limits that bind, an
+/// initial state, a gradient of the last state) and with none; outputs, the saved chunk-start
+/// states and every gradient, accumulated into random buffers.
+fn ssd(r: &mut Runner, [b, l, h, p, g, n, chunk]: [usize; 7]) {
+    for full in [true, false] {
+        let name = format!(
+            "ssd {} b{b} l{l} h{h} p{p} g{g} n{n} chunk{chunk}",
+            if full { "all options" } else { "bare" }
+        );
+        // dA, dD and d(dt_bias) sum over every token of every sequence, dB and dC over a
+        // sequence's chunks and the heads of a group, dh0 through every chunk's state.
+        let tol = |what: &str| match what {
+            "dA" | "dB" | "dC" | "dD" | "ddt_bias" | "dh0" => TOKEN_SUMS,
+            _ => ROW_SUMS,
+        };
+        r.case(name, tol, |inp| {
+            let x = inp.t(&[b, l, h, p])?;
+            let bias: Vec<f32> = (0..h).map(|_| inp.rng.random_range(-1.0..0.0)).collect();
+            // Without softplus, dt is Δ itself and must be positive. A Δ within 1e-3 of a limit
+            // is moved off it: the devices' softplus differ in the last bits, and one of them
+            // could clamp where the other does not.
+            let dt: Vec<f32> = (0..b * l * h)
+                .map(|i| {
+                    if !full {
+                        return inp.rng.random_range(0.01..0.7);
+                    }
+                    let raw: f32 = inp.rng.random_range(-3.0..0.5);
+                    let delta = (raw as f64 + bias[i % h] as f64).exp().ln_1p();
+                    let near = SSD_LIMIT.iter().any(|&edge| (delta - edge).abs() < 1e-3);
+                    if near { raw + 0.01 } else { raw }
+                })
+                .collect();
+            let dt = Tensor::from_vec([b, l, h], dt)?.to_device(inp.device)?;
+            let dt_bias = Tensor::from_vec([h], bias)?.to_device(inp.device)?;
+            // Decays that let a state outlive a chunk, so that what passes between chunks counts.
+            let a = inp.uniform(&[h], -0.25, -0.02)?;
+            let (bm, cm) = (inp.t(&[b, l, g, n])?, inp.t(&[b, l, g, n])?);
+            let d_skip = inp.t(&[h])?;
+            let h0 = inp.t(&[b, h, p, n])?;
+            let (dy, dlast) = (inp.t(&[b, l, h, p])?, inp.t(&[b, h, p, n])?);
+            let some = |t| full.then_some(t);
+            let ssd_inputs = SsdInputs {
+                x: &x,
+                dt: &dt,
+                a: &a,
+                b: &bm,
+                c: &cm,
+                d_skip: some(&d_skip),
+                dt_bias: some(&dt_bias),
+                dt_softplus: full,
+                dt_limit: if full { SSD_LIMIT } else { NO_DT_LIMIT },
+                h0: some(&h0),
+            };
+            let mut out = SsdOutput::default();
+            ssd_fwd(&ssd_inputs, chunk, &mut out, true)?;
+            let mut random_like = |t: &Tensor| inp.t(t.dims());
+            let mut gr = SsdGrads {
+                dx: random_like(&x)?,
+                ddt: random_like(&dt)?,
+                da: random_like(&a)?,
+                db: random_like(&bm)?,
+                dc: random_like(&cm)?,
+                dd_skip: some(&d_skip).map(&mut random_like).transpose()?,
+                ddt_bias: some(&dt_bias).map(&mut random_like).transpose()?,
+                dh0: some(&h0).map(&mut random_like).transpose()?,
+            };
+            ssd_bwd(&ssd_inputs, &out, &dy, some(&dlast), &mut gr)?;
+            let mut outs = vec![
+                ("y", out.y),
+                ("last state", out.last_state),
+                ("chunk states", out.chunk_states),
+                ("dx", gr.dx),
+                ("ddt", gr.ddt),
+                ("dA", gr.da),
+                ("dB", gr.db),
+                ("dC", gr.dc),
+            ];
+            let optional = [
+                ("dD", gr.dd_skip),
+                ("ddt_bias", gr.ddt_bias),
                 ("dh0", gr.dh0),
             ];
             outs.extend(optional.into_iter().filter_map(|(w, t)| t.map(|t| (w, t))));
