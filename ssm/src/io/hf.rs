@@ -21,7 +21,7 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 
 pub(super) const EMBEDDING: &str = "backbone.embeddings.weight";
 const EMBEDDING_STATE_SPACES: &str = "backbone.embedding.weight";
-pub(super) const LM_HEAD: &str = "lm_head.weight";
+const LM_HEAD: &str = "lm_head.weight";
 
 /// Which half of a parameter to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,7 +304,6 @@ pub fn load_mamba(dir: &Path) -> Result<LanguageModel<f32>> {
     let weights = dir.join(WEIGHTS_FILE);
     super::check_weights_fit(&config.clone().into(), &weights, 2)?;
     let file = TensorFile::open(&weights)?;
-    let path = file.path().to_path_buf();
     let mut model = LanguageModel::<f32>::new(config, 0)?;
     let emb_name = if file.contains(EMBEDDING) || !file.contains(EMBEDDING_STATE_SPACES) {
         EMBEDDING
@@ -312,24 +311,10 @@ pub fn load_mamba(dir: &Path) -> Result<LanguageModel<f32>> {
         EMBEDDING_STATE_SPACES
     };
     let wanted = named_tensors(&model, Part::Value)?;
-    let mut loaded = Vec::with_capacity(wanted.len());
-    for (name, like) in &wanted {
-        let src_name = if name == EMBEDDING {
-            emb_name
-        } else {
-            name.as_str()
-        };
-        let t = file.f32(src_name)?;
-        let mut dst = like.clone();
-        assign(&mut dst, t, src_name, &path)?;
-        loaded.push(dst);
-    }
-    if file.contains(LM_HEAD) && file.f32(LM_HEAD)?.to_vec() != loaded[0].to_vec() {
-        return Err(Error::checkpoint(
-            &path,
-            format!("tensor `{LM_HEAD}` differs from the embedding; this engine ties them"),
-        ));
-    }
+    let loaded = read_named(&file, &wanted, |name| match name {
+        EMBEDDING => emb_name,
+        other => other,
+    })?;
     let mut it = loaded.into_iter();
     let mut next = || it.next().expect("one tensor per name");
     model.embedding.value = next();
@@ -359,6 +344,31 @@ pub fn load_mamba(dir: &Path) -> Result<LanguageModel<f32>> {
     }
     model.norm_f.weight.value = next();
     Ok(model)
+}
+
+/// The tensors of `wanted` (transformers names, the embedding first, with the shapes the config
+/// gives) read from `file` under `source(name)`; an `lm_head.weight` there must equal the
+/// embedding, as this engine ties them.
+pub(super) fn read_named<'a>(
+    file: &TensorFile,
+    wanted: &'a [(String, Tensor<f32>)],
+    source: impl Fn(&'a str) -> &'a str,
+) -> Result<Vec<Tensor<f32>>> {
+    let path = file.path().to_path_buf();
+    let mut loaded = Vec::with_capacity(wanted.len());
+    for (name, like) in wanted {
+        let src = source(name.as_str());
+        let mut dst = like.clone();
+        assign(&mut dst, file.f32(src)?, src, &path)?;
+        loaded.push(dst);
+    }
+    if file.contains(LM_HEAD) && file.f32(LM_HEAD)?.to_vec() != loaded[0].to_vec() {
+        return Err(Error::checkpoint(
+            &path,
+            format!("tensor `{LM_HEAD}` differs from the embedding; this engine ties them"),
+        ));
+    }
+    Ok(loaded)
 }
 
 /// `t` cut along its first dimension into blocks of `rows[0]`, `rows[1]`, ... rows.

@@ -11,8 +11,7 @@ use serde_json::{Value, json};
 
 use super::atomic_write;
 use super::hf::{
-    CONFIG_FILE, EMBEDDING, Fields, LM_HEAD, Part, WEIGHTS_FILE, assign, concat_rows, part,
-    split_rows,
+    CONFIG_FILE, EMBEDDING, Fields, Part, WEIGHTS_FILE, concat_rows, part, read_named, split_rows,
 };
 use super::tensors::{TensorFile, write_tensors};
 use crate::error::{Error, Result};
@@ -253,21 +252,9 @@ pub fn load_mamba2(dir: &Path) -> Result<LanguageModel<f32>> {
     let weights = dir.join(WEIGHTS_FILE);
     super::check_weights_fit(&config.clone().into(), &weights, 2)?;
     let file = TensorFile::open(&weights)?;
-    let path = file.path().to_path_buf();
     let mut model = LanguageModel::<f32>::new(config, 0)?;
     let wanted = named_tensors(&model, Part::Value)?;
-    let mut loaded = Vec::with_capacity(wanted.len());
-    for (name, like) in &wanted {
-        let mut dst = like.clone();
-        assign(&mut dst, file.f32(name)?, name, &path)?;
-        loaded.push(dst);
-    }
-    if file.contains(LM_HEAD) && file.f32(LM_HEAD)?.to_vec() != loaded[0].to_vec() {
-        return Err(Error::checkpoint(
-            &path,
-            format!("tensor `{LM_HEAD}` differs from the embedding; this engine ties them"),
-        ));
-    }
+    let loaded = read_named(&file, &wanted, |name| name)?;
     let mut it = loaded.into_iter();
     let mut next = || it.next().expect("one tensor per name");
     model.embedding.value = next();

@@ -68,3 +68,17 @@ pub(crate) fn trunk(
     size("pad_vocab_size_multiple", pad_multiple, MAX_VOCAB)?;
     float_in("norm_eps", norm_eps, 0.0, 1.0)
 }
+
+/// The range and floor of the initial Δ of a Mamba mixer: 0 < dt_min <= dt_max <= 1000 and a
+/// finite floor >= 0.
+pub(crate) fn dt_init(dt_min: f64, dt_max: f64, floor: f64) -> Result<()> {
+    float_in("dt_max", dt_max, 0.0, 1e3)?;
+    float_in("dt_min", dt_min, 0.0, dt_max)?;
+    if !(floor.is_finite() && floor >= 0.0) {
+        return Err(Error::config(
+            "dt_init_floor",
+            format!("must be a finite number >= 0, got {floor}"),
+        ));
+    }
+    Ok(())
+}

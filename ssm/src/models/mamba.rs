@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::limits;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::nn::mamba::{DtInit, MambaBlock, MambaMixer, MixerDims};
 use crate::nn::norm::RmsNorm;
 use crate::tensor::Float;
@@ -86,14 +86,7 @@ impl MambaMixerConfig {
         for (field, v, max) in sizes {
             limits::size(field, v, max)?;
         }
-        limits::float_in("dt_max", self.dt_max, 0.0, 1e3)?;
-        limits::float_in("dt_min", self.dt_min, 0.0, self.dt_max)?;
-        if !(self.dt_init_floor.is_finite() && self.dt_init_floor >= 0.0) {
-            return Err(Error::config(
-                "dt_init_floor",
-                format!("must be a finite number >= 0, got {}", self.dt_init_floor),
-            ));
-        }
+        limits::dt_init(self.dt_min, self.dt_max, self.dt_init_floor)?;
         Ok(())
     }
 

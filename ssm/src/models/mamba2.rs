@@ -133,14 +133,7 @@ impl Mamba2MixerConfig {
                 ),
             ));
         }
-        limits::float_in("dt_max", self.dt_max, 0.0, 1e3)?;
-        limits::float_in("dt_min", self.dt_min, 0.0, self.dt_max)?;
-        if !(self.dt_init_floor.is_finite() && self.dt_init_floor >= 0.0) {
-            return Err(Error::config(
-                "dt_init_floor",
-                format!("must be a finite number >= 0, got {}", self.dt_init_floor),
-            ));
-        }
+        limits::dt_init(self.dt_min, self.dt_max, self.dt_init_floor)?;
         if let Some([lo, hi]) = self.dt_limit
             && !(lo.is_finite() && lo >= 0.0 && hi > lo)
         {

@@ -20,7 +20,7 @@ mod step;
 use rand::rngs::StdRng;
 
 use super::init::{full, normal, torch_default, uniform};
-use super::norm::RmsNorm;
+use super::residual::{PreNorm, SeqMixer};
 use super::{Module, Param};
 use crate::error::Result;
 use crate::ops::activation::{add_into, mul_add_into, neg_exp, silu_bwd, silu_fwd};
@@ -230,211 +230,6 @@ impl<T: Float> MambaMixer<T> {
             ssm: Tensor::zeros([b, di, n], device)?,
         })
     }
-
-    /// out (b, l, d) = mixer(x (b, l, d)). With `state`, the sequence continues from it and the
-    /// state is advanced to the end of x (prefill and decoding); `train` keeps what the backward
-    /// needs.
-    pub fn forward(
-        &mut self,
-        x: &Tensor<T>,
-        out: &mut Tensor<T>,
-        state: Option<&mut MixerState<T>>,
-        train: bool,
-    ) -> Result<()> {
-        let MixerDims {
-            d_state: n,
-            dt_rank: r,
-            ..
-        } = self.dims;
-        let (b, l) = (x.dims()[0], x.dims()[1]);
-        let mut c = std::mem::take(&mut self.cache);
-        linear_fwd(
-            x,
-            &self.in_proj_x.value,
-            self.in_bias_x.as_ref().map(|p| &p.value),
-            &mut c.xi,
-        )?;
-        linear_fwd(
-            x,
-            &self.in_proj_z.value,
-            self.in_bias_z.as_ref().map(|p| &p.value),
-            &mut c.z,
-        )?;
-        let conv_state = state.as_ref().map(|s| &s.conv);
-        causal_conv1d_fwd(
-            &c.xi,
-            &self.conv_w.value,
-            self.conv_b.as_ref().map(|p| &p.value),
-            conv_state,
-            &mut c.conv,
-        )?;
-        c.conv_state = conv_state.cloned();
-        silu_fwd(&c.conv, &mut c.xc)?;
-        match &self.selection {
-            Selection::Selective { x_proj, dt_proj_w } => {
-                linear_fwd(&c.xc, &x_proj.value, None, &mut c.xdbl)?;
-                split_xdbl(
-                    &c.xdbl,
-                    [&mut c.dt_low, &mut c.bmat, &mut c.cmat],
-                    [b, l],
-                    r,
-                    n,
-                )?;
-                linear_fwd(&c.dt_low, &dt_proj_w.value, None, &mut c.delta)?;
-            }
-            Selection::Fixed { b: bp, c: cp } => {
-                every_position(&bp.value, [b, l], &mut c.bmat)?;
-                every_position(&cp.value, [b, l], &mut c.cmat)?;
-                // Δ before its bias is zero: the scan adds dt_proj.bias and takes the softplus.
-                c.delta.reset(c.xc.shape().clone(), c.xc.device())?;
-            }
-        }
-        neg_exp(&self.a_log.value, &mut c.a)?;
-        let mut scan = std::mem::take(&mut c.scan);
-        let h0 = state.as_ref().map(|s| &s.ssm);
-        selective_scan_fwd(
-            &scan_inputs(&c, &self.d_skip.value, &self.dt_proj_b.value, h0),
-            &mut scan,
-            train,
-        )?;
-        if let Some(s) = state {
-            causal_conv1d_next_state(&c.xi, &mut s.conv)?;
-            s.ssm.copy_from(&scan.last_state)?;
-        }
-        linear_fwd(
-            &scan.y,
-            &self.out_proj.value,
-            self.out_bias.as_ref().map(|p| &p.value),
-            out,
-        )?;
-        c.scan = scan;
-        self.cache = c;
-        Ok(())
-    }
-
-    /// dx += ∂L/∂x given dout, for the `x` of the last (training) forward.
-    pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
-        let MixerDims {
-            d_state: n,
-            dt_rank: r,
-            ..
-        } = self.dims;
-        let c = std::mem::take(&mut self.cache);
-        let mut s = std::mem::take(&mut self.scratch);
-        let (b, l) = (x.dims()[0], x.dims()[1]);
-        s.dy.reset_like(&c.scan.y)?;
-        linear_bwd(
-            &c.scan.y,
-            &self.out_proj.value,
-            dout,
-            Some(&mut s.dy),
-            &mut self.out_proj.grad,
-            self.out_bias.as_mut().map(|p| &mut p.grad),
-        )?;
-        // The saved chunk states already start from any initial state; its gradient is not needed.
-        let inputs = scan_inputs(&c, &self.d_skip.value, &self.dt_proj_b.value, None);
-        let mut g = match s.scan.take() {
-            Some(mut g) if g.du.dims() == c.xc.dims() && g.du.device() == c.xc.device() => {
-                g.zero_()?;
-                g
-            }
-            _ => ScanGrads::zeros_like(&inputs)?,
-        };
-        selective_scan_bwd(&inputs, &c.scan, &s.dy, None, &mut g)?;
-        // A = -exp(A_log), so ∂A/∂A_log = A.
-        mul_add_into(&g.da, &c.a, &mut self.a_log.grad)?;
-        add_into(
-            g.dd_skip.as_ref().expect("D is always given"),
-            &mut self.d_skip.grad,
-        )?;
-        add_into(
-            g.ddelta_bias.as_ref().expect("delta_bias is always given"),
-            &mut self.dt_proj_b.grad,
-        )?;
-        // xc feeds the scan (as u) and, when selective, x_proj.
-        s.dxc.copy_from(&g.du)?;
-        match &mut self.selection {
-            Selection::Selective { x_proj, dt_proj_w } => {
-                s.ddt_low.reset_like(&c.dt_low)?;
-                linear_bwd(
-                    &c.dt_low,
-                    &dt_proj_w.value,
-                    &g.ddelta,
-                    Some(&mut s.ddt_low),
-                    &mut dt_proj_w.grad,
-                    None,
-                )?;
-                join_xdbl([&s.ddt_low, &g.db, &g.dc], &mut s.dxdbl, [b, l], r, n)?;
-                linear_bwd(
-                    &c.xc,
-                    &x_proj.value,
-                    &s.dxdbl,
-                    Some(&mut s.dxc),
-                    &mut x_proj.grad,
-                    None,
-                )?;
-            }
-            Selection::Fixed { b: bp, c: cp } => {
-                sum_positions(&mut g.db, &mut bp.grad)?;
-                sum_positions(&mut g.dc, &mut cp.grad)?;
-            }
-        }
-        s.dconv.reset_like(&c.conv)?;
-        silu_bwd(&c.conv, &s.dxc, &mut s.dconv)?;
-        s.dxi.reset_like(&c.xi)?;
-        causal_conv1d_bwd(
-            &c.xi,
-            &self.conv_w.value,
-            c.conv_state.as_ref(),
-            &s.dconv,
-            &mut s.dxi,
-            &mut self.conv_w.grad,
-            self.conv_b.as_mut().map(|p| &mut p.grad),
-        )?;
-        linear_bwd(
-            x,
-            &self.in_proj_x.value,
-            &s.dxi,
-            Some(&mut *dx),
-            &mut self.in_proj_x.grad,
-            self.in_bias_x.as_mut().map(|p| &mut p.grad),
-        )?;
-        let dz = g.dz.as_ref().expect("z is always given");
-        linear_bwd(
-            x,
-            &self.in_proj_z.value,
-            dz,
-            Some(dx),
-            &mut self.in_proj_z.grad,
-            self.in_bias_z.as_mut().map(|p| &mut p.grad),
-        )?;
-        s.scan = Some(g);
-        self.scratch = s;
-        self.cache = c;
-        Ok(())
-    }
-
-    /// The same mixer in another float type, with fresh caches.
-    pub fn cast<U: Float>(&self) -> MambaMixer<U> {
-        let o = |p: &Option<Param<T>>| p.as_ref().map(Param::cast);
-        MambaMixer {
-            dims: self.dims,
-            in_proj_x: self.in_proj_x.cast(),
-            in_proj_z: self.in_proj_z.cast(),
-            in_bias_x: o(&self.in_bias_x),
-            in_bias_z: o(&self.in_bias_z),
-            conv_w: self.conv_w.cast(),
-            conv_b: o(&self.conv_b),
-            selection: self.selection.cast(),
-            dt_proj_b: self.dt_proj_b.cast(),
-            a_log: self.a_log.cast(),
-            d_skip: self.d_skip.cast(),
-            out_proj: self.out_proj.cast(),
-            out_bias: o(&self.out_bias),
-            cache: Cache::default(),
-            scratch: Scratch::default(),
-        }
-    }
 }
 
 /// The scan's inputs: everything but D and the dt bias comes from the forward's cache.
@@ -545,55 +340,214 @@ impl<T: Float> Module<T> for MambaMixer<T> {
 }
 
 /// Pre-norm residual block: x + mixer(rmsnorm(x)).
-#[derive(Clone, Debug)]
-pub struct MambaBlock<T: Float = f32> {
-    pub norm: RmsNorm<T>,
-    pub mixer: MambaMixer<T>,
-    normed: Tensor<T>,
-    dnormed: Tensor<T>,
-}
+pub type MambaBlock<T = f32> = PreNorm<T, MambaMixer<T>>;
 
-impl<T: Float> MambaBlock<T> {
-    pub fn new(norm: RmsNorm<T>, mixer: MambaMixer<T>) -> Self {
-        MambaBlock {
-            norm,
-            mixer,
-            normed: Tensor::default(),
-            dnormed: Tensor::default(),
-        }
-    }
+impl<T: Float> SeqMixer<T> for MambaMixer<T> {
+    type State = MixerState<T>;
+    type Cast<U: Float> = MambaMixer<U>;
 
-    /// out = x + mixer(norm(x)); `out` is resized.
-    pub fn forward(
+    /// out (b, l, d) = mixer(x (b, l, d)). With `state`, the sequence continues from it and the
+    /// state is advanced to the end of x (prefill and decoding); `train` keeps what the backward
+    /// needs.
+    fn forward(
         &mut self,
         x: &Tensor<T>,
         out: &mut Tensor<T>,
         state: Option<&mut MixerState<T>>,
         train: bool,
     ) -> Result<()> {
-        self.norm.forward(x, &mut self.normed)?;
-        self.mixer.forward(&self.normed, out, state, train)?;
-        add_into(x, out)
+        let MixerDims {
+            d_state: n,
+            dt_rank: r,
+            ..
+        } = self.dims;
+        let (b, l) = (x.dims()[0], x.dims()[1]);
+        let mut c = std::mem::take(&mut self.cache);
+        linear_fwd(
+            x,
+            &self.in_proj_x.value,
+            self.in_bias_x.as_ref().map(|p| &p.value),
+            &mut c.xi,
+        )?;
+        linear_fwd(
+            x,
+            &self.in_proj_z.value,
+            self.in_bias_z.as_ref().map(|p| &p.value),
+            &mut c.z,
+        )?;
+        let conv_state = state.as_ref().map(|s| &s.conv);
+        causal_conv1d_fwd(
+            &c.xi,
+            &self.conv_w.value,
+            self.conv_b.as_ref().map(|p| &p.value),
+            conv_state,
+            &mut c.conv,
+        )?;
+        c.conv_state = conv_state.cloned();
+        silu_fwd(&c.conv, &mut c.xc)?;
+        match &self.selection {
+            Selection::Selective { x_proj, dt_proj_w } => {
+                linear_fwd(&c.xc, &x_proj.value, None, &mut c.xdbl)?;
+                split_xdbl(
+                    &c.xdbl,
+                    [&mut c.dt_low, &mut c.bmat, &mut c.cmat],
+                    [b, l],
+                    r,
+                    n,
+                )?;
+                linear_fwd(&c.dt_low, &dt_proj_w.value, None, &mut c.delta)?;
+            }
+            Selection::Fixed { b: bp, c: cp } => {
+                every_position(&bp.value, [b, l], &mut c.bmat)?;
+                every_position(&cp.value, [b, l], &mut c.cmat)?;
+                // Δ before its bias is zero: the scan adds dt_proj.bias and takes the softplus.
+                c.delta.reset(c.xc.shape().clone(), c.xc.device())?;
+            }
+        }
+        neg_exp(&self.a_log.value, &mut c.a)?;
+        let mut scan = std::mem::take(&mut c.scan);
+        let h0 = state.as_ref().map(|s| &s.ssm);
+        selective_scan_fwd(
+            &scan_inputs(&c, &self.d_skip.value, &self.dt_proj_b.value, h0),
+            &mut scan,
+            train,
+        )?;
+        if let Some(s) = state {
+            causal_conv1d_next_state(&c.xi, &mut s.conv)?;
+            s.ssm.copy_from(&scan.last_state)?;
+        }
+        linear_fwd(
+            &scan.y,
+            &self.out_proj.value,
+            self.out_bias.as_ref().map(|p| &p.value),
+            out,
+        )?;
+        c.scan = scan;
+        self.cache = c;
+        Ok(())
     }
 
-    /// dx += ∂L/∂x given dout.
-    pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
-        add_into(dout, dx)?;
-        self.dnormed.reset_like(x)?;
-        self.mixer.backward(&self.normed, dout, &mut self.dnormed)?;
-        self.norm.backward(x, &self.dnormed, dx)
+    /// dx += ∂L/∂x given dout, for the `x` of the last (training) forward.
+    fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
+        let MixerDims {
+            d_state: n,
+            dt_rank: r,
+            ..
+        } = self.dims;
+        let c = std::mem::take(&mut self.cache);
+        let mut s = std::mem::take(&mut self.scratch);
+        let (b, l) = (x.dims()[0], x.dims()[1]);
+        s.dy.reset_like(&c.scan.y)?;
+        linear_bwd(
+            &c.scan.y,
+            &self.out_proj.value,
+            dout,
+            Some(&mut s.dy),
+            &mut self.out_proj.grad,
+            self.out_bias.as_mut().map(|p| &mut p.grad),
+        )?;
+        // The saved chunk states already start from any initial state; its gradient is not needed.
+        let inputs = scan_inputs(&c, &self.d_skip.value, &self.dt_proj_b.value, None);
+        let mut g = match s.scan.take() {
+            Some(mut g) if g.du.dims() == c.xc.dims() && g.du.device() == c.xc.device() => {
+                g.zero_()?;
+                g
+            }
+            _ => ScanGrads::zeros_like(&inputs)?,
+        };
+        selective_scan_bwd(&inputs, &c.scan, &s.dy, None, &mut g)?;
+        // A = -exp(A_log), so ∂A/∂A_log = A.
+        mul_add_into(&g.da, &c.a, &mut self.a_log.grad)?;
+        add_into(
+            g.dd_skip.as_ref().expect("D is always given"),
+            &mut self.d_skip.grad,
+        )?;
+        add_into(
+            g.ddelta_bias.as_ref().expect("delta_bias is always given"),
+            &mut self.dt_proj_b.grad,
+        )?;
+        // xc feeds the scan (as u) and, when selective, x_proj.
+        s.dxc.copy_from(&g.du)?;
+        match &mut self.selection {
+            Selection::Selective { x_proj, dt_proj_w } => {
+                s.ddt_low.reset_like(&c.dt_low)?;
+                linear_bwd(
+                    &c.dt_low,
+                    &dt_proj_w.value,
+                    &g.ddelta,
+                    Some(&mut s.ddt_low),
+                    &mut dt_proj_w.grad,
+                    None,
+                )?;
+                join_xdbl([&s.ddt_low, &g.db, &g.dc], &mut s.dxdbl, [b, l], r, n)?;
+                linear_bwd(
+                    &c.xc,
+                    &x_proj.value,
+                    &s.dxdbl,
+                    Some(&mut s.dxc),
+                    &mut x_proj.grad,
+                    None,
+                )?;
+            }
+            Selection::Fixed { b: bp, c: cp } => {
+                sum_positions(&mut g.db, &mut bp.grad)?;
+                sum_positions(&mut g.dc, &mut cp.grad)?;
+            }
+        }
+        s.dconv.reset_like(&c.conv)?;
+        silu_bwd(&c.conv, &s.dxc, &mut s.dconv)?;
+        s.dxi.reset_like(&c.xi)?;
+        causal_conv1d_bwd(
+            &c.xi,
+            &self.conv_w.value,
+            c.conv_state.as_ref(),
+            &s.dconv,
+            &mut s.dxi,
+            &mut self.conv_w.grad,
+            self.conv_b.as_mut().map(|p| &mut p.grad),
+        )?;
+        linear_bwd(
+            x,
+            &self.in_proj_x.value,
+            &s.dxi,
+            Some(&mut *dx),
+            &mut self.in_proj_x.grad,
+            self.in_bias_x.as_mut().map(|p| &mut p.grad),
+        )?;
+        let dz = g.dz.as_ref().expect("z is always given");
+        linear_bwd(
+            x,
+            &self.in_proj_z.value,
+            dz,
+            Some(dx),
+            &mut self.in_proj_z.grad,
+            self.in_bias_z.as_mut().map(|p| &mut p.grad),
+        )?;
+        s.scan = Some(g);
+        self.scratch = s;
+        self.cache = c;
+        Ok(())
     }
 
-    pub fn cast<U: Float>(&self) -> MambaBlock<U> {
-        MambaBlock::new(self.norm.cast(), self.mixer.cast())
-    }
-}
-
-impl<T: Float> Module<T> for MambaBlock<T> {
-    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param<T>)) {
-        self.norm
-            .visit_params(&mut |name, p| f(&format!("norm.{name}"), p));
-        self.mixer
-            .visit_params(&mut |name, p| f(&format!("mixer.{name}"), p));
+    /// The same mixer in another float type, with fresh caches.
+    fn cast<U: Float>(&self) -> MambaMixer<U> {
+        let o = |p: &Option<Param<T>>| p.as_ref().map(Param::cast);
+        MambaMixer {
+            dims: self.dims,
+            in_proj_x: self.in_proj_x.cast(),
+            in_proj_z: self.in_proj_z.cast(),
+            in_bias_x: o(&self.in_bias_x),
+            in_bias_z: o(&self.in_bias_z),
+            conv_w: self.conv_w.cast(),
+            conv_b: o(&self.conv_b),
+            selection: self.selection.cast(),
+            dt_proj_b: self.dt_proj_b.cast(),
+            a_log: self.a_log.cast(),
+            d_skip: self.d_skip.cast(),
+            out_proj: self.out_proj.cast(),
+            out_bias: o(&self.out_bias),
+            cache: Cache::default(),
+            scratch: Scratch::default(),
+        }
     }
 }

@@ -19,7 +19,7 @@ use rand::RngExt;
 use rand::rngs::StdRng;
 
 use super::init::{full, torch_default};
-use super::norm::RmsNorm;
+use super::residual::{PreNorm, SeqMixer};
 use super::{Module, Param};
 use crate::error::{Error, Result};
 use crate::ops::activation::{
@@ -217,10 +217,60 @@ impl<T: Float> Mamba2Mixer<T> {
         })
     }
 
+    /// The SSD's inputs from the forward's cache.
+    fn ssd_inputs<'a>(&'a self, c: &'a Cache<T>, h0: Option<&'a Tensor<T>>) -> SsdInputs<'a, T> {
+        SsdInputs {
+            x: &c.xs,
+            dt: &c.dt,
+            a: &c.a,
+            b: &c.bmat,
+            c: &c.cmat,
+            d_skip: Some(&self.d_skip.value),
+            dt_bias: Some(&self.dt_bias.value),
+            dt_softplus: true,
+            dt_limit: self.dims.dt_limit,
+            h0,
+        }
+    }
+}
+
+impl<T: Float> Module<T> for Mamba2Mixer<T> {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param<T>)) {
+        f("in_proj_z", &mut self.in_proj_z);
+        f("in_proj_xbc", &mut self.in_proj_xbc);
+        f("in_proj_dt", &mut self.in_proj_dt);
+        if let Some([bz, bxbc, bdt]) = &mut self.in_bias {
+            f("in_bias_z", bz);
+            f("in_bias_xbc", bxbc);
+            f("in_bias_dt", bdt);
+        }
+        f("conv1d.weight", &mut self.conv_w);
+        if let Some(p) = &mut self.conv_b {
+            f("conv1d.bias", p);
+        }
+        f("dt_bias", &mut self.dt_bias);
+        f("A_log", &mut self.a_log);
+        f("D", &mut self.d_skip);
+        f("norm.weight", &mut self.norm_w);
+        f("out_proj.weight", &mut self.out_proj);
+        if let Some(p) = &mut self.out_bias {
+            f("out_proj.bias", p);
+        }
+    }
+}
+
+/// Pre-norm residual block: x + mixer(rmsnorm(x)). With a state, the tokens continue the
+/// sequences it holds (a single token is the recurrent step: a chunk of one position).
+pub type Mamba2Block<T = f32> = PreNorm<T, Mamba2Mixer<T>>;
+
+impl<T: Float> SeqMixer<T> for Mamba2Mixer<T> {
+    type State = Mamba2State<T>;
+    type Cast<U: Float> = Mamba2Mixer<U>;
+
     /// out (b, l, d) = mixer(x (b, l, d)). With `state`, the sequence continues from it and the
     /// state is advanced to the end of x (prefill and decoding); `train` keeps what the backward
     /// needs.
-    pub fn forward(
+    fn forward(
         &mut self,
         x: &Tensor<T>,
         out: &mut Tensor<T>,
@@ -283,24 +333,8 @@ impl<T: Float> Mamba2Mixer<T> {
         Ok(())
     }
 
-    /// The SSD's inputs from the forward's cache.
-    fn ssd_inputs<'a>(&'a self, c: &'a Cache<T>, h0: Option<&'a Tensor<T>>) -> SsdInputs<'a, T> {
-        SsdInputs {
-            x: &c.xs,
-            dt: &c.dt,
-            a: &c.a,
-            b: &c.bmat,
-            c: &c.cmat,
-            d_skip: Some(&self.d_skip.value),
-            dt_bias: Some(&self.dt_bias.value),
-            dt_softplus: true,
-            dt_limit: self.dims.dt_limit,
-            h0,
-        }
-    }
-
     /// dx += ∂L/∂x given dout, for the `x` of the last (training) forward.
-    pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
+    fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
         let dm = self.dims;
         let (di, g, n) = (dm.d_inner, dm.n_groups, dm.d_state);
         let (b, l) = (x.dims()[0], x.dims()[1]);
@@ -393,7 +427,7 @@ impl<T: Float> Mamba2Mixer<T> {
     }
 
     /// The same mixer in another float type, with fresh caches.
-    pub fn cast<U: Float>(&self) -> Mamba2Mixer<U> {
+    fn cast<U: Float>(&self) -> Mamba2Mixer<U> {
         let o = |p: &Option<Param<T>>| p.as_ref().map(Param::cast);
         Mamba2Mixer {
             dims: self.dims,
@@ -415,85 +449,5 @@ impl<T: Float> Mamba2Mixer<T> {
             cache: Cache::default(),
             scratch: Scratch::default(),
         }
-    }
-}
-
-impl<T: Float> Module<T> for Mamba2Mixer<T> {
-    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param<T>)) {
-        f("in_proj_z", &mut self.in_proj_z);
-        f("in_proj_xbc", &mut self.in_proj_xbc);
-        f("in_proj_dt", &mut self.in_proj_dt);
-        if let Some([bz, bxbc, bdt]) = &mut self.in_bias {
-            f("in_bias_z", bz);
-            f("in_bias_xbc", bxbc);
-            f("in_bias_dt", bdt);
-        }
-        f("conv1d.weight", &mut self.conv_w);
-        if let Some(p) = &mut self.conv_b {
-            f("conv1d.bias", p);
-        }
-        f("dt_bias", &mut self.dt_bias);
-        f("A_log", &mut self.a_log);
-        f("D", &mut self.d_skip);
-        f("norm.weight", &mut self.norm_w);
-        f("out_proj.weight", &mut self.out_proj);
-        if let Some(p) = &mut self.out_bias {
-            f("out_proj.bias", p);
-        }
-    }
-}
-
-/// Pre-norm residual block: x + mixer(rmsnorm(x)).
-#[derive(Clone, Debug)]
-pub struct Mamba2Block<T: Float = f32> {
-    pub norm: RmsNorm<T>,
-    pub mixer: Mamba2Mixer<T>,
-    normed: Tensor<T>,
-    dnormed: Tensor<T>,
-}
-
-impl<T: Float> Mamba2Block<T> {
-    pub fn new(norm: RmsNorm<T>, mixer: Mamba2Mixer<T>) -> Self {
-        Mamba2Block {
-            norm,
-            mixer,
-            normed: Tensor::default(),
-            dnormed: Tensor::default(),
-        }
-    }
-
-    /// out = x + mixer(norm(x)); `out` is resized. With `state`, the tokens continue the
-    /// sequences it holds (a single token is the recurrent step: a chunk of one position).
-    pub fn forward(
-        &mut self,
-        x: &Tensor<T>,
-        out: &mut Tensor<T>,
-        state: Option<&mut Mamba2State<T>>,
-        train: bool,
-    ) -> Result<()> {
-        self.norm.forward(x, &mut self.normed)?;
-        self.mixer.forward(&self.normed, out, state, train)?;
-        add_into(x, out)
-    }
-
-    /// dx += ∂L/∂x given dout.
-    pub fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
-        add_into(dout, dx)?;
-        self.dnormed.reset_like(x)?;
-        self.mixer.backward(&self.normed, dout, &mut self.dnormed)?;
-        self.norm.backward(x, &self.dnormed, dx)
-    }
-
-    pub fn cast<U: Float>(&self) -> Mamba2Block<U> {
-        Mamba2Block::new(self.norm.cast(), self.mixer.cast())
-    }
-}
-
-impl<T: Float> Module<T> for Mamba2Block<T> {
-    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param<T>)) {
-        self.norm
-            .visit_params(&mut |name, p| f(&format!("norm.{name}"), p));
-        self.mixer
-            .visit_params(&mut |name, p| f(&format!("mixer.{name}"), p));
     }
 }

@@ -9,6 +9,7 @@ pub mod mamba;
 pub mod mamba2;
 pub mod mlp;
 pub mod norm;
+pub mod residual;
 
 use crate::error::Result;
 use crate::tensor::{Device, Float, Tensor};

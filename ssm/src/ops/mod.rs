@@ -110,3 +110,26 @@ pub(crate) fn same_dims<T: Float>(
 ) -> Result<()> {
     x.expect_dims(op, what, like)
 }
+
+/// A gradient buffer with the input it belongs to, each possibly absent, named for errors.
+pub(crate) type GradPair<'a, T> = (&'static str, Option<&'a Tensor<T>>, Option<&'a Tensor<T>>);
+
+/// Checks the gradient buffers of a backward: each has its input's dims, and none is given for
+/// an absent input.
+pub(crate) fn check_grad_buffers<T: Float>(op: &'static str, pairs: &[GradPair<T>]) -> Result<()> {
+    for &(what, grad, input) in pairs {
+        match (grad, input) {
+            (Some(gt), Some(it)) => gt.expect_dims(op, what, it.dims())?,
+            (Some(_), None) => {
+                return Err(Error::shape(
+                    op,
+                    what,
+                    "no gradient buffer for an absent input",
+                    &[],
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::{MambaBlock, MambaMixer, MixerDims, MixerState, Selection};
 use crate::backend::cpu::multiversion;
 use crate::error::{Error, Result};
+use crate::nn::residual::SeqMixer;
 use crate::ops::activation::add_into;
 use crate::ops::activation::cpu::{silu, softplus};
 use crate::ops::linear::cpu::linear_rows;

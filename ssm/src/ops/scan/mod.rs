@@ -16,7 +16,7 @@ mod cpu;
 mod cuda;
 pub mod reference;
 
-use super::gpu_of;
+use super::{check_grad_buffers, gpu_of};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 pub use reference::{selective_scan_ref, selective_scan_ref_bwd};
@@ -202,19 +202,5 @@ fn check_grads<T: Float>(inp: &ScanInputs<T>, g: &ScanGrads<T>) -> Result<()> {
         ("ddelta_bias", g.ddelta_bias.as_ref(), inp.delta_bias),
         ("dh0", g.dh0.as_ref(), inp.h0),
     ];
-    for (what, grad, input) in pairs {
-        match (grad, input) {
-            (Some(gt), Some(it)) => gt.expect_dims(BWD, what, it.dims())?,
-            (Some(_), None) => {
-                return Err(Error::shape(
-                    BWD,
-                    what,
-                    "no gradient buffer for an absent input",
-                    &[],
-                ));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    check_grad_buffers(BWD, &pairs)
 }

@@ -20,7 +20,7 @@ mod cpu;
 mod cuda;
 pub mod reference;
 
-use super::gpu_of;
+use super::{check_grad_buffers, gpu_of};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 pub use reference::{ssd_ref, ssd_ref_bwd};
@@ -210,19 +210,5 @@ fn check_grads<T: Float>(inp: &SsdInputs<T>, g: &SsdGrads<T>) -> Result<()> {
         ("ddt_bias", g.ddt_bias.as_ref(), inp.dt_bias),
         ("dh0", g.dh0.as_ref(), inp.h0),
     ];
-    for (what, grad, input) in pairs {
-        match (grad, input) {
-            (Some(gt), Some(it)) => gt.expect_dims(BWD, what, it.dims())?,
-            (Some(_), None) => {
-                return Err(Error::shape(
-                    BWD,
-                    what,
-                    "no gradient buffer for an absent input",
-                    &[],
-                ));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    check_grad_buffers(BWD, &pairs)
 }
