@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use ssm::Device;
 use ssm::io::hf;
-use ssm::io::hf_mamba2::{self, MODEL_TYPE as MAMBA2};
+use ssm::io::hf_mamba2::{self, MODEL_TYPE as MAMBA2, quote_python_floats};
 use ssm::io::tensors::{TensorFile, write_tensors};
 use ssm::models::generate::Sampling;
 use ssm::models::{Decoder, LanguageModel, ModelConfig};
@@ -54,8 +54,9 @@ impl Model {
         let origin = cfg_path.display().to_string();
         let text =
             std::fs::read_to_string(&cfg_path).with_context(|| format!("{origin}: cannot read"))?;
-        let mut value: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{origin}: invalid JSON"))?;
+        // transformers 4.x writes Mamba-2's unbounded time_step_limit as a bare `Infinity`.
+        let mut value: serde_json::Value = serde_json::from_str(&quote_python_floats(&text))
+            .with_context(|| format!("{origin}: invalid JSON"))?;
         let vocabulary = match value.as_object_mut().and_then(|o| o.remove(TOKENIZER_KEY)) {
             None => Vocabulary::Ids,
             Some(v) if v == "bytes" => Vocabulary::Bytes,

@@ -10,7 +10,7 @@ use anyhow::Result;
 use ssm::models::ModelConfig as AnyConfig;
 use ssm::models::hybrid::HybridConfig;
 use ssm::models::transformer::TransformerConfig;
-use ssm::models::{Mamba2Config, MambaConfig};
+use ssm::models::{Mamba2Config, Mamba2MixerConfig, MambaConfig};
 
 use crate::config::{Arch, RunConfig};
 
@@ -100,15 +100,31 @@ pub fn match_sizes(
     Ok(sizes)
 }
 
-/// Widths the architecture allows: multiples of 8, and of 2·n_heads where there is attention.
+/// Widths the architecture allows: multiples of 8; of 2·n_heads where there is attention; and
+/// where there are Mamba-2 layers, of what makes expand·d_model a whole number of heads in whole
+/// groups (headdim · ngroups / gcd(expand, headdim · ngroups)).
 fn width_step(c: &RunConfig) -> usize {
-    let heads = match c.model_config() {
-        AnyConfig::Mamba(_) | AnyConfig::Mamba2(_) => 1,
-        AnyConfig::Transformer(t) => t.block.n_heads,
-        AnyConfig::Hybrid(h) => h.mixers.attention.n_heads,
+    let mamba2 = |m: &Mamba2MixerConfig| {
+        let heads = (m.headdim * m.ngroups).max(1);
+        heads / gcd(m.expand.max(1), heads)
     };
-    let multiple = 2 * heads.max(1);
-    8 * multiple / gcd(8, multiple)
+    let (heads, ssd) = match c.model_config() {
+        AnyConfig::Mamba(_) => (1, 1),
+        AnyConfig::Mamba2(m) => (1, mamba2(&m.mixer)),
+        AnyConfig::Transformer(t) => (t.block.n_heads, 1),
+        AnyConfig::Hybrid(h) => (
+            h.mixers.attention.n_heads,
+            match h.pattern.contains('S') {
+                true => mamba2(&h.mixers.mamba2),
+                false => 1,
+            },
+        ),
+    };
+    [2 * heads.max(1), ssd].into_iter().fold(8, lcm)
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    a / gcd(a, b) * b
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -174,5 +190,26 @@ mod tests {
         assert_eq!(width_step(&c), 24);
         c.model.arch = Arch::Mamba;
         assert_eq!(width_step(&c), 8);
+        // Mamba-2: expand · d a multiple of headdim · ngroups (2 · d of 64 · 1, then of 16 · 3).
+        c.model.arch = Arch::Mamba2;
+        assert_eq!(width_step(&c), 32);
+        c.model.mamba2 = Some(Mamba2Config {
+            mixer: Mamba2MixerConfig {
+                headdim: 16,
+                ngroups: 3,
+                ..Mamba2MixerConfig::default()
+            },
+            ..Mamba2Config::default()
+        });
+        assert_eq!(width_step(&c), 24);
+        // A hybrid with an S layer needs both the attention heads and the Mamba-2 heads.
+        c.model.arch = Arch::Hybrid;
+        let mut h = HybridConfig {
+            pattern: "MSA".into(),
+            ..HybridConfig::default()
+        };
+        h.mixers.attention.n_heads = 6;
+        c.model.hybrid = Some(h);
+        assert_eq!(width_step(&c), 32 * 3);
     }
 }

@@ -296,6 +296,35 @@ fn mamba2_hf_folder_logits_generate_and_fine_tuning() {
         .fold(0.0f32, f32::max);
     println!("mamba2 logits vs transformers, row 0: maxdiff = {diff:.2e}");
     assert!(diff < 1e-4, "maxdiff {diff}");
+    // transformers 4.x wrote the unbounded limit as a bare `Infinity`, which is not JSON.
+    let old = dir.join("old-config");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::copy(
+        model.join("model.safetensors"),
+        old.join("model.safetensors"),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+    let bare = config.replace("{\n      \"__float__\": \"Infinity\"\n    }", "Infinity");
+    assert!(bare.contains(" Infinity"));
+    std::fs::write(old.join("config.json"), bare).unwrap();
+    let old_out = dir.join("old.safetensors");
+    let (o, oo) = (old.to_str().unwrap(), old_out.to_str().unwrap());
+    let tokens = row0.join(",");
+    run_ok(
+        &dir,
+        &[
+            "logits",
+            "--checkpoint",
+            o,
+            "--tokens",
+            &tokens,
+            "--out",
+            oo,
+        ],
+    );
+    let again = TensorFile::open(&old_out).unwrap().f32("logits").unwrap();
+    assert_eq!(again.to_vec(), got.to_vec());
     let text = run_ok(
         &dir,
         &[

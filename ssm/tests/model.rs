@@ -76,6 +76,35 @@ fn step_matches_parallel_forward_at_every_position() {
     step_matches_parallel_forward(mamba2);
 }
 
+/// A Mamba-2 mixer's backward after a forward without `train` is refused before any gradient is
+/// added (the states it needs were not kept).
+#[test]
+fn mamba2_backward_needs_a_training_forward() {
+    use ssm::nn::residual::SeqMixer;
+    let config = Mamba2Config {
+        d_model: 16,
+        n_layer: 1,
+        mixer: Mamba2MixerConfig {
+            d_state: 4,
+            headdim: 8,
+            ..Mamba2MixerConfig::default()
+        },
+        ..Mamba2Config::default()
+    };
+    let mut model = LanguageModel::<f32>::new(config, 0).unwrap();
+    let mixer = &mut model.layers[0].as_mamba2_mut().unwrap().mixer;
+    let x = uniform::<f32>(&mut rng(5), &[2, 7, 16], -1.0, 1.0);
+    let mut out = Tensor::default();
+    mixer.forward(&x, &mut out, None, false).unwrap();
+    let mut dx = Tensor::zeros_cpu([2, 7, 16]);
+    let e = mixer.backward(&x, &out, &mut dx).unwrap_err();
+    assert!(e.to_string().contains("train = true"), "{e}");
+    assert!(mixer.out_proj.grad.to_vec().iter().all(|&g| g == 0.0));
+    mixer.forward(&x, &mut out, None, true).unwrap();
+    mixer.backward(&x, &out, &mut dx).unwrap();
+    assert!(mixer.out_proj.grad.to_vec().iter().any(|&g| g != 0.0));
+}
+
 fn step_matches_parallel_forward(config: impl Into<ModelConfig>) {
     let mut model = perturbed(config, 3);
     let (b, l) = (2, 150);

@@ -3,8 +3,8 @@
 
 use ssm::models::generate::Sampling;
 use ssm::models::{
-    AttentionConfig, Decoder, HybridConfig, LanguageModel, MambaConfig, MambaMixerConfig,
-    MixerSettings, ModelConfig, TransformerConfig,
+    AttentionConfig, Decoder, HybridConfig, LanguageModel, Mamba2Config, Mamba2MixerConfig,
+    MambaConfig, MambaMixerConfig, MixerSettings, ModelConfig, TransformerConfig,
 };
 use ssm::nn::Module;
 use ssm::nn::attention::PosEncoding;
@@ -290,8 +290,37 @@ fn param_and_flop_counts_by_hand() {
         ..m.clone()
     };
     let n_mf = 128 + 2 * (8 + 256 + 64 + 8 + 16 + 64 + 16 + 128) + 8;
+    // Mamba-2 block, d_inner 16 in 4 heads of 4, 2 groups of B and C with n 4 (xBC 16 + 16):
+    // norm 8, in_proj (2·16 + 2·2·4 + 4)·8, conv 32·3 + 32, dt_bias, A_log and D 4 each, gated
+    // norm 16, out_proj 8·16; with biases in_proj's 52 and out_proj's 8 more.
+    let m2 = Mamba2Config {
+        d_model: 8,
+        n_layer: 2,
+        vocab_size: 10,
+        mixer: Mamba2MixerConfig {
+            d_state: 4,
+            d_conv: 3,
+            headdim: 4,
+            ngroups: 2,
+            chunk_size: 16,
+            ..Mamba2MixerConfig::default()
+        },
+        ..Mamba2Config::default()
+    };
+    let m2block = 8 + 416 + 128 + 12 + 16 + 128;
+    assert_eq!(m2block, 708);
+    let n_m2 = 128 + 2 * m2block + 8;
+    let m2b = Mamba2Config {
+        mixer: Mamba2MixerConfig {
+            bias: true,
+            chunk_size: 64,
+            ..m2.clone().mixer
+        },
+        ..m2.clone()
+    };
+    let n_m2b = 128 + 2 * (m2block + 60) + 8;
     // Without the embeddings (128 = 16 padded rows × 8; the learned table's 160 = 20 × 8).
-    let cases: [(ModelConfig, usize, usize, f64); 5] = [
+    let cases: [(ModelConfig, usize, usize, f64); 7] = [
         // 6N + 6·n_layer·L·d at L = 32.
         (t.into(), n_t, n_t - 128, (6 * n_t + 6 * 2 * 32 * 8) as f64),
         (
@@ -307,6 +336,19 @@ fn param_and_flop_counts_by_hand() {
             n_mf,
             n_mf - 128,
             (6 * n_mf + 27 * 2 * 16 * 4) as f64,
+        ),
+        // 6N + n_layer·(6·Q·(g·n + d_inner) + 12·d_inner·n), Q = min(chunk, L): 16, then 32.
+        (
+            m2.into(),
+            n_m2,
+            n_m2 - 128,
+            (6 * n_m2 + 2 * (6 * 16 * 24 + 12 * 16 * 4)) as f64,
+        ),
+        (
+            m2b.into(),
+            n_m2b,
+            n_m2b - 128,
+            (6 * n_m2b + 2 * (6 * 32 * 24 + 12 * 16 * 4)) as f64,
         ),
         // One attention layer, two Mamba layers.
         (

@@ -550,7 +550,7 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
     println!(
         "SSD (Mamba-2) vs the selective scan (Mamba-1) at d_inner {}, b {b}; heads of {}, chunks of 256",
         o.d,
-        o.d.min(64)
+        ssd::head_dim(o.d)
     );
     println!("{}", ssd_header());
     let mut ssd_rows = Vec::new();

@@ -1,10 +1,12 @@
 //! SSD rows of `ssm-lab bench`: Mamba-2's chunked scan against Mamba-1's selective scan at equal
 //! d_inner (`--d`) and state size N (each of `--ssd-states`), forward (keeping the states for the
 //! backward, as in training) and backward, at the largest scan batch and every scan length. The
-//! SSD runs heads of 64 channels (fewer when d is smaller), one group of B and C, chunks of 256:
-//! the Mamba-2 paper's point is that its state can grow 4-8x at matmul speed.
+//! SSD runs heads of 64 channels (for a d that 64 does not divide, the largest power of two that
+//! does), one group of B and C, chunks of 256: the Mamba-2 paper's point is that its state can
+//! grow 4-8x at matmul speed.
 
 use anyhow::Result;
+use ssm::ops::scan::CUDA_MAX_STATE;
 use ssm::ops::ssd::{NO_DT_LIMIT, SsdGrads, SsdInputs, SsdOutput, ssd_bwd, ssd_fwd};
 
 use super::{BenchOptions, random, scan_row, time};
@@ -25,11 +27,20 @@ pub struct SsdRow {
     pub ssd_bwd_ms: f64,
 }
 
+/// Channels per head of the timed SSD: 64, or the largest power of two dividing a smaller d.
+pub(crate) fn head_dim(d: usize) -> usize {
+    1 << d.trailing_zeros().min(6)
+}
+
 /// Times the SSD at (n, b, l) beside Mamba-1's scan at the same d_inner and N.
 pub(crate) fn ssd_row(o: &BenchOptions, n: usize, b: usize, l: usize) -> Result<SsdRow> {
-    let scan = scan_row(&BenchOptions { n, ..o.clone() }, b, l).ok();
+    // The CUDA scan takes states up to its kernels' maximum; beyond it the row has the SSD alone.
+    let scan = match !o.device.is_cuda() || n <= CUDA_MAX_STATE {
+        true => Some(scan_row(&BenchOptions { n, ..o.clone() }, b, l)?),
+        false => None,
+    };
     let (d, dev) = (o.d, o.device);
-    let p = d.min(64);
+    let p = head_dim(d);
     let h = d / p;
     let x = random(dev, &[b, l, h, p], -1.0, 1.0, 21)?;
     let dt = random(dev, &[b, l, h], -3.0, 0.5, 22)?;

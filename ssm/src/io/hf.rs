@@ -145,8 +145,8 @@ pub fn config_json(c: &MambaConfig) -> Value {
     })
 }
 
-/// Typed reads of a `config.json`'s fields (also under state-spaces' `ssm_cfg`), each error
-/// naming the file and the field.
+/// Typed reads of a `config.json`'s fields, each error naming the file and the field; integers
+/// are also read from under state-spaces' `ssm_cfg`.
 pub(super) struct Fields<'a> {
     pub v: &'a Value,
     pub path: &'a Path,
@@ -198,33 +198,37 @@ impl Fields<'_> {
 /// folder is refused by name: its tensors are not Mamba's.
 pub fn parse_config(v: &Value, path: &Path) -> Result<MambaConfig> {
     let f = Fields { v, path };
-    let err = |field: &str, why: String| f.err(field, why);
     let ssm_cfg = v.get("ssm_cfg");
     if v.get("model_type").and_then(Value::as_str) == Some(super::hf_mamba2::MODEL_TYPE) {
-        return Err(err(
+        return Err(f.err(
             "model_type",
             "\"mamba2\": a Mamba-2 checkpoint, not a Mamba one; it loads as arch = \"mamba2\" (ssm::io::hf_mamba2)".into(),
         ));
     }
-    let uint = |names: &[&'static str], default: Option<usize>| f.uint(names, default);
-    let boolean = |name: &str, default: bool| f.boolean(name, default);
-    let float = |name: &str, default: f64| f.float(name, default);
-    let d_model = uint(&["hidden_size", "d_model"], None)?;
+    if let Some(layer) = ssm_cfg
+        .and_then(|c| c.get("layer"))
+        .filter(|l| l.as_str() != Some("Mamba1"))
+    {
+        return Err(f.err(
+            "ssm_cfg.layer",
+            format!("{layer}: a state-spaces checkpoint of another layer than Mamba-1; only transformers' Mamba2ForCausalLM folders load as Mamba-2"),
+        ));
+    }
+    let d_model = f.uint(&["hidden_size", "d_model"], None)?;
     let expand = match (v.get("intermediate_size"), v.get("expand")) {
         (Some(i), _) => {
-            let i = i
-                .as_u64()
-                .ok_or_else(|| err("intermediate_size", format!("expected an integer, got {i}")))?
-                as usize;
+            let i = i.as_u64().ok_or_else(|| {
+                f.err("intermediate_size", format!("expected an integer, got {i}"))
+            })? as usize;
             if d_model == 0 || !i.is_multiple_of(d_model) {
-                return Err(err(
+                return Err(f.err(
                     "intermediate_size",
                     format!("{i} is not a multiple of hidden_size {d_model}"),
                 ));
             }
             i / d_model
         }
-        _ => uint(&["expand"], Some(2))?,
+        _ => f.uint(&["expand"], Some(2))?,
     };
     let dt_rank = match v
         .get("time_step_rank")
@@ -233,14 +237,14 @@ pub fn parse_config(v: &Value, path: &Path) -> Result<MambaConfig> {
         None => None,
         Some(Value::String(s)) if s == "auto" => None,
         Some(x) => Some(x.as_u64().ok_or_else(|| {
-            err(
+            f.err(
                 "time_step_rank",
                 format!("expected an integer or \"auto\", got {x}"),
             )
         })? as usize),
     };
-    if !boolean("tie_word_embeddings", true)? || !boolean("tie_embeddings", true)? {
-        return Err(err(
+    if !f.boolean("tie_word_embeddings", true)? || !f.boolean("tie_embeddings", true)? {
+        return Err(f.err(
             "tie_word_embeddings",
             "is false, but this engine ties lm_head to the embedding".into(),
         ));
@@ -248,20 +252,20 @@ pub fn parse_config(v: &Value, path: &Path) -> Result<MambaConfig> {
     let defaults = MambaMixerConfig::default();
     let config = MambaConfig {
         d_model,
-        n_layer: uint(&["num_hidden_layers", "n_layer"], None)?,
-        vocab_size: uint(&["vocab_size"], None)?,
-        norm_eps: float("layer_norm_epsilon", 1e-5)?,
-        pad_vocab_size_multiple: uint(&["pad_vocab_size_multiple"], Some(1))?,
+        n_layer: f.uint(&["num_hidden_layers", "n_layer"], None)?,
+        vocab_size: f.uint(&["vocab_size"], None)?,
+        norm_eps: f.float("layer_norm_epsilon", 1e-5)?,
+        pad_vocab_size_multiple: f.uint(&["pad_vocab_size_multiple"], Some(1))?,
         mixer: MambaMixerConfig {
-            d_state: uint(&["state_size", "d_state"], Some(16))?,
-            d_conv: uint(&["conv_kernel", "d_conv"], Some(4))?,
+            d_state: f.uint(&["state_size", "d_state"], Some(16))?,
+            d_conv: f.uint(&["conv_kernel", "d_conv"], Some(4))?,
             expand,
             dt_rank,
-            conv_bias: boolean("use_conv_bias", true)?,
-            bias: boolean("use_bias", false)?,
-            dt_min: float("time_step_min", defaults.dt_min)?,
-            dt_max: float("time_step_max", defaults.dt_max)?,
-            dt_init_floor: float("time_step_floor", defaults.dt_init_floor)?,
+            conv_bias: f.boolean("use_conv_bias", true)?,
+            bias: f.boolean("use_bias", false)?,
+            dt_min: f.float("time_step_min", defaults.dt_min)?,
+            dt_max: f.float("time_step_max", defaults.dt_max)?,
+            dt_init_floor: f.float("time_step_floor", defaults.dt_init_floor)?,
             selective: true,
         },
     };

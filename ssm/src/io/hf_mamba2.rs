@@ -123,7 +123,7 @@ pub fn config_json(c: &Mamba2Config) -> Value {
 
 /// The text of a config.json with Python's bare `Infinity`, `-Infinity` and `NaN` (outside
 /// strings) quoted, so that it parses as JSON; [`limit_value`] reads them back.
-fn quote_python_floats(text: &str) -> String {
+pub fn quote_python_floats(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let (mut in_str, mut escaped) = (false, false);
     let mut rest = text;
@@ -200,8 +200,10 @@ pub fn parse_config(v: &Value, path: &Path) -> Result<Mamba2Config> {
     let dt_limit = match v.get("time_step_limit") {
         None => None,
         Some(Value::Array(a)) if a.len() == 2 => {
+            // No upper limit above a lower one becomes the largest finite f64, which JSON and
+            // TOML hold.
             let (lo, hi) = (limit_value(&f, &a[0])?, limit_value(&f, &a[1])?);
-            (lo != 0.0 || hi.is_finite()).then_some([lo, hi])
+            (lo != 0.0 || hi.is_finite()).then_some([lo, hi.min(f64::MAX)])
         }
         Some(x) => return Err(f.err("time_step_limit", format!("expected [lo, hi], got {x}"))),
     };

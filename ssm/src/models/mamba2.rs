@@ -8,7 +8,8 @@
 //! d (norm) + (2·di + 2·g·n + h)·d (in_proj) + (di + 2·g·n)·k (conv) + 3·h (dt_bias, A_log, D)
 //! + di (gated norm) + d·di (out_proj).
 //!
-//! Training FLOPs per token beyond 6 per parameter, for the chunked SSD with chunk Q (forward:
+//! Training FLOPs per token beyond 6 per parameter, for the chunked SSD with chunks of Q =
+//! min(chunk_size, L) positions (forward:
 //! the chunk's C·Bᵀ per group, 2·Q·g·n, and its product with Δx, 2·Q·di; the chunk-start state
 //! into the outputs and the chunk's inputs into the state, 4·di·n; backward twice that):
 //! 6·Q·(g·n + di) + 12·di·n.
@@ -20,8 +21,9 @@ use super::limits;
 use crate::error::{Error, Result};
 use crate::nn::mamba2::{Mamba2Block, Mamba2Dims, Mamba2Init, Mamba2Mixer};
 use crate::nn::norm::RmsNorm;
-use crate::ops::ssd::{MAX_CHUNK, NO_DT_LIMIT};
+use crate::ops::ssd::NO_DT_LIMIT;
 use crate::tensor::Float;
+use ssm_kernels::ssd::MAX_CHUNK;
 
 /// The settings of one Mamba-2 mixer (the arguments of mamba_ssm's `Mamba2`); defaults are its.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,14 +39,15 @@ pub struct Mamba2MixerConfig {
     pub headdim: usize,
     /// Groups of B and C shared by the heads, and of the gated norm (1).
     pub ngroups: usize,
-    /// Positions per chunk of the SSD scan (256).
+    /// Positions per chunk of the SSD scan (256, also the most the CUDA kernels take).
     pub chunk_size: usize,
     /// Range and floor of the initial Δ (1e-3, 0.1, 1e-4).
     pub dt_min: f64,
     pub dt_max: f64,
     pub dt_init_floor: f64,
     /// Limits on Δ in training and inference, `[lo, hi]`; none by default (mamba_ssm's
-    /// `dt_limit = (0, inf)`).
+    /// `dt_limit = (0, inf)`). Decoding applies them too (each token is a chunk of one position),
+    /// where transformers' and mamba_ssm's recurrent steps do not.
     pub dt_limit: Option<[f64; 2]>,
     /// A is drawn uniform in this range per head, A_log = ln A ([1, 16]).
     pub a_init_range: [f64; 2],
@@ -135,11 +138,13 @@ impl Mamba2MixerConfig {
         }
         limits::dt_init(self.dt_min, self.dt_max, self.dt_init_floor)?;
         if let Some([lo, hi]) = self.dt_limit
-            && !(lo.is_finite() && lo >= 0.0 && hi > lo)
+            && !(lo.is_finite() && hi.is_finite() && lo >= 0.0 && hi > lo)
         {
             return Err(Error::config(
                 "dt_limit",
-                format!("needs 0 <= lo < hi, got [{lo}, {hi}]"),
+                format!(
+                    "needs finite 0 <= lo < hi, got [{lo}, {hi}] (no upper limit: a large number such as 1e300)"
+                ),
             ));
         }
         let [a_lo, a_hi] = self.a_init_range;
@@ -163,9 +168,11 @@ impl Mamba2MixerConfig {
         d + in_proj + conv + 3 * h + di + out_proj
     }
 
-    /// Training FLOPs per token beyond 6 per parameter: the chunked SSD (module doc).
-    pub fn ssd_flops(&self, d_model: usize) -> f64 {
-        let (q, di, n) = (self.chunk_size, self.d_inner(d_model), self.d_state);
+    /// Training FLOPs per token beyond 6 per parameter at sequence length `seq_len`: the chunked
+    /// SSD (module doc), whose chunks hold min(chunk_size, seq_len) positions.
+    pub fn ssd_flops(&self, d_model: usize, seq_len: usize) -> f64 {
+        let q = self.chunk_size.min(seq_len.max(1));
+        let (di, n) = (self.d_inner(d_model), self.d_state);
         (6 * q * (self.ngroups * n + di) + 12 * di * n) as f64
     }
 

@@ -62,7 +62,9 @@ impl MixerSettings {
         }
     }
 
-    /// Rejects impossible settings of the kinds in `pattern` at width `d_model`, naming the field.
+    /// Rejects impossible settings at width `d_model`, naming the field: Mamba's and attention's
+    /// always (their defaults fit every width), Mamba-2's when `pattern` has an `S` (its heads
+    /// must divide d_inner).
     pub fn validate(&self, pattern: &str, d_model: usize, rope: bool) -> Result<()> {
         self.mamba.validate(d_model)?;
         if pattern.contains('S') {
@@ -96,7 +98,7 @@ impl MixerConfig {
     pub fn extra_flops(&self, d_model: usize, seq_len: usize) -> f64 {
         match self {
             MixerConfig::Mamba(c) => c.scan_flops(d_model),
-            MixerConfig::Mamba2(c) => c.ssd_flops(d_model),
+            MixerConfig::Mamba2(c) => c.ssd_flops(d_model, seq_len),
             MixerConfig::Attention(c) => c.attention_flops(d_model, seq_len),
         }
     }
@@ -114,7 +116,9 @@ impl MixerConfig {
     pub fn flops_term(&self) -> &'static str {
         match self {
             MixerConfig::Mamba(_) => "27·d_inner·d_state",
-            MixerConfig::Mamba2(_) => "6·chunk·(ngroups·d_state + d_inner) + 12·d_inner·d_state",
+            MixerConfig::Mamba2(_) => {
+                "6·Q·(ngroups·d_state + d_inner) + 12·d_inner·d_state, Q = min(chunk, L)"
+            }
             MixerConfig::Attention(_) => "6·L·d_model",
         }
     }

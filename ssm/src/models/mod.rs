@@ -14,7 +14,7 @@
 //! |---|---|
 //! | attention | 6·L·d_model (Kaplan et al., 2020: the attention scores and mix) |
 //! | mamba | 27·d_inner·d_state (the scan; 9·d_inner·d_state forward) |
-//! | mamba2 | 6·chunk·(ngroups·d_state + d_inner) + 12·d_inner·d_state (the chunked SSD, [`mamba2`]) |
+//! | mamba2 | 6·Q·(ngroups·d_state + d_inner) + 12·d_inner·d_state with Q = min(chunk_size, L) (the chunked SSD, [`mamba2`]) |
 
 pub mod generate;
 pub mod hybrid;

@@ -80,27 +80,27 @@ pub struct Mamba2State<T: Float> {
     pub ssm: Tensor<T>,
 }
 
-/// Activations a forward keeps for the backward; reused from step to step.
+/// Activations a forward keeps for the backward; reused from step to step. cd = di + 2·g·n.
 #[derive(Clone, Debug, Default)]
 struct Cache<T: Float> {
-    z: Tensor<T>,
-    xbc: Tensor<T>,
-    dt: Tensor<T>,
-    conv: Tensor<T>,
-    act: Tensor<T>,
-    xs: Tensor<T>,
-    bmat: Tensor<T>,
-    cmat: Tensor<T>,
-    a: Tensor<T>,
+    z: Tensor<T>,    // (b, l, di)
+    xbc: Tensor<T>,  // (b, l, cd), the convolution's input
+    dt: Tensor<T>,   // (b, l, h), raw
+    conv: Tensor<T>, // (b, l, cd), before the SiLU
+    act: Tensor<T>,  // (b, l, cd), after it
+    xs: Tensor<T>,   // (b, l, h, p)
+    bmat: Tensor<T>, // (b, l, g, n)
+    cmat: Tensor<T>, // (b, l, g, n)
+    a: Tensor<T>,    // (h), -exp(A_log)
     scan: SsdOutput<T>,
-    y: Tensor<T>,
-    gated: Tensor<T>,
-    normed: Tensor<T>,
-    rstd: Tensor<T>,
-    conv_state: Option<Tensor<T>>,
+    y: Tensor<T>,                  // (b, l, di), the scan's output
+    gated: Tensor<T>,              // (b, l, di), y · silu(z)
+    normed: Tensor<T>,             // (b, l, di)
+    rstd: Tensor<T>,               // (b · l · g)
+    conv_state: Option<Tensor<T>>, // (b, k-1, cd) the forward continued from, when training
 }
 
-/// Gradient scratch buffers; reused from step to step.
+/// Gradient scratch buffers; reused from step to step; shaped like what they are the gradient of.
 #[derive(Clone, Debug, Default)]
 struct Scratch<T: Float> {
     dnormed: Tensor<T>,
@@ -113,6 +113,8 @@ struct Scratch<T: Float> {
     dxbc: Tensor<T>,
 }
 
+/// The Mamba-2 mixer: its parameters in transformers' layout but for in_proj, which is kept as
+/// its three parts, and the caches of the backward.
 #[derive(Clone, Debug)]
 pub struct Mamba2Mixer<T: Float = f32> {
     pub dims: Mamba2Dims,
@@ -295,7 +297,11 @@ impl<T: Float> SeqMixer<T> for Mamba2Mixer<T> {
             conv_state,
             &mut c.conv,
         )?;
-        c.conv_state = conv_state.cloned();
+        // Only a backward reads the state the convolution continued from.
+        c.conv_state = match (train, conv_state) {
+            (true, Some(s)) => Some(s.try_clone()?),
+            _ => None,
+        };
         silu_fwd(&c.conv, &mut c.act)?;
         let device = x.device();
         c.xs.reset_output([b, l, dm.n_heads, dm.head_dim], device)?;
@@ -307,6 +313,8 @@ impl<T: Float> SeqMixer<T> for Mamba2Mixer<T> {
         neg_exp(&self.a_log.value, &mut c.a)?;
         let h0 = state.as_ref().map(|s| &s.ssm);
         let mut scan = std::mem::take(&mut c.scan);
+        // The last forward's y buffer, handed back so that the scan reuses it.
+        scan.y = std::mem::take(&mut c.y);
         ssd_fwd(&self.ssd_inputs(&c, h0), dm.chunk, &mut scan, train)?;
         if let Some(s) = state {
             causal_conv1d_next_state(&c.xbc, &mut s.conv)?;
@@ -335,9 +343,21 @@ impl<T: Float> SeqMixer<T> for Mamba2Mixer<T> {
 
     /// dx += ∂L/∂x given dout, for the `x` of the last (training) forward.
     fn backward(&mut self, x: &Tensor<T>, dout: &Tensor<T>, dx: &mut Tensor<T>) -> Result<()> {
+        const OP: &str = "Mamba2Mixer::backward";
         let dm = self.dims;
         let (di, g, n) = (dm.d_inner, dm.n_groups, dm.d_state);
-        let (b, l) = (x.dims()[0], x.dims()[1]);
+        let [b, l, _] = *x.dims() else {
+            return Err(Error::shape(OP, "x", "[b, l, d]", x.dims()));
+        };
+        // Checked before any gradient is added: a forward without `train` kept no states.
+        if self.cache.scan.saved.is_none() || self.cache.xs.dims()[..2] != [b, l] {
+            return Err(Error::shape(
+                OP,
+                "x",
+                "the input of the last forward, run with train = true",
+                x.dims(),
+            ));
+        }
         let mut c = std::mem::take(&mut self.cache);
         let mut s = std::mem::take(&mut self.scratch);
         s.dnormed.reset_like(&c.normed)?;

@@ -1,7 +1,7 @@
 //! The plain reference of RMSNorm, forward and backward, one row at a time (see `crate::ops` for
 //! what every reference promises).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::rows_of;
 use crate::tensor::{Float, Tensor};
 
@@ -25,6 +25,14 @@ pub fn rmsnorm_grouped_ref<T: Float>(
 ) -> Result<Tensor<T>> {
     let (_, d) = rows_of("rmsnorm_ref", x)?;
     w.expect_dims("rmsnorm_ref", "weight", &[d])?;
+    if groups == 0 || !d.is_multiple_of(groups) {
+        return Err(Error::shape(
+            "rmsnorm_ref",
+            "x",
+            format!("a last dimension divisible by the {groups} groups"),
+            x.dims(),
+        ));
+    }
     let (xs, ws) = (x.to_host_vec()?, w.to_host_vec()?);
     let gs = d / groups;
     let mut y = Vec::with_capacity(xs.len());

@@ -20,6 +20,8 @@ use super::{check_grad_buffers, gpu_of};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 pub use reference::{selective_scan_ref, selective_scan_ref_bwd};
+/// The largest state size the CUDA kernels of the scan take (the CPU takes any).
+pub use ssm_kernels::scan::MAX_STATE as CUDA_MAX_STATE;
 use ssm_kernels::scan::{ScanDims, ScanGradsOf, ScanInputsOf};
 
 /// The inputs of one scan, as tensors; optional parts are `None`. The field list is the kernels'

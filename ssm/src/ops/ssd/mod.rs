@@ -7,6 +7,10 @@
 //! y_t  = h_t · C_t + D · x_t                            (h_0 = 0 or the given initial state)
 //! ```
 //!
+//! The clamp applies always, as in transformers' torch path: with `dt_softplus` off, the default
+//! limits [`NO_DT_LIMIT`] = [0, ∞) clamp a negative Δ to 0 (mamba_ssm's kernels skip the clamp at
+//! the default; the Mamba-2 block always takes the softplus, where the two agree).
+//!
 //! Layouts (token-major like every activation): x, y (b, l, h, p); dt (b, l, h); A, D, dt_bias
 //! (h); B, C (b, l, g, n), head `hh` reads group `hh / (h / g)`; initial and last state
 //! (b, h, p, n). The gate z of the Mamba-2 block is applied by its gated norm, not here.
@@ -188,6 +192,8 @@ pub fn ssd_bwd<T: Float>(
         .chain(grads.dh0.as_ref())
         .collect();
     others.extend(grad_refs);
+    out.chunk_states
+        .expect_dims(BWD, "saved chunk states", &[b, dims.chunks(), h, p, n])?;
     if let Some(g) = gpu_of(BWD, inp.x, &others)? {
         return cuda::bwd(&g, inp, dims, &out.chunk_states, dy, dlast, grads);
     }
