@@ -517,15 +517,24 @@ pub fn ssd_bwd(
     let (dstates, decays, rowpart) = (at(ws.dstates), at(ws.decays), at(ws.rowpart));
     let (dc_heads, db_heads) = (at(ws.dc_heads), at(ws.db_heads));
     let parts = [at(ws.da_part), at(ws.dd_part), at(ws.ddb_part)];
-    let products = |args: KernelArgs| args.ptr(inp.x).ptr(inp.dt).ptr(inp.a).ptr(inp.b).ptr(inp.c);
-    let dx = products(KernelArgs::new())
+    // A fresh list per launch, not a closure over a list passed by value: rustc 1.95 miscompiles
+    // a closure called twice with a `KernelArgs::new()` argument (rust-lang/rust#155241).
+    let products = || {
+        KernelArgs::new()
+            .ptr(inp.x)
+            .ptr(inp.dt)
+            .ptr(inp.a)
+            .ptr(inp.b)
+            .ptr(inp.c)
+    };
+    let dx = products()
         .ptr(opt(inp.d_skip))
         .ptr(opt(inp.dt_bias))
         .ptr(dstates)
         .ptr(dy)
         .ptr(grads.dx)
         .ptr(rowpart);
-    let dbc = products(KernelArgs::new())
+    let dbc = products()
         .ptr(opt(inp.dt_bias))
         .ptr(chunk_states)
         .ptr(dstates)

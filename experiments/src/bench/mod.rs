@@ -348,7 +348,8 @@ pub struct TrainRow {
 
 /// The models of the training rows at the bench's width and depth: Mamba, the Transformer
 /// (heads of 64), the hybrid with one attention layer in four, the second ("MAMM" repeated), and
-/// Mamba-2 with heads of 64 and a state of 64 (4x Mamba's 16).
+/// Mamba-2 with heads of 64 (of gcd(64, d_inner = 2 · d_model) at other widths) and a
+/// state of 64 (4x Mamba's 16).
 pub(crate) fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 4] {
     let mamba = MambaConfig {
         d_model: o.d_model,
@@ -384,7 +385,7 @@ pub(crate) fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 4]
         vocab_size: 256,
         mixer: Mamba2MixerConfig {
             d_state: 64,
-            headdim: 64,
+            headdim: crate::sizes::gcd(64, 2 * o.d_model),
             ..Mamba2MixerConfig::default()
         },
         ..Mamba2Config::default()
