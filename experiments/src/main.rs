@@ -269,6 +269,10 @@ enum Cmd {
         /// largest batch and every scan length), comma-separated.
         #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().ssd_states)]
         ssd_states: Vec<usize>,
+        /// Positions per chunk of the SSD rows and of the Mamba-2 model's training and decoding
+        /// rows (at most 256, the CUDA kernels' limit; 64 is the fastest on the CPU).
+        #[arg(long, default_value_t = gpu_bench().ssd_chunk)]
+        ssd_chunk: usize,
         /// Training lengths, comma-separated (tokens per step stay fixed at --train-tokens).
         #[arg(long, value_delimiter = ',', default_values_t = gpu_bench().train_lengths)]
         train_lengths: Vec<usize>,
@@ -538,6 +542,7 @@ fn run(cli: Cli) -> Result<()> {
             lengths,
             d,
             ssd_states,
+            ssd_chunk,
             train_lengths,
             train_tokens,
             d_model,
@@ -557,6 +562,7 @@ fn run(cli: Cli) -> Result<()> {
                 lengths,
                 d,
                 ssd_states,
+                ssd_chunk,
                 train_lengths,
                 train_tokens,
                 d_model,

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 pub use crate::backend::Device;
 use crate::backend::cuda::{Gpu, GpuBuffer};
 use crate::error::{Error, Result};
@@ -280,10 +282,7 @@ impl<T: Float> Tensor<T> {
         let shape = shape.into();
         let len = shape.numel();
         match &mut self.storage {
-            Storage::Cpu(v) if device == Device::Cpu => {
-                v.clear();
-                v.resize(len, T::zero());
-            }
+            Storage::Cpu(v) if device == Device::Cpu => refill(v, len, T::zero()),
             Storage::Cuda(b) if b.gpu().device() == device && b.fits(len) => {
                 b.set_len(len);
                 b.gpu().memset_zero(b.ptr(), len)?;
@@ -294,13 +293,22 @@ impl<T: Float> Tensor<T> {
         Ok(())
     }
 
-    /// [`Tensor::reset`] for an op's output that its kernel overwrites entirely: zeros on the
-    /// CPU, unspecified values on a GPU (no memset pass). The emulated device fills them with
-    /// NaN instead, so that an element a kernel fails to write shows up in the parity checks.
+    /// [`Tensor::reset`] for an op's output that its kernel overwrites entirely: unspecified
+    /// values (no pass over them) on a GPU and, in optimised builds, on the CPU. The emulated
+    /// device, and the CPU in builds with debug assertions (the tests), fill them with NaN
+    /// instead, so that an element an op fails to write shows up in the tests.
     pub fn reset_output(&mut self, shape: impl Into<Shape>, device: Device) -> Result<()> {
         let shape = shape.into();
         let len = shape.numel();
         match &mut self.storage {
+            Storage::Cpu(v) if device == Device::Cpu => {
+                if cfg!(debug_assertions) {
+                    refill(v, len, T::from_f64(f64::NAN));
+                } else {
+                    // Old values stay where the allocation is reused: the op overwrites them.
+                    v.resize(len, T::zero());
+                }
+            }
             Storage::Cuda(b) if b.gpu().device() == device && b.fits(len) => {
                 b.set_len(len);
                 b.gpu().invalidate(b.ptr(), len);
@@ -324,7 +332,7 @@ impl<T: Float> Tensor<T> {
     /// Sets every value to zero.
     pub fn zero_(&mut self) -> Result<()> {
         match &mut self.storage {
-            Storage::Cpu(v) => v.fill(T::zero()),
+            Storage::Cpu(v) => refill(v, v.len(), T::zero()),
             Storage::Cuda(b) => b.gpu().memset_zero(b.ptr(), b.len())?,
         }
         Ok(())
@@ -358,6 +366,19 @@ impl<T: Float> Default for Tensor<T> {
     fn default() -> Self {
         Tensor::zeros_cpu([0])
     }
+}
+
+/// `v` as `len` copies of `value`, reusing its allocation; large buffers are filled by every
+/// rayon thread, since a single-threaded pass over them would leave the others idle.
+fn refill<T: Float>(v: &mut Vec<T>, len: usize, value: T) {
+    const PARALLEL_FROM: usize = 1 << 16;
+    v.truncate(len);
+    if v.len() >= PARALLEL_FROM {
+        v.par_chunks_mut(PARALLEL_FROM).for_each(|c| c.fill(value));
+    } else {
+        v.fill(value);
+    }
+    v.resize(len, value);
 }
 
 #[cfg(test)]

@@ -43,6 +43,10 @@ pub struct BenchOptions {
     pub n: usize,
     /// State sizes of the SSD rows (Mamba-2's scan beside Mamba-1's at d and each N).
     pub ssd_states: Vec<usize>,
+    /// Positions per chunk of the SSD rows and of the Mamba-2 model's training and decoding rows:
+    /// 64 by default, the fastest on the CPU (experiments/BENCHMARKS.md; mamba_ssm's 256 suits
+    /// tensor cores, which the CUDA kernels do not use).
+    pub ssd_chunk: usize,
     /// Training: sequence lengths, tokens per step (b = tokens / l, at least 1), model width and
     /// depth of both architectures.
     pub train_lengths: Vec<usize>,
@@ -96,6 +100,7 @@ impl BenchOptions {
         for &n in &self.ssd_states {
             one_to("ssd-states", n, ssm::models::limits::MAX_STATE)?;
         }
+        one_to("ssd-chunk", self.ssd_chunk, ssm::ops::ssd::CUDA_MAX_CHUNK)?;
         let n_max = self
             .ssd_states
             .iter()
@@ -152,6 +157,7 @@ impl BenchOptions {
             d: 1536,
             n: 16,
             ssd_states: vec![16, 64, 128],
+            ssd_chunk: 64,
             train_lengths: vec![1024, 2048, 4096, 8192, 16384],
             train_tokens: 16384,
             d_model: 512,
@@ -176,6 +182,7 @@ impl BenchOptions {
             d: 8,
             n: 4,
             ssd_states: vec![4],
+            ssd_chunk: 64,
             train_lengths: vec![32],
             train_tokens: 64,
             d_model: 16,
@@ -348,8 +355,8 @@ pub struct TrainRow {
 
 /// The models of the training rows at the bench's width and depth: Mamba, the Transformer
 /// (heads of 64), the hybrid with one attention layer in four, the second ("MAMM" repeated), and
-/// Mamba-2 with heads of 64 (of gcd(64, d_inner = 2 · d_model) at other widths) and a
-/// state of 64 (4x Mamba's 16).
+/// Mamba-2 with heads of 64 (of the largest power of two dividing a d_inner = 2 · d_model that
+/// 64 does not), a state of 64 (4x Mamba's 16) and chunks of `ssd_chunk`.
 pub(crate) fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 4] {
     let mamba = MambaConfig {
         d_model: o.d_model,
@@ -385,7 +392,8 @@ pub(crate) fn bench_models(o: &BenchOptions) -> [(&'static str, ModelConfig); 4]
         vocab_size: 256,
         mixer: Mamba2MixerConfig {
             d_state: 64,
-            headdim: crate::sizes::gcd(64, 2 * o.d_model),
+            headdim: ssd::head_dim(2 * o.d_model),
+            chunk_size: o.ssd_chunk,
             ..Mamba2MixerConfig::default()
         },
         ..Mamba2Config::default()
@@ -549,9 +557,10 @@ pub fn bench(o: &BenchOptions) -> Result<BenchReport> {
     }
     let b = o.batches.iter().copied().max().unwrap_or(1);
     println!(
-        "SSD (Mamba-2) vs the selective scan (Mamba-1) at d_inner {}, b {b}; heads of {}, chunks of 256",
+        "SSD (Mamba-2) vs the selective scan (Mamba-1) at d_inner {}, b {b}; heads of {}, chunks of {}",
         o.d,
-        ssd::head_dim(o.d)
+        ssd::head_dim(o.d),
+        o.ssd_chunk
     );
     println!("{}", ssd_header());
     let mut ssd_rows = Vec::new();

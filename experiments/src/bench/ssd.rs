@@ -2,17 +2,14 @@
 //! d_inner (`--d`) and state size N (each of `--ssd-states`), forward (keeping the states for the
 //! backward, as in training) and backward, at the largest scan batch and every scan length. The
 //! SSD runs heads of 64 channels (for a d that 64 does not divide, the largest power of two that
-//! does), one group of B and C, chunks of 256: the Mamba-2 paper's point is that its state can
-//! grow 4-8x at matmul speed.
+//! does), one group of B and C, chunks of `--ssd-chunk` (64 by default): the Mamba-2 paper's
+//! point is that its state can grow 4-8x at matmul speed.
 
 use anyhow::Result;
 use ssm::ops::scan::CUDA_MAX_STATE;
 use ssm::ops::ssd::{NO_DT_LIMIT, SsdGrads, SsdInputs, SsdOutput, ssd_bwd, ssd_fwd};
 
 use super::{BenchOptions, random, scan_row, time};
-
-/// Positions per chunk of the timed SSD (mamba_ssm's and transformers' default).
-const CHUNK: usize = 256;
 
 /// One row of the SSD table: the times of both scans on inputs of the same size.
 #[derive(Clone, Debug)]
@@ -64,7 +61,7 @@ pub(crate) fn ssd_row(o: &BenchOptions, n: usize, b: usize, l: usize) -> Result<
     };
     let mut out = SsdOutput::default();
     let fwd = time(o.repeats, dev, &mut || {
-        Ok(ssd_fwd(&inp, CHUNK, &mut out, true)?)
+        Ok(ssd_fwd(&inp, o.ssd_chunk, &mut out, true)?)
     })?;
     let mut grads = SsdGrads::zeros_like(&inp)?;
     let bwd = time(o.repeats, dev, &mut || {

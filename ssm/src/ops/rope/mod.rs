@@ -51,10 +51,12 @@ pub fn rope_fwd<T: Float>(
     y: &mut Tensor<T>,
 ) -> Result<()> {
     let (l, h, hd) = check("rope_fwd", x, base)?;
-    y.reset_output(x.shape().clone(), x.device())?;
     if let Some(g) = gpu_of("rope_fwd", x, &[])? {
+        y.reset_output(x.shape().clone(), x.device())?;
         return cuda::fwd(&g, x, y, (l, h, hd), (offset, base));
     }
+    // The CPU kernel adds into y.
+    y.reset(x.shape().clone(), x.device())?;
     let (cos, sin) = cpu::rope_table(l, hd, offset, base, false);
     cpu::rope_rotate_add(x.host()?, y.host_mut()?, &cos, &sin, l, h, hd);
     Ok(())

@@ -28,7 +28,9 @@ use super::{check_grad_buffers, gpu_of};
 use crate::error::{Error, Result};
 use crate::tensor::{Float, Tensor};
 pub use reference::{ssd_ref, ssd_ref_bwd};
-pub use ssm_kernels::ssd::{NO_DT_LIMIT, SsdDims, SsdGradsOf, SsdInputsOf};
+pub use ssm_kernels::ssd::{
+    MAX_CHUNK as CUDA_MAX_CHUNK, NO_DT_LIMIT, SsdDims, SsdGradsOf, SsdInputsOf,
+};
 
 /// The inputs of one SSD scan, as tensors; optional parts are `None`.
 pub type SsdInputs<'a, T> = SsdInputsOf<&'a Tensor<T>>;
