@@ -409,7 +409,7 @@ unsafe fn fwd_within<T: Float>(
     states: &SharedMut<T>,
     decays: &SharedMut<T>,
 ) {
-    let SsdDims { p, n, .. } = blk.dims;
+    let p = blk.dims.p;
     let (q, w) = (blk.q, blk.width());
     sc.load(inp, blk);
     // SAFETY: the caller's promise.
@@ -445,18 +445,36 @@ unsafe fn fwd_within<T: Float>(
         }
     }
     // SAFETY: the caller's promise.
-    let own = unsafe { states.slice(blk.states_at(blk.c), w * n) };
+    unsafe { own_state(blk, &sc.s, xw, blk.bc_rows(inp.b), states, decays) };
+}
+
+/// Sets the block's slot of `slots` (b, chunks, h, p, n) to `rowsᵀ · v`, from its (q, hpg · p)
+/// `rows` and the chunk's (q, n) rows `v` of B or C, and its heads' e^S (from their log-decays
+/// `s`) in `decays` (b, chunks, h).
+///
+/// SAFETY: nothing else reaches that slot and those decays while it runs.
+unsafe fn own_state<T: Float>(
+    blk: &Block,
+    s: &[T],
+    rows: &[T],
+    v: ArrayView2<'_, T>,
+    slots: &SharedMut<T>,
+    decays: &SharedMut<T>,
+) {
+    let (q, w, n) = (blk.q, blk.width(), blk.dims.n);
+    // SAFETY: the caller's promise.
+    let own = unsafe { slots.slice(blk.states_at(blk.c), w * n) };
     gemm_views(
         T::one(),
-        &view(xw, q, w).t(),
-        &blk.bc_rows(inp.b),
+        &view(&rows[..q * w], q, w).t(),
+        &v,
         T::zero(),
         &mut view_mut(own, w, n),
     );
     for j in 0..blk.hpg() {
         // SAFETY: the caller's promise.
         let slot = unsafe { decays.slice(blk.scalar(j), 1) };
-        slot[0] = sc.s[j * q + q - 1].fast_exp();
+        slot[0] = s[j * q + q - 1].fast_exp();
     }
 }
 
@@ -497,19 +515,7 @@ pub fn ssd_bwd<T: Float>(
                     }
                 }
                 // SAFETY: the block's slot and its heads' decays belong to it alone.
-                let own = unsafe { ds.slice(blk.states_at(blk.c), w * n) };
-                gemm_views(
-                    T::one(),
-                    &view(dye, q, w).t(),
-                    &blk.bc_rows(inp.c),
-                    T::zero(),
-                    &mut view_mut(own, w, n),
-                );
-                for j in 0..blk.hpg() {
-                    // SAFETY: as above.
-                    let slot = unsafe { dec.slice(blk.scalar(j), 1) };
-                    slot[0] = sc.s[j * q + q - 1].fast_exp();
-                }
+                unsafe { own_state(&blk, &sc.s, dye, blk.bc_rows(inp.c), &ds, &dec) };
             },
         );
     }
