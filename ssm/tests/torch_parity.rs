@@ -6,8 +6,8 @@
 use rand::RngExt;
 use ssm::Tensor;
 use ssm::models::{
-    AttentionConfig, HybridConfig, LanguageModel, MambaConfig, MambaMixerConfig, ModelConfig,
-    TransformerConfig,
+    AttentionConfig, HybridConfig, LanguageModel, Mamba2Config, Mamba2MixerConfig, MambaConfig,
+    MambaMixerConfig, ModelConfig, TransformerConfig,
 };
 use ssm::nn::attention::PosEncoding;
 use ssm::nn::mlp::MlpKind;
@@ -249,6 +249,14 @@ fn tiny_models() -> Vec<(&'static str, ModelConfig)> {
         d_state: 4,
         ..MambaMixerConfig::default()
     };
+    // Four heads of 8 in two groups, chunks of 4 (the batches' 9 positions end in a partial one).
+    let mamba2 = Mamba2MixerConfig {
+        d_state: 4,
+        headdim: 8,
+        ngroups: 2,
+        chunk_size: 4,
+        ..Mamba2MixerConfig::default()
+    };
     vec![
         (
             "transformer (RoPE, SwiGLU)",
@@ -308,12 +316,42 @@ fn tiny_models() -> Vec<(&'static str, ModelConfig)> {
             .into(),
         ),
         (
-            "hybrid MA",
+            "mamba2 (groups, chunks of 4)",
+            Mamba2Config {
+                d_model: 16,
+                n_layer: 2,
+                vocab_size: 32,
+                mixer: mamba2.clone(),
+                ..Mamba2Config::default()
+            }
+            .into(),
+        ),
+        (
+            "mamba2 (biases, dt limits)",
+            Mamba2Config {
+                d_model: 16,
+                n_layer: 1,
+                vocab_size: 32,
+                mixer: Mamba2MixerConfig {
+                    bias: true,
+                    dt_limit: Some([0.002, 0.08]),
+                    ..mamba2.clone()
+                },
+                ..Mamba2Config::default()
+            }
+            .into(),
+        ),
+        (
+            "hybrid MSA",
             HybridConfig {
-                pattern: "MA".into(),
+                pattern: "MSA".into(),
                 d_model: 16,
                 vocab_size: 32,
-                mixers: ssm::models::MixerSettings { mamba, attention },
+                mixers: ssm::models::MixerSettings {
+                    mamba,
+                    mamba2,
+                    attention,
+                },
                 ..HybridConfig::default()
             }
             .into(),

@@ -1,6 +1,8 @@
 //! A PyTorch copy of any [`LanguageModel`]: the same layers written in torch ops, the Mamba block
 //! as transformers' `MambaMixer.slow_forward` (in_proj, depthwise conv1d, x_proj, dt_proj,
-//! softplus, the scan loop of [`super::scan::scan_loop`]), the attention block as Llama's
+//! softplus, the scan loop of [`super::scan::scan_loop`]), the Mamba-2 block as
+//! `Mamba2Mixer.torch_forward` with its SSD as the recurrence, a loop over time (so that the
+//! chunked form of ours meets an independent one), the attention block as Llama's
 //! (RMSNorm, rotate-half RoPE, `scaled_dot_product_attention`, SwiGLU or GELU), the head tied to
 //! the embedding. Its parameters live in a tch `VarStore` under our names, copied from a model of
 //! ours, so losses and gradients compare name by name; torch's AdamW trains it.
@@ -14,7 +16,9 @@ use super::attention::sdpa;
 use super::scan::{TorchScan, scan_loop};
 use super::{causal_conv1d, kind_of, rmsnorm, to_torch};
 use crate::error::{Error, Result};
-use crate::models::{AttentionConfig, LanguageModel, MambaMixerConfig, MixerConfig, ModelSpec};
+use crate::models::{
+    AttentionConfig, LanguageModel, Mamba2MixerConfig, MambaMixerConfig, MixerConfig, ModelSpec,
+};
 use crate::nn::attention::PosEncoding;
 use crate::nn::mlp::MlpKind;
 use crate::nn::{Module, Param};
@@ -117,6 +121,14 @@ impl TorchLm {
                     );
                     &x + self.mamba(m, &format!("{p}mixer."), &h)?
                 }
+                MixerConfig::Mamba2(m) => {
+                    let h = rmsnorm(
+                        &x,
+                        self.var(&format!("{p}norm.weight"))?,
+                        self.spec.norm_eps,
+                    );
+                    &x + self.mamba2(m, &format!("{p}mixer."), &h)?
+                }
                 MixerConfig::Attention(a) => {
                     let eps = self.spec.norm_eps;
                     let h = rmsnorm(&x, self.var(&format!("{p}attn_norm.weight"))?, eps);
@@ -205,6 +217,55 @@ impl TorchLm {
         });
         self.linear(
             &y,
+            &format!("{p}out_proj.weight"),
+            &format!("{p}out_proj.bias"),
+        )
+    }
+
+    /// One Mamba-2 mixer (parameters under `p`) on h (b, l, d).
+    fn mamba2(&self, m: &Mamba2MixerConfig, p: &str, h: &Tensor) -> Result<Tensor> {
+        let (b, l, d) = (h.size()[0], h.size()[1], h.size()[2] as usize);
+        let (di, nh) = (m.d_inner(d) as i64, m.n_heads(d) as i64);
+        let (hp, g, n) = (m.headdim as i64, m.ngroups as i64, m.d_state as i64);
+        let part = |name: &str| -> Result<Tensor> {
+            self.linear(
+                h,
+                &format!("{p}in_proj_{name}"),
+                &format!("{p}in_bias_{name}"),
+            )
+        };
+        let (z, xbc, dt) = (part("z")?, part("xbc")?, part("dt")?);
+        let conv_w = self.var(&format!("{p}conv1d.weight"))?;
+        let xbc = causal_conv1d(&xbc, conv_w, self.opt_var(&format!("{p}conv1d.bias"))).silu();
+        let parts = xbc.split_with_sizes([di, g * n, g * n], -1);
+        let x = parts[0].view([b, l, nh, hp]);
+        // B and C (b, l, g, n) widened to every head: head hh reads group hh / (nh / g).
+        let widen = |t: &Tensor| {
+            t.view([b, l, g, n])
+                .repeat_interleave_self_int(nh / g, 2, None)
+        };
+        let (bm, cm) = (widen(&parts[1]), widen(&parts[2]));
+        let mut delta = (dt + self.var(&format!("{p}dt_bias"))?).softplus();
+        if let Some([lo, hi]) = m.dt_limit {
+            delta = delta.clamp(lo, hi);
+        }
+        let a = -self.var(&format!("{p}A_log"))?.exp();
+        let decay = (&delta * &a).exp().view([b, l, nh, 1, 1]);
+        // Δ_t x_t ⊗ B_t: (b, l, nh, hp, n).
+        let input = (delta.unsqueeze(-1) * &x).unsqueeze(-1) * bm.unsqueeze(3);
+        let mut state = Tensor::zeros([b, nh, hp, n], (x.kind(), x.device()));
+        let mut ys = Vec::with_capacity(l as usize);
+        for t in 0..l {
+            state = decay.select(1, t) * &state + input.select(1, t);
+            ys.push(state.matmul(&cm.select(1, t).unsqueeze(-1)).squeeze_dim(-1));
+        }
+        let y = Tensor::stack(&ys, 1) + &x * self.var(&format!("{p}D"))?.view([nh, 1]);
+        // The gated RMSNorm over g groups of channels.
+        let gated = (y.reshape([b, l, di]) * z.silu()).view([b, l, g, di / g]);
+        let normed = gated.rms_norm([di / g], None::<&Tensor>, self.spec.norm_eps);
+        let normed = normed.view([b, l, di]) * self.var(&format!("{p}norm.weight"))?;
+        self.linear(
+            &normed,
             &format!("{p}out_proj.weight"),
             &format!("{p}out_proj.bias"),
         )
