@@ -113,22 +113,8 @@ impl TorchLm {
         for (i, layer) in self.spec.layers.iter().enumerate() {
             let p = format!("layers.{i}.");
             x = match layer {
-                MixerConfig::Mamba(m) => {
-                    let h = rmsnorm(
-                        &x,
-                        self.var(&format!("{p}norm.weight"))?,
-                        self.spec.norm_eps,
-                    );
-                    &x + self.mamba(m, &format!("{p}mixer."), &h)?
-                }
-                MixerConfig::Mamba2(m) => {
-                    let h = rmsnorm(
-                        &x,
-                        self.var(&format!("{p}norm.weight"))?,
-                        self.spec.norm_eps,
-                    );
-                    &x + self.mamba2(m, &format!("{p}mixer."), &h)?
-                }
+                MixerConfig::Mamba(m) => self.pre_norm(&x, &p, |q, h| self.mamba(m, q, h))?,
+                MixerConfig::Mamba2(m) => self.pre_norm(&x, &p, |q, h| self.mamba2(m, q, h))?,
                 MixerConfig::Attention(a) => {
                     let eps = self.spec.norm_eps;
                     let h = rmsnorm(&x, self.var(&format!("{p}attn_norm.weight"))?, eps);
@@ -220,6 +206,17 @@ impl TorchLm {
             &format!("{p}out_proj.weight"),
             &format!("{p}out_proj.bias"),
         )
+    }
+
+    /// x + mixer(rmsnorm(x)) for the block under `p`; `mixer` takes its parameter prefix.
+    fn pre_norm(
+        &self,
+        x: &Tensor,
+        p: &str,
+        mixer: impl FnOnce(&str, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let h = rmsnorm(x, self.var(&format!("{p}norm.weight"))?, self.spec.norm_eps);
+        Ok(x + mixer(&format!("{p}mixer."), &h)?)
     }
 
     /// One Mamba-2 mixer (parameters under `p`) on h (b, l, d).
